@@ -1,0 +1,141 @@
+//! The denoiser: one model evaluation read as ε̂, x̂₀ or ŝ through the parameterization, with
+//! NFE counting and batch-invariant row chunking.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use candle_core::Tensor;
+
+use crate::{Parameterization, Result, ScoreModel, TimeCoefs};
+
+/// The default chunk: the model always sees this many rows (the last chunk zero-padded), so a
+/// sample's bits do not depend on its batch (DESIGN.md "pipeline").
+pub const DEFAULT_CHUNK_ROWS: usize = 1024;
+
+/// A model and the parameterization its output is read in.
+#[derive(Debug)]
+pub struct Denoiser {
+    model: Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    chunk_rows: Option<usize>,
+    cond: Option<Tensor>,
+    nfe: AtomicU64,
+    padded_rows: AtomicU64,
+}
+
+impl Denoiser {
+    /// A denoiser calling `model` in chunks of `chunk_rows` rows (`None`: whole batches).
+    pub fn new(
+        model: Arc<dyn ScoreModel>,
+        param: Arc<dyn Parameterization>,
+        chunk_rows: Option<usize>,
+        cond: Option<Tensor>,
+    ) -> Self {
+        Self {
+            model,
+            param,
+            chunk_rows,
+            cond,
+            nfe: AtomicU64::new(0),
+            padded_rows: AtomicU64::new(0),
+        }
+    }
+
+    /// Model evaluations so far (one per call of [`eval`](Self::eval), whatever the chunking).
+    pub fn nfe(&self) -> u64 {
+        self.nfe.load(Ordering::Relaxed)
+    }
+
+    /// Zero rows added by padding so far (the waste chunking costs).
+    pub fn padded_rows(&self) -> u64 {
+        self.padded_rows.load(Ordering::Relaxed)
+    }
+
+    /// The parameterization.
+    pub fn param(&self) -> &dyn Parameterization {
+        &*self.param
+    }
+
+    /// Evaluates the model at `(x, c)`: one NFE.
+    pub fn eval(&self, x: &Tensor, c: &TimeCoefs) -> Result<Prediction<'_>> {
+        self.nfe.fetch_add(1, Ordering::Relaxed);
+        let out = self.forward_chunked(x, c)?;
+        Ok(Prediction {
+            out,
+            x: x.clone(),
+            coefs: *c,
+            param: &*self.param,
+        })
+    }
+
+    fn forward_chunked(&self, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+        let cond = self.cond.as_ref();
+        let n = x.dim(0)?;
+        let chunk = match self.chunk_rows {
+            Some(chunk) if !self.model.rows_independent() => chunk,
+            _ => return self.model.forward(x, c, cond),
+        };
+        let mut outs = Vec::with_capacity(n.div_ceil(chunk));
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let part = x.narrow(0, start, len)?;
+            let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
+            if len == chunk {
+                outs.push(self.model.forward(&part, c, cond_part.as_ref())?);
+            } else {
+                let pad = chunk - len;
+                self.padded_rows.fetch_add(pad as u64, Ordering::Relaxed);
+                let padded = pad_rows(&part, pad)?;
+                let cond_padded = cond_part.map(|t| pad_rows(&t, pad)).transpose()?;
+                outs.push(
+                    self.model
+                        .forward(&padded, c, cond_padded.as_ref())?
+                        .narrow(0, 0, len)?,
+                );
+            }
+            start += len;
+        }
+        if outs.len() == 1 {
+            return Ok(outs.pop().expect("one chunk"));
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+}
+
+fn pad_rows(x: &Tensor, pad: usize) -> Result<Tensor> {
+    let mut shape = x.dims().to_vec();
+    shape[0] = pad;
+    let zeros = Tensor::zeros(shape, x.dtype(), x.device())?;
+    Ok(Tensor::cat(&[x, &zeros], 0)?)
+}
+
+/// One model evaluation, read in any target.
+#[derive(Debug, Clone)]
+pub struct Prediction<'a> {
+    out: Tensor,
+    x: Tensor,
+    coefs: TimeCoefs,
+    param: &'a dyn Parameterization,
+}
+
+impl Prediction<'_> {
+    /// The raw model output.
+    pub fn output(&self) -> &Tensor {
+        &self.out
+    }
+    /// ε̂.
+    pub fn eps(&self) -> Result<Tensor> {
+        self.param.to_eps(&self.out, &self.x, &self.coefs)
+    }
+    /// x̂₀.
+    pub fn x0(&self) -> Result<Tensor> {
+        self.param.to_x0(&self.out, &self.x, &self.coefs)
+    }
+    /// ŝ.
+    pub fn score(&self) -> Result<Tensor> {
+        self.param.to_score(&self.out, &self.x, &self.coefs)
+    }
+}

@@ -1,0 +1,328 @@
+//! Gaussian mixtures and their exact marginals under any linear SDE (MATH.md §7).
+//!
+//! If p₀ = Σ_k w_k N(m_k, S_k) then p_t = Σ_k w_k N(α m_k, α² S_k + σ² I), so the score, its
+//! divergence, the log-density and exact samples of p_t are closed-form. The `gmm_oracle`
+//! score model and the conformance suites are built on this.
+
+use nalgebra::{DMatrix, DVector};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, Result,
+    noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
+};
+
+/// A component's covariance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Covariance {
+    /// S = s² I.
+    Isotropic(f64),
+    /// S = diag(v), variances `v`.
+    Diagonal(Vec<f64>),
+    /// S as a row-major d × d matrix.
+    Full(Vec<Vec<f64>>),
+}
+
+/// A Gaussian mixture Σ_k w_k N(m_k, S_k) in d dimensions.
+#[derive(Debug, Clone)]
+pub struct GaussianMixture {
+    weights: Vec<f64>,
+    means: Vec<DVector<f64>>,
+    covs: Vec<DMatrix<f64>>,
+    diagonal: bool,
+}
+
+const PLUGIN: &str = "gaussian mixture";
+
+impl GaussianMixture {
+    /// A mixture; weights must be non-negative and sum to 1, covariances positive definite.
+    pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, covs: Vec<Covariance>) -> Result<Self> {
+        let k = weights.len();
+        if k == 0 {
+            return Err(Error::invalid(
+                PLUGIN,
+                "weights",
+                "needs at least one component",
+            ));
+        }
+        if means.len() != k || covs.len() != k {
+            return Err(Error::invalid(
+                PLUGIN,
+                "means",
+                format!(
+                    "{k} weights but {} means and {} covariances",
+                    means.len(),
+                    covs.len()
+                ),
+            ));
+        }
+        if let Some(w) = weights.iter().find(|w| !(**w >= 0.0) || !w.is_finite()) {
+            return Err(Error::invalid(
+                PLUGIN,
+                "weights",
+                format!("weight {w} is negative or not finite"),
+            ));
+        }
+        let total: f64 = weights.iter().sum();
+        if (total - 1.0).abs() > 1e-9 {
+            return Err(Error::invalid(
+                PLUGIN,
+                "weights",
+                format!("weights sum to {total}, not 1"),
+            ));
+        }
+        let d = means[0].len();
+        if d == 0 {
+            return Err(Error::invalid(
+                PLUGIN,
+                "means",
+                "dimension must be at least 1",
+            ));
+        }
+        let mut mats = Vec::with_capacity(k);
+        let mut diagonal = true;
+        for (i, (m, c)) in means.iter().zip(&covs).enumerate() {
+            if m.len() != d {
+                return Err(Error::invalid(
+                    PLUGIN,
+                    "means",
+                    format!("mean {i} has {} entries, mean 0 has {d}", m.len()),
+                ));
+            }
+            let mat = match c {
+                Covariance::Isotropic(s) => DMatrix::from_diagonal_element(d, d, s * s),
+                Covariance::Diagonal(v) if v.len() == d => {
+                    DMatrix::from_diagonal(&DVector::from_vec(v.clone()))
+                }
+                Covariance::Full(rows) if rows.len() == d && rows.iter().all(|r| r.len() == d) => {
+                    diagonal = false;
+                    DMatrix::from_fn(d, d, |r, c| rows[r][c])
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        PLUGIN,
+                        "covariances",
+                        format!("covariance {i} is not {d}-dimensional"),
+                    ));
+                }
+            };
+            let symmetric = (0..d).all(|r| {
+                (0..d)
+                    .all(|c| (mat[(r, c)] - mat[(c, r)]).abs() <= 1e-12 * (1.0 + mat[(r, c)].abs()))
+            });
+            if !symmetric || mat.clone().cholesky().is_none() || mat.iter().any(|v| !v.is_finite())
+            {
+                return Err(Error::invalid(
+                    PLUGIN,
+                    "covariances",
+                    format!("covariance {i} is not symmetric positive definite"),
+                ));
+            }
+            mats.push(mat);
+        }
+        Ok(Self {
+            weights,
+            means: means.into_iter().map(DVector::from_vec).collect(),
+            covs: mats,
+            diagonal,
+        })
+    }
+
+    /// The dimension d.
+    pub fn dim(&self) -> usize {
+        self.means[0].len()
+    }
+
+    /// The number of components.
+    pub fn components(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// The mixture's mean Σ w_k m_k.
+    pub fn mean(&self) -> Vec<f64> {
+        let mut m = DVector::zeros(self.dim());
+        for (w, mk) in self.weights.iter().zip(&self.means) {
+            m += mk * *w;
+        }
+        m.as_slice().to_vec()
+    }
+
+    /// The mixture's covariance Σ w_k (S_k + m_k m_kᵀ) − m mᵀ, row-major.
+    pub fn covariance(&self) -> Vec<Vec<f64>> {
+        let d = self.dim();
+        let m = DVector::from_vec(self.mean());
+        let mut c = DMatrix::zeros(d, d);
+        for ((w, mk), sk) in self.weights.iter().zip(&self.means).zip(&self.covs) {
+            c += (sk + mk * mk.transpose()) * *w;
+        }
+        c -= &m * m.transpose();
+        (0..d)
+            .map(|r| (0..d).map(|col| c[(r, col)]).collect())
+            .collect()
+    }
+
+    /// The marginal p_t = Σ_k w_k N(α m_k, α² S_k + σ² I), ready to evaluate.
+    pub fn marginal(&self, alpha: f64, sigma: f64) -> Result<Marginal> {
+        let d = self.dim();
+        let mut comps = Vec::with_capacity(self.components());
+        for ((w, m), s) in self.weights.iter().zip(&self.means).zip(&self.covs) {
+            let cov = s * (alpha * alpha) + DMatrix::identity(d, d) * (sigma * sigma);
+            let chol = cov.clone().cholesky().ok_or_else(|| {
+                Error::Msg(format!(
+                    "mixture marginal at α = {alpha}, σ = {sigma} is singular"
+                ))
+            })?;
+            let log_det = 2.0 * chol.l().diagonal().iter().map(|v| v.ln()).sum::<f64>();
+            let inv = chol.inverse();
+            comps.push(Component {
+                log_w: w.ln(),
+                mean: m * alpha,
+                inv_diag: inv.diagonal(),
+                trace_inv: inv.trace(),
+                inv,
+                chol_l: chol.l(),
+                log_norm: -0.5 * (log_det + d as f64 * (2.0 * std::f64::consts::PI).ln()),
+            });
+        }
+        Ok(Marginal {
+            comps,
+            d,
+            diagonal: self.diagonal,
+            cum_weights: cumulative(&self.weights),
+        })
+    }
+}
+
+fn cumulative(w: &[f64]) -> Vec<f64> {
+    w.iter()
+        .scan(0.0, |acc, v| {
+            *acc += v;
+            Some(*acc)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Component {
+    log_w: f64,
+    mean: DVector<f64>,
+    inv: DMatrix<f64>,
+    inv_diag: DVector<f64>,
+    trace_inv: f64,
+    chol_l: DMatrix<f64>,
+    log_norm: f64,
+}
+
+/// Exact quantities of one row.
+#[derive(Debug, Clone, Default)]
+pub struct RowEval {
+    /// ∇ log p_t(x).
+    pub score: Vec<f64>,
+    /// ∇·∇ log p_t(x).
+    pub divergence: f64,
+    /// log p_t(x).
+    pub log_prob: f64,
+}
+
+/// A mixture's marginal at one (α, σ).
+#[derive(Debug, Clone)]
+pub struct Marginal {
+    comps: Vec<Component>,
+    d: usize,
+    diagonal: bool,
+    cum_weights: Vec<f64>,
+}
+
+impl Marginal {
+    /// The dimension.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Score, divergence and log-density of one row `x` (MATH.md §7):
+    /// ŝ = Σ_k r_k (−C_k⁻¹(x − μ_k)), ∇·ŝ = Σ_k r_k (‖C_k⁻¹(x − μ_k)‖² − tr C_k⁻¹) − ‖ŝ‖².
+    pub fn eval_row(&self, x: &[f64], want_div: bool) -> RowEval {
+        let d = self.d;
+        let k = self.comps.len();
+        let mut logits = Vec::with_capacity(k);
+        let mut ys: Vec<DVector<f64>> = Vec::with_capacity(k);
+        for c in &self.comps {
+            let diff = DVector::from_iterator(d, x.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
+            let y = if self.diagonal {
+                diff.component_mul(&c.inv_diag)
+            } else {
+                &c.inv * &diff
+            };
+            logits.push(c.log_w + c.log_norm - 0.5 * diff.dot(&y));
+            ys.push(y);
+        }
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let log_prob = max + z.ln();
+        let mut score = vec![0.0; d];
+        let mut div = 0.0;
+        for ((l, y), c) in logits.iter().zip(&ys).zip(&self.comps) {
+            let r = (l - log_prob).exp();
+            for (s, yi) in score.iter_mut().zip(y.iter()) {
+                *s -= r * yi;
+            }
+            if want_div {
+                div += r * (y.norm_squared() - c.trace_inv);
+            }
+        }
+        if want_div {
+            div -= score.iter().map(|s| s * s).sum::<f64>();
+        }
+        RowEval {
+            score,
+            divergence: div,
+            log_prob,
+        }
+    }
+
+    /// The score of every row of `x` (row-major, `n × d`), in parallel over rows.
+    pub fn score(&self, x: &[f64]) -> Vec<f64> {
+        let d = self.d;
+        let mut out = vec![0.0; x.len()];
+        let run =
+            |(xi, oi): (&[f64], &mut [f64])| oi.copy_from_slice(&self.eval_row(xi, false).score);
+        if x.len() >= 4096 {
+            x.par_chunks(d).zip(out.par_chunks_mut(d)).for_each(run);
+        } else {
+            x.chunks(d).zip(out.chunks_mut(d)).for_each(run);
+        }
+        out
+    }
+
+    /// Score, divergence and log-density of every row.
+    pub fn eval(&self, x: &[f64]) -> Vec<RowEval> {
+        x.par_chunks(self.d)
+            .map(|xi| self.eval_row(xi, true))
+            .collect()
+    }
+
+    /// Exact samples `offset..offset + n` of p_t (row-major), keyed by `seed` in the exact
+    /// stream: a component from one uniform, then μ_k + L_k z.
+    pub fn sample(&self, seed: u64, offset: u64, n: usize) -> Vec<f64> {
+        let d = self.d;
+        let key = philox_key(seed, Stream::Exact);
+        let mut out = vec![0.0; n * d];
+        out.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+            let s = offset + i as u64;
+            let u = uniform_f64(key, s, 0);
+            let k = self
+                .cum_weights
+                .iter()
+                .position(|c| u < *c)
+                .unwrap_or(self.comps.len() - 1);
+            let mut z = vec![0.0; d];
+            fill_normals_f64(key, s, 0, &mut z);
+            let c = &self.comps[k];
+            let x = &c.mean + &c.chol_l * DVector::from_vec(z);
+            row.copy_from_slice(x.as_slice());
+        });
+        out
+    }
+}

@@ -1,0 +1,306 @@
+//! The noise source: every Gaussian draw is a pure function of (seed, sample index, draw
+//! index), so a sample never depends on its batch-mates, the batch size, the thread count or
+//! how a job was sharded (DESIGN.md "Noise").
+//!
+//! Draws come from the Philox4x32-10 block function ([`rand_philox`], pinned to Random123's
+//! known answers): the 128-bit counter holds (draw block, sample index), the key the seed and
+//! a stream tag; Box–Muller turns each pair of words into two normals.
+
+use std::fmt::Debug;
+
+use candle_core::{DType, Device, Tensor};
+use rand_philox::{philox4x32_10, splitmix64, u32_to_unit_f32, u32_to_unit_f64};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Independent streams drawn from one seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Stream {
+    /// Prior and solver noise.
+    Sampling = 1,
+    /// Exact samples of a reference distribution (conformance, oracles).
+    Exact = 2,
+    /// The nodes of a Brownian tree.
+    Brownian = 3,
+    /// Training draws (t, x₀, ε).
+    Training = 4,
+}
+
+/// A Philox key for `seed` and `stream`.
+pub fn philox_key(seed: u64, stream: Stream) -> [u32; 2] {
+    let k = splitmix64(splitmix64(seed) ^ (stream as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    [k as u32, (k >> 32) as u32]
+}
+
+#[inline]
+fn block(key: [u32; 2], sample: u64, block: u64) -> [u32; 4] {
+    philox4x32_10(
+        [
+            block as u32,
+            (block >> 32) as u32,
+            sample as u32,
+            (sample >> 32) as u32,
+        ],
+        key,
+    )
+}
+
+/// Fills `out` with the standard normals of `sample` at draw indices `first..first + out.len()`.
+pub fn fill_normals_f64(key: [u32; 2], sample: u64, first: u64, out: &mut [f64]) {
+    let mut idx = first;
+    let mut j = 0;
+    while j < out.len() {
+        let w = block(key, sample, idx / 4);
+        let (n0, n1) = box_muller_f64(w[0], w[1]);
+        let (n2, n3) = box_muller_f64(w[2], w[3]);
+        let vals = [n0, n1, n2, n3];
+        for &v in &vals[(idx % 4) as usize..] {
+            if j == out.len() {
+                break;
+            }
+            out[j] = v;
+            j += 1;
+            idx += 1;
+        }
+    }
+}
+
+/// Fills `out` with the standard normals of `sample` at draw indices `first..`, in f32.
+pub fn fill_normals_f32(key: [u32; 2], sample: u64, first: u64, out: &mut [f32]) {
+    let mut idx = first;
+    let mut j = 0;
+    while j < out.len() {
+        let w = block(key, sample, idx / 4);
+        let (n0, n1) = box_muller_f32(w[0], w[1]);
+        let (n2, n3) = box_muller_f32(w[2], w[3]);
+        let vals = [n0, n1, n2, n3];
+        for &v in &vals[(idx % 4) as usize..] {
+            if j == out.len() {
+                break;
+            }
+            out[j] = v;
+            j += 1;
+            idx += 1;
+        }
+    }
+}
+
+/// A uniform on (0, 1) for `sample` at uniform index `index` (its own stream of words).
+pub fn uniform_f64(key: [u32; 2], sample: u64, index: u64) -> f64 {
+    // Uniforms live in the upper half of the block space, clear of the normals'.
+    let w = block(key, sample, (1 << 63) | (index / 4));
+    u32_to_unit_f64(w[(index % 4) as usize])
+}
+
+#[inline]
+fn box_muller_f64(a: u32, b: u32) -> (f64, f64) {
+    let r = (-2.0 * u32_to_unit_f64(a).ln()).sqrt();
+    let (s, c) = (std::f64::consts::TAU * u32_to_unit_f64(b)).sin_cos();
+    (r * c, r * s)
+}
+
+#[inline]
+fn box_muller_f32(a: u32, b: u32) -> (f32, f32) {
+    let r = (-2.0 * u32_to_unit_f32(a).ln()).sqrt();
+    let (s, c) = (std::f32::consts::TAU * u32_to_unit_f32(b)).sin_cos();
+    (r * c, r * s)
+}
+
+/// One request for standard normal noise: `rows` samples starting at global index
+/// `sample_offset`, `cols` draws each starting at draw index `draw_offset`, for a step from
+/// `t_from` to `t_to` (which a Brownian source uses; others ignore it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseRequest {
+    /// The run's seed.
+    pub seed: u64,
+    /// The global index of row 0.
+    pub sample_offset: u64,
+    /// Rows (samples).
+    pub rows: usize,
+    /// Draws per row.
+    pub cols: usize,
+    /// The draw index of column 0.
+    pub draw_offset: u64,
+    /// Which draw of the current step this is (0 for the first).
+    pub index_in_step: u64,
+    /// The step's start time.
+    pub t_from: f64,
+    /// The step's end time.
+    pub t_to: f64,
+}
+
+/// Where standard normal noise comes from. Replaceable: tests use constants and Brownian paths.
+pub trait NoiseSource: Send + Sync + Debug {
+    /// Standard normal draws of shape `[rows, cols]`.
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+/// Rows at which generation goes parallel.
+const PAR_MIN_ELEMS: usize = 1 << 14;
+
+fn generate<T: Send + Copy + Default>(
+    rows: usize,
+    cols: usize,
+    fill: impl Fn(u64, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut v = vec![T::default(); rows * cols];
+    if cols == 0 {
+        return v;
+    }
+    if rows * cols >= PAR_MIN_ELEMS {
+        v.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(i, row)| fill(i as u64, row));
+    } else {
+        v.chunks_mut(cols)
+            .enumerate()
+            .for_each(|(i, row)| fill(i as u64, row));
+    }
+    v
+}
+
+/// Builds a `[rows, cols]` tensor whose element (i, j) is `draw(sample_offset + i, j)`-style
+/// Philox noise in `dtype`.
+pub fn philox_normal_tensor(
+    key: [u32; 2],
+    sample_offset: u64,
+    rows: usize,
+    cols: usize,
+    draw_offset: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    match dtype {
+        DType::F64 => {
+            let v = generate(rows, cols, |i, row: &mut [f64]| {
+                fill_normals_f64(key, sample_offset + i, draw_offset, row)
+            });
+            Ok(Tensor::from_vec(v, (rows, cols), device)?)
+        }
+        _ => {
+            let v = generate(rows, cols, |i, row: &mut [f32]| {
+                fill_normals_f32(key, sample_offset + i, draw_offset, row)
+            });
+            Ok(Tensor::from_vec(v, (rows, cols), device)?.to_dtype(dtype)?)
+        }
+    }
+}
+
+/// The default source: counter-based Philox noise keyed by (seed, sample, draw).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhiloxNoise;
+
+impl NoiseSource for PhiloxNoise {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        let key = philox_key(req.seed, Stream::Sampling);
+        philox_normal_tensor(
+            key,
+            req.sample_offset,
+            req.rows,
+            req.cols,
+            req.draw_offset,
+            dtype,
+            device,
+        )
+    }
+}
+
+/// Every draw equals one constant: `ConstantNoise(0.0)` and `ConstantNoise(1.0)` read the
+/// affine coefficients off a stochastic step (DESIGN.md "Decisions").
+#[derive(Debug, Clone, Copy)]
+pub struct ConstantNoise(pub f64);
+
+impl NoiseSource for ConstantNoise {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::full(self.0, (req.rows, req.cols), device)?.to_dtype(dtype)?)
+    }
+}
+
+/// A Brownian path per sample and coordinate over [t_lo, t_hi], built as a Brownian bridge
+/// tree: W at the midpoint of a node's interval is the bridge mean plus a Philox normal keyed
+/// by the node. W(t) is a function of t alone, so increments over a refined step add up to
+/// the coarse increment, as strong-order tests need. The first draw of a step returns
+/// (W(t_from) − W(t_to)) / √|t_from − t_to|; further draws in the same step are fresh normals.
+#[derive(Debug, Clone, Copy)]
+pub struct BrownianNoise {
+    t_lo: f64,
+    t_hi: f64,
+    depth: u32,
+}
+
+impl BrownianNoise {
+    /// A path on [t_lo, t_hi], resolved to 2^-depth of the interval (linear within a leaf).
+    pub fn new(t_lo: f64, t_hi: f64, depth: u32) -> Result<Self> {
+        if !(t_lo < t_hi) || !(1..=62).contains(&depth) {
+            return Err(Error::invalid(
+                "brownian noise",
+                "interval",
+                format!("need t_lo < t_hi and 1 ≤ depth ≤ 62, got [{t_lo}, {t_hi}], depth {depth}"),
+            ));
+        }
+        Ok(Self { t_lo, t_hi, depth })
+    }
+
+    /// W(t) of `sample`, coordinate `col` of `cols`.
+    pub fn value(&self, key: [u32; 2], sample: u64, col: usize, cols: usize, t: f64) -> f64 {
+        let z = |node: u64| {
+            let mut out = [0.0];
+            fill_normals_f64(key, sample, node * cols as u64 + col as u64, &mut out);
+            out[0]
+        };
+        let (mut a, mut b) = (self.t_lo, self.t_hi);
+        let (mut wa, mut wb) = (0.0, (b - a).sqrt() * z(0));
+        if t <= a {
+            return 0.0;
+        }
+        if t >= b {
+            return wb;
+        }
+        let tol = 1e-13 * (self.t_hi - self.t_lo);
+        let mut node = 1u64;
+        for _ in 0..self.depth {
+            let m = 0.5 * (a + b);
+            let wm = 0.5 * (wa + wb) + (0.25 * (b - a)).sqrt() * z(node);
+            if (t - m).abs() <= tol {
+                return wm;
+            }
+            if t < m {
+                (b, wb, node) = (m, wm, 2 * node);
+            } else {
+                (a, wa, node) = (m, wm, 2 * node + 1);
+            }
+            if (t - a).abs() <= tol {
+                return wa;
+            }
+            if (t - b).abs() <= tol {
+                return wb;
+            }
+        }
+        wa + (wb - wa) * (t - a) / (b - a)
+    }
+}
+
+impl NoiseSource for BrownianNoise {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        if req.index_in_step > 0 {
+            return PhiloxNoise.standard_normal(req, dtype, device);
+        }
+        let key = philox_key(req.seed, Stream::Brownian);
+        let h = (req.t_from - req.t_to).abs();
+        if h == 0.0 {
+            return Err(Error::invalid("brownian noise", "step", "zero-length step"));
+        }
+        let cols = req.cols;
+        let v = generate(req.rows, cols, |i, row: &mut [f64]| {
+            let s = req.sample_offset + i;
+            for (j, out) in row.iter_mut().enumerate() {
+                let dw =
+                    self.value(key, s, j, cols, req.t_from) - self.value(key, s, j, cols, req.t_to);
+                *out = dw / h.sqrt();
+            }
+        });
+        Ok(Tensor::from_vec(v, (req.rows, cols), device)?.to_dtype(dtype)?)
+    }
+}

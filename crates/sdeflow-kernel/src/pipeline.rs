@@ -1,0 +1,280 @@
+//! The pipeline: SDE, parameterization, model and solver composed through a typed builder,
+//! and the loop that owns the grid, counts NFE and checks every step for NaN/Inf.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{
+    Denoiser, Error, ForwardSde, Parameterization, Result, ScoreModel, Solver, State,
+    denoiser::DEFAULT_CHUNK_ROWS,
+    grid::GridKind,
+    noise::{NoiseRequest, NoiseSource, PhiloxNoise},
+    ops::all_finite,
+    solver::{Schedule, StepContext},
+};
+
+/// Builds a [`Pipeline`]; every part is explicit, defaults are the solver's.
+#[derive(Debug, Default)]
+pub struct PipelineBuilder {
+    sde: Option<Arc<dyn ForwardSde>>,
+    param: Option<Arc<dyn Parameterization>>,
+    model: Option<Arc<dyn ScoreModel>>,
+    solver: Option<Arc<dyn Solver>>,
+    steps: Option<usize>,
+    grid: Option<GridKind>,
+    seed: u64,
+    chunk_rows: Option<Option<usize>>,
+    noise: Option<Arc<dyn NoiseSource>>,
+    device: Option<Device>,
+    dtype: Option<DType>,
+    capture_trajectory: bool,
+}
+
+impl PipelineBuilder {
+    /// The forward SDE.
+    pub fn sde(mut self, sde: Arc<dyn ForwardSde>) -> Self {
+        self.sde = Some(sde);
+        self
+    }
+    /// The parameterization the model's output is read in.
+    pub fn param(mut self, param: Arc<dyn Parameterization>) -> Self {
+        self.param = Some(param);
+        self
+    }
+    /// The score model.
+    pub fn model(mut self, model: Arc<dyn ScoreModel>) -> Self {
+        self.model = Some(model);
+        self
+    }
+    /// The solver.
+    pub fn solver(mut self, solver: Arc<dyn Solver>) -> Self {
+        self.solver = Some(solver);
+        self
+    }
+    /// The step count (default: the solver's for this SDE).
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = Some(steps);
+        self
+    }
+    /// The grid (default: the solver's for this SDE).
+    pub fn grid(mut self, grid: GridKind) -> Self {
+        self.grid = Some(grid);
+        self
+    }
+    /// The seed of every draw (default 0).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Model chunk rows; `None` turns chunking (and batch invariance) off. Default 1,024.
+    pub fn chunk_rows(mut self, chunk_rows: Option<usize>) -> Self {
+        self.chunk_rows = Some(chunk_rows);
+        self
+    }
+    /// Replaces the noise source (tests: constants, Brownian paths).
+    pub fn noise(mut self, noise: Arc<dyn NoiseSource>) -> Self {
+        self.noise = Some(noise);
+        self
+    }
+    /// The device (default CPU).
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = Some(device);
+        self
+    }
+    /// The dtype of samples (default f32).
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+    /// Keep x after every step.
+    pub fn capture_trajectory(mut self, on: bool) -> Self {
+        self.capture_trajectory = on;
+        self
+    }
+
+    /// Checks the parts and fixes the schedule.
+    pub fn build(self) -> Result<Pipeline> {
+        let missing =
+            |field: &str| Error::invalid("pipeline", field, "is required; set it on the builder");
+        let sde = self.sde.ok_or_else(|| missing("sde"))?;
+        let param = self.param.ok_or_else(|| missing("param"))?;
+        let model = self.model.ok_or_else(|| missing("model"))?;
+        let solver = self.solver.ok_or_else(|| missing("solver"))?;
+        let default = solver.default_schedule(&*sde);
+        let schedule = Schedule {
+            steps: self.steps.unwrap_or(default.steps),
+            grid: self.grid.unwrap_or(default.grid),
+        };
+        let chunk_rows = self.chunk_rows.unwrap_or(Some(DEFAULT_CHUNK_ROWS));
+        if chunk_rows == Some(0) {
+            return Err(Error::invalid(
+                "pipeline",
+                "chunk_rows",
+                "must be at least 1 (or off)",
+            ));
+        }
+        let times = schedule.grid.times(&*sde, schedule.steps)?;
+        Ok(Pipeline {
+            sde,
+            param,
+            model,
+            solver,
+            schedule,
+            times,
+            seed: self.seed,
+            chunk_rows,
+            noise: self.noise.unwrap_or_else(|| Arc::new(PhiloxNoise)),
+            device: self.device.unwrap_or(Device::Cpu),
+            dtype: self.dtype.unwrap_or(DType::F32),
+            capture_trajectory: self.capture_trajectory,
+        })
+    }
+}
+
+/// A composed sampler.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    sde: Arc<dyn ForwardSde>,
+    param: Arc<dyn Parameterization>,
+    model: Arc<dyn ScoreModel>,
+    solver: Arc<dyn Solver>,
+    schedule: Schedule,
+    times: Vec<f64>,
+    seed: u64,
+    chunk_rows: Option<usize>,
+    noise: Arc<dyn NoiseSource>,
+    device: Device,
+    dtype: DType,
+    capture_trajectory: bool,
+}
+
+/// What a run returns.
+#[derive(Debug, Clone)]
+pub struct SampleOutput {
+    /// The final state (its `x` holds the samples).
+    pub state: State,
+    /// Model evaluations (counted, not claimed).
+    pub nfe: u64,
+    /// Zero rows the chunking added.
+    pub padded_rows: u64,
+    /// (t, x) after every step, when capture is on.
+    pub trajectory: Vec<(f64, Tensor)>,
+}
+
+impl Pipeline {
+    /// A builder.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder::default()
+    }
+    /// The times t_0 = T > … > t_N = t_ε.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+    /// The step count and grid in use.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+    /// The SDE.
+    pub fn sde(&self) -> &dyn ForwardSde {
+        &*self.sde
+    }
+    /// The solver.
+    pub fn solver(&self) -> &dyn Solver {
+        &*self.solver
+    }
+    /// The dtype of samples.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The prior draw of samples `offset..offset + n`: the first state of a run.
+    pub fn prior_state(&self, offset: u64, n: usize) -> Result<State> {
+        let shape = self.model.sample_shape();
+        let cols: usize = shape.iter().product();
+        let req = NoiseRequest {
+            seed: self.seed,
+            sample_offset: offset,
+            rows: n,
+            cols,
+            draw_offset: 0,
+            index_in_step: 0,
+            t_from: self.times[0],
+            t_to: self.times[0],
+        };
+        let z = PhiloxNoise.standard_normal(&req, self.dtype, &self.device)?;
+        let mut full = vec![n];
+        full.extend(shape);
+        let x = self.sde.prior_sample(&z.reshape(full)?)?;
+        let mut state = State::new(x, self.times[0], offset);
+        state.draws = cols as u64;
+        Ok(state)
+    }
+
+    /// Samples `0..n` from the prior to t_ε.
+    pub fn sample(&self, n: usize) -> Result<SampleOutput> {
+        self.sample_range(0, n)
+    }
+
+    /// Samples `offset..offset + n`: a shard gives the same rows as the whole job.
+    pub fn sample_range(&self, offset: u64, n: usize) -> Result<SampleOutput> {
+        self.run(self.prior_state(offset, n)?)
+    }
+
+    /// Runs the loop from a given state at T (exact p_T samples, a resumed state).
+    pub fn run(&self, mut state: State) -> Result<SampleOutput> {
+        let denoiser = Denoiser::new(
+            self.model.clone(),
+            self.param.clone(),
+            self.chunk_rows,
+            None,
+        );
+        let steps = self.schedule.steps;
+        let first = state.step;
+        let mut trajectory = Vec::new();
+        let span = tracing::debug_span!("sample", steps, rows = state.x.dim(0)?);
+        let _enter = span.enter();
+        for i in first..steps {
+            let from = self.sde.coefs(self.times[i]);
+            let to = self.sde.coefs(self.times[i + 1]);
+            let ctx = StepContext::new(
+                &*self.sde,
+                &denoiser,
+                &*self.noise,
+                self.seed,
+                from,
+                to,
+                i,
+                steps,
+            );
+            let step = self.solver.step(&ctx, &state)?;
+            let mut next = step.state;
+            next.t = to.t;
+            next.step = i + 1;
+            next.draws = state.draws + ctx.draws_taken();
+            next.sample_offset = state.sample_offset;
+            if !all_finite(&next.x)? {
+                return Err(Error::NonFinite {
+                    what: "samples".into(),
+                    step: i,
+                    t: to.t,
+                });
+            }
+            if self.capture_trajectory {
+                trajectory.push((to.t, next.x.clone()));
+            }
+            state = next;
+            tracing::trace!(step = i, t = to.t, "step done");
+        }
+        Ok(SampleOutput {
+            state,
+            nfe: denoiser.nfe(),
+            padded_rows: denoiser.padded_rows(),
+            trajectory,
+        })
+    }
+}

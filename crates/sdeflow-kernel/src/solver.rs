@@ -1,0 +1,195 @@
+//! The [`Solver`] trait, its declared [`SolverClaims`], and the [`StepContext`] a step sees.
+
+use std::{cell::Cell, fmt::Debug};
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::{
+    Denoiser, ForwardSde, Prediction, Result, State, TimeCoefs,
+    grid::GridKind,
+    noise::{NoiseRequest, NoiseSource},
+};
+
+/// A solver's convergence claim, which conformance measures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Order {
+    /// A deterministic method of this order.
+    Ode(f64),
+    /// A stochastic method with these weak and strong orders.
+    Sde {
+        /// The weak order (error in law).
+        weak: f64,
+        /// The strong order (pathwise error on a shared Brownian path).
+        strong: f64,
+    },
+    /// No convergence order: a bias that does not shrink with the step (PC's corrector).
+    Plateau,
+}
+
+/// Which equation a solver integrates (MATH.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Equation {
+    /// The reverse-time SDE.
+    ReverseSde,
+    /// The probability-flow ODE.
+    ProbabilityFlowOde,
+}
+
+/// What a solver declares about itself; conformance checks every field.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SolverClaims {
+    /// The convergence order.
+    pub order: Order,
+    /// Model evaluations per step.
+    pub nfe_per_step: usize,
+    /// Whether a step draws noise.
+    pub stochastic: bool,
+    /// Whether a step is affine in x for an affine score, x_s = A x_t + b + C z (so weak error
+    /// can be propagated exactly on a single Gaussian).
+    pub affine: bool,
+    /// The equation integrated.
+    pub equation: Equation,
+    /// The grid the order is claimed on.
+    pub natural_grid: GridKind,
+}
+
+/// A step count and grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Schedule {
+    /// Steps.
+    pub steps: usize,
+    /// Grid.
+    pub grid: GridKind,
+}
+
+/// Everything one step from `from.t` to `to.t` may use: the SDE, the model (counted), the
+/// noise, and the step's place in the run.
+pub struct StepContext<'a> {
+    /// The forward SDE.
+    pub sde: &'a dyn ForwardSde,
+    /// The model, read through the parameterization.
+    pub denoiser: &'a Denoiser,
+    /// The noise source.
+    pub noise: &'a dyn NoiseSource,
+    /// The run's seed.
+    pub seed: u64,
+    /// Coefficients at the step's start.
+    pub from: TimeCoefs,
+    /// Coefficients at the step's end.
+    pub to: TimeCoefs,
+    /// This step's index, from 0.
+    pub step: usize,
+    /// The number of steps in the run.
+    pub steps: usize,
+    draws: Cell<u64>,
+    draw_calls: Cell<u64>,
+}
+
+impl<'a> StepContext<'a> {
+    /// A context for step `step` of `steps` from `from` to `to`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sde: &'a dyn ForwardSde,
+        denoiser: &'a Denoiser,
+        noise: &'a dyn NoiseSource,
+        seed: u64,
+        from: TimeCoefs,
+        to: TimeCoefs,
+        step: usize,
+        steps: usize,
+    ) -> Self {
+        Self {
+            sde,
+            denoiser,
+            noise,
+            seed,
+            from,
+            to,
+            step,
+            steps,
+            draws: Cell::new(0),
+            draw_calls: Cell::new(0),
+        }
+    }
+
+    /// The signed step h = t_from − t_to (positive when integrating toward the data).
+    pub fn h(&self) -> f64 {
+        self.from.t - self.to.t
+    }
+
+    /// Whether this is the run's last step.
+    pub fn is_last(&self) -> bool {
+        self.step + 1 == self.steps
+    }
+
+    /// Evaluates the model at `(x, c)`: one NFE.
+    pub fn eval(&self, x: &Tensor, c: &TimeCoefs) -> Result<Prediction<'a>> {
+        self.denoiser.eval(x, c)
+    }
+
+    /// The coefficients at any time `t` (for a stage between `from` and `to`).
+    pub fn coefs(&self, t: f64) -> TimeCoefs {
+        self.sde.coefs(t)
+    }
+
+    /// Standard normal noise shaped like `state.x`, keyed by (seed, sample, draw index); each
+    /// call in a step takes the next draw indices.
+    pub fn standard_normal(&self, state: &State) -> Result<Tensor> {
+        let rows = state.rows()?;
+        let cols = state.x.elem_count() / rows.max(1);
+        let req = NoiseRequest {
+            seed: self.seed,
+            sample_offset: state.sample_offset,
+            rows,
+            cols,
+            draw_offset: state.draws + self.draws.get(),
+            index_in_step: self.draw_calls.get(),
+            t_from: self.from.t,
+            t_to: self.to.t,
+        };
+        self.draws.set(self.draws.get() + cols as u64);
+        self.draw_calls.set(self.draw_calls.get() + 1);
+        let z = self
+            .noise
+            .standard_normal(&req, state.x.dtype(), state.x.device())?;
+        Ok(z.reshape(state.x.shape())?)
+    }
+
+    /// Draw indices taken in this step so far.
+    pub fn draws_taken(&self) -> u64 {
+        self.draws.get()
+    }
+}
+
+/// What a step returns: the next state and, for embedded methods, a local error estimate.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The state at `to.t`. The loop sets its `t`, `step`, `draws` and `sample_offset`.
+    pub state: State,
+    /// An estimate of the local error, for adaptive stepping (none for fixed-step methods).
+    pub error_estimate: Option<Tensor>,
+}
+
+impl Step {
+    /// A step with no error estimate.
+    pub fn to(state: State) -> Self {
+        Self {
+            state,
+            error_estimate: None,
+        }
+    }
+}
+
+/// Maps the state from `ctx.from.t` to `ctx.to.t`. Solvers are immutable (`&self`); any
+/// multistep history lives in the [`State`].
+pub trait Solver: Send + Sync + Debug {
+    /// The solver's claims.
+    fn claims(&self) -> SolverClaims;
+
+    /// The default step count and grid on `sde` (at most 1,000 NFE).
+    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule;
+
+    /// One step.
+    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step>;
+}

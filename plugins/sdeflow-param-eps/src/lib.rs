@@ -1,0 +1,51 @@
+//! ε-prediction: the network predicts the noise ε in x_t = α x₀ + σ ε (Ho et al. 2020).
+//!
+//! # Formula
+//! MATH.md §3, first row: the output is ε̂; x̂₀ = (x − σ ε̂)/α and ŝ = −ε̂/σ through the
+//! kernel's conversions. The training target is ε and ‖ε̂ − ε‖ is the loss itself, so the loss
+//! scale k(t) = 1 (MATH.md §4).
+//!
+//! # Parameters
+//! None: `eps()`.
+//!
+//! # Claims
+//! Round trips ε̂ → output → ε̂ and through x̂₀ and ŝ are exact to 1e-10 (norm-relative, f64);
+//! the training target equals the output converted from the true ε.
+//!
+//! # References
+//! Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020, eq. (11)–(14).
+
+use candle_core::Tensor;
+use sdeflow_kernel::{Parameterization, Result, TimeCoefs, register_param};
+use serde::{Deserialize, Serialize};
+
+/// ε-prediction has no parameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {}
+
+/// ε-prediction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Eps;
+
+impl Parameterization for Eps {
+    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(out.clone())
+    }
+    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
+        1.0
+    }
+}
+
+register_param!(
+    "eps",
+    "ε-prediction: the network predicts the noise (DDPM)",
+    Params,
+    |_: Params| Ok(Eps)
+);
