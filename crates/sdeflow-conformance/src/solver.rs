@@ -1,0 +1,400 @@
+//! Solver contracts: the claimed order by exact propagation of the weak error on a single
+//! Gaussian, SW2 on the mixtures from exact p_T samples, NFE counted against claimed,
+//! finiteness at every step count, and bit-identical samples across batch sizes and reruns.
+
+use std::{collections::HashMap, sync::Arc};
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{
+    Denoiser, ForwardSde, GridKind, ModelContext, Order, Parameterization, Pipeline, Registry,
+    Result, ScoreModel, Solver, State, StepContext, bail, noise::ConstantNoise,
+};
+
+use crate::{
+    Mode,
+    mixtures::{MixtureSpec, SINGLE_STD, mix8, ring, single_gaussian},
+    report::{Report, num},
+    sw2::{Floor, SAMPLES, SlicedW2, reference_and_floor},
+};
+
+/// Step counts of the order fits: 2^4 … 2^12.
+pub const ORDER_STEPS: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+/// "Finite at every step count" (DESIGN.md "Decisions").
+pub const FINITE_STEPS: [usize; 8] = [1, 2, 3, 5, 10, 100, 1000, 2000];
+/// Batch sizes whose samples must agree bit for bit.
+pub const BATCHES: [usize; 3] = [1, 7, 1000];
+const RUN_SEED: u64 = 42;
+const START_SEED: u64 = 3_000;
+
+/// What every solver check needs: the registry (for the oracle) and the parameterization the
+/// oracle reports in.
+pub struct Fixture<'a> {
+    /// The registry.
+    pub registry: &'a Registry,
+    /// The parameterization runs read the model in.
+    pub param: Arc<dyn Parameterization>,
+    /// SW2 references and floors, by (mixture, SDE).
+    floors: HashMap<(String, String), (SlicedW2, Floor)>,
+}
+
+impl<'a> Fixture<'a> {
+    /// A fixture reading the oracle through `param`.
+    pub fn new(registry: &'a Registry, param: Arc<dyn Parameterization>) -> Self {
+        Self {
+            registry,
+            param,
+            floors: HashMap::new(),
+        }
+    }
+
+    fn oracle(&self, spec: &MixtureSpec, dtype: DType) -> Result<Arc<dyn ScoreModel>> {
+        let ctx = ModelContext {
+            param: self.param.clone(),
+            device: Device::Cpu,
+            dtype,
+        };
+        self.registry
+            .model("gmm_oracle", &spec.oracle_params(), &ctx)
+    }
+
+    fn floor(
+        &mut self,
+        spec: &MixtureSpec,
+        sde_name: &str,
+        sde: &dyn ForwardSde,
+    ) -> Result<&(SlicedW2, Floor)> {
+        let key = (spec.name.to_string(), sde_name.to_string());
+        if !self.floors.contains_key(&key) {
+            let c = sde.coefs(sde.t_eps());
+            let target = spec.mixture()?.marginal(c.alpha, c.sigma)?;
+            self.floors
+                .insert(key.clone(), reference_and_floor(&target)?);
+        }
+        Ok(&self.floors[&key])
+    }
+}
+
+fn claimed_order(order: Order) -> Option<f64> {
+    match order {
+        Order::Ode(p) => Some(p),
+        Order::Sde { weak, .. } => Some(weak),
+        Order::Plateau => None,
+    }
+}
+
+fn rows_f64(x: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+}
+
+/// The weak error at `steps` on the single Gaussian, propagated exactly: each step of the
+/// plugin is x_s = A x_t + b + C z, read off with x = 0, 1 and noise 0, 1; the mean and
+/// variance of the law then propagate without sampling, and the error is the closed-form W2
+/// between the final Gaussian and the exact marginal at t_ε.
+pub fn exact_weak_error(
+    sde: &dyn ForwardSde,
+    solver: &dyn Solver,
+    model: Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    grid: GridKind,
+    steps: usize,
+) -> Result<f64> {
+    let spec = single_gaussian();
+    let m = &spec.means[0];
+    let d = m.len();
+    let s2 = SINGLE_STD * SINGLE_STD;
+    let times = grid.times(sde, steps)?;
+    let denoiser = Denoiser::new(model, param, None, None);
+    let (zero, one) = (ConstantNoise(0.0), ConstantNoise(1.0));
+    let dev = Device::Cpu;
+    let probe = Tensor::from_vec([vec![0.0; d], vec![1.0; d]].concat(), (2, d), &dev)?;
+    let origin = Tensor::zeros((1, d), DType::F64, &dev)?;
+    let c0 = sde.coefs(times[0]);
+    let mut mean: Vec<f64> = m.iter().map(|v| c0.alpha * v).collect();
+    let mut var = vec![c0.alpha * c0.alpha * s2 + c0.sigma * c0.sigma; d];
+    for i in 0..steps {
+        let (from, to) = (sde.coefs(times[i]), sde.coefs(times[i + 1]));
+        let ctx = StepContext::new(sde, &denoiser, &zero, RUN_SEED, from, to, i, steps);
+        let affine = rows_f64(
+            &solver
+                .step(&ctx, &State::new(probe.clone(), from.t, 0))?
+                .state
+                .x,
+        )?;
+        let ctx_z = StepContext::new(sde, &denoiser, &one, RUN_SEED, from, to, i, steps);
+        let noisy = rows_f64(
+            &solver
+                .step(&ctx_z, &State::new(origin.clone(), from.t, 0))?
+                .state
+                .x,
+        )?;
+        if ctx_z.draws_taken() > d as u64 {
+            bail!(
+                "exact propagation needs at most one noise draw per step; this solver took {}",
+                ctx_z.draws_taken() / d as u64
+            );
+        }
+        for j in 0..d {
+            let b = affine[0][j];
+            let a = affine[1][j] - b;
+            let c = noisy[0][j] - b;
+            mean[j] = a * mean[j] + b;
+            var[j] = a * a * var[j] + c * c;
+        }
+    }
+    let c = sde.coefs(times[steps]);
+    let exact_var = c.alpha * c.alpha * s2 + c.sigma * c.sigma;
+    let w2sq: f64 = (0..d)
+        .map(|j| (mean[j] - c.alpha * m[j]).powi(2) + (var[j].sqrt() - exact_var.sqrt()).powi(2))
+        .sum();
+    Ok(w2sq.sqrt())
+}
+
+/// Runs every solver contract for `solver` (named `name`) on each SDE.
+pub fn check(
+    report: &mut Report,
+    fixture: &mut Fixture<'_>,
+    mode: Mode,
+    name: &str,
+    solver: Arc<dyn Solver>,
+    sdes: &[(&str, Arc<dyn ForwardSde>)],
+) {
+    let plugin = format!("solver/{name}");
+    let claims = solver.claims();
+    for (sde_name, sde) in sdes {
+        if claims.affine {
+            weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde);
+        }
+        let mixtures = match mode {
+            Mode::Quick => vec![ring()],
+            Mode::Full => vec![ring(), mix8()],
+        };
+        for spec in mixtures {
+            if let Err(e) = sw2_at_default(report, fixture, &plugin, &solver, sde_name, sde, &spec)
+            {
+                report.error(
+                    &plugin,
+                    format!("SW2 on {} ({sde_name}) at default", spec.name),
+                    e,
+                );
+            }
+        }
+        finite_everywhere(report, fixture, &plugin, &solver, sde_name, sde);
+        if let Err(e) = bit_identical(report, fixture, &plugin, &solver, sde_name, sde) {
+            report.error(
+                &plugin,
+                format!("bit-identical across batches ({sde_name})"),
+                e,
+            );
+        }
+    }
+}
+
+fn weak_order(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &dyn Solver,
+    sde_name: &str,
+    sde: &dyn ForwardSde,
+) {
+    let claims = solver.claims();
+    let Some(claim) = claimed_order(claims.order) else {
+        return;
+    };
+    let check = format!(
+        "weak order on {sde_name}, {:?} grid (single Gaussian, exact propagation)",
+        claims.natural_grid
+    );
+    let run = || -> Result<Vec<f64>> {
+        let model = fixture.oracle(&single_gaussian(), DType::F64)?;
+        ORDER_STEPS
+            .iter()
+            .map(|&n| {
+                exact_weak_error(
+                    sde,
+                    solver,
+                    model.clone(),
+                    fixture.param.clone(),
+                    claims.natural_grid,
+                    n,
+                )
+            })
+            .collect()
+    };
+    match run() {
+        Ok(errors) => {
+            let fitted = crate::fit::tail_order(&ORDER_STEPS, &errors);
+            let curve: Vec<String> = ORDER_STEPS
+                .iter()
+                .zip(&errors)
+                .map(|(n, e)| format!("{n}:{}", num(*e)))
+                .collect();
+            tracing::info!(plugin, sde = sde_name, errors = %curve.join(" "), "weak error curve");
+            let pass = fitted.is_some_and(|p| (p - claim).abs() <= 0.25);
+            report.push(
+                plugin,
+                check,
+                fitted.map_or("no points above 1e-11".into(), num),
+                num(claim),
+                "± 0.25 (tail fit, N ≤ 4096)",
+                pass,
+                format!(
+                    "the weak error falls at another rate than claimed: errors by N {}",
+                    curve.join(", ")
+                ),
+            );
+        }
+        Err(e) => report.error(plugin, check, e),
+    }
+}
+
+fn exact_start(spec: &MixtureSpec, sde: &dyn ForwardSde, n: usize) -> Result<Tensor> {
+    let c = sde.coefs(sde.t_max());
+    let x = spec
+        .mixture()?
+        .marginal(c.alpha, c.sigma)?
+        .sample(START_SEED, 0, n);
+    Ok(Tensor::from_vec(x, (n, spec.dim()), &Device::Cpu)?)
+}
+
+fn sw2_at_default(
+    report: &mut Report,
+    fixture: &mut Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+    spec: &MixtureSpec,
+) -> Result<()> {
+    let model = fixture.oracle(spec, DType::F64)?;
+    let pipeline = Pipeline::builder()
+        .sde(sde.clone())
+        .param(fixture.param.clone())
+        .model(model)
+        .solver(solver.clone())
+        .seed(RUN_SEED)
+        .dtype(DType::F64)
+        .build()?;
+    let schedule = pipeline.schedule();
+    let out = pipeline.run(State::new(
+        exact_start(spec, &**sde, SAMPLES)?,
+        sde.t_max(),
+        0,
+    ))?;
+    let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
+    report.push(
+        plugin,
+        format!(
+            "NFE counted at default ({sde_name}, {} steps)",
+            schedule.steps
+        ),
+        out.nfe.to_string(),
+        claimed_nfe.to_string(),
+        "exact",
+        out.nfe == claimed_nfe,
+        "the solver evaluates the model a different number of times than nfe_per_step × steps",
+    );
+    let samples = out.state.x.flatten_all()?.to_vec1::<f64>()?;
+    let (sw, floor) = fixture.floor(spec, sde_name, &**sde)?;
+    let d = sw.distance(&samples)?;
+    report.push(
+        plugin,
+        format!("SW2 on {} ({sde_name}, {} {:?} steps, exact p_T start)", spec.name, schedule.steps, schedule.grid),
+        num(d),
+        format!("floor {} ± {}", num(floor.mean), num(floor.sd)),
+        format!("≤ {}", num(floor.threshold())),
+        d <= floor.threshold(),
+        "samples are further from the exact law than exact samples are: the solver is biased at its default schedule",
+    );
+    Ok(())
+}
+
+fn small_run(
+    fixture: &Fixture<'_>,
+    solver: &Arc<dyn Solver>,
+    sde: &Arc<dyn ForwardSde>,
+    steps: usize,
+    dtype: DType,
+) -> Result<Pipeline> {
+    Pipeline::builder()
+        .sde(sde.clone())
+        .param(fixture.param.clone())
+        .model(fixture.oracle(&ring(), dtype)?)
+        .solver(solver.clone())
+        .steps(steps)
+        .grid(solver.claims().natural_grid)
+        .seed(RUN_SEED)
+        .dtype(dtype)
+        .build()
+}
+
+fn finite_everywhere(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+) {
+    let mut failures = Vec::new();
+    for steps in FINITE_STEPS {
+        let outcome = small_run(fixture, solver, sde, steps, DType::F64).and_then(|p| p.sample(64));
+        match outcome {
+            Ok(out) if out.nfe == (solver.claims().nfe_per_step * steps) as u64 => {}
+            Ok(out) => failures.push(format!("{steps} steps: {} NFE", out.nfe)),
+            Err(e) => failures.push(format!("{steps} steps: {e}")),
+        }
+    }
+    report.push(
+        plugin,
+        format!("finite with NFE as claimed at 1–2,000 steps ({sde_name}, ring)"),
+        format!(
+            "{}/{}",
+            FINITE_STEPS.len() - failures.len(),
+            FINITE_STEPS.len()
+        ),
+        format!("{}/{}", FINITE_STEPS.len(), FINITE_STEPS.len()),
+        "all",
+        failures.is_empty(),
+        failures.join("; "),
+    );
+}
+
+fn bit_identical(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+) -> Result<()> {
+    let steps = solver.default_schedule(&**sde).steps;
+    let pipeline = small_run(fixture, solver, sde, steps, DType::F32)?;
+    let bits = |n: usize| -> Result<Vec<Vec<u32>>> {
+        let x = pipeline.sample(n)?.state.x.to_vec2::<f32>()?;
+        Ok(x.iter()
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect())
+    };
+    let big = *BATCHES.iter().max().unwrap_or(&1);
+    let reference = bits(big)?;
+    let mut mismatches = Vec::new();
+    for n in BATCHES.iter().copied().filter(|n| *n != big) {
+        if bits(n)?[..] != reference[..n] {
+            mismatches.push(format!("batch {n}"));
+        }
+    }
+    if bits(big)? != reference {
+        mismatches.push("rerun".into());
+    }
+    report.push(
+        plugin,
+        format!("sample i bit-identical in batches {BATCHES:?} and on rerun ({sde_name}, f32)"),
+        if mismatches.is_empty() { "identical".into() } else { format!("differs: {}", mismatches.join(", ")) },
+        "identical",
+        "bitwise",
+        mismatches.is_empty(),
+        "a sample depends on its batch-mates or on the run: draw noise only through ctx.standard_normal and keep state in State",
+    );
+    Ok(())
+}

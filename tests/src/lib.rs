@@ -1,0 +1,37 @@
+//! Shared helpers of sdeflow's whole-system tests (the tests live in `tests/tests/`).
+
+use candle_core::{DType, Device};
+use sdeflow_conformance::mixtures::ring;
+use sdeflow_kernel::{ModelContext, Pipeline, PipelineBuilder, Registry, Result};
+
+/// The registry with every built-in plugin.
+pub fn registry() -> Result<&'static Registry> {
+    sdeflow_plugins::registry()
+}
+
+/// A builder for VP + ε + the `ring` oracle + `solver`, in f32 on the CPU.
+pub fn ring_pipeline(solver: &str, steps: usize, seed: u64) -> Result<PipelineBuilder> {
+    let r = registry()?;
+    let param = r.param("eps", "()")?;
+    let ctx = ModelContext {
+        param: param.clone(),
+        device: Device::Cpu,
+        dtype: DType::F32,
+    };
+    Ok(Pipeline::builder()
+        .sde(r.sde("vp", "()")?)
+        .param(param)
+        .model(r.model("gmm_oracle", &ring().oracle_params(), &ctx)?)
+        .solver(r.solver(solver, "()")?)
+        .steps(steps)
+        .seed(seed))
+}
+
+/// The bytes of a sample tensor, for bitwise comparisons.
+pub fn bits(x: &candle_core::Tensor) -> Result<Vec<u32>> {
+    Ok(x.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
