@@ -79,7 +79,8 @@ impl Denoiser {
         };
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
-        while start < n {
+        // An empty batch still makes one (fully padded) call: `cat` needs at least one part.
+        while start < n || outs.is_empty() {
             let len = chunk.min(n - start);
             let part = x.narrow(0, start, len)?;
             let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
@@ -137,5 +138,24 @@ impl Prediction<'_> {
     /// ŝ.
     pub fn score(&self) -> Result<Tensor> {
         self.param.to_score(&self.out, &self.x, &self.coefs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    #[test]
+    fn pad_rows_appends_zero_rows_of_the_same_shape() -> Result<()> {
+        let x = Tensor::ones((3, 2, 2), DType::F32, &Device::Cpu)?;
+        let padded = pad_rows(&x, 2)?;
+        assert_eq!(padded.dims(), &[5, 2, 2]);
+        assert_eq!(padded.dtype(), DType::F32);
+        let v = padded.flatten_all()?.to_vec1::<f32>()?;
+        assert!(v[..12].iter().all(|&a| a == 1.0));
+        assert!(v[12..].iter().all(|&a| a == 0.0));
+        Ok(())
     }
 }

@@ -23,6 +23,10 @@ pub enum GridKind {
 
 impl GridKind {
     /// The N + 1 times of an N-step grid on `sde`, strictly decreasing from T to t_ε.
+    #[allow(
+        clippy::neg_cmp_op_on_partial_ord,
+        reason = "`!(a < b)` also rejects NaN, which `a >= b` would let through"
+    )]
     pub fn times(&self, sde: &dyn ForwardSde, steps: usize) -> Result<Vec<f64>> {
         if steps == 0 {
             return Err(Error::invalid("grid", "steps", "must be at least 1"));

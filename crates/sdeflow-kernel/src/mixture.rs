@@ -38,6 +38,10 @@ const PLUGIN: &str = "gaussian mixture";
 
 impl GaussianMixture {
     /// A mixture; weights must be non-negative and sum to 1, covariances positive definite.
+    #[allow(
+        clippy::neg_cmp_op_on_partial_ord,
+        reason = "`!(a < b)` also rejects NaN, which `a >= b` would let through"
+    )]
     pub fn new(weights: Vec<f64>, means: Vec<Vec<f64>>, covs: Vec<Covariance>) -> Result<Self> {
         let k = weights.len();
         if k == 0 {

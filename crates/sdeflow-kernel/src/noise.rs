@@ -232,6 +232,10 @@ pub struct BrownianNoise {
 
 impl BrownianNoise {
     /// A path on [t_lo, t_hi], resolved to 2^-depth of the interval (linear within a leaf).
+    #[allow(
+        clippy::neg_cmp_op_on_partial_ord,
+        reason = "`!(a < b)` also rejects NaN, which `a >= b` would let through"
+    )]
     pub fn new(t_lo: f64, t_hi: f64, depth: u32) -> Result<Self> {
         if !(t_lo < t_hi) || !(1..=62).contains(&depth) {
             return Err(Error::invalid(

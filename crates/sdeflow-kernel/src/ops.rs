@@ -15,9 +15,12 @@ pub fn lin3(a: f64, x: &Tensor, b: f64, y: &Tensor, c: f64, z: &Tensor) -> Resul
     Ok(((x.affine(a, 0.0)? + y.affine(b, 0.0)?)? + z.affine(c, 0.0)?)?)
 }
 
-/// Whether every element of `x` is finite (NaN and ±∞ both propagate through the sum).
+/// Whether every element of `x` is finite. Each element times 0 is 0 when finite and NaN when
+/// NaN or ±∞, so the sum is 0 or NaN: unlike a plain sum, large finite values cannot overflow
+/// it to ∞.
 pub fn all_finite(x: &Tensor) -> Result<bool> {
     let s = x
+        .affine(0.0, 0.0)?
         .sum_all()?
         .to_dtype(candle_core::DType::F64)?
         .to_scalar::<f64>()?;

@@ -20,6 +20,10 @@ pub trait Parameterization: Send + Sync + Debug {
 
     /// The network output that corresponds to ε̂ at `(x, c)`; the inverse of
     /// [`to_eps`](Self::to_eps). Used to report an exact score in this target.
+    #[allow(
+        clippy::wrong_self_convention,
+        reason = "the inverse of `to_eps`; renaming would break every parameterization plugin"
+    )]
     fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor>;
 
     /// The factor k(t) with ‖out − target‖ = k ‖ε̂ − ε‖ (MATH.md §4), so that the weight w on

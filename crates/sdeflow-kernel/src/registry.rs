@@ -386,3 +386,87 @@ macro_rules! register_weighting {
         );
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(_: ErasedDe<'_, '_>) -> std::result::Result<Arc<dyn Solver>, erased_serde::Error> {
+        Err(<erased_serde::Error as serde::de::Error>::custom(
+            "not buildable",
+        ))
+    }
+
+    fn no_params() -> String {
+        "()".into()
+    }
+
+    const fn plugin(name: &'static str, crate_name: &'static str) -> SolverPlugin {
+        SolverPlugin {
+            info: PluginInfo {
+                name,
+                crate_name,
+                summary: "test",
+                default_params: no_params,
+            },
+            build,
+        }
+    }
+
+    static HEUN: SolverPlugin = plugin("heun", "crate-heun");
+    static DDIM: SolverPlugin = plugin("ddim", "crate-ddim");
+    static EULER: SolverPlugin = plugin("euler", "crate-euler");
+    static DDIM_AGAIN: SolverPlugin = plugin("ddim", "crate-other");
+
+    #[test]
+    fn catalog_sorts_by_name_and_finds_each() -> Result<()> {
+        let c = Catalog::<SolverKind>::new(vec![&HEUN, &DDIM, &EULER])?;
+        assert_eq!(c.names(), &["ddim", "euler", "heun"]);
+        let crates: Vec<&str> = c.all().iter().map(|p| p.info.crate_name).collect();
+        assert_eq!(crates, ["crate-ddim", "crate-euler", "crate-heun"]);
+        assert_eq!(c.get("euler")?.info.crate_name, "crate-euler");
+        match c.get("eulr") {
+            Err(Error::UnknownPlugin { kind, name, known }) => {
+                assert_eq!((kind, name.as_str()), ("solver", "eulr"));
+                assert_eq!(known, ["ddim", "euler", "heun"]);
+            }
+            other => panic!("expected UnknownPlugin, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn catalog_rejects_a_repeated_name_naming_both_crates() -> Result<()> {
+        match Catalog::<SolverKind>::new(vec![&HEUN, &DDIM, &EULER, &DDIM_AGAIN]) {
+            Err(Error::DuplicatePlugin {
+                kind,
+                name,
+                first,
+                second,
+            }) => {
+                assert_eq!((kind, name), ("solver", "ddim"));
+                let mut crates = [first, second];
+                crates.sort();
+                assert_eq!(crates, ["crate-ddim", "crate-other"]);
+            }
+            other => panic!("expected DuplicatePlugin, got {other:?}"),
+        }
+        let empty = Catalog::<SolverKind>::new(Vec::new())?;
+        assert!(empty.names().is_empty() && empty.all().is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn build_errors_become_config_errors() -> Result<()> {
+        let c = Catalog::<SolverKind>::new(vec![&HEUN])?;
+        let p = c.get("heun")?;
+        match from_ron(p.info.name, "()", |de| (p.build)(de)) {
+            Err(Error::Config { file, msg, .. }) => {
+                assert_eq!(file, "<heun parameters>");
+                assert!(msg.contains("not buildable"), "{msg}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! `State`: save/load round trips through safetensors (x, time, counters, history, extras),
+//! atomic writes that leave no temporary file, clear errors on bad files; `State::with_x`;
+//! the `ScoreModel` default `save`.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use common::{TempDir, flat, normals};
+use sdeflow_kernel::{Error, HistoryEntry, Result, ScoreModel, State, TimeCoefs, io::write_atomic};
+
+fn full_state() -> Result<State> {
+    let dev = Device::Cpu;
+    let mut s = State::new(
+        normals(1, 4, 3)?.to_dtype(DType::F32)?,
+        0.123_456_789_012_345,
+        0,
+    );
+    s.step = 17;
+    // Above i64::MAX: the file stores the counters as i64 bit patterns.
+    s.sample_offset = u64::MAX - 5;
+    s.draws = (1 << 40) + 3;
+    for (k, lambda) in [-1.25, 0.5, 3.75].into_iter().enumerate() {
+        s.history.push(HistoryEntry {
+            lambda,
+            x0_hat: normals(10 + k as u64, 4, 3)?.to_dtype(DType::F32)?,
+        });
+    }
+    s.extras
+        .insert("log_det".into(), normals(20, 4, 1)?.squeeze(1)?);
+    s.extras.insert(
+        "counts.per_row".into(),
+        Tensor::new(&[1u32, 2, 3, 4], &dev)?,
+    );
+    Ok(s)
+}
+
+fn assert_same(a: &State, b: &State) -> Result<()> {
+    assert_eq!(a.x.dtype(), b.x.dtype());
+    assert_eq!(a.x.dims(), b.x.dims());
+    assert_eq!(flat(&a.x)?, flat(&b.x)?);
+    assert_eq!(a.t.to_bits(), b.t.to_bits());
+    assert_eq!(
+        (a.step, a.sample_offset, a.draws),
+        (b.step, b.sample_offset, b.draws)
+    );
+    assert_eq!(a.history.len(), b.history.len());
+    for (h, g) in a.history.iter().zip(&b.history) {
+        assert_eq!(h.lambda.to_bits(), g.lambda.to_bits());
+        assert_eq!(h.x0_hat.dtype(), g.x0_hat.dtype());
+        assert_eq!(flat(&h.x0_hat)?, flat(&g.x0_hat)?);
+    }
+    let keys = |m: &BTreeMap<String, Tensor>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&a.extras), keys(&b.extras));
+    for (k, v) in &a.extras {
+        assert_eq!(v.dtype(), b.extras[k].dtype(), "extra {k}");
+        assert_eq!(flat(v)?, flat(&b.extras[k])?, "extra {k}");
+    }
+    Ok(())
+}
+
+#[test]
+fn save_and_load_round_trip_every_field() -> Result<()> {
+    let dir = TempDir::new("state")?;
+    let s = full_state()?;
+    let path = dir.join("run/nested/state.safetensors");
+    s.save(&path)?;
+    let back = State::load(&path, &Device::Cpu)?;
+    assert_same(&s, &back)?;
+    // Only the state file is left: the temporary file was renamed into place.
+    let names: Vec<String> = std::fs::read_dir(dir.join("run/nested"))
+        .map_err(|source| Error::Io {
+            path: dir.join("run/nested"),
+            source,
+        })?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|source| Error::Io {
+            path: dir.0.clone(),
+            source,
+        })?;
+    assert_eq!(names, vec!["state.safetensors".to_string()]);
+    Ok(())
+}
+
+#[test]
+fn a_fresh_state_round_trips_and_saving_overwrites() -> Result<()> {
+    let dir = TempDir::new("state-fresh")?;
+    let path = dir.join("s.safetensors");
+    full_state()?.save(&path)?;
+    let fresh = State::new(normals(2, 3, 2)?, 1.0, 42);
+    fresh.save(&path)?;
+    let back = State::load(&path, &Device::Cpu)?;
+    assert_same(&fresh, &back)?;
+    assert!(back.history.is_empty() && back.extras.is_empty());
+    assert_eq!(back.x.dtype(), DType::F64);
+    Ok(())
+}
+
+#[test]
+fn with_x_replaces_only_the_samples() -> Result<()> {
+    let s = full_state()?;
+    let x = Tensor::zeros((4, 3), DType::F32, &Device::Cpu)?;
+    let t = s.with_x(x.clone());
+    assert_eq!(flat(&t.x)?, flat(&x)?);
+    assert_eq!(
+        (t.t, t.step, t.sample_offset, t.draws),
+        (s.t, s.step, s.sample_offset, s.draws)
+    );
+    assert_eq!(t.history.len(), 3);
+    assert_eq!(t.extras.len(), 2);
+    assert_eq!(s.rows()?, 4);
+    Ok(())
+}
+
+#[test]
+fn loading_bad_files_fails_with_the_path() -> Result<()> {
+    let dir = TempDir::new("state-bad")?;
+    let missing = dir.join("missing.safetensors");
+    assert!(State::load(&missing, &Device::Cpu).is_err());
+    // A safetensors file without `x`.
+    let partial = dir.join("partial.safetensors");
+    let mut map = std::collections::HashMap::new();
+    map.insert("t".to_string(), Tensor::new(&[0.5f64], &Device::Cpu)?);
+    candle_core::safetensors::save(&map, &partial)?;
+    match State::load(&partial, &Device::Cpu) {
+        Err(Error::Msg(m)) => {
+            assert!(
+                m.contains("partial.safetensors") && m.contains("`x`"),
+                "{m}"
+            );
+        }
+        other => panic!("expected a message naming `x`, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// `write_atomic` removes its temporary file when the write fails and leaves any previous
+/// file untouched.
+#[test]
+fn failed_atomic_write_leaves_the_old_file() -> Result<()> {
+    let dir = TempDir::new("atomic")?;
+    let path = dir.join("f.bin");
+    write_atomic(&path, |tmp| {
+        std::fs::write(tmp, b"old").map_err(|source| Error::Io {
+            path: tmp.into(),
+            source,
+        })
+    })?;
+    let r = write_atomic(&path, |tmp| {
+        std::fs::write(tmp, b"half").map_err(|source| Error::Io {
+            path: tmp.into(),
+            source,
+        })?;
+        Err(Error::Msg("disk full".into()))
+    });
+    assert!(matches!(r, Err(Error::Msg(_))));
+    assert_eq!(std::fs::read(&path).ok(), Some(b"old".to_vec()));
+    let count = std::fs::read_dir(&dir.0).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count, 1, "the temporary file was left behind");
+    Ok(())
+}
+
+/// A model with a `VarMap` writes it through the default `save`; one without writes nothing.
+struct WithVars(Option<VarMap>);
+
+impl std::fmt::Debug for WithVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WithVars")
+    }
+}
+
+impl ScoreModel for WithVars {
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![2]
+    }
+    fn forward(&self, x: &Tensor, _c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn varmap(&self) -> Option<&VarMap> {
+        self.0.as_ref()
+    }
+    fn load(&mut self, path: &Path) -> Result<()> {
+        if let Some(vm) = self.0.as_mut() {
+            vm.load(path)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn score_model_default_save_writes_its_varmap() -> Result<()> {
+    let dir = TempDir::new("varmap")?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let w = vb.get_with_hints((3, 2), "layer.weight", candle_nn::Init::Const(0.25))?;
+    let path = dir.join("model.safetensors");
+    let model = WithVars(Some(vm));
+    model.save(&path)?;
+    let saved = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    assert_eq!(flat(&saved["layer.weight"])?, flat(&w)?);
+    // Loading into a fresh model with the same variable restores the values.
+    let vm2 = VarMap::new();
+    let vb2 = VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu);
+    let w2 = vb2.get_with_hints((3, 2), "layer.weight", candle_nn::Init::Const(0.0))?;
+    let mut fresh = WithVars(Some(vm2));
+    fresh.load(&path)?;
+    assert_eq!(flat(&w2)?, vec![0.25; 6]);
+    let none = dir.join("none.safetensors");
+    WithVars(None).save(&none)?;
+    assert!(!none.exists());
+    Ok(())
+}
