@@ -88,7 +88,6 @@ pub struct StepContext<'a> {
 
 impl<'a> StepContext<'a> {
     /// A context for step `step` of `steps` from `from` to `to`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sde: &'a dyn ForwardSde,
         denoiser: &'a Denoiser,
