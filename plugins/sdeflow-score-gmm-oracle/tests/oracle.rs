@@ -1,0 +1,466 @@
+//! The Gaussian-mixture oracle against MATH.md §7: on one Gaussian the output is the closed
+//! form ε̂ = −σ ŝ, in an x₀ target it is Tweedie's x̂₀; on a mixture the score and divergence
+//! match central differences of the exact log-density; rows are independent; shapes, dtypes
+//! and invalid parameters are handled without panics.
+//!
+//! The parameterizations are test-local (a plugin must not depend on another plugin crate):
+//! ε-prediction and x₀-prediction, with MATH.md §3's formulas written beside them.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{
+    Error, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    mixture::Covariance,
+    noise::{Stream, philox_key, philox_normal_tensor},
+};
+use sdeflow_score_gmm_oracle::{GmmOracle, Params};
+
+const EPS: f64 = f64::EPSILON;
+
+/// ε-prediction (MATH.md §3, first row): the output is ε̂.
+#[derive(Debug)]
+struct EpsParam;
+
+impl Parameterization for EpsParam {
+    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(out.clone())
+    }
+    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
+        1.0
+    }
+}
+
+/// x₀-prediction (MATH.md §3, second row): ε̂ = (x − α x̂₀)/σ, x̂₀ = (x − σ ε̂)/α.
+#[derive(Debug)]
+struct X0Param;
+
+impl Parameterization for X0Param {
+    fn target(&self, x0: &Tensor, _eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(x0.clone())
+    }
+    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+        Ok(((x - (out * c.alpha)?)? / c.sigma)?)
+    }
+    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+        Ok(((x - (eps * c.sigma)?)? / c.alpha)?)
+    }
+    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
+        c.sigma / c.alpha
+    }
+}
+
+fn ctx(param: Arc<dyn Parameterization>) -> ModelContext {
+    ModelContext {
+        param,
+        device: Device::Cpu,
+        dtype: DType::F64,
+    }
+}
+
+fn oracle(p: Params) -> Result<GmmOracle> {
+    GmmOracle::from_params(p, &ctx(Arc::new(EpsParam)))
+}
+
+/// Time coefficients with the given (α, σ); the oracle reads only α and σ, which need not
+/// satisfy α² + σ² = 1 (any linear SDE, MATH.md §7).
+fn coefs(alpha: f64, sigma: f64) -> TimeCoefs {
+    TimeCoefs {
+        t: 0.5,
+        alpha,
+        sigma,
+        f: -1.0,
+        g2: 2.0,
+        lambda: (alpha / sigma).ln(),
+    }
+}
+
+/// A VP-like pair, a pair with α² + σ² ≠ 1, and one close to the data (σ = 0.01).
+fn all_coefs() -> [TimeCoefs; 3] {
+    [coefs(0.8, 0.6), coefs(0.6, 0.9), coefs(0.99995, 0.01)]
+}
+
+/// Deterministic normals `[rows, cols]`, scaled by `scale`, in f64.
+fn normals(seed: u64, rows: usize, cols: usize, scale: f64) -> Result<Tensor> {
+    Ok(philox_normal_tensor(
+        philox_key(seed, Stream::Exact),
+        0,
+        rows,
+        cols,
+        0,
+        DType::F64,
+        &Device::Cpu,
+    )?
+    .affine(scale, 0.0)?)
+}
+
+fn flat(x: &Tensor) -> Result<Vec<f64>> {
+    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+/// One Gaussian N(m, s² I): p_t = N(α m, (α² s² + σ²) I), so ŝ = −(x − α m)/(α² s² + σ²) and
+/// the ε output is −σ ŝ. The oracle's path (difference, Cholesky inverse, product, times σ)
+/// takes a handful of roundings of terms of size σ(|x| + α|m|)/C: 16ε of that scale.
+#[test]
+fn single_gaussian_gives_the_closed_form_eps() -> Result<()> {
+    let (m, s) = ([0.5, -1.0, 2.0], 0.7);
+    let o = oracle(Params {
+        weights: vec![1.0],
+        means: vec![m.to_vec()],
+        covariances: vec![Covariance::Isotropic(s)],
+    })?;
+    let x = normals(1, 16, 3, 1.5)?;
+    let xs = x.to_vec2::<f64>()?;
+    for c in all_coefs() {
+        let (a, sg) = (c.alpha, c.sigma);
+        let var = a * a * s * s + sg * sg;
+        let out = o.forward(&x, &c, None)?;
+        assert_eq!(out.dims(), &[16, 3]);
+        for (row, got) in xs.iter().zip(out.to_vec2::<f64>()?) {
+            for j in 0..3 {
+                let score = -(row[j] - a * m[j]) / var;
+                let want = -sg * score;
+                let scale = sg * (row[j].abs() + a * m[j].abs()) / var;
+                assert!(
+                    (got[j] - want).abs() <= 16.0 * EPS * scale,
+                    "α = {a}, σ = {sg}: {} vs {want}",
+                    got[j]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In an x₀ target the oracle reports Tweedie's E[x₀ | x_t] = (x + σ² ŝ)/α (MATH.md §3); for
+/// one Gaussian that is (x + σ² (α m − x)/C)/α with C = α² s² + σ². Each of the two
+/// conversions (ε̂ = −σŝ, then x̂₀ = (x − σ ε̂)/α) adds a few roundings: 32ε of the scale
+/// (|x| + σ²|x − α m|/C)/α.
+#[test]
+fn x0_target_reports_tweedie() -> Result<()> {
+    let (m, s) = ([1.0, -0.5], 0.4);
+    let o = GmmOracle::from_params(
+        Params {
+            weights: vec![1.0],
+            means: vec![m.to_vec()],
+            covariances: vec![Covariance::Isotropic(s)],
+        },
+        &ctx(Arc::new(X0Param)),
+    )?;
+    let x = normals(2, 8, 2, 1.0)?;
+    for c in all_coefs() {
+        let (a, sg) = (c.alpha, c.sigma);
+        let var = a * a * s * s + sg * sg;
+        let out = o.forward(&x, &c, None)?.to_vec2::<f64>()?;
+        for (row, got) in x.to_vec2::<f64>()?.iter().zip(out) {
+            for j in 0..2 {
+                let want = (row[j] + sg * sg * (a * m[j] - row[j]) / var) / a;
+                let scale = (row[j].abs() + sg * sg * (row[j] - a * m[j]).abs() / var) / a;
+                assert!(
+                    (got[j] - want).abs() <= 32.0 * EPS * scale,
+                    "α = {a}: {} vs {want}",
+                    got[j]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A two-component mixture in d = 2, one component with a full (correlated) covariance and one
+/// diagonal.
+fn two_components() -> Params {
+    Params {
+        weights: vec![0.3, 0.7],
+        means: vec![vec![-1.0, 0.5], vec![1.5, -0.5]],
+        covariances: vec![
+            Covariance::Full(vec![vec![1.0, 0.3], vec![0.3, 0.5]]),
+            Covariance::Diagonal(vec![0.2, 0.8]),
+        ],
+    }
+}
+
+/// On the mixture, ŝ = −ε̂/σ from `forward` equals the gradient of log p_t taken by central
+/// differences of `marginal(c).eval_row(..).log_prob` with h = 1e-5: truncation h²/6·|∂³ log p|
+/// ≈ 1e-10 × O(10) and rounding ε|log p|/h ≈ 1e-10, so 1e-6 is the bar. The divergence that
+/// `eval_row` reports matches central differences of its score to the same bar.
+#[test]
+fn mixture_score_matches_central_differences_of_log_density() -> Result<()> {
+    let o = oracle(two_components())?;
+    let x = normals(3, 24, 2, 1.5)?;
+    let h = 1e-5;
+    for c in all_coefs().into_iter().take(2).chain([coefs(0.3, 0.95)]) {
+        let marginal = o.marginal(&c)?;
+        let eps_hat = o.forward(&x, &c, None)?.to_vec2::<f64>()?;
+        for (row, e) in x.to_vec2::<f64>()?.iter().zip(eps_hat) {
+            let exact = marginal.eval_row(row, true);
+            let mut div_fd = 0.0;
+            for j in 0..2 {
+                let (mut up, mut down) = (row.clone(), row.clone());
+                up[j] += h;
+                down[j] -= h;
+                let (ru, rd) = (
+                    marginal.eval_row(&up, false),
+                    marginal.eval_row(&down, false),
+                );
+                let grad = (ru.log_prob - rd.log_prob) / (2.0 * h);
+                let score = -e[j] / c.sigma;
+                assert!(
+                    (score - grad).abs() <= 1e-6,
+                    "α = {}, x = {row:?}: ŝ_{j} = {score}, finite difference {grad}",
+                    c.alpha
+                );
+                assert!((exact.score[j] - score).abs() <= 1e-12 * (1.0 + score.abs()));
+                div_fd += (ru.score[j] - rd.score[j]) / (2.0 * h);
+            }
+            assert!(
+                (exact.divergence - div_fd).abs() <= 1e-6,
+                "α = {}: ∇·ŝ = {}, finite difference {div_fd}",
+                c.alpha,
+                exact.divergence
+            );
+        }
+    }
+    Ok(())
+}
+
+/// log p_t of one Gaussian is the closed-form N(α m, C I) density:
+/// −‖x − α m‖²/(2C) − (d/2) ln(2π C). A sum of d squares, a log: 1e-13 relative.
+#[test]
+fn single_gaussian_log_density_is_closed_form() -> Result<()> {
+    let (m, s) = ([0.5, -1.0, 2.0], 0.7);
+    let o = oracle(Params {
+        weights: vec![1.0],
+        means: vec![m.to_vec()],
+        covariances: vec![Covariance::Isotropic(s)],
+    })?;
+    let x = normals(4, 8, 3, 1.0)?;
+    for c in all_coefs() {
+        let var = c.alpha * c.alpha * s * s + c.sigma * c.sigma;
+        let marginal = o.marginal(&c)?;
+        for row in x.to_vec2::<f64>()? {
+            let sq: f64 = (0..3).map(|j| (row[j] - c.alpha * m[j]).powi(2)).sum();
+            let want = -0.5 * sq / var - 1.5 * (2.0 * std::f64::consts::PI * var).ln();
+            let got = marginal.eval_row(&row, false).log_prob;
+            assert!(
+                (got - want).abs() <= 1e-13 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `rows_independent` is true, and it is honest: the whole batch and each row alone give the
+/// same bits.
+#[test]
+fn rows_are_independent() -> Result<()> {
+    let o = oracle(two_components())?;
+    assert!(o.rows_independent());
+    let x = normals(5, 7, 2, 2.0)?;
+    let c = coefs(0.8, 0.6);
+    let batch = o.forward(&x, &c, None)?;
+    for i in 0..7 {
+        let one = o.forward(&x.narrow(0, i, 1)?, &c, None)?;
+        assert_eq!(flat(&one)?, flat(&batch.narrow(0, i, 1)?)?, "row {i}");
+    }
+    Ok(())
+}
+
+/// A wrong dimension, a rank-1 or a rank-3 input is a `Shape` error, not a panic.
+#[test]
+fn wrong_input_shape_is_a_shape_error() -> Result<()> {
+    let o = oracle(two_components())?;
+    let c = coefs(0.8, 0.6);
+    let dev = Device::Cpu;
+    for bad in [
+        Tensor::zeros((4, 3), DType::F64, &dev)?,
+        Tensor::zeros((4, 1), DType::F64, &dev)?,
+        Tensor::zeros(4, DType::F64, &dev)?,
+        Tensor::zeros((4, 2, 1), DType::F64, &dev)?,
+    ] {
+        match o.forward(&bad, &c, None) {
+            Err(Error::Shape(msg)) => assert!(msg.contains("2-dimensional"), "{msg}"),
+            other => panic!(
+                "input {:?}: expected a shape error, got {other:?}",
+                bad.dims()
+            ),
+        }
+    }
+    // An empty batch of the right width is fine.
+    let empty = o.forward(&Tensor::zeros((0, 2), DType::F64, &dev)?, &c, None)?;
+    assert_eq!(empty.dims(), &[0, 2]);
+    Ok(())
+}
+
+/// f32 in, f32 out, equal to the f64 answer on the same (f32-representable) inputs up to the
+/// final rounding to f32: 2⁻²⁴ relative, so 1e-6 of the row's scale.
+#[test]
+fn f32_inputs_give_f32_outputs() -> Result<()> {
+    let o = oracle(two_components())?;
+    let c = coefs(0.6, 0.9);
+    let x32 = normals(6, 10, 2, 1.0)?.to_dtype(DType::F32)?;
+    let out32 = o.forward(&x32, &c, None)?;
+    assert_eq!(out32.dtype(), DType::F32);
+    assert_eq!(out32.dims(), &[10, 2]);
+    let out64 = flat(&o.forward(&x32.to_dtype(DType::F64)?, &c, None)?)?;
+    for (a, b) in flat(&out32)?.iter().zip(&out64) {
+        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    Ok(())
+}
+
+/// One sample is a d-vector; the default is the documented N(0, I) in d = 2, whose ε output
+/// is σ x/(α² + σ²) by the single-Gaussian closed form.
+#[test]
+fn sample_shape_and_defaults() -> Result<()> {
+    assert_eq!(oracle(two_components())?.sample_shape(), vec![2]);
+    let three = Params {
+        weights: vec![1.0],
+        means: vec![vec![0.0; 3]],
+        covariances: vec![Covariance::Diagonal(vec![1.0, 2.0, 3.0])],
+    };
+    assert_eq!(oracle(three)?.sample_shape(), vec![3]);
+
+    let p = Params::default();
+    assert_eq!(p.weights, vec![1.0]);
+    assert_eq!(p.means, vec![vec![0.0, 0.0]]);
+    assert_eq!(p.covariances, vec![Covariance::Isotropic(1.0)]);
+    let o = oracle(p)?;
+    assert_eq!(o.sample_shape(), vec![2]);
+    assert_eq!(o.mixture().components(), 1);
+    assert!(o.varmap().is_none());
+    let c = coefs(0.6, 0.9);
+    let x = normals(7, 5, 2, 1.0)?;
+    let out = flat(&o.forward(&x, &c, None)?)?;
+    for (xi, got) in flat(&x)?.iter().zip(out) {
+        let want = c.sigma * xi / (c.alpha * c.alpha + c.sigma * c.sigma);
+        assert!((got - want).abs() <= 16.0 * EPS * (1.0 + want.abs()));
+    }
+    Ok(())
+}
+
+/// `from_params` rejects what `GaussianMixture::new` refuses, as `InvalidParam` naming the
+/// field: weights that do not sum to 1 or are negative, a covariance that is not symmetric
+/// positive definite (eigenvalues 3 and −1; a zero scale; an asymmetric matrix), and counts
+/// that do not match.
+#[test]
+fn invalid_params_are_rejected() -> Result<()> {
+    let base = two_components();
+    let cases = [
+        (
+            Params {
+                weights: vec![0.5, 0.6],
+                ..base.clone()
+            },
+            "weights",
+        ),
+        (
+            Params {
+                weights: vec![1.2, -0.2],
+                ..base.clone()
+            },
+            "weights",
+        ),
+        (
+            Params {
+                weights: vec![],
+                means: vec![],
+                covariances: vec![],
+            },
+            "weights",
+        ),
+        (
+            Params {
+                covariances: vec![
+                    Covariance::Full(vec![vec![1.0, 2.0], vec![2.0, 1.0]]),
+                    Covariance::Isotropic(1.0),
+                ],
+                ..base.clone()
+            },
+            "covariances",
+        ),
+        (
+            Params {
+                covariances: vec![Covariance::Isotropic(0.0), Covariance::Isotropic(1.0)],
+                ..base.clone()
+            },
+            "covariances",
+        ),
+        (
+            Params {
+                covariances: vec![
+                    Covariance::Full(vec![vec![1.0, 0.2], vec![0.0, 1.0]]),
+                    Covariance::Isotropic(1.0),
+                ],
+                ..base.clone()
+            },
+            "covariances",
+        ),
+        (
+            Params {
+                covariances: vec![
+                    Covariance::Diagonal(vec![1.0, 1.0, 1.0]),
+                    Covariance::Isotropic(1.0),
+                ],
+                ..base.clone()
+            },
+            "covariances",
+        ),
+        (
+            Params {
+                means: vec![vec![0.0, 0.0]],
+                ..base.clone()
+            },
+            "means",
+        ),
+    ];
+    for (p, field) in cases {
+        match oracle(p.clone()) {
+            Err(Error::InvalidParam { field: f, .. }) => assert_eq!(f, field, "{p:?}"),
+            other => panic!("{p:?}: expected InvalidParam on `{field}`, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The `gmm_oracle` registration reads the documented RON syntax (`isotropic(s)`,
+/// `diagonal([..])`, `full([[..], ..])`), defaults missing fields, and refuses bad mixtures.
+#[test]
+fn registration_reads_documented_ron() -> Result<()> {
+    let reg = Registry::global()?;
+    let cx = ctx(Arc::new(EpsParam));
+    let m = reg.model("gmm_oracle", "()", &cx)?;
+    assert_eq!(m.sample_shape(), vec![2]);
+    let m = reg.model(
+        "gmm_oracle",
+        "(weights: [0.3, 0.7], means: [[-1.0, 0.5], [1.5, -0.5]], \
+         covariances: [full([[1.0, 0.3], [0.3, 0.5]]), diagonal([0.2, 0.8])])",
+        &cx,
+    )?;
+    let direct = oracle(two_components())?;
+    let x = normals(8, 6, 2, 1.0)?;
+    let c = coefs(0.8, 0.6);
+    assert_eq!(
+        flat(&m.forward(&x, &c, None)?)?,
+        flat(&direct.forward(&x, &c, None)?)?
+    );
+    let m = reg.model(
+        "gmm_oracle",
+        "(means: [[0.0, 0.0, 0.0]], covariances: [isotropic(2.0)])",
+        &cx,
+    )?;
+    assert_eq!(m.sample_shape(), vec![3]);
+    assert!(
+        reg.model("gmm_oracle", "(weights: [0.5], means: [[0.0]])", &cx)
+            .is_err()
+    );
+    assert!(reg.model("gmm_oracle", "(weight: [1.0])", &cx).is_err());
+    Ok(())
+}
