@@ -32,7 +32,7 @@ fn main() -> Result<()> {
 
     let c = sde.coefs(sde.t_eps());
     let exact = spec.mixture()?.marginal(c.alpha, c.sigma)?;
-    let (sw, floor) = reference_and_floor(&exact)?;
+    let (sw, floor) = reference_and_floor(&exact, 20_000)?;
     let d = sw.distance(&out.state.x.flatten_all()?.to_vec1::<f64>()?)?;
     let (mean, cov) = sdeflow_examples::moments(&out.state.x)?;
     println!(

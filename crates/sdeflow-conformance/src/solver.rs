@@ -68,7 +68,7 @@ impl<'a> Fixture<'a> {
             let c = sde.coefs(sde.t_eps());
             let target = spec.mixture()?.marginal(c.alpha, c.sigma)?;
             self.floors
-                .insert(key.clone(), reference_and_floor(&target)?);
+                .insert(key.clone(), reference_and_floor(&target, SAMPLES)?);
         }
         Ok(&self.floors[&key])
     }
@@ -202,7 +202,7 @@ fn weak_order(
         return;
     };
     let check = format!(
-        "weak order on {sde_name}, {:?} grid (single Gaussian, exact propagation)",
+        "weak order on {sde_name}, {} grid (single Gaussian, exact propagation)",
         claims.natural_grid
     );
     let run = || -> Result<Vec<f64>> {
@@ -299,7 +299,7 @@ fn sw2_at_default(
     let d = sw.distance(&samples)?;
     report.push(
         plugin,
-        format!("SW2 on {} ({sde_name}, {} {:?} steps, exact p_T start)", spec.name, schedule.steps, schedule.grid),
+        format!("SW2 on {} ({sde_name}, {} {} steps, exact p_T start)", spec.name, schedule.steps, schedule.grid),
         num(d),
         format!("floor {} ± {}", num(floor.mean), num(floor.sd)),
         format!("≤ {}", num(floor.threshold())),

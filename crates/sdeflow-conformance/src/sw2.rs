@@ -107,12 +107,21 @@ impl Floor {
     }
 }
 
-/// The reference metric and floor for the exact law `target`.
-pub fn reference_and_floor(target: &Marginal) -> Result<(SlicedW2, Floor)> {
+/// The reference metric and floor for the exact law `target` with `n` samples per set
+/// ([`SAMPLES`] in conformance; a host run uses its own sample count so that its SW2 is
+/// judged against the floor of the same n).
+pub fn reference_and_floor(target: &Marginal, n: usize) -> Result<(SlicedW2, Floor)> {
+    if n < 2 {
+        return Err(Error::invalid(
+            "sliced W2",
+            "samples",
+            format!("needs at least 2 samples, got {n}"),
+        ));
+    }
     let d = target.dim();
-    let sw = SlicedW2::new(&target.sample(REFERENCE_SEED, 0, SAMPLES), d);
+    let sw = SlicedW2::new(&target.sample(REFERENCE_SEED, 0, n), d);
     let vals = (0..FLOOR_SETS as u64)
-        .map(|k| sw.distance(&target.sample(FLOOR_SEED + k, 0, SAMPLES)))
+        .map(|k| sw.distance(&target.sample(FLOOR_SEED + k, 0, n)))
         .collect::<Result<Vec<f64>>>()?;
     let mean = vals.iter().sum::<f64>() / vals.len() as f64;
     let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A plugin name that no crate registered; `known` lists the registered names of that kind.
-    #[error("unknown {kind} plugin `{name}`; registered {kind} plugins: {}", known.join(", "))]
+    #[error("unknown {kind} plugin `{name}`{}; registered {kind} plugins: {}", suggestion(name, known), known.join(", "))]
     UnknownPlugin {
         /// The plugin kind (`sde`, `solver`, ...).
         kind: &'static str,
@@ -78,6 +78,23 @@ pub enum Error {
     /// Anything else, with a message that says what to do.
     #[error("{0}")]
     Msg(String),
+}
+
+/// " (did you mean `x`?)" for the registered name nearest to `name`, or nothing.
+pub fn suggestion(name: &str, known: &[String]) -> String {
+    nearest(name, known.iter().map(String::as_str))
+        .map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"))
+}
+
+/// The candidate nearest to `name` by edit distance, if any is reasonably close (at most half
+/// of the longer name's characters edited).
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, c)| 2 * d <= name.chars().count().max(c.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// The result type of sdeflow.

@@ -21,6 +21,18 @@ pub enum GridKind {
     },
 }
 
+impl std::fmt::Display for GridKind {
+    /// The spelling a config uses: `uniform`, `quadratic`, `log_snr`, `karras(rho: 7)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uniform => f.write_str("uniform"),
+            Self::Quadratic => f.write_str("quadratic"),
+            Self::LogSnr => f.write_str("log_snr"),
+            Self::Karras { rho } => write!(f, "karras(rho: {rho})"),
+        }
+    }
+}
+
 impl GridKind {
     /// The N + 1 times of an N-step grid on `sde`, strictly decreasing from T to t_ε.
     #[allow(

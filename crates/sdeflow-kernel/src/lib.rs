@@ -17,6 +17,7 @@
 //! ```
 
 pub mod coefs;
+pub mod config;
 pub mod denoiser;
 pub mod error;
 pub mod grid;
@@ -34,6 +35,7 @@ pub mod state;
 pub mod weighting;
 
 pub use coefs::TimeCoefs;
+pub use config::{Config, DeviceSpec};
 pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};
 pub use grid::GridKind;

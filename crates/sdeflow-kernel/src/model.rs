@@ -36,6 +36,11 @@ pub trait ScoreModel: Send + Sync + Debug {
         false
     }
 
+    /// The exact law p₀ when the model is an oracle (for metrics against truth).
+    fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {
+        None
+    }
+
     /// The trainable variables, if any.
     fn varmap(&self) -> Option<&VarMap> {
         None

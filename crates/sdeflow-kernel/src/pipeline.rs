@@ -14,6 +14,16 @@ use crate::{
     solver::{Schedule, StepContext},
 };
 
+/// A callback after every step: `(steps done, total steps)`.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
 /// Builds a [`Pipeline`]; every part is explicit, defaults are the solver's.
 #[derive(Debug, Default)]
 pub struct PipelineBuilder {
@@ -29,6 +39,7 @@ pub struct PipelineBuilder {
     device: Option<Device>,
     dtype: Option<DType>,
     capture_trajectory: bool,
+    progress: Option<Progress>,
 }
 
 impl PipelineBuilder {
@@ -93,6 +104,12 @@ impl PipelineBuilder {
         self
     }
 
+    /// Calls `progress(done, total)` after every step (a progress bar).
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     /// Checks the parts and fixes the schedule.
     pub fn build(self) -> Result<Pipeline> {
         let missing =
@@ -128,6 +145,7 @@ impl PipelineBuilder {
             device: self.device.unwrap_or(Device::Cpu),
             dtype: self.dtype.unwrap_or(DType::F32),
             capture_trajectory: self.capture_trajectory,
+            progress: self.progress,
         })
     }
 }
@@ -147,6 +165,7 @@ pub struct Pipeline {
     device: Device,
     dtype: DType,
     capture_trajectory: bool,
+    progress: Option<Progress>,
 }
 
 /// What a run returns.
@@ -182,6 +201,10 @@ impl Pipeline {
     /// The solver.
     pub fn solver(&self) -> &dyn Solver {
         &*self.solver
+    }
+    /// The score model.
+    pub fn model(&self) -> &dyn ScoreModel {
+        &*self.model
     }
     /// The dtype of samples.
     pub fn dtype(&self) -> DType {
@@ -268,6 +291,9 @@ impl Pipeline {
                 trajectory.push((to.t, next.x.clone()));
             }
             state = next;
+            if let Some(p) = &self.progress {
+                (p.0)(i + 1, steps);
+            }
             tracing::trace!(step = i, t = to.t, "step done");
         }
         Ok(SampleOutput {

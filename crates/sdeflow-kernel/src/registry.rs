@@ -26,6 +26,21 @@ pub struct PluginInfo {
     pub summary: &'static str,
     /// The RON of the default parameters.
     pub default_params: fn() -> String,
+    /// The source of the registering crate's `src/lib.rs`, whose `//!` lines are the plugin's
+    /// documentation (formula, parameters, claims, references).
+    pub source: &'static str,
+}
+
+impl PluginInfo {
+    /// The plugin's `//!` documentation.
+    pub fn doc(&self) -> String {
+        self.source
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// A deserializer of plugin parameters, type-erased so that names known only at run time can
@@ -106,6 +121,52 @@ kind!(
     ()
 );
 
+/// A registration that builds its plugin from RON parameters, given a context (`()` for every
+/// kind but models, which get a [`ModelContext`]).
+pub trait Buildable: Registration {
+    /// What it builds.
+    type Object;
+    /// What building needs besides the parameters.
+    type Ctx;
+    /// Deserializes the parameters from `de` and builds the plugin.
+    fn build_from(
+        &self,
+        de: ErasedDe<'_, '_>,
+        ctx: &Self::Ctx,
+    ) -> std::result::Result<Self::Object, erased_serde::Error>;
+}
+
+macro_rules! buildable_without_context {
+    ($($plugin:ident => $obj:ty),*) => {$(
+        impl Buildable for $plugin {
+            type Object = $obj;
+            type Ctx = ();
+            fn build_from(&self, de: ErasedDe<'_, '_>, _: &()) -> std::result::Result<$obj, erased_serde::Error> {
+                (self.build)(de)
+            }
+        }
+    )*};
+}
+
+buildable_without_context!(
+    SdePlugin => Arc<dyn ForwardSde>,
+    ParamPlugin => Arc<dyn Parameterization>,
+    SolverPlugin => Arc<dyn Solver>,
+    WeightingPlugin => Arc<dyn Weighting>
+);
+
+impl Buildable for ModelPlugin {
+    type Object = Arc<dyn ScoreModel>;
+    type Ctx = ModelContext;
+    fn build_from(
+        &self,
+        de: ErasedDe<'_, '_>,
+        ctx: &ModelContext,
+    ) -> std::result::Result<Arc<dyn ScoreModel>, erased_serde::Error> {
+        (self.build)(de, ctx)
+    }
+}
+
 /// The registrations of one kind, sorted by name.
 #[derive(Debug)]
 pub struct Catalog<K: Kind> {
@@ -155,6 +216,22 @@ impl<K: Kind> Catalog<K> {
                 name: name.to_string(),
                 known: self.names.iter().map(|s| s.to_string()).collect(),
             })
+    }
+}
+
+impl<K: Kind> Catalog<K>
+where
+    K::Plugin: Buildable,
+{
+    /// Builds the plugin `name` from RON parameter text (`"()"` for the defaults).
+    pub fn build(
+        &self,
+        name: &str,
+        params: &str,
+        ctx: &<K::Plugin as Buildable>::Ctx,
+    ) -> Result<<K::Plugin as Buildable>::Object> {
+        let p = self.get(name)?;
+        from_ron(p.info().name, params, |de| p.build_from(de, ctx))
     }
 }
 
@@ -215,13 +292,11 @@ impl Registry {
 
     /// Builds the SDE `name` from RON parameters (`"()"` for the defaults).
     pub fn sde(&self, name: &str, params: &str) -> Result<Arc<dyn ForwardSde>> {
-        let p = self.sdes.get(name)?;
-        from_ron(p.info.name, params, |de| (p.build)(de))
+        self.sdes.build(name, params, &())
     }
     /// Builds the parameterization `name`.
     pub fn param(&self, name: &str, params: &str) -> Result<Arc<dyn Parameterization>> {
-        let p = self.params.get(name)?;
-        from_ron(p.info.name, params, |de| (p.build)(de))
+        self.params.build(name, params, &())
     }
     /// Builds the score model `name` in `ctx`.
     pub fn model(
@@ -230,19 +305,135 @@ impl Registry {
         params: &str,
         ctx: &ModelContext,
     ) -> Result<Arc<dyn ScoreModel>> {
-        let p = self.models.get(name)?;
-        from_ron(p.info.name, params, |de| (p.build)(de, ctx))
+        self.models.build(name, params, ctx)
     }
     /// Builds the solver `name`.
     pub fn solver(&self, name: &str, params: &str) -> Result<Arc<dyn Solver>> {
-        let p = self.solvers.get(name)?;
-        from_ron(p.info.name, params, |de| (p.build)(de))
+        self.solvers.build(name, params, &())
     }
     /// Builds the weighting `name`.
     pub fn weighting(&self, name: &str, params: &str) -> Result<Arc<dyn Weighting>> {
-        let p = self.weightings.get(name)?;
-        from_ron(p.info.name, params, |de| (p.build)(de))
+        self.weightings.build(name, params, &())
     }
+}
+
+/// A RON error as an [`Error::Config`] at its start position, with sdeflow's wording for
+/// unknown, missing and duplicate names: the nearest valid name and the list of valid ones.
+///
+/// A plugin's invalid value is found after its parameters are read, so ron places it at the
+/// closing parenthesis; it is moved back to the field it names when `text` has that field
+/// before the error.
+pub fn spanned(file: &str, text: &str, e: &ron::error::SpannedError) -> Error {
+    let msg = match &e.code {
+        ron::Error::NoSuchStructField {
+            expected,
+            found,
+            outer,
+        } => unknown("field", found, outer.as_deref(), expected),
+        ron::Error::NoSuchEnumVariant {
+            expected,
+            found,
+            outer,
+        } => unknown("variant", found, outer.as_deref(), expected),
+        ron::Error::MissingStructField { field, outer } => {
+            format!("missing field `{field}`{}", within(outer.as_deref()))
+        }
+        ron::Error::DuplicateStructField { field, outer } => {
+            format!("field `{field}` given twice{}", within(outer.as_deref()))
+        }
+        // A plugin's own parameters come back through erased-serde as ron's text: reword it the same way.
+        ron::Error::Message(text) => match reparse_unknown_field(text) {
+            Some((found, expected)) => unknown("field", &found, None, &expected),
+            None => text.clone(),
+        },
+        other => other.to_string(),
+    };
+    let (mut line, mut col) = (e.span.start.line, e.span.start.col);
+    if let Some(field) = invalid_field(&msg)
+        && let Some(at) = field_before(text, line, col, field)
+    {
+        (line, col) = at;
+    }
+    Error::Config {
+        file: file.to_string(),
+        line,
+        col,
+        msg,
+    }
+}
+
+/// The field of an "<plugin>: invalid `<field>`: ..." message.
+fn invalid_field(msg: &str) -> Option<&str> {
+    let (_, rest) = msg.split_once(": invalid `")?;
+    Some(rest.split_once('`')?.0)
+}
+
+/// The 1-based position of the last `field:` in `text` before (line, col).
+fn field_before(text: &str, line: usize, col: usize, field: &str) -> Option<(usize, usize)> {
+    let mut offset = 0;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            offset += l
+                .char_indices()
+                .nth(col.saturating_sub(1))
+                .map_or(l.len(), |(b, _)| b);
+            break;
+        }
+        offset += l.len();
+    }
+    let head = &text[..offset.min(text.len())];
+    let found = head.match_indices(field).filter(|(i, _)| {
+        let before_ok = head[..*i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        let after = head[i + field.len()..].trim_start();
+        before_ok && after.starts_with(':')
+    });
+    let (at, _) = found.last()?;
+    let line = head[..at].matches('\n').count() + 1;
+    let col = head[..at]
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    Some((line, col))
+}
+
+fn within(outer: Option<&str>) -> String {
+    outer.map_or_else(String::new, |o| format!(" in `{o}`"))
+}
+
+fn unknown<S: AsRef<str>>(what: &str, found: &str, outer: Option<&str>, expected: &[S]) -> String {
+    let names: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    let hint = crate::error::nearest(found, names.iter().copied())
+        .map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"));
+    let valid = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    format!(
+        "unknown {what} `{found}`{}{hint}; valid {what}s: {valid}",
+        within(outer)
+    )
+}
+
+/// (found, expected) from ron's "Unexpected field named `x`[ in `o`], expected ... `a`, `b` ... instead".
+fn reparse_unknown_field(text: &str) -> Option<(String, Vec<String>)> {
+    let rest = text.strip_prefix("Unexpected field named `")?;
+    let (found, rest) = rest.split_once('`')?;
+    let rest = match rest.strip_prefix(" in `") {
+        Some(r) => r.split_once('`')?.1,
+        None => rest,
+    };
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((found.to_string(), expected))
 }
 
 /// The RON options sdeflow reads with: newtype variants unwrap, so `ddim(eta: 0.0)` reads the
@@ -252,7 +443,8 @@ pub fn ron_options() -> ron::Options {
         .with_default_extension(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES)
 }
 
-struct BuildSeed<F>(F);
+/// Deserializes with a closure over the erased deserializer, keeping the outer position.
+pub struct BuildSeed<F>(pub F);
 
 impl<'de, T, F> DeserializeSeed<'de> for BuildSeed<F>
 where
@@ -272,12 +464,7 @@ fn from_ron<T>(
 ) -> Result<T> {
     ron_options()
         .from_str_seed(text, BuildSeed(build))
-        .map_err(|e| Error::Config {
-            file: format!("<{plugin} parameters>"),
-            line: e.span.start.line,
-            col: e.span.start.col,
-            msg: e.code.to_string(),
-        })
+        .map_err(|e| spanned(&format!("<{plugin} parameters>"), text, &e))
 }
 
 /// The RON of `P::default()`, for `describe` and the registry's `default_params`.
@@ -310,6 +497,7 @@ macro_rules! __register {
                         crate_name: env!("CARGO_PKG_NAME"),
                         summary: $summary,
                         default_params: $crate::registry::default_params_ron::<$params>,
+                        source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
                     },
                     build: __sdeflow_build,
                 }
@@ -408,6 +596,7 @@ mod tests {
                 crate_name,
                 summary: "test",
                 default_params: no_params,
+                source: "",
             },
             build,
         }

@@ -36,6 +36,15 @@ pub enum Equation {
     ProbabilityFlowOde,
 }
 
+impl std::fmt::Display for Equation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ReverseSde => "reverse-time SDE",
+            Self::ProbabilityFlowOde => "probability-flow ODE",
+        })
+    }
+}
+
 /// What a solver declares about itself; conformance checks every field.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SolverClaims {

@@ -86,7 +86,7 @@ fn error_messages_name_the_fix() -> Result<()> {
                 name: "dddim".into(),
                 known: vec!["ddim".into(), "euler_maruyama".into()],
             },
-            "unknown solver plugin `dddim`; registered solver plugins: ddim, euler_maruyama",
+            "unknown solver plugin `dddim` (did you mean `ddim`?); registered solver plugins: ddim, euler_maruyama",
         ),
         (
             Error::NonFinite {

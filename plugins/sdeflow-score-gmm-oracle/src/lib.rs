@@ -27,7 +27,7 @@ use std::{path::Path, sync::Arc};
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    ModelContext, Parameterization, Result, ScoreModel, TimeCoefs, convert,
+    Error, ModelContext, Parameterization, Result, ScoreModel, TimeCoefs, convert,
     mixture::{Covariance, GaussianMixture, Marginal},
     register_model,
 };
@@ -70,10 +70,17 @@ impl GmmOracle {
 
     /// Builds the oracle from its parameters in a pipeline context.
     pub fn from_params(p: Params, ctx: &ModelContext) -> Result<Self> {
-        Ok(Self::new(
-            GaussianMixture::new(p.weights, p.means, p.covariances)?,
-            ctx.param.clone(),
-        ))
+        // The kernel's mixture names itself in errors; the user wrote `gmm_oracle`.
+        let mixture =
+            GaussianMixture::new(p.weights, p.means, p.covariances).map_err(|e| match e {
+                Error::InvalidParam { field, reason, .. } => Error::InvalidParam {
+                    plugin: "gmm_oracle".into(),
+                    field,
+                    reason,
+                },
+                other => other,
+            })?;
+        Ok(Self::new(mixture, ctx.param.clone()))
     }
 
     /// The mixture p₀.
@@ -103,7 +110,7 @@ impl ScoreModel for GmmOracle {
     fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
         let d = self.mixture.dim();
         if x.rank() != 2 || x.dim(1)? != d {
-            return Err(sdeflow_kernel::Error::Shape(format!(
+            return Err(Error::Shape(format!(
                 "gmm_oracle is {d}-dimensional but got input of shape {:?}",
                 x.dims()
             )));
@@ -116,6 +123,10 @@ impl ScoreModel for GmmOracle {
 
     fn rows_independent(&self) -> bool {
         true
+    }
+
+    fn exact_law(&self) -> Option<&GaussianMixture> {
+        Some(&self.mixture)
     }
 
     fn load(&mut self, _path: &Path) -> Result<()> {

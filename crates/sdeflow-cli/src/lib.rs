@@ -1,0 +1,178 @@
+//! # sdeflow-cli
+//!
+//! The host binary `sdeflow`: it composes a pipeline from a RON file (or the embedded
+//! `configs/default.ron`) and runs it on candle's CPU, CUDA or Metal device.
+//!
+//! `list` · `describe KIND/NAME` · `check [FILE]` · `sample [FILE]` · `run [FILE]`, with
+//! `--device cpu|cuda:N|metal:N`. User errors (a bad config, an unknown plugin, a device
+//! whose feature is off) print one message naming the fix and exit 2; they never panic.
+//!
+//! Everything runs through [`main_with`], so tests drive the command line in-process.
+
+pub mod device;
+pub mod plan;
+pub mod plot;
+pub mod sample;
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+use sdeflow_kernel::{Config, DeviceSpec, Error, Registry, Result};
+
+/// The default config, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.ron");
+/// How messages name the embedded config.
+pub const DEFAULT_CONFIG_NAME: &str = "configs/default.ron";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sdeflow",
+    version,
+    about = "Score-based diffusion as SDEs: compose, check and run pipelines"
+)]
+struct Cli {
+    /// Run on this device (overrides the config): cpu, cuda:N or metal:N.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the registered plugins by kind, with summaries.
+    List {
+        /// As the Markdown table the README carries.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Show a plugin's formula, parameters with defaults, and claims: `describe solver/euler_maruyama`.
+    Describe {
+        /// KIND/NAME, e.g. `sde/vp`.
+        plugin: String,
+    },
+    /// Print the plan (grid, t, α, σ, λ per step, NFE) without calling the model.
+    Check {
+        /// The config (default: the embedded configs/default.ron).
+        file: Option<PathBuf>,
+        /// Print every step, not the first and last ten.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Sample and write .npy, a PNG (2-D) and a JSON summary.
+    Sample {
+        /// The config (default: the embedded configs/default.ron).
+        file: Option<PathBuf>,
+        /// Output directory (default: the config's, else out/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run every job the config names.
+    Run {
+        /// The config (default: the embedded configs/default.ron).
+        file: Option<PathBuf>,
+        /// Output directory (default: the config's, else out/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Whether an error is the user's to fix (exit 2) rather than a failure of the run (exit 1).
+pub fn is_user_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Config { .. }
+            | Error::UnknownPlugin { .. }
+            | Error::InvalidParam { .. }
+            | Error::Io { .. }
+    )
+}
+
+/// Runs the command line `args` (program name first), writing to `out` and `err`; returns the
+/// exit code.
+pub fn main_with(
+    args: impl IntoIterator<Item = String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            let text = e.render().to_string();
+            let _ = if code == 0 {
+                write!(out, "{text}")
+            } else {
+                write!(err, "{text}")
+            };
+            return code;
+        }
+    };
+    match dispatch(cli, out) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            if is_user_error(&e) { 2 } else { 1 }
+        }
+    }
+}
+
+fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let device_override = cli
+        .device
+        .as_deref()
+        .map(str::parse::<DeviceSpec>)
+        .transpose()?;
+    let io = |e: std::io::Error| Error::Msg(format!("cannot write output: {e}"));
+    match cli.command {
+        Command::List { markdown } => write!(out, "{}", plan::list(registry, markdown)).map_err(io),
+        Command::Describe { plugin } => {
+            write!(out, "{}", plan::describe(registry, &plugin)?).map_err(io)
+        }
+        Command::Check { file, all } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            write!(out, "{}", plan::plan(&config, all)?).map_err(io)
+        }
+        Command::Sample { file, out: dir } | Command::Run { file, out: dir } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            for job in &config.jobs {
+                match job {
+                    sdeflow_kernel::config::Job::Sample => {
+                        let summary = sample::sample(&config, device.clone(), dir.clone())?;
+                        write!(out, "{summary}").map_err(io)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads and parses a config (the embedded default when `file` is `None`), resolving its
+/// device (or `device_override`).
+pub fn load(
+    registry: &Registry,
+    file: Option<&PathBuf>,
+    device_override: Option<DeviceSpec>,
+) -> Result<Config> {
+    let (name, text) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            (path.display().to_string(), text)
+        }
+        None => (DEFAULT_CONFIG_NAME.to_string(), DEFAULT_CONFIG.to_string()),
+    };
+    match device_override {
+        // A device named on the command line is checked on its own, not at the config's line.
+        Some(spec) => {
+            let device = device::resolve(spec)?;
+            Config::parse(&name, &text, registry, &|_| Ok(device.clone()))
+        }
+        None => Config::parse(&name, &text, registry, &device::resolve),
+    }
+}

@@ -1,0 +1,210 @@
+//! `list`, `describe` and `check`: what is registered, what a plugin claims, and what a
+//! config will do, all before any model call.
+
+use std::fmt::Write;
+
+use sdeflow_kernel::{Config, Error, Order, Registry, Result, SolverClaims};
+
+/// The registered plugins by kind; as a Markdown table with `markdown`.
+pub fn list(registry: &Registry, markdown: bool) -> String {
+    let mut s = String::new();
+    if markdown {
+        s.push_str("| kind | name | crate | what |\n|---|---|---|---|\n");
+        for (kind, info) in registry.infos() {
+            let _ = writeln!(
+                s,
+                "| {kind} | `{}` | `{}` | {} |",
+                info.name, info.crate_name, info.summary
+            );
+        }
+        return s;
+    }
+    let mut last = "";
+    for (kind, info) in registry.infos() {
+        if kind != last {
+            let _ = writeln!(s, "{kind}:");
+            last = kind;
+        }
+        let _ = writeln!(s, "  {:<16} {}", info.name, info.summary);
+    }
+    s
+}
+
+/// A solver's claims in words.
+pub fn claims_text(c: &SolverClaims) -> String {
+    let order = match c.order {
+        Order::Ode(p) => format!("order {p}"),
+        Order::Sde { weak, strong } => format!("weak order {weak}, strong order {strong}"),
+        Order::Plateau => "no order (plateaus at a bias)".into(),
+    };
+    format!(
+        "{order}; {} NFE per step; {}; integrates the {}; converges on a {} grid",
+        c.nfe_per_step,
+        if c.stochastic {
+            "stochastic"
+        } else {
+            "deterministic"
+        },
+        c.equation,
+        c.natural_grid
+    )
+}
+
+/// `describe KIND/NAME`: the plugin's documentation, default parameters and claims.
+pub fn describe(registry: &Registry, what: &str) -> Result<String> {
+    let (kind, name) = what.split_once('/').ok_or_else(|| {
+        Error::invalid(
+            "describe",
+            "plugin",
+            format!("`{what}` is not KIND/NAME; for example `solver/euler_maruyama`"),
+        )
+    })?;
+    let infos = registry.infos();
+    let kinds: Vec<&str> = {
+        let mut k: Vec<&str> = infos.iter().map(|(k, _)| *k).collect();
+        k.dedup();
+        k
+    };
+    if !kinds.contains(&kind) && !["model", "param", "sde", "solver", "weighting"].contains(&kind) {
+        return Err(Error::invalid(
+            "describe",
+            "kind",
+            format!("`{kind}` is not a kind; use one of model, param, sde, solver, weighting"),
+        ));
+    }
+    let Some((_, info)) = infos.iter().find(|(k, i)| *k == kind && i.name == name) else {
+        let known = infos
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, i)| i.name.to_string())
+            .collect();
+        return Err(Error::UnknownPlugin {
+            kind: leak_kind(kind),
+            name: name.to_string(),
+            known,
+        });
+    };
+    let mut s = format!(
+        "{kind}/{} — {} (crate {})\n\n",
+        info.name, info.summary, info.crate_name
+    );
+    s.push_str(&info.doc());
+    let _ = write!(
+        s,
+        "\n\n## Default parameters\n{}({})\n",
+        info.name,
+        strip_parens(&(info.default_params)())
+    );
+    match kind {
+        "solver" => {
+            let solver = registry.solver(name, "()")?;
+            let _ = writeln!(s, "\n## Declared claims\n{}", claims_text(&solver.claims()));
+        }
+        "sde" => {
+            let sde = registry.sde(name, "()")?;
+            let _ = writeln!(
+                s,
+                "\n## At the defaults\nT = {}, t_ε = {:e}, prior N(0, {}² I), family {:?}, default grid {}",
+                sde.t_max(),
+                sde.t_eps(),
+                sde.prior_std(),
+                sde.family(),
+                sde.default_grid()
+            );
+        }
+        _ => {}
+    }
+    Ok(s)
+}
+
+fn leak_kind(kind: &str) -> &'static str {
+    ["model", "param", "sde", "solver", "weighting"]
+        .into_iter()
+        .find(|k| *k == kind)
+        .unwrap_or("plugin")
+}
+
+fn strip_parens(ron: &str) -> &str {
+    let t = ron.trim();
+    t.strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(t)
+}
+
+/// `check`: the plan of a config — its parts, the grid with t, α, σ, λ per step, and NFE.
+pub fn plan(config: &Config, all: bool) -> Result<String> {
+    let pipeline = config.pipeline(candle_core::Device::Cpu)?;
+    let sde = pipeline.sde();
+    let claims = pipeline.solver().claims();
+    let schedule = pipeline.schedule();
+    let mut s = String::new();
+    let _ = writeln!(s, "config  {}", config.file);
+    let _ = writeln!(
+        s,
+        "sde     {} (T = {}, t_ε = {:e}, prior N(0, {}² I))",
+        config.sde.0,
+        sde.t_max(),
+        sde.t_eps(),
+        sde.prior_std()
+    );
+    let _ = writeln!(s, "param   {}", config.param.0);
+    let shape = pipeline.model().sample_shape();
+    let exact = if pipeline.model().exact_law().is_some() {
+        ", exact law known"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        s,
+        "model   {} (sample shape {shape:?}{exact})",
+        config.model.0
+    );
+    let _ = writeln!(s, "solver  {}: {}", config.solver.0, claims_text(&claims));
+    let total_nfe = claims.nfe_per_step * schedule.steps;
+    let _ = writeln!(
+        s,
+        "run     {} samples, {} grid, {} steps, {} NFE per sample, {} on {}, seed {}, model chunks {}",
+        config.samples,
+        schedule.grid,
+        schedule.steps,
+        total_nfe,
+        format!("{:?}", config.dtype).to_lowercase(),
+        config.device,
+        config.seed,
+        config
+            .chunk_rows
+            .map_or("off".into(), |c| format!("of {c} rows")),
+    );
+    let _ = writeln!(
+        s,
+        "\n{:>6} {:>13} {:>13} {:>13} {:>10} {:>13} {:>6}",
+        "step", "t", "α", "σ", "λ", "h", "NFE"
+    );
+    let times = pipeline.times();
+    let n = schedule.steps;
+    for (i, &t) in times.iter().enumerate() {
+        if !all && n > 20 && (10..=n - 10).contains(&i) {
+            if i == 10 {
+                let _ = writeln!(s, "{:>6}", "…");
+            }
+            continue;
+        }
+        let c = sde.coefs(t);
+        let h = if i < n {
+            format!("{:13.6e}", t - times[i + 1])
+        } else {
+            format!("{:>13}", "—")
+        };
+        let nfe = if i < n {
+            claims.nfe_per_step * (i + 1)
+        } else {
+            total_nfe
+        };
+        let _ = writeln!(
+            s,
+            "{i:>6} {t:13.6e} {:13.6e} {:13.6e} {:10.4} {h} {nfe:>6}",
+            c.alpha, c.sigma, c.lambda
+        );
+    }
+    Ok(s)
+}

@@ -1,0 +1,268 @@
+//! `sample`: run the pipeline, write samples as `.npy`, a PNG of 2-D samples beside exact
+//! data, and a JSON summary with the metrics against the exact law when the model knows it.
+
+use std::{fmt, path::PathBuf, sync::Arc, time::Instant};
+
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use sdeflow_conformance::sw2::{REFERENCE_SEED, reference_and_floor};
+use sdeflow_kernel::{Config, Error, Result, io::write_atomic, pipeline::Progress};
+use serde::Serialize;
+
+/// Metrics against the exact law at t_ε.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExactMetrics {
+    /// ‖sample mean − exact mean‖.
+    pub mean_error: f64,
+    /// ‖sample covariance − exact covariance‖_F.
+    pub covariance_error: f64,
+    /// Sliced W2 against a reference set of exact samples of the same size.
+    pub sliced_w2: f64,
+    /// Mean SW2 of 20 independent exact sets against the same reference.
+    pub sliced_w2_floor_mean: f64,
+    /// Their standard deviation.
+    pub sliced_w2_floor_sd: f64,
+    /// Whether SW2 ≤ floor mean + 3 sd.
+    pub within_floor: bool,
+}
+
+/// What `sample` reports and writes as `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The config file.
+    pub config: String,
+    /// Plugin names.
+    pub sde: String,
+    /// Parameterization.
+    pub param: String,
+    /// Model.
+    pub model: String,
+    /// Solver.
+    pub solver: String,
+    /// Grid.
+    pub grid: String,
+    /// Steps.
+    pub steps: usize,
+    /// Model evaluations per sample (counted).
+    pub nfe: u64,
+    /// Samples drawn.
+    pub samples: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Device.
+    pub device: String,
+    /// Sampling wall time in seconds.
+    pub wall_seconds: f64,
+    /// Samples per second.
+    pub samples_per_second: f64,
+    /// Against the exact law, when the model is an oracle.
+    pub exact: Option<ExactMetrics>,
+    /// Files written.
+    pub files: Vec<String>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "sampled {} × {} with {} on {} ({} steps, {} grid, {} NFE) in {:.2} s ({:.0} samples/s)",
+            self.samples,
+            self.model,
+            self.solver,
+            self.sde,
+            self.steps,
+            self.grid,
+            self.nfe,
+            self.wall_seconds,
+            self.samples_per_second
+        )?;
+        if let Some(m) = &self.exact {
+            writeln!(
+                f,
+                "mean error {:.4e}, covariance error {:.4e}",
+                m.mean_error, m.covariance_error
+            )?;
+            writeln!(
+                f,
+                "sliced W2 {:.4} (exact-sample floor {:.4} ± {:.4}; threshold {:.4}): {}",
+                m.sliced_w2,
+                m.sliced_w2_floor_mean,
+                m.sliced_w2_floor_sd,
+                m.sliced_w2_floor_mean + 3.0 * m.sliced_w2_floor_sd,
+                if m.within_floor {
+                    "within the floor"
+                } else {
+                    "ABOVE the floor"
+                }
+            )?;
+        }
+        for file in &self.files {
+            writeln!(f, "wrote {file}")?;
+        }
+        Ok(())
+    }
+}
+
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// The output directory: `--out`, else the config's, else `out/<config stem>`.
+pub fn output_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| config.outputs.dir.clone())
+        .unwrap_or_else(|| {
+            let stem = std::path::Path::new(&config.file)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned());
+            PathBuf::from("out").join(stem.unwrap_or_else(|| "default".into()))
+        })
+}
+
+fn moments(rows: &[f64], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let n = (rows.len() / d) as f64;
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.chunks(d).map(|r| r[j]).sum::<f64>() / n)
+        .collect();
+    let cov = (0..d)
+        .map(|a| {
+            (0..d)
+                .map(|b| {
+                    rows.chunks(d)
+                        .map(|r| (r[a] - mean[a]) * (r[b] - mean[b]))
+                        .sum::<f64>()
+                        / (n - 1.0)
+                })
+                .collect()
+        })
+        .collect();
+    (mean, cov)
+}
+
+/// Runs the config's sampling job on `device` and writes its outputs.
+pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<Summary> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} sampling [{bar:40}] {pos}/{len} steps {elapsed_precise} (eta {eta})",
+        )
+        .map_err(|e| Error::Msg(e.to_string()))?
+        .progress_chars("=> "),
+    );
+    let progress = {
+        let bar = bar.clone();
+        Progress(Arc::new(move |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }))
+    };
+    let pipeline = config.builder(device.clone()).progress(progress).build()?;
+    let schedule = pipeline.schedule();
+    let start = Instant::now();
+    let result = pipeline.sample(config.samples)?;
+    let wall = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let x = result.state.x.to_device(&Device::Cpu)?;
+    let n = config.samples;
+    let d = x.elem_count() / n;
+    let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let dir = output_dir(config, out);
+    let mut files = Vec::new();
+    if config.outputs.npy {
+        let path = dir.join("samples.npy");
+        write_atomic(&path, |tmp| Ok(x.write_npy(tmp)?))?;
+        files.push(path.display().to_string());
+    }
+
+    let sde = pipeline.sde();
+    let c = sde.coefs(sde.t_eps());
+    let mut exact_rows = None;
+    let exact = match pipeline.model().exact_law() {
+        Some(law) if law.dim() == d => {
+            let target = law.marginal(c.alpha, c.sigma)?;
+            let (mean, cov) = moments(&host, d);
+            let exact_mean: Vec<f64> = law.mean().iter().map(|m| c.alpha * m).collect();
+            let exact_cov = law.covariance();
+            let mean_error = mean
+                .iter()
+                .zip(&exact_mean)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let mut cov_sq = 0.0;
+            for a in 0..d {
+                for b in 0..d {
+                    let e = c.alpha * c.alpha * exact_cov[a][b]
+                        + if a == b { c.sigma * c.sigma } else { 0.0 };
+                    cov_sq += (cov[a][b] - e).powi(2);
+                }
+            }
+            let (sw, floor) = reference_and_floor(&target, n)?;
+            let sliced_w2 = sw.distance(&host)?;
+            exact_rows = Some(target.sample(REFERENCE_SEED, 0, n));
+            Some(ExactMetrics {
+                mean_error,
+                covariance_error: cov_sq.sqrt(),
+                sliced_w2,
+                sliced_w2_floor_mean: floor.mean,
+                sliced_w2_floor_sd: floor.sd,
+                within_floor: sliced_w2 <= floor.threshold(),
+            })
+        }
+        Some(law) => {
+            return Err(Error::invalid(
+                "model",
+                "sample shape",
+                format!(
+                    "the model makes {d}-dimensional samples but its exact law is {}-dimensional",
+                    law.dim()
+                ),
+            ));
+        }
+        None => None,
+    };
+
+    if config.outputs.png && d == 2 {
+        let path = dir.join("samples.png");
+        let title = format!(
+            "{} · {} · {} steps",
+            config.solver.0, config.sde.0, schedule.steps
+        );
+        crate::plot::scatter_beside(&path, &host, exact_rows.as_deref(), &title)?;
+        files.push(path.display().to_string());
+    }
+
+    let mut summary = Summary {
+        config: config.file.clone(),
+        sde: config.sde.0.clone(),
+        param: config.param.0.clone(),
+        model: config.model.0.clone(),
+        solver: config.solver.0.clone(),
+        grid: schedule.grid.to_string(),
+        steps: schedule.steps,
+        nfe: result.nfe,
+        samples: n,
+        seed: config.seed,
+        device: device_name(&device),
+        wall_seconds: wall,
+        samples_per_second: n as f64 / wall,
+        exact,
+        files,
+    };
+    if config.outputs.json {
+        let path = dir.join("summary.json");
+        summary.files.push(path.display().to_string());
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&path, |tmp| {
+            std::fs::write(tmp, &text).map_err(|source| Error::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })?;
+    }
+    Ok(summary)
+}

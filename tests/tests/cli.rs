@@ -1,0 +1,222 @@
+//! The command line: golden error messages (file:line:col, the field, what is valid), exit
+//! codes, and no panic on broken configs.
+
+use sdeflow_kernel::{Error, Result};
+
+/// A small valid config the error cases are cut from, so that positions stay put when the
+/// shipped configs change.
+const BASE: &str = "(
+    sde: vp(),
+    param: eps(),
+    model: gmm_oracle(weights: [0.5, 0.5], means: [[0.0, 0.0], [1.0, 1.0]], covariances: [isotropic(0.5), isotropic(0.5)]),
+    solver: euler_maruyama(),
+    steps: 10,
+    samples: 100,
+)
+";
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let args = std::iter::once("sdeflow")
+        .chain(args.iter().copied())
+        .map(String::from);
+    let code = sdeflow_cli::main_with(args, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+/// Runs `check` on `text` written to a file called `name`; returns (exit code, stderr with
+/// the file's directory removed).
+fn check_text(name: &str, text: &str) -> Result<(i32, String)> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Msg(e.to_string()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| Error::Msg(e.to_string()))?;
+    let (code, _, err) = run(&["check", path.to_str().unwrap_or_default()]);
+    Ok((code, err.replace(&format!("{}/", dir.display()), "")))
+}
+
+fn edited(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from}");
+    BASE.replacen(from, to, 1)
+}
+
+#[test]
+fn the_base_config_checks() -> Result<()> {
+    let (code, err) = check_text("base.ron", BASE)?;
+    assert_eq!((code, err.as_str()), (0, ""));
+    Ok(())
+}
+
+#[test]
+fn golden_error_messages() -> Result<()> {
+    // Each case: the edit, and the whole message the user sees. Reviewed by hand: each names
+    // the file, line and column, the field, and what would be valid.
+    let cases = [
+        (
+            edited("euler_maruyama()", "euler_maruyam()"),
+            "error: bad.ron:5:13: unknown solver plugin `euler_maruyam` (did you mean `euler_maruyama`?); \
+             registered solver plugins: euler_maruyama\n",
+        ),
+        (
+            edited("sde: vp()", "sde: heat()"),
+            "error: bad.ron:2:10: unknown sde plugin `heat`; registered sde plugins: vp\n",
+        ),
+        (
+            edited("    steps: 10,", "    stpes: 10,"),
+            "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
+             dtype, seed, sde, param, model, solver, grid, steps, samples, chunk_rows, outputs, jobs\n",
+        ),
+        (
+            edited("sde: vp()", "sde: vp(beta_mn: 0.2)"),
+            "error: bad.ron:2:13: unknown field `beta_mn` (did you mean `beta_min`?); valid fields: beta_min, \
+             beta_max, t_max, t_eps\n",
+        ),
+        (
+            edited("steps: 10", "steps: 0"),
+            "error: bad.ron:6:14: invalid `steps`: must be at least 1\n",
+        ),
+        (
+            edited("sde: vp()", "sde: vp(beta_min: 5.0, beta_max: 1.0)"),
+            "error: bad.ron:2:28: vp: invalid `beta_max`: must exceed beta_min = 5, got 1\n",
+        ),
+        (
+            edited("sde: vp()", "sde: vp(t_eps: 1.5)"),
+            "error: bad.ron:2:13: vp: invalid `t_eps`: must lie in (0, t_max = 1), got 1.5\n",
+        ),
+        (
+            edited("weights: [0.5, 0.5]", "weights: [0.7, 0.5]"),
+            "error: bad.ron:4:23: gmm_oracle: invalid `weights`: weights sum to 1.2, not 1\n",
+        ),
+        (
+            edited("weights: [0.5, 0.5]", "weights: [1.5, -0.5]"),
+            "error: bad.ron:4:23: gmm_oracle: invalid `weights`: weight -0.5 is negative or not finite\n",
+        ),
+        (
+            edited(
+                "isotropic(0.5), isotropic(0.5)",
+                "isotropic(0.5), full([[1.0, 2.0], [2.0, 1.0]])",
+            ),
+            "error: bad.ron:4:77: gmm_oracle: invalid `covariances`: covariance 1 is not symmetric positive definite\n",
+        ),
+        (
+            edited("sde: vp(),", "sde: vp(),\n    device: cuda(0),"),
+            "error: bad.ron:3:5: device: invalid `device`: `cuda(0)` needs sdeflow built with the `cuda` feature \
+             (cargo run --release -p sdeflow-cli --features cuda -- ...); this build has only `cpu`\n",
+        ),
+        (
+            edited("    solver: euler_maruyama(),\n", ""),
+            "error: bad.ron:7:1: missing field `solver` in `config`\n",
+        ),
+    ];
+    for (text, golden) in cases {
+        let (code, err) = check_text("bad.ron", &text)?;
+        assert_eq!(err, golden, "for config:\n{text}");
+        assert_eq!(code, 2, "user errors exit 2: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_model_whose_dimension_differs_from_its_exact_law_is_an_error() -> Result<()> {
+    let (code, err) = check_text(
+        "dims.ron",
+        &edited(
+            "means: [[0.0, 0.0], [1.0, 1.0]]",
+            "means: [[0.0, 0.0], [1.0]]",
+        ),
+    )?;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("gmm_oracle: invalid `means`: mean 1 has 1 entries, mean 0 has 2"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_prefix_of_a_config_is_an_error_not_a_panic() -> Result<()> {
+    for cut in (0..BASE.len() - 2)
+        .step_by(3)
+        .filter(|c| BASE.is_char_boundary(*c))
+    {
+        let (code, err) = check_text("cut.ron", &BASE[..cut])?;
+        assert_eq!(code, 2, "prefix of {cut} chars: {err}");
+        assert!(err.starts_with("error: cut.ron:"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn exit_codes_and_help() -> Result<()> {
+    assert_eq!(run(&["--help"]).0, 0);
+    assert_eq!(run(&["list"]).0, 0);
+    let (code, _, err) = run(&["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["check", "--device", "cuda:1"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("error: device: invalid `device`: `cuda(1)` needs"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["check", "--device", "tpu"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`tpu` is not a device; use cpu, cuda:N or metal:N"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["check", "no/such/file.ron"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: no/such/file.ron: "), "{err}");
+    Ok(())
+}
+
+#[test]
+fn describe_shows_formula_defaults_and_claims() -> Result<()> {
+    let (code, out, err) = run(&["describe", "solver/euler_maruyama"]);
+    assert_eq!(code, 0, "{err}");
+    for part in [
+        "# Formula",
+        "# Parameters",
+        "# Claims",
+        "# References",
+        "## Default parameters",
+        "## Declared claims",
+        "weak order 1",
+    ] {
+        assert!(out.contains(part), "missing {part}:\n{out}");
+    }
+    let (code, _, err) = run(&["describe", "solver/eulr_maruyama"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean `euler_maruyama`?"), "{err}");
+    let (code, out, _) = run(&["describe", "sde/vp"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("beta_min: 0.1") && out.contains("t_ε = 1e-3"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_readme_plugin_table_is_current() -> Result<()> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .map_err(|e| Error::Msg(e.to_string()))?;
+    let (_, table, _) = run(&["list", "--markdown"]);
+    let start = readme
+        .find("<!-- plugins -->\n")
+        .map(|i| i + "<!-- plugins -->\n".len());
+    let end = readme.find("<!-- /plugins -->");
+    let (Some(start), Some(end)) = (start, end) else {
+        panic!("README.md lacks the <!-- plugins --> markers")
+    };
+    assert_eq!(
+        &readme[start..end],
+        table,
+        "README's plugin table is stale: paste `sdeflow list --markdown` between its markers"
+    );
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Every file in configs/ parses and dry-runs; the embedded default is one of them; a small
+//! sampling job writes its .npy, PNG and JSON.
+
+use std::path::{Path, PathBuf};
+
+use sdeflow_kernel::Result;
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let args = std::iter::once("sdeflow")
+        .chain(args.iter().copied())
+        .map(String::from);
+    let code = sdeflow_cli::main_with(args, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[test]
+fn every_config_parses_and_dry_runs() -> Result<()> {
+    let registry = sdeflow_tests::registry()?;
+    let mut seen = 0;
+    for entry in
+        std::fs::read_dir(configs_dir()).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?
+    {
+        let path = entry
+            .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "ron") {
+            let config = sdeflow_cli::load(registry, Some(&path), None)?;
+            let plan = sdeflow_cli::plan::plan(&config, false)?;
+            assert!(plan.contains("NFE"), "{}: {plan}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "only {seen} configs found");
+    Ok(())
+}
+
+#[test]
+fn the_embedded_default_is_configs_default_ron() -> Result<()> {
+    let on_disk = std::fs::read_to_string(configs_dir().join("default.ron"))
+        .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    assert_eq!(sdeflow_cli::DEFAULT_CONFIG, on_disk);
+    let (code, out, err) = run(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("config  configs/default.ron"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_small_sampling_job_writes_npy_png_and_json() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let config = dir.join("small.ron");
+    let text = "(\n  sde: vp(),\n  param: eps(),\n  model: gmm_oracle(weights: [0.5, 0.5], means: [[-2.0, 0.0], [2.0, 0.0]], \
+                covariances: [isotropic(0.3), isotropic(0.3)]),\n  solver: euler_maruyama(),\n  steps: 50,\n  samples: 500,\n)\n";
+    std::fs::write(&config, text).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let out_dir = dir.join("out");
+    let (code, out, err) = run(&[
+        "sample",
+        config.to_str().unwrap_or_default(),
+        "--out",
+        out_dir.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sliced W2"), "{out}");
+    for f in ["samples.npy", "samples.png", "summary.json"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing; stdout: {out}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("summary.json"))
+            .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?,
+    )
+    .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    assert_eq!(summary["nfe"], 50);
+    assert_eq!(summary["samples"], 500);
+    assert!(
+        summary["exact"]["sliced_w2"]
+            .as_f64()
+            .is_some_and(f64::is_finite)
+    );
+    let samples = candle_core::Tensor::read_npy(out_dir.join("samples.npy"))?;
+    assert_eq!(samples.dims(), &[500, 2]);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
