@@ -38,7 +38,7 @@ pub fn claims_text(c: &SolverClaims) -> String {
         Order::Plateau => "no order (plateaus at a bias)".into(),
     };
     format!(
-        "{order}; {} NFE per step; {}; integrates the {}; converges on a {} grid",
+        "{order}; {} NFE per step; {}; integrates the {}; converges on {}",
         c.nfe_per_step,
         if c.stochastic {
             "stochastic"
@@ -47,6 +47,9 @@ pub fn claims_text(c: &SolverClaims) -> String {
         },
         c.equation,
         c.natural_grid
+            .map_or("the SDE's default grid".to_string(), |g| format!(
+                "a {g} grid"
+            ))
     )
 }
 

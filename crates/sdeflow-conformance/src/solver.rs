@@ -203,7 +203,7 @@ fn weak_order(
     };
     let check = format!(
         "weak order on {sde_name}, {} grid (single Gaussian, exact propagation)",
-        claims.natural_grid
+        claims.grid_for(sde)
     );
     let run = || -> Result<Vec<f64>> {
         let model = fixture.oracle(&single_gaussian(), DType::F64)?;
@@ -215,7 +215,7 @@ fn weak_order(
                     solver,
                     model.clone(),
                     fixture.param.clone(),
-                    claims.natural_grid,
+                    claims.grid_for(sde),
                     n,
                 )
             })
@@ -322,7 +322,7 @@ fn small_run(
         .model(fixture.oracle(&ring(), dtype)?)
         .solver(solver.clone())
         .steps(steps)
-        .grid(solver.claims().natural_grid)
+        .grid(solver.claims().grid_for(&**sde))
         .seed(RUN_SEED)
         .dtype(dtype)
         .build()

@@ -43,6 +43,12 @@ pub trait ForwardSde: Send + Sync + Debug {
     fn diffusion_sq(&self, t: f64) -> f64;
     /// The scale s of the prior N(0, s² I).
     fn prior_std(&self) -> f64;
+    /// Times where f or g² jump (a piecewise schedule's knots); the SDE identities are checked
+    /// between them.
+    fn knots(&self) -> Vec<f64> {
+        Vec::new()
+    }
+
     /// The grid this family samples on by default.
     fn default_grid(&self) -> GridKind {
         GridKind::Uniform

@@ -59,8 +59,17 @@ pub struct SolverClaims {
     pub affine: bool,
     /// The equation integrated.
     pub equation: Equation,
-    /// The grid the order is claimed on.
-    pub natural_grid: GridKind,
+    /// The grid the order is claimed on; `None` means the SDE's default grid
+    /// ([`ForwardSde::default_grid`]): Euler–Maruyama in t converges on whatever grid suits
+    /// the SDE (uniform for VP, Karras for EDM).
+    pub natural_grid: Option<GridKind>,
+}
+
+impl SolverClaims {
+    /// The grid the order is claimed on for `sde`.
+    pub fn grid_for(&self, sde: &dyn ForwardSde) -> GridKind {
+        self.natural_grid.unwrap_or_else(|| sde.default_grid())
+    }
 }
 
 /// A step count and grid.

@@ -175,7 +175,7 @@ fn target_weight_makes_losses_agree_across_targets() -> Result<()> {
     let sde = ExpSde::new();
     for t in [0.01, 0.2, 0.9] {
         let c = sde.coefs(t);
-        assert_eq!(Likelihood.t_density(&c), None);
+        assert_eq!(Likelihood.t_density(&sde, &c), None);
         let x = convert::noisy(&x0, &eps, &c)?;
         let sq = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> Result<f64> {
             Ok(flat(&(a - b)?)?.iter().map(|v| v * v).sum())

@@ -12,16 +12,16 @@
 //!
 //! # Claims
 //! Weak order 1; strong order 1 (the noise is additive: g depends on t only); 1 NFE per step;
-//! stochastic; affine in x for an affine score; integrates the reverse SDE on a uniform grid.
-//! Default: 1,000 uniform steps.
+//! stochastic; affine in x for an affine score; integrates the reverse SDE and converges on
+//! the SDE's default grid (uniform in t for VP). Default: 1,000 steps on that grid.
 //!
 //! # References
 //! Kloeden & Platen, "Numerical Solution of Stochastic Differential Equations", 1992, §10.2
 //! and §14.1; Song et al., ICLR 2021, Appendix D ("Euler–Maruyama").
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, ops::lin3, register_solver,
+    Equation, ForwardSde, Order, Result, Schedule, Solver, SolverClaims, State, Step, StepContext,
+    ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,14 +45,14 @@ impl Solver for EulerMaruyama {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: GridKind::Uniform,
+            natural_grid: None,
         }
     }
 
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
+    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
         Schedule {
             steps: 1000,
-            grid: GridKind::Uniform,
+            grid: sde.default_grid(),
         }
     }
 

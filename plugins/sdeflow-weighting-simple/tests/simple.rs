@@ -1,7 +1,7 @@
 //! DDPM's simple weighting against MATH.md §4: w_ε = 1 at every time, 1/k² in a target whose
 //! loss scale is k, and no t-density of its own (uniform t on [t_ε, T]).
 
-use sdeflow_kernel::{Registry, Result, TimeCoefs, Weighting};
+use sdeflow_kernel::{ForwardSde, Registry, Result, SdeFamily, TimeCoefs, Weighting};
 use sdeflow_weighting_simple::{Params, Simple};
 
 /// Coefficients from every regime: the default VP SDE (B = 0.1 t + 9.95 t², α = e^{−B/2},
@@ -87,11 +87,44 @@ fn target_weight_is_one_over_k_squared() -> Result<()> {
     Ok(())
 }
 
-/// Times are uniform on [t_ε, T]: no density of its own.
+/// The default VP SDE (MATH.md §1), for the calls that take an SDE.
+#[derive(Debug)]
+struct Vp;
+
+impl ForwardSde for Vp {
+    fn family(&self) -> SdeFamily {
+        SdeFamily::VariancePreserving
+    }
+    fn t_max(&self) -> f64 {
+        1.0
+    }
+    fn t_eps(&self) -> f64 {
+        1e-3
+    }
+    fn alpha(&self, t: f64) -> f64 {
+        (-0.5 * (0.1 * t + 9.95 * t * t)).exp()
+    }
+    fn sigma(&self, t: f64) -> f64 {
+        (-(-(0.1 * t + 9.95 * t * t)).exp_m1()).sqrt()
+    }
+    fn drift_coef(&self, t: f64) -> f64 {
+        -0.5 * (0.1 + 19.9 * t)
+    }
+    fn diffusion_sq(&self, t: f64) -> f64 {
+        0.1 + 19.9 * t
+    }
+    fn prior_std(&self) -> f64 {
+        1.0
+    }
+}
+
+/// Times are uniform on [t_ε, T]: no density of its own, and a sample's loss factor is w = 1.
 #[test]
 fn t_density_is_none() -> Result<()> {
     for c in all_coefs() {
-        assert_eq!(Simple.t_density(&c), None, "{c:?}");
+        assert_eq!(Simple.t_density(&Vp, &c), None, "{c:?}");
+        assert_eq!(Simple.sample_t(&Vp, 0.5), None);
+        assert_eq!(Simple.loss_factor(&Vp, &c), 1.0);
     }
     Ok(())
 }
@@ -104,7 +137,7 @@ fn registration_builds_from_empty_params() -> Result<()> {
     let w = reg.weighting("simple", "()")?;
     for c in all_coefs() {
         assert_eq!(w.eps_weight(&c), 1.0);
-        assert_eq!(w.t_density(&c), None);
+        assert_eq!(w.t_density(&Vp, &c), None);
     }
     assert!(reg.weighting("simple", "(gamma: 5.0)").is_err());
     Ok(())

@@ -358,7 +358,7 @@ fn claims(order: Order, nfe: usize, stochastic: bool, equation: Equation) -> Sol
         stochastic,
         affine: true,
         equation,
-        natural_grid: GridKind::Uniform,
+        natural_grid: Some(GridKind::Uniform),
     }
 }
 
