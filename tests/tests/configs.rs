@@ -9,18 +9,7 @@ fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let args = std::iter::once("sdeflow")
-        .chain(args.iter().copied())
-        .map(String::from);
-    let code = sdeflow_cli::main_with(args, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
+use sdeflow_tests::run_cli as run;
 
 #[test]
 fn every_config_parses_and_dry_runs() -> Result<()> {

@@ -25,9 +25,11 @@ pub use report::{Report, Row};
 /// How much to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// What `cargo test` runs: every check, with SW2 on `ring` only.
+    /// What `cargo test` runs: every check, with SW2 on `ring` only, for every SDE in the run
+    /// parameterization and for every parameterization on the first SDE.
     Quick,
-    /// Everything, SW2 on `ring` and `mix8` (what `cargo xtask conformance` runs).
+    /// Everything: SW2 on `ring` for every SDE × every parameterization, and on `mix8` for every
+    /// SDE (what `cargo xtask conformance` runs).
     #[default]
     Full,
 }
@@ -147,6 +149,7 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
                             p.info.name,
                             s,
                             &sdes,
+                            &params,
                         ),
                         Err(e) => report.error(
                             &format!("solver/{}", p.info.name),

@@ -48,8 +48,17 @@ impl<'a> Fixture<'a> {
     }
 
     fn oracle(&self, spec: &MixtureSpec, dtype: DType) -> Result<Arc<dyn ScoreModel>> {
+        self.oracle_in(spec, dtype, self.param.clone())
+    }
+
+    fn oracle_in(
+        &self,
+        spec: &MixtureSpec,
+        dtype: DType,
+        param: Arc<dyn Parameterization>,
+    ) -> Result<Arc<dyn ScoreModel>> {
         let ctx = ModelContext {
-            param: self.param.clone(),
+            param,
             device: Device::Cpu,
             dtype,
         };
@@ -157,25 +166,62 @@ pub fn check(
     name: &str,
     solver: Arc<dyn Solver>,
     sdes: &[(&str, Arc<dyn ForwardSde>)],
+    params: &[(&str, Arc<dyn Parameterization>)],
 ) {
     let plugin = format!("solver/{name}");
     let claims = solver.claims();
-    for (sde_name, sde) in sdes {
+    for (i, (sde_name, sde)) in sdes.iter().enumerate() {
         if claims.affine {
             weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde);
         }
-        let mixtures = match mode {
-            Mode::Quick => vec![ring()],
-            Mode::Full => vec![ring(), mix8()],
+        // The matrix: every SDE × every parameterization on `ring`. The quick pass keeps the
+        // run parameterization on every SDE and every parameterization on the first SDE.
+        let run_param = ("", fixture.param.clone());
+        let matrix: Vec<(&str, Arc<dyn Parameterization>)> = match mode {
+            Mode::Full => params.to_vec(),
+            Mode::Quick if i == 0 => params.to_vec(),
+            Mode::Quick => vec![
+                params
+                    .iter()
+                    .find(|(_, p)| Arc::ptr_eq(p, &fixture.param))
+                    .cloned()
+                    .unwrap_or(run_param),
+            ],
         };
-        for spec in mixtures {
-            if let Err(e) = sw2_at_default(report, fixture, &plugin, &solver, sde_name, sde, &spec)
-            {
+        for (param_name, param) in &matrix {
+            let run = sw2_at_default(
+                report,
+                fixture,
+                &plugin,
+                &solver,
+                sde_name,
+                sde,
+                &ring(),
+                param_name,
+                param.clone(),
+            );
+            if let Err(e) = run {
                 report.error(
                     &plugin,
-                    format!("SW2 on {} ({sde_name}) at default", spec.name),
+                    format!("SW2 on ring ({sde_name}, {param_name}) at default"),
                     e,
                 );
+            }
+        }
+        if mode == Mode::Full {
+            let param = fixture.param.clone();
+            if let Err(e) = sw2_at_default(
+                report,
+                fixture,
+                &plugin,
+                &solver,
+                sde_name,
+                sde,
+                &mix8(),
+                "",
+                param,
+            ) {
+                report.error(&plugin, format!("SW2 on mix8 ({sde_name}) at default"), e);
             }
         }
         finite_everywhere(report, fixture, &plugin, &solver, sde_name, sde);
@@ -265,11 +311,13 @@ fn sw2_at_default(
     sde_name: &str,
     sde: &Arc<dyn ForwardSde>,
     spec: &MixtureSpec,
+    param_name: &str,
+    param: Arc<dyn Parameterization>,
 ) -> Result<()> {
-    let model = fixture.oracle(spec, DType::F64)?;
+    let model = fixture.oracle_in(spec, DType::F64, param.clone())?;
     let pipeline = Pipeline::builder()
         .sde(sde.clone())
-        .param(fixture.param.clone())
+        .param(param)
         .model(model)
         .solver(solver.clone())
         .seed(RUN_SEED)
@@ -285,7 +333,8 @@ fn sw2_at_default(
     report.push(
         plugin,
         format!(
-            "NFE counted at default ({sde_name}, {} steps)",
+            "NFE counted at default ({sde_name}{}{param_name}, {} steps)",
+            if param_name.is_empty() { "" } else { " × " },
             schedule.steps
         ),
         out.nfe.to_string(),
@@ -299,7 +348,13 @@ fn sw2_at_default(
     let d = sw.distance(&samples)?;
     report.push(
         plugin,
-        format!("SW2 on {} ({sde_name}, {} {} steps, exact p_T start)", spec.name, schedule.steps, schedule.grid),
+        format!(
+            "SW2 on {} ({sde_name}{}{param_name}, {} {} steps, exact p_T start)",
+            spec.name,
+            if param_name.is_empty() { "" } else { " × " },
+            schedule.steps,
+            schedule.grid
+        ),
         num(d),
         format!("floor {} ± {}", num(floor.mean), num(floor.sd)),
         format!("≤ {}", num(floor.threshold())),

@@ -47,16 +47,16 @@ fn block(key: [u32; 2], sample: u64, block: u64) -> [u32; 4] {
     )
 }
 
-/// Fills `out` with the standard normals of `sample` at draw indices `first..first + out.len()`.
-pub fn fill_normals_f64(key: [u32; 2], sample: u64, first: u64, out: &mut [f64]) {
+/// Fills `out` with the normals of `sample` at draw indices `first..first + out.len()`, each
+/// Philox block's four words making two Box–Muller pairs.
+fn fill_normals<T: Copy>(key: [u32; 2], sample: u64, first: u64, out: &mut [T], pair: fn(u32, u32) -> (T, T)) {
     let mut idx = first;
     let mut j = 0;
     while j < out.len() {
         let w = block(key, sample, idx / 4);
-        let (n0, n1) = box_muller_f64(w[0], w[1]);
-        let (n2, n3) = box_muller_f64(w[2], w[3]);
-        let vals = [n0, n1, n2, n3];
-        for &v in &vals[(idx % 4) as usize..] {
+        let (n0, n1) = pair(w[0], w[1]);
+        let (n2, n3) = pair(w[2], w[3]);
+        for &v in &[n0, n1, n2, n3][(idx % 4) as usize..] {
             if j == out.len() {
                 break;
             }
@@ -67,24 +67,14 @@ pub fn fill_normals_f64(key: [u32; 2], sample: u64, first: u64, out: &mut [f64])
     }
 }
 
+/// Fills `out` with the standard normals of `sample` at draw indices `first..first + out.len()`.
+pub fn fill_normals_f64(key: [u32; 2], sample: u64, first: u64, out: &mut [f64]) {
+    fill_normals(key, sample, first, out, box_muller_f64);
+}
+
 /// Fills `out` with the standard normals of `sample` at draw indices `first..`, in f32.
 pub fn fill_normals_f32(key: [u32; 2], sample: u64, first: u64, out: &mut [f32]) {
-    let mut idx = first;
-    let mut j = 0;
-    while j < out.len() {
-        let w = block(key, sample, idx / 4);
-        let (n0, n1) = box_muller_f32(w[0], w[1]);
-        let (n2, n3) = box_muller_f32(w[2], w[3]);
-        let vals = [n0, n1, n2, n3];
-        for &v in &vals[(idx % 4) as usize..] {
-            if j == out.len() {
-                break;
-            }
-            out[j] = v;
-            j += 1;
-            idx += 1;
-        }
-    }
+    fill_normals(key, sample, first, out, box_muller_f32);
 }
 
 /// A uniform on (0, 1) for `sample` at uniform index `index` (its own stream of words).
