@@ -40,7 +40,13 @@ pub fn bits(x: &candle_core::Tensor) -> Result<Vec<u32>> {
 /// (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let args = std::iter::once("sdeflow").chain(args.iter().copied()).map(String::from);
+    let args = std::iter::once("sdeflow")
+        .chain(args.iter().copied())
+        .map(String::from);
     let code = sdeflow_cli::main_with(args, &mut out, &mut err);
-    (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }

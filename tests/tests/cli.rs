@@ -52,7 +52,8 @@ fn golden_error_messages() -> Result<()> {
         ),
         (
             edited("sde: vp()", "sde: heat()"),
-            "error: bad.ron:2:10: unknown sde plugin `heat`; registered sde plugins: vp\n",
+            "error: bad.ron:2:10: unknown sde plugin `heat`; registered sde plugins: edm, linear_flow, sub_vp, ve, vp, \
+             vp_cosine, vp_discrete\n",
         ),
         (
             edited("    steps: 10,", "    stpes: 10,"),

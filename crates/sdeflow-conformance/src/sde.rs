@@ -12,7 +12,8 @@ const POINTS: usize = 201;
 /// once more by Richardson, (16 D(h/2) − D(h))/15 (error O(h⁶)): near a singular end, as
 /// linear_flow's T = 1 − 1e-3, the plain stencil's own error reaches 3e-5·|f|.
 fn derivative(f: impl Fn(f64) -> f64, t: f64, h: f64) -> f64 {
-    let d = |h: f64| (-f(t + 2.0 * h) + 8.0 * f(t + h) - 8.0 * f(t - h) + f(t - 2.0 * h)) / (12.0 * h);
+    let d =
+        |h: f64| (-f(t + 2.0 * h) + 8.0 * f(t + h) - 8.0 * f(t - h) + f(t - 2.0 * h)) / (12.0 * h);
     (16.0 * d(0.5 * h) - d(h)) / 15.0
 }
 

@@ -49,7 +49,13 @@ fn block(key: [u32; 2], sample: u64, block: u64) -> [u32; 4] {
 
 /// Fills `out` with the normals of `sample` at draw indices `first..first + out.len()`, each
 /// Philox block's four words making two Box–Muller pairs.
-fn fill_normals<T: Copy>(key: [u32; 2], sample: u64, first: u64, out: &mut [T], pair: fn(u32, u32) -> (T, T)) {
+fn fill_normals<T: Copy>(
+    key: [u32; 2],
+    sample: u64,
+    first: u64,
+    out: &mut [T],
+    pair: fn(u32, u32) -> (T, T),
+) {
     let mut idx = first;
     let mut j = 0;
     while j < out.len() {

@@ -9,18 +9,46 @@ use sdeflow_kernel::{Registry, Result};
 
 // One line per built-in plugin crate.
 use sdeflow_param_eps as _;
+use sdeflow_param_flow as _;
+use sdeflow_param_score as _;
+use sdeflow_param_v as _;
+use sdeflow_param_x0 as _;
 use sdeflow_score_gmm_oracle as _;
+use sdeflow_sde_edm as _;
+use sdeflow_sde_linear_flow as _;
+use sdeflow_sde_sub_vp as _;
+use sdeflow_sde_ve as _;
 use sdeflow_sde_vp as _;
+use sdeflow_sde_vp_cosine as _;
+use sdeflow_sde_vp_discrete as _;
 use sdeflow_solver_euler_maruyama as _;
+use sdeflow_weighting_edm as _;
+use sdeflow_weighting_likelihood as _;
+use sdeflow_weighting_min_snr as _;
 use sdeflow_weighting_simple as _;
+use sdeflow_weighting_snr as _;
 
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
     ("model", "gmm_oracle", "sdeflow-score-gmm-oracle"),
     ("param", "eps", "sdeflow-param-eps"),
+    ("param", "flow", "sdeflow-param-flow"),
+    ("param", "score", "sdeflow-param-score"),
+    ("param", "v", "sdeflow-param-v"),
+    ("param", "x0", "sdeflow-param-x0"),
+    ("sde", "edm", "sdeflow-sde-edm"),
+    ("sde", "linear_flow", "sdeflow-sde-linear-flow"),
+    ("sde", "sub_vp", "sdeflow-sde-sub-vp"),
+    ("sde", "ve", "sdeflow-sde-ve"),
     ("sde", "vp", "sdeflow-sde-vp"),
+    ("sde", "vp_cosine", "sdeflow-sde-vp-cosine"),
+    ("sde", "vp_discrete", "sdeflow-sde-vp-discrete"),
     ("solver", "euler_maruyama", "sdeflow-solver-euler-maruyama"),
+    ("weighting", "edm", "sdeflow-weighting-edm"),
+    ("weighting", "likelihood", "sdeflow-weighting-likelihood"),
+    ("weighting", "min_snr", "sdeflow-weighting-min-snr"),
     ("weighting", "simple", "sdeflow-weighting-simple"),
+    ("weighting", "snr", "sdeflow-weighting-snr"),
 ];
 
 /// The registry with every built-in plugin linked in.

@@ -293,7 +293,7 @@ fn claims_and_default_schedule() -> Result<()> {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: None,
+            natural_grid: Some(GridKind::Quadratic),
         }
     );
     assert_eq!(
