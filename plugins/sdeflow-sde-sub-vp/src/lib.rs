@@ -24,7 +24,10 @@
 //! Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole, "Score-Based Generative Modeling
 //! through Stochastic Differential Equations", ICLR 2021, eq. (12) and Appendix B (its kernel).
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{
+    ForwardSde, Result, SdeFamily, register_sde,
+    schedule::{LinearBeta, check_times},
+};
 use serde::{Deserialize, Serialize};
 
 /// The sub-VP SDE's parameters.
@@ -56,42 +59,15 @@ impl Default for Params {
 #[derive(Debug, Clone, Copy)]
 pub struct SubVp {
     p: Params,
+    beta: LinearBeta,
 }
 
 impl SubVp {
     /// Checks the parameters: 0 ≤ β_min < β_max, 0 < t_ε < T.
     pub fn new(p: Params) -> Result<Self> {
-        let bad = |field: &str, reason: String| Err(Error::invalid("sub_vp", field, reason));
-        if !(p.beta_min >= 0.0 && p.beta_min.is_finite()) {
-            return bad(
-                "beta_min",
-                format!("must be finite and ≥ 0, got {}", p.beta_min),
-            );
-        }
-        if !(p.beta_max > p.beta_min && p.beta_max.is_finite()) {
-            return bad(
-                "beta_max",
-                format!("must exceed beta_min = {}, got {}", p.beta_min, p.beta_max),
-            );
-        }
-        if !(p.t_max > 0.0 && p.t_max.is_finite()) {
-            return bad("t_max", format!("must be positive, got {}", p.t_max));
-        }
-        if !(p.t_eps > 0.0 && p.t_eps < p.t_max) {
-            return bad(
-                "t_eps",
-                format!("must lie in (0, t_max = {}), got {}", p.t_max, p.t_eps),
-            );
-        }
-        Ok(Self { p })
-    }
-
-    fn beta(&self, t: f64) -> f64 {
-        self.p.beta_min + t * (self.p.beta_max - self.p.beta_min)
-    }
-
-    fn big_b(&self, t: f64) -> f64 {
-        self.p.beta_min * t + 0.5 * (self.p.beta_max - self.p.beta_min) * t * t
+        let beta = LinearBeta::new("sub_vp", p.beta_min, p.beta_max)?;
+        check_times("sub_vp", p.t_eps, p.t_max)?;
+        Ok(Self { p, beta })
     }
 }
 
@@ -106,22 +82,22 @@ impl ForwardSde for SubVp {
         self.p.t_eps
     }
     fn alpha(&self, t: f64) -> f64 {
-        (-0.5 * self.big_b(t)).exp()
+        (-0.5 * self.beta.integral(t)).exp()
     }
     fn sigma(&self, t: f64) -> f64 {
-        -(-self.big_b(t)).exp_m1()
+        -(-self.beta.integral(t)).exp_m1()
     }
     fn drift_coef(&self, t: f64) -> f64 {
-        -0.5 * self.beta(t)
+        -0.5 * self.beta.beta(t)
     }
     fn diffusion_sq(&self, t: f64) -> f64 {
-        -self.beta(t) * (-2.0 * self.big_b(t)).exp_m1()
+        -self.beta.beta(t) * (-2.0 * self.beta.integral(t)).exp_m1()
     }
     fn prior_std(&self) -> f64 {
         1.0
     }
     fn log_snr(&self, t: f64) -> f64 {
-        let b = self.big_b(t);
+        let b = self.beta.integral(t);
         -0.5 * b - (-(-b).exp_m1()).ln()
     }
     fn t_of_log_snr(&self, lambda: f64) -> f64 {
@@ -133,8 +109,7 @@ impl ForwardSde for SubVp {
         } else {
             2.0 * (0.5 * (-lambda).exp()).asinh()
         };
-        let (b0, db) = (self.p.beta_min, self.p.beta_max - self.p.beta_min);
-        2.0 * b / (b0 + (b0 * b0 + 2.0 * db * b).sqrt())
+        self.beta.t_of_integral(b)
     }
 }
 

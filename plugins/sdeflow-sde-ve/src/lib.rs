@@ -143,11 +143,7 @@ impl ForwardSde for Ve {
         // 2L t = ln(1 + e^x), x = 2 ln(σ̃/s_min) = −2 (λ + ln s_min), by a softplus that
         // neither overflows (x large) nor loses digits (x very negative).
         let x = -2.0 * (lambda + self.p.sigma_min.ln());
-        let softplus = if x > 0.0 {
-            x + (-x).exp().ln_1p()
-        } else {
-            x.exp().ln_1p()
-        };
+        let softplus = sdeflow_kernel::schedule::softplus(x);
         softplus / (2.0 * self.log_ratio)
     }
 }

@@ -182,11 +182,7 @@ impl ForwardSde for VpDiscrete {
     fn t_of_log_snr(&self, lambda: f64) -> f64 {
         // log α = −½ log(1 + e^{−2λ}), a softplus that neither overflows nor loses digits.
         let x = -2.0 * lambda;
-        let softplus = if x > 0.0 {
-            x + (-x).exp().ln_1p()
-        } else {
-            x.exp().ln_1p()
-        };
+        let softplus = sdeflow_kernel::schedule::softplus(x);
         let target = -0.5 * softplus;
         let la = &self.log_alpha;
         let n = la.len();

@@ -23,7 +23,10 @@
 //! Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole, "Score-Based Generative Modeling
 //! through Stochastic Differential Equations", ICLR 2021, eq. (11) and Appendix B.
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{
+    ForwardSde, Result, SdeFamily, register_sde,
+    schedule::{LinearBeta, check_times, softplus},
+};
 use serde::{Deserialize, Serialize};
 
 /// The VP SDE's parameters.
@@ -55,42 +58,15 @@ impl Default for Params {
 #[derive(Debug, Clone, Copy)]
 pub struct Vp {
     p: Params,
+    beta: LinearBeta,
 }
 
 impl Vp {
     /// Checks the parameters: 0 ≤ β_min < β_max, 0 < t_ε < T.
     pub fn new(p: Params) -> Result<Self> {
-        let bad = |field: &str, reason: String| Err(Error::invalid("vp", field, reason));
-        if !(p.beta_min >= 0.0 && p.beta_min.is_finite()) {
-            return bad(
-                "beta_min",
-                format!("must be finite and ≥ 0, got {}", p.beta_min),
-            );
-        }
-        if !(p.beta_max > p.beta_min && p.beta_max.is_finite()) {
-            return bad(
-                "beta_max",
-                format!("must exceed beta_min = {}, got {}", p.beta_min, p.beta_max),
-            );
-        }
-        if !(p.t_max > 0.0 && p.t_max.is_finite()) {
-            return bad("t_max", format!("must be positive, got {}", p.t_max));
-        }
-        if !(p.t_eps > 0.0 && p.t_eps < p.t_max) {
-            return bad(
-                "t_eps",
-                format!("must lie in (0, t_max = {}), got {}", p.t_max, p.t_eps),
-            );
-        }
-        Ok(Self { p })
-    }
-
-    fn beta(&self, t: f64) -> f64 {
-        self.p.beta_min + t * (self.p.beta_max - self.p.beta_min)
-    }
-
-    fn big_b(&self, t: f64) -> f64 {
-        self.p.beta_min * t + 0.5 * (self.p.beta_max - self.p.beta_min) * t * t
+        let beta = LinearBeta::new("vp", p.beta_min, p.beta_max)?;
+        check_times("vp", p.t_eps, p.t_max)?;
+        Ok(Self { p, beta })
     }
 }
 
@@ -105,27 +81,26 @@ impl ForwardSde for Vp {
         self.p.t_eps
     }
     fn alpha(&self, t: f64) -> f64 {
-        (-0.5 * self.big_b(t)).exp()
+        (-0.5 * self.beta.integral(t)).exp()
     }
     fn sigma(&self, t: f64) -> f64 {
-        (-(-self.big_b(t)).exp_m1()).sqrt()
+        (-(-self.beta.integral(t)).exp_m1()).sqrt()
     }
     fn drift_coef(&self, t: f64) -> f64 {
-        -0.5 * self.beta(t)
+        -0.5 * self.beta.beta(t)
     }
     fn diffusion_sq(&self, t: f64) -> f64 {
-        self.beta(t)
+        self.beta.beta(t)
     }
     fn prior_std(&self) -> f64 {
         1.0
     }
     fn log_snr(&self, t: f64) -> f64 {
-        -0.5 * self.big_b(t).exp_m1().ln()
+        -0.5 * self.beta.integral(t).exp_m1().ln()
     }
     fn t_of_log_snr(&self, lambda: f64) -> f64 {
-        let b = (-2.0 * lambda).exp().ln_1p();
-        let (b0, db) = (self.p.beta_min, self.p.beta_max - self.p.beta_min);
-        2.0 * b / (b0 + (b0 * b0 + 2.0 * db * b).sqrt())
+        // B = log1p(e^{−2λ}), as a softplus that does not overflow for λ < −355.
+        self.beta.t_of_integral(softplus(-2.0 * lambda))
     }
 }
 
