@@ -81,3 +81,35 @@ fn a_small_sampling_job_writes_npy_png_and_json() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn the_final_denoising_step_costs_one_nfe_and_trajectories_keep_every_step() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-traj-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let config = dir.join("traj.ron");
+    let text = "(\n  sde: vp(),\n  param: eps(),\n  model: gmm_oracle(weights: [1.0], means: [[1.0, -1.0]], \
+                covariances: [isotropic(0.3)]),\n  solver: euler_maruyama(),\n  steps: 30,\n  samples: 200,\n  \
+                denoise_final: true,\n  outputs: (trajectory: true),\n)\n";
+    std::fs::write(&config, text).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let out_dir = dir.join("out");
+    let (code, out, err) = run(&[
+        "sample",
+        config.to_str().unwrap_or_default(),
+        "--out",
+        out_dir.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("summary.json"))
+            .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?,
+    )
+    .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    assert_eq!(summary["nfe"], 31, "30 steps and the denoising step; {out}");
+    // The start, one frame per step, and the denoised samples.
+    let traj = candle_core::Tensor::read_npy(out_dir.join("trajectory.npy"))?;
+    assert_eq!(traj.dims(), &[32, 200, 2]);
+    assert!(out_dir.join("trajectory.png").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

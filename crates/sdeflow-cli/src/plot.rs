@@ -116,3 +116,65 @@ pub fn scatter_beside(
         })
     })
 }
+
+/// Paths drawn at most.
+const MAX_PATHS: usize = 24;
+
+/// Writes the 2-D paths of the first samples through `frames` (each row-major n × 2, first
+/// to last time), coloured by sample, with their end points marked.
+pub fn paths(path: &Path, frames: &[Vec<f64>], title: &str) -> Result<()> {
+    register_font();
+    let n = frames.first().map_or(0, |f| f.len() / 2).min(MAX_PATHS);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for f in frames {
+        for v in &f[..2 * n] {
+            lo = lo.min(*v);
+            hi = hi.max(*v);
+        }
+    }
+    if !(lo.is_finite() && hi.is_finite()) {
+        return Err(plot_err("no finite points"));
+    }
+    let pad = 0.05 * (hi - lo).max(1e-9);
+    let range = (lo - pad)..(hi + pad);
+    write_atomic(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (720, 720)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(40)
+                .build_cartesian_2d(range.clone(), range.clone())
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(plot_err)?;
+            for i in 0..n {
+                let color = Palette99::pick(i).mix(0.8);
+                let pts = frames.iter().map(|f| (f[2 * i], f[2 * i + 1]));
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(1)))
+                    .map_err(plot_err)?;
+                if let Some(last) = frames.last() {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(
+                            (last[2 * i], last[2 * i + 1]),
+                            3,
+                            color.filled(),
+                        )))
+                        .map_err(plot_err)?;
+                }
+            }
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })
+}

@@ -3,10 +3,10 @@
 
 use std::{fmt, path::PathBuf, sync::Arc, time::Instant};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdeflow_conformance::sw2::{REFERENCE_SEED, reference_and_floor};
-use sdeflow_kernel::{Config, Error, Result, io::write_atomic, pipeline::Progress};
+use sdeflow_kernel::{Config, Error, Result, TimeCoefs, io::write_atomic, pipeline::Progress};
 use serde::Serialize;
 
 /// Metrics against the exact law at t_ε.
@@ -162,7 +162,9 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let pipeline = config.builder(device.clone()).progress(progress).build()?;
     let schedule = pipeline.schedule();
     let start = Instant::now();
-    let result = pipeline.sample(config.samples)?;
+    let first = pipeline.prior_state(0, config.samples)?;
+    let x_start = first.x.clone();
+    let result = pipeline.run(first)?;
     let wall = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -178,8 +180,42 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         files.push(path.display().to_string());
     }
 
+    if config.outputs.trajectory {
+        let mut frames = vec![x_start.to_device(&Device::Cpu)?];
+        for (_, x) in &result.trajectory {
+            frames.push(x.to_device(&Device::Cpu)?);
+        }
+        let stacked = Tensor::stack(&frames, 0)?;
+        let path = dir.join("trajectory.npy");
+        write_atomic(&path, |tmp| Ok(stacked.write_npy(tmp)?))?;
+        files.push(path.display().to_string());
+        if d == 2 {
+            let host_frames = frames
+                .iter()
+                .map(|f| Ok(f.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+                .collect::<Result<Vec<_>>>()?;
+            let path = dir.join("trajectory.png");
+            let title = format!(
+                "{} · {} · {} steps: paths of the first samples",
+                config.solver.0, config.sde.0, schedule.steps
+            );
+            crate::plot::paths(&path, &host_frames, &title)?;
+            files.push(path.display().to_string());
+        }
+    }
+
     let sde = pipeline.sde();
-    let c = sde.coefs(sde.t_eps());
+    // The exact law the samples should follow: p_{t_ε}, or p₀ after the final denoising step.
+    let c = if pipeline.denoises_final() {
+        TimeCoefs {
+            t: 0.0,
+            alpha: 1.0,
+            sigma: 0.0,
+            ..sde.coefs(sde.t_eps())
+        }
+    } else {
+        sde.coefs(sde.t_eps())
+    };
     let mut exact_rows = None;
     let exact = match pipeline.model().exact_law() {
         Some(law) if law.dim() == d => {

@@ -107,6 +107,8 @@ pub struct Outputs {
     pub png: bool,
     /// A JSON summary of metrics.
     pub json: bool,
+    /// Every sample's path: `trajectory.npy` ([steps + 1, n, d]) and, in 2-D, `trajectory.png`.
+    pub trajectory: bool,
 }
 
 impl Default for Outputs {
@@ -116,6 +118,7 @@ impl Default for Outputs {
             npy: true,
             png: true,
             json: true,
+            trajectory: false,
         }
     }
 }
@@ -155,6 +158,8 @@ pub struct Config {
     pub samples: usize,
     /// Model chunk rows (`None`: chunking, and batch invariance, off).
     pub chunk_rows: Option<usize>,
+    /// End with Tweedie's denoising step x̂₀ at t_ε (one more NFE; samples of p₀).
+    pub denoise_final: bool,
     /// What to write.
     pub outputs: Outputs,
     /// The jobs `run` performs, in order.
@@ -176,6 +181,7 @@ const FIELDS: &[&str] = &[
     "steps",
     "samples",
     "chunk_rows",
+    "denoise_final",
     "outputs",
     "jobs",
 ];
@@ -239,6 +245,8 @@ impl Config {
             .solver(self.solver.1.clone())
             .seed(self.seed)
             .chunk_rows(self.chunk_rows)
+            .denoise_final(self.denoise_final)
+            .capture_trajectory(self.outputs.trajectory)
             .device(device)
             .dtype(self.dtype.dtype());
         if let Some(steps) = self.steps {
@@ -426,6 +434,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
             (None, None, None, None, None, None, None);
         let (mut grid, mut steps, mut samples, mut chunk_rows, mut outputs, mut jobs) =
             (None, None, None, None, None, None);
+        let mut denoise_final = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "device" => once(&mut device, "device", map.next_value()?)?,
@@ -479,6 +488,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                     }
                     once(&mut chunk_rows, "chunk_rows", v)?
                 }
+                "denoise_final" => once(&mut denoise_final, "denoise_final", map.next_value()?)?,
                 "outputs" => once(&mut outputs, "outputs", map.next_value()?)?,
                 "jobs" => once(&mut jobs, "jobs", map.next_value::<Vec<Job>>()?)?,
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
@@ -498,6 +508,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
             steps,
             samples: samples.unwrap_or(DEFAULT_SAMPLES),
             chunk_rows: chunk_rows.unwrap_or(Some(crate::denoiser::DEFAULT_CHUNK_ROWS)),
+            denoise_final: denoise_final.unwrap_or(false),
             outputs: outputs.unwrap_or_default(),
             jobs: jobs.unwrap_or_else(|| vec![Job::Sample]),
         })

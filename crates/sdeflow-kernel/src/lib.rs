@@ -29,6 +29,7 @@ pub mod ops;
 pub mod param;
 pub mod pipeline;
 pub mod registry;
+pub mod rk;
 pub mod schedule;
 pub mod sde;
 pub mod solver;

@@ -40,6 +40,7 @@ pub struct PipelineBuilder {
     dtype: Option<DType>,
     capture_trajectory: bool,
     progress: Option<Progress>,
+    denoise_final: bool,
 }
 
 impl PipelineBuilder {
@@ -98,6 +99,12 @@ impl PipelineBuilder {
         self.dtype = Some(dtype);
         self
     }
+    /// After the last step, replace x by Tweedie's x̂₀(x, t_ε) = E[x₀ | x_{t_ε}]: one more NFE,
+    /// and samples of p₀ rather than p_{t_ε} (MATH.md §3, §5). Off by default.
+    pub fn denoise_final(mut self, on: bool) -> Self {
+        self.denoise_final = on;
+        self
+    }
     /// Keep x after every step.
     pub fn capture_trajectory(mut self, on: bool) -> Self {
         self.capture_trajectory = on;
@@ -146,6 +153,7 @@ impl PipelineBuilder {
             dtype: self.dtype.unwrap_or(DType::F32),
             capture_trajectory: self.capture_trajectory,
             progress: self.progress,
+            denoise_final: self.denoise_final,
         })
     }
 }
@@ -166,6 +174,7 @@ pub struct Pipeline {
     dtype: DType,
     capture_trajectory: bool,
     progress: Option<Progress>,
+    denoise_final: bool,
 }
 
 /// What a run returns.
@@ -201,6 +210,16 @@ impl Pipeline {
     /// The solver.
     pub fn solver(&self) -> &dyn Solver {
         &*self.solver
+    }
+    /// Whether the run ends with Tweedie's denoising step (samples of p₀, not p_{t_ε}).
+    pub fn denoises_final(&self) -> bool {
+        self.denoise_final
+    }
+    /// Model evaluations per sample the run costs: the solver's per step, plus the final
+    /// denoising step.
+    pub fn claimed_nfe(&self) -> u64 {
+        (self.solver.claims().nfe_per_step * self.schedule.steps) as u64
+            + u64::from(self.denoise_final)
     }
     /// The score model.
     pub fn model(&self) -> &dyn ScoreModel {
@@ -295,6 +314,21 @@ impl Pipeline {
                 (p.0)(i + 1, steps);
             }
             tracing::trace!(step = i, t = to.t, "step done");
+        }
+        if self.denoise_final && state.step == steps {
+            let c = self.sde.coefs(self.times[steps]);
+            let x0 = denoiser.eval(&state.x, &c)?.x0()?;
+            if !all_finite(&x0)? {
+                return Err(Error::NonFinite {
+                    what: "the final denoised samples".into(),
+                    step: steps,
+                    t: c.t,
+                });
+            }
+            if self.capture_trajectory {
+                trajectory.push((0.0, x0.clone()));
+            }
+            state.x = x0;
         }
         Ok(SampleOutput {
             state,
