@@ -14,9 +14,14 @@ fn an_unknown_solver_lists_the_registered_solvers() -> Result<()> {
     };
     assert_eq!((*kind, name.as_str()), ("solver", "euler_maruyam"));
     assert!(known.iter().any(|k| k == "euler_maruyama"));
+    let msg = err.to_string();
+    let listed = msg
+        .split_once("registered solver plugins: ")
+        .map(|(_, l)| l)
+        .unwrap_or("");
     assert!(
-        err.to_string()
-            .contains("registered solver plugins: euler_maruyama"),
+        known.iter().all(|k| listed.split(", ").any(|l| l == k))
+            && msg.contains("did you mean `euler_maruyama`?"),
         "{err}"
     );
     Ok(())

@@ -26,10 +26,11 @@ pub use report::{Report, Row};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// What `cargo test` runs: every check, with SW2 on `ring` only, for every SDE in the run
-    /// parameterization and for every parameterization on the first SDE.
+    /// parameterization and, with the first solver, for every parameterization on the first
+    /// SDE; the paired error against RK4 on `ring` under the first SDE only.
     Quick,
-    /// Everything: SW2 on `ring` for every SDE × every parameterization, and on `mix8` for every
-    /// SDE (what `cargo xtask conformance` runs).
+    /// Everything: SW2 on `ring` for every solver × SDE × parameterization, on `mix8` for every
+    /// solver × SDE, and the paired error on both (what `cargo xtask conformance` runs).
     #[default]
     Full,
 }
