@@ -14,7 +14,10 @@ pub fn list(registry: &Registry, markdown: bool) -> String {
             let _ = writeln!(
                 s,
                 "| {kind} | `{}` | `{}` | {} |",
-                info.name, info.crate_name, info.summary
+                info.name,
+                info.crate_name,
+                // A `|` inside a cell would end it.
+                info.summary.replace('|', "\\|")
             );
         }
         return s;
@@ -35,7 +38,9 @@ pub fn claims_text(c: &SolverClaims) -> String {
     let order = match c.order {
         Order::Ode(p) => format!("order {p}"),
         Order::Sde { weak, strong } => format!("weak order {weak}, strong order {strong}"),
-        Order::Plateau => "no order (plateaus at a bias)".into(),
+        Order::Plateau { snr } => {
+            format!("no order: plateaus at the Langevin fixed point of snr r = {snr}")
+        }
     };
     format!(
         "{order}; {} NFE per step; {}; integrates the {}; converges on {}",

@@ -142,21 +142,30 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
             Some(param) => {
                 let mut fixture = solver::Fixture::new(registry, param);
                 for p in solvers {
-                    match registry.solver(p.info.name, "()") {
-                        Ok(s) => solver::check(
-                            &mut report,
-                            &mut fixture,
-                            opts.mode,
-                            p.info.name,
-                            s,
-                            &sdes,
-                            &params,
-                        ),
-                        Err(e) => report.error(
-                            &format!("solver/{}", p.info.name),
-                            "builds with default parameters",
-                            e,
-                        ),
+                    // The defaults, then each declared variant, named as a config writes it.
+                    let sets = std::iter::once("()").chain(p.info.variants.iter().copied());
+                    for params_ron in sets {
+                        let label = if params_ron == "()" {
+                            p.info.name.to_string()
+                        } else {
+                            format!("{}{params_ron}", p.info.name)
+                        };
+                        match registry.solver(p.info.name, params_ron) {
+                            Ok(s) => solver::check(
+                                &mut report,
+                                &mut fixture,
+                                opts.mode,
+                                &label,
+                                s,
+                                &sdes,
+                                &params,
+                            ),
+                            Err(e) => report.error(
+                                &format!("solver/{label}"),
+                                format!("builds with parameters {params_ron}"),
+                                e,
+                            ),
+                        }
                     }
                 }
             }

@@ -40,6 +40,19 @@ impl MixtureSpec {
     pub fn dim(&self) -> usize {
         self.means[0].len()
     }
+
+    /// The smallest variance of any component along any axis (a full covariance's smallest
+    /// diagonal entry: an upper bound on its smallest eigenvalue).
+    pub fn min_axis_variance(&self) -> f64 {
+        self.covariances
+            .iter()
+            .map(|c| match c {
+                Covariance::Isotropic(s) => s * s,
+                Covariance::Diagonal(v) => v.iter().copied().fold(f64::INFINITY, f64::min),
+                Covariance::Full(m) => (0..m.len()).map(|i| m[i][i]).fold(f64::INFINITY, f64::min),
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
 }
 
 /// `ring`: 8 equal modes on a circle of radius 3, per-mode std 0.15.

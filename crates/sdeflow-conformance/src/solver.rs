@@ -7,7 +7,8 @@ use std::{collections::HashMap, sync::Arc};
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
     Denoiser, ForwardSde, GridKind, ModelContext, Order, Parameterization, Pipeline, Registry,
-    Result, ScoreModel, Solver, State, StepContext, bail, noise::ConstantNoise,
+    Result, ScoreModel, Solver, State, StepContext, TimeCoefs, bail,
+    noise::{BrownianNoise, ConstantNoise, NoiseRequest, NoiseSource},
 };
 
 use crate::{
@@ -127,7 +128,7 @@ fn claimed_order(order: Order) -> Option<f64> {
     match order {
         Order::Ode(p) => Some(p),
         Order::Sde { weak, .. } => Some(weak),
-        Order::Plateau => None,
+        Order::Plateau { .. } => None,
     }
 }
 
@@ -135,25 +136,41 @@ fn rows_f64(x: &Tensor) -> Result<Vec<Vec<f64>>> {
     Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
 }
 
-/// The weak error at `steps` on the single Gaussian, propagated exactly: each step of the
-/// plugin is x_s = A x_t + b + C z, read off with x = 0, 1 and noise 0, 1; the mean and
-/// variance of the law then propagate without sampling, and the error is the closed-form W2
-/// between the final Gaussian and the exact marginal at t_ε.
-pub fn exact_weak_error(
+/// Noise that is 1 on the `k`-th call of a step and 0 on the others: reads the coefficient of
+/// each draw of a step separately.
+#[derive(Debug)]
+struct UnitDraw(u64);
+
+impl NoiseSource for UnitDraw {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        let v = if req.index_in_step == self.0 {
+            1.0
+        } else {
+            0.0
+        };
+        Ok(Tensor::full(v, (req.rows, req.cols), device)?.to_dtype(dtype)?)
+    }
+}
+
+/// The law after `steps` steps on the single Gaussian, propagated exactly: each step of the
+/// plugin is x_s = A x_t + b + Σ_k C_k z_k, read off with x = 0, 1 and all noise 0, then with
+/// the k-th draw 1 and the others 0; mean and variance then propagate without sampling.
+/// Returns (mean, variance) per coordinate and the exact marginal's coefficients at t_ε.
+fn propagate_exactly(
     sde: &dyn ForwardSde,
     solver: &dyn Solver,
     model: Arc<dyn ScoreModel>,
     param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
-) -> Result<f64> {
+) -> Result<(Vec<f64>, Vec<f64>, TimeCoefs)> {
     let spec = single_gaussian();
     let m = &spec.means[0];
     let d = m.len();
     let s2 = SINGLE_STD * SINGLE_STD;
     let times = grid.times(sde, steps)?;
     let denoiser = Denoiser::new(model, param, None, None);
-    let (zero, one) = (ConstantNoise(0.0), ConstantNoise(1.0));
+    let zero = ConstantNoise(0.0);
     let dev = Device::Cpu;
     let probe = Tensor::from_vec([vec![0.0; d], vec![1.0; d]].concat(), (2, d), &dev)?;
     let origin = Tensor::zeros((1, d), DType::F64, &dev)?;
@@ -169,33 +186,62 @@ pub fn exact_weak_error(
                 .state
                 .x,
         )?;
-        let ctx_z = StepContext::new(sde, &denoiser, &one, RUN_SEED, from, to, i, steps);
-        let noisy = rows_f64(
-            &solver
-                .step(&ctx_z, &State::new(origin.clone(), from.t, 0))?
-                .state
-                .x,
-        )?;
-        if ctx_z.draws_taken() > d as u64 {
+        let draws = ctx.draw_calls();
+        if ctx.draws_taken() != draws * d as u64 {
             bail!(
-                "exact propagation needs at most one noise draw per step; this solver took {}",
-                ctx_z.draws_taken() / d as u64
+                "exact propagation reads one draw per coordinate per call; this step took {} draw indices in {draws} calls for {d} coordinates",
+                ctx.draws_taken()
             );
+        }
+        let mut noise_var = vec![0.0; d];
+        for k in 0..draws {
+            let unit = UnitDraw(k);
+            let ctx_k = StepContext::new(sde, &denoiser, &unit, RUN_SEED, from, to, i, steps);
+            let noisy = rows_f64(
+                &solver
+                    .step(&ctx_k, &State::new(origin.clone(), from.t, 0))?
+                    .state
+                    .x,
+            )?;
+            for j in 0..d {
+                noise_var[j] += (noisy[0][j] - affine[0][j]).powi(2);
+            }
         }
         for j in 0..d {
             let b = affine[0][j];
             let a = affine[1][j] - b;
-            let c = noisy[0][j] - b;
             mean[j] = a * mean[j] + b;
-            var[j] = a * a * var[j] + c * c;
+            var[j] = a * a * var[j] + noise_var[j];
         }
     }
-    let c = sde.coefs(times[steps]);
-    let exact_var = c.alpha * c.alpha * s2 + c.sigma * c.sigma;
-    let w2sq: f64 = (0..d)
+    Ok((mean, var, sde.coefs(times[steps])))
+}
+
+/// The weak error at `steps` on the single Gaussian, propagated exactly
+/// ([`propagate_exactly`]): the closed-form W2 between the final Gaussian and the exact
+/// marginal at t_ε.
+pub fn exact_weak_error(
+    sde: &dyn ForwardSde,
+    solver: &dyn Solver,
+    model: Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    grid: GridKind,
+    steps: usize,
+) -> Result<f64> {
+    let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps)?;
+    let m = &single_gaussian().means[0];
+    let exact_var = c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma;
+    let w2sq: f64 = (0..m.len())
         .map(|j| (mean[j] - c.alpha * m[j]).powi(2) + (var[j].sqrt() - exact_var.sqrt()).powi(2))
         .sum();
     Ok(w2sq.sqrt())
+}
+
+/// The W2 distance, per coordinate, between N(0, C) and the Langevin plateau
+/// N(0, C/(1 − r² σ²/C)) of the batch-free step ε = 2 (r σ)² ([`Order::Plateau`]).
+pub fn plateau_bias(c: f64, snr: f64, sigma: f64) -> f64 {
+    let inflation = 1.0 / (1.0 - snr * snr * sigma * sigma / c);
+    (c * inflation).sqrt() - c.sqrt()
 }
 
 /// Runs every solver contract for `solver` (named `name`) on each SDE.
@@ -213,7 +259,16 @@ pub fn check(
     for (i, (sde_name, sde)) in sdes.iter().enumerate() {
         if claims.stochastic {
             if claims.affine {
-                weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde);
+                match claims.order {
+                    Order::Plateau { snr } => {
+                        plateau(report, fixture, &plugin, &*solver, sde_name, &**sde, snr);
+                    }
+                    _ => weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde),
+                }
+            }
+            if let (Order::Sde { strong, .. }, true) = (claims.order, mode == Mode::Full || i == 0)
+            {
+                strong_order(report, fixture, &plugin, &solver, sde_name, sde, strong);
             }
         } else {
             // A schedule with knots has a drift that jumps: no Runge–Kutta method keeps an order
@@ -412,6 +467,208 @@ fn flow_order(
     }
 }
 
+/// An SDE stopped early: `inner` with t_ε replaced, so that grids end at `t_eps`.
+#[derive(Debug)]
+struct StoppedAt<'a> {
+    inner: &'a dyn ForwardSde,
+    t_eps: f64,
+}
+
+impl ForwardSde for StoppedAt<'_> {
+    fn family(&self) -> sdeflow_kernel::SdeFamily {
+        self.inner.family()
+    }
+    fn t_max(&self) -> f64 {
+        self.inner.t_max()
+    }
+    fn t_eps(&self) -> f64 {
+        self.t_eps
+    }
+    fn alpha(&self, t: f64) -> f64 {
+        self.inner.alpha(t)
+    }
+    fn sigma(&self, t: f64) -> f64 {
+        self.inner.sigma(t)
+    }
+    fn drift_coef(&self, t: f64) -> f64 {
+        self.inner.drift_coef(t)
+    }
+    fn diffusion_sq(&self, t: f64) -> f64 {
+        self.inner.diffusion_sq(t)
+    }
+    fn prior_std(&self) -> f64 {
+        self.inner.prior_std()
+    }
+    fn knots(&self) -> Vec<f64> {
+        self.inner.knots()
+    }
+    fn default_grid(&self) -> GridKind {
+        self.inner.default_grid()
+    }
+    fn log_snr(&self, t: f64) -> f64 {
+        self.inner.log_snr(t)
+    }
+    fn t_of_log_snr(&self, lambda: f64) -> f64 {
+        self.inner.t_of_log_snr(lambda)
+    }
+}
+
+/// The plateau of a predictor–corrector on the single Gaussian N(m, s² I). Near t_ε the
+/// corrector's relaxation per step, 2 r² σ²/v, vanishes, so the plateau is checked where it is
+/// resolved: the run stops at t★ with σ̃ = s (σ² = v/2), where the closed form gives a W2 of
+/// √d (√(v/(1 − r²/2)) − √v). The exactly propagated weak error must approach it: within 10%
+/// at N = 4096, and closer at 4096 than at 256.
+fn plateau(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &dyn Solver,
+    sde_name: &str,
+    sde: &dyn ForwardSde,
+    snr: f64,
+) {
+    let grid = solver.claims().grid_for(sde);
+    let t_star = sde.t_of_log_snr(-SINGLE_STD.ln());
+    let check = format!(
+        "plateau on {sde_name}, {grid} grid, stopped at t★ = {} where σ² = v/2 (single Gaussian, exact propagation)",
+        num(t_star)
+    );
+    let stopped = StoppedAt {
+        inner: sde,
+        t_eps: t_star,
+    };
+    let c = sde.coefs(t_star);
+    let v = c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma;
+    let d = single_gaussian().dim() as f64;
+    let want = d.sqrt() * plateau_bias(v, snr, c.sigma);
+    let run = || -> Result<Vec<f64>> {
+        let model = fixture.oracle(&single_gaussian(), DType::F64)?;
+        [256, 1024, 4096]
+            .iter()
+            .map(|&n| {
+                exact_weak_error(
+                    &stopped,
+                    solver,
+                    model.clone(),
+                    fixture.param.clone(),
+                    grid,
+                    n,
+                )
+            })
+            .collect()
+    };
+    match run() {
+        Ok(errors) => {
+            let gaps: Vec<f64> = errors.iter().map(|e| (e - want).abs()).collect();
+            let pass = gaps[2] <= 0.1 * want && gaps[2] < gaps[0];
+            report.push(
+                plugin,
+                check,
+                format!(
+                    "{} at N = 4096 ({:+.1}%)",
+                    num(errors[2]),
+                    100.0 * (errors[2] - want) / want
+                ),
+                format!("plateau {}", num(want)),
+                "± 10%, approached as N grows",
+                pass,
+                format!(
+                    "the corrector does not settle at its Langevin fixed point: weak error at N = 256, 1024, 4096: {}, {}, {}",
+                    num(errors[0]),
+                    num(errors[1]),
+                    num(errors[2])
+                ),
+            );
+        }
+        Err(e) => report.error(plugin, check, e),
+    }
+}
+
+/// Step counts of the strong-order fit, and the reference's.
+const STRONG_STEPS: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
+const STRONG_REFERENCE_STEPS: usize = 1 << 14;
+const STRONG_SAMPLES: usize = 128;
+
+/// The strong order on a Brownian path shared across step counts: from the same exact p_T
+/// starts of the single Gaussian, with the noise of every step read off one Brownian tree
+/// (`BrownianNoise`), the RMS distance at t_ε to the same solver with 2^14 steps, fitted on the
+/// tail over N ≤ 2048, within ± 0.3 of the claim.
+fn strong_order(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+    claim: f64,
+) {
+    let grid = solver.claims().grid_for(&**sde);
+    let check = format!("strong order on {sde_name}, {grid} grid (shared Brownian path)");
+    let run = || -> Result<Vec<f64>> {
+        let spec = single_gaussian();
+        let model = fixture.oracle(&spec, DType::F64)?;
+        let noise = Arc::new(BrownianNoise::new(sde.t_eps(), sde.t_max(), 24)?);
+        let start = exact_start(&spec, &**sde, STRONG_SAMPLES)?;
+        let end = |steps: usize| -> Result<Vec<f64>> {
+            let pipeline = Pipeline::builder()
+                .sde(sde.clone())
+                .param(fixture.param.clone())
+                .model(model.clone())
+                .solver(solver.clone())
+                .steps(steps)
+                .grid(grid)
+                .chunk_rows(None)
+                .noise(noise.clone())
+                .dtype(DType::F64)
+                .seed(RUN_SEED)
+                .build()?;
+            Ok(pipeline
+                .run(State::new(start.clone(), sde.t_max(), 0))?
+                .state
+                .x
+                .flatten_all()?
+                .to_vec1::<f64>()?)
+        };
+        let reference = end(STRONG_REFERENCE_STEPS)?;
+        STRONG_STEPS
+            .iter()
+            .map(|&n| {
+                let got = end(n)?;
+                Ok((got
+                    .iter()
+                    .zip(&reference)
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum::<f64>()
+                    / got.len() as f64)
+                    .sqrt())
+            })
+            .collect()
+    };
+    match run() {
+        Ok(errors) => {
+            let fitted = crate::fit::tail_order(&STRONG_STEPS, &errors);
+            let curve: Vec<String> = STRONG_STEPS
+                .iter()
+                .zip(&errors)
+                .map(|(n, e)| format!("{n}:{}", num(*e)))
+                .collect();
+            report.push(
+                plugin,
+                check,
+                fitted.map_or("no points above 1e-11".into(), num),
+                num(claim),
+                "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
+                fitted.is_some_and(|p| (p - claim).abs() <= 0.3),
+                format!(
+                    "the pathwise error on a shared Brownian path falls at another rate than claimed: errors by N {}",
+                    curve.join(", ")
+                ),
+            );
+        }
+        Err(e) => report.error(plugin, check, e),
+    }
+}
+
 /// Samples in the paired comparison against the reference.
 pub const PAIRED_SAMPLES: usize = 2_000;
 /// Steps of the RK4 reference (λ-uniform).
@@ -419,8 +676,13 @@ pub const REFERENCE_STEPS: usize = 1 << 13;
 
 /// The RMS distance, sample by sample from the same exact p_T starts, between a deterministic
 /// solver at its default schedule and the fixed-step RK4 reference with 2^13 λ-uniform steps.
-/// It passes below the SW2 noise floor's mean (per coordinate, as SW2 is per direction): the
-/// solver's own error is then smaller than what 20,000 exact samples can resolve.
+/// It passes within the SW2 noise floor's threshold, mean + 3 sd (per coordinate, as SW2 is
+/// per direction), the same bar as the SW2 row: the solver's own error is then within what
+/// 20,000 exact samples can resolve. On `mix8` the RMS of a first-order method is carried by
+/// the few trajectories that start near a boundary between modes and end in the other mode:
+/// euler with 1,000 uniform steps on ve gives 0.0545 per coordinate from 4 such flips in
+/// 2,000 samples, 0.0099 without them (halving with the step as order 1 should); flips fall
+/// only as the error itself does, so that RMS falls like N^{−1/2}.
 fn paired_error(
     report: &mut Report,
     fixture: &mut Fixture<'_>,
@@ -468,8 +730,13 @@ fn paired_error(
         ),
         num(rms),
         "0",
-        format!("≤ SW2 floor mean {}", num(floor.mean)),
-        rms <= floor.mean,
+        format!(
+            "≤ SW2 floor {} + 3 × {} = {}",
+            num(floor.mean),
+            num(floor.sd),
+            num(floor.threshold())
+        ),
+        rms <= floor.threshold(),
         "the solver's samples stray from the exact flow by more than exact sampling can resolve at its default schedule",
     );
     Ok(())
@@ -584,6 +851,16 @@ fn sw2_at_default(
         "the solver evaluates the model a different number of times than nfe_per_step × steps",
     );
     let samples = out.state.x.flatten_all()?.to_vec1::<f64>()?;
+    // A plateauing solver is allowed its closed-form Langevin bias at t_ε on the narrowest
+    // mode (DESIGN.md "Decisions").
+    let allowance = match solver.claims().order {
+        Order::Plateau { snr } => {
+            let c = sde.coefs(sde.t_eps());
+            let var = c.alpha * c.alpha * spec.min_axis_variance() + c.sigma * c.sigma;
+            plateau_bias(var, snr, c.sigma)
+        }
+        _ => 0.0,
+    };
     let (sw, floor) = fixture.floor(spec, sde_name, &**sde)?;
     let d = sw.distance(&samples)?;
     report.push(
@@ -597,8 +874,16 @@ fn sw2_at_default(
         ),
         num(d),
         format!("floor {} ± {}", num(floor.mean), num(floor.sd)),
-        format!("≤ {}", num(floor.threshold())),
-        d <= floor.threshold(),
+        if allowance > 0.0 {
+            format!(
+                "≤ {} + plateau {}",
+                num(floor.threshold()),
+                num(allowance)
+            )
+        } else {
+            format!("≤ {}", num(floor.threshold()))
+        },
+        d <= floor.threshold() + allowance,
         "samples are further from the exact law than exact samples are: the solver is biased at its default schedule",
     );
     Ok(())

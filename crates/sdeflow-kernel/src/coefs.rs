@@ -47,3 +47,40 @@ impl TimeCoefs {
         (self.f, 0.5 * self.g2)
     }
 }
+
+/// The forward transition from s to t > s of a linear SDE (MATH.md §5):
+/// `x_t | x_s ~ N(α_{t|s} x_s, σ²_{t|s} I)` with `α_{t|s} = α_t/α_s` and
+/// `σ²_{t|s} = σ_t² − α_{t|s}² σ_s²`, which DDPM, DDIM(η) and reverse diffusion step through.
+///
+/// Since `α_{t|s}² σ_s² = σ_t² e^{−2h}` with `h = λ_s − λ_t`, the variance is computed as
+/// `σ²_{t|s} = −σ_t² expm1(−2h)`: nothing cancels when s ≈ t.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition {
+    /// `h = λ_s − λ_t`, positive when s is nearer the data.
+    pub h: f64,
+    /// `α_{t|s} = α_t/α_s`.
+    pub alpha: f64,
+    /// `σ²_{t|s}/σ_t² = 1 − e^{−2h}`, in [0, 1] for h ≥ 0.
+    pub var_rel: f64,
+    /// `σ²_{t|s}`.
+    pub var: f64,
+}
+
+impl Transition {
+    /// The transition between the noisier time `t` and the cleaner time `s` (t > s).
+    pub fn between(t: &TimeCoefs, s: &TimeCoefs) -> Self {
+        let h = s.lambda - t.lambda;
+        let var_rel = -(-2.0 * h).exp_m1();
+        Self {
+            h,
+            alpha: t.alpha / s.alpha,
+            var_rel,
+            var: t.sigma * t.sigma * var_rel,
+        }
+    }
+
+    /// `σ_{t|s}`.
+    pub fn std(&self) -> f64 {
+        self.var.sqrt()
+    }
+}

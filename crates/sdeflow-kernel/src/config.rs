@@ -273,12 +273,12 @@ fn locate_field(text: &str, name: &str) -> Option<(usize, usize)> {
 }
 
 /// Reads a plugin reference `name(params...)` of kind `K`.
-struct PluginSeed<'a, K: Kind>
+pub(crate) struct PluginSeed<'a, K: Kind>
 where
     K::Plugin: Buildable,
 {
-    catalog: &'a Catalog<K>,
-    ctx: &'a <K::Plugin as Buildable>::Ctx,
+    pub(crate) catalog: &'a Catalog<K>,
+    pub(crate) ctx: &'a <K::Plugin as Buildable>::Ctx,
 }
 
 impl<'de, K: Kind> DeserializeSeed<'de> for PluginSeed<'_, K>

@@ -34,9 +34,10 @@ pub mod schedule;
 pub mod sde;
 pub mod solver;
 pub mod state;
+pub mod testing;
 pub mod weighting;
 
-pub use coefs::TimeCoefs;
+pub use coefs::{TimeCoefs, Transition};
 pub use config::{Config, DeviceSpec};
 pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};

@@ -29,6 +29,9 @@ pub struct PluginInfo {
     /// The source of the registering crate's `src/lib.rs`, whose `//!` lines are the plugin's
     /// documentation (formula, parameters, claims, references).
     pub source: &'static str,
+    /// Parameter sets (RON) that conformance checks besides the defaults, for plugins whose
+    /// parameters change their claims (`ddim`'s η > 0 is a stochastic sampler).
+    pub variants: &'static [&'static str],
 }
 
 impl PluginInfo {
@@ -317,6 +320,97 @@ impl Registry {
     }
 }
 
+/// A reference to a registered solver inside another plugin's parameters, written like a
+/// config's `solver:` field: `pc(predictor: reverse_diffusion(), ...)`. This is how a
+/// composite plugin names its parts without depending on their crates (DESIGN.md).
+///
+/// Reading it builds the solver through [`Registry::global`], so an unknown name fails with
+/// the registered names and ron's line and column. [`SolverRef::named`] is a reference with
+/// the named solver's default parameters, built on first [`SolverRef::resolve`].
+#[derive(Clone)]
+pub struct SolverRef {
+    name: &'static str,
+    built: Option<Arc<dyn Solver>>,
+}
+
+impl SolverRef {
+    /// The solver `name` with its default parameters (resolved through the registry).
+    pub fn named(name: &'static str) -> Self {
+        Self { name, built: None }
+    }
+
+    /// A reference to an already built solver, reported under `name`.
+    pub fn built(name: &'static str, solver: Arc<dyn Solver>) -> Self {
+        Self {
+            name,
+            built: Some(solver),
+        }
+    }
+
+    /// The registered name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The solver: as read from RON, or built now from the registry with default parameters.
+    pub fn resolve(&self) -> Result<Arc<dyn Solver>> {
+        match &self.built {
+            Some(s) => Ok(s.clone()),
+            None => Registry::global()?.solver(self.name, "()"),
+        }
+    }
+}
+
+impl Debug for SolverRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.built {
+            Some(s) => write!(f, "{}: {s:?}", self.name),
+            None => write!(f, "{}()", self.name),
+        }
+    }
+}
+
+impl PartialEq for SolverRef {
+    /// Equal names and the same built solver (or both unbuilt).
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && match (&self.built, &other.built) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Serialize for SolverRef {
+    /// Writes `name()`: the reference's name (its parameters are not kept once built).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        s.serialize_struct_variant("solver", 0, self.name, 0)?.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SolverRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let registry = Registry::global().map_err(serde::de::Error::custom)?;
+        let (name, solver) = serde::de::DeserializeSeed::deserialize(
+            crate::config::PluginSeed::<SolverKind> {
+                catalog: &registry.solvers,
+                ctx: &(),
+            },
+            d,
+        )?;
+        let name = registry
+            .solvers
+            .names()
+            .iter()
+            .copied()
+            .find(|n| *n == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("solver `{name}` vanished")))?;
+        Ok(Self::built(name, solver))
+    }
+}
+
 /// A RON error as an [`Error::Config`] at its start position, with sdeflow's wording for
 /// unknown, missing and duplicate names: the nearest valid name and the list of valid ones.
 ///
@@ -479,7 +573,7 @@ pub fn default_params_ron<P: Default + Serialize>() -> String {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register {
-    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $build:expr $(, $ctx:ident: $ctx_ty:ty)?) => {
+    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $build:expr, [$($variant:literal),*] $(, $ctx:ident: $ctx_ty:ty)?) => {
         const _: () = {
             fn __sdeflow_build<'de>(
                 de: $crate::registry::ErasedDe<'_, 'de>
@@ -498,6 +592,7 @@ macro_rules! __register {
                         summary: $summary,
                         default_params: $crate::registry::default_params_ron::<$params>,
                         source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
+                        variants: &[$($variant),*],
                     },
                     build: __sdeflow_build,
                 }
@@ -517,7 +612,8 @@ macro_rules! register_sde {
             $summary,
             $params,
             ::std::sync::Arc<dyn $crate::ForwardSde>,
-            $build
+            $build,
+            []
         );
     };
 }
@@ -532,7 +628,8 @@ macro_rules! register_param {
             $summary,
             $params,
             ::std::sync::Arc<dyn $crate::Parameterization>,
-            $build
+            $build,
+            []
         );
     };
 }
@@ -541,21 +638,23 @@ macro_rules! register_param {
 #[macro_export]
 macro_rules! register_model {
     ($name:literal, $summary:literal, $params:ty, $build:expr $(,)?) => {
-        $crate::__register!(ModelPlugin, $name, $summary, $params, ::std::sync::Arc<dyn $crate::ScoreModel>, $build, ctx: &$crate::ModelContext);
+        $crate::__register!(ModelPlugin, $name, $summary, $params, ::std::sync::Arc<dyn $crate::ScoreModel>, $build, [], ctx: &$crate::ModelContext);
     };
 }
 
-/// Registers a solver (builder: `fn(Params) -> Result<T>`, `T: Solver`).
+/// Registers a solver (builder: `fn(Params) -> Result<T>`, `T: Solver`). An optional
+/// `variants: ["(eta: 1.0)"]` lists parameter sets that conformance checks besides `()`.
 #[macro_export]
 macro_rules! register_solver {
-    ($name:literal, $summary:literal, $params:ty, $build:expr $(,)?) => {
+    ($name:literal, $summary:literal, $params:ty, $build:expr $(, variants: [$($variant:literal),* $(,)?])? $(,)?) => {
         $crate::__register!(
             SolverPlugin,
             $name,
             $summary,
             $params,
             ::std::sync::Arc<dyn $crate::Solver>,
-            $build
+            $build,
+            [$($($variant),*)?]
         );
     };
 }
@@ -570,7 +669,8 @@ macro_rules! register_weighting {
             $summary,
             $params,
             ::std::sync::Arc<dyn $crate::Weighting>,
-            $build
+            $build,
+            []
         );
     };
 }
@@ -597,6 +697,7 @@ mod tests {
                 summary: "test",
                 default_params: no_params,
                 source: "",
+                variants: &[],
             },
             build,
         }

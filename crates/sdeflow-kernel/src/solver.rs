@@ -23,8 +23,14 @@ pub enum Order {
         /// The strong order (pathwise error on a shared Brownian path).
         strong: f64,
     },
-    /// No convergence order: a bias that does not shrink with the step (PC's corrector).
-    Plateau,
+    /// No convergence order: a bias that does not shrink with the step. As N → ∞ the law
+    /// follows the fixed point of Langevin steps `x ← x + ε ŝ + sqrt(2ε) z` with the
+    /// batch-free step `ε = 2 (r σ_t)²` (PC's corrector, MATH.md §5), which on N(μ, C I) has
+    /// variance C/(1 − ε/(2C)) = C/(1 − r² σ_t²/C) — at most 1/(1 − r²) times C.
+    Plateau {
+        /// The corrector's signal-to-noise ratio r.
+        snr: f64,
+    },
 }
 
 /// Which equation a solver integrates (MATH.md §2).
@@ -171,6 +177,11 @@ impl<'a> StepContext<'a> {
             .noise
             .standard_normal(&req, state.x.dtype(), state.x.device())?;
         Ok(z.reshape(state.x.shape())?)
+    }
+
+    /// Calls to [`StepContext::standard_normal`] in this step so far.
+    pub fn draw_calls(&self) -> u64 {
+        self.draw_calls.get()
     }
 
     /// Draw indices taken in this step so far.

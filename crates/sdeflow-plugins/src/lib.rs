@@ -22,10 +22,13 @@ use sdeflow_sde_vp as _;
 use sdeflow_sde_vp_cosine as _;
 use sdeflow_sde_vp_discrete as _;
 use sdeflow_solver_ddim as _;
+use sdeflow_solver_ddpm as _;
 use sdeflow_solver_dpmpp_2m as _;
 use sdeflow_solver_euler as _;
 use sdeflow_solver_euler_maruyama as _;
 use sdeflow_solver_heun as _;
+use sdeflow_solver_pc as _;
+use sdeflow_solver_reverse_diffusion as _;
 use sdeflow_solver_rk4 as _;
 use sdeflow_weighting_edm as _;
 use sdeflow_weighting_likelihood as _;
@@ -49,10 +52,17 @@ pub const BUILT_IN: &[(&str, &str, &str)] = &[
     ("sde", "vp_cosine", "sdeflow-sde-vp-cosine"),
     ("sde", "vp_discrete", "sdeflow-sde-vp-discrete"),
     ("solver", "ddim", "sdeflow-solver-ddim"),
+    ("solver", "ddpm", "sdeflow-solver-ddpm"),
     ("solver", "dpmpp_2m", "sdeflow-solver-dpmpp-2m"),
     ("solver", "euler", "sdeflow-solver-euler"),
     ("solver", "euler_maruyama", "sdeflow-solver-euler-maruyama"),
     ("solver", "heun", "sdeflow-solver-heun"),
+    ("solver", "pc", "sdeflow-solver-pc"),
+    (
+        "solver",
+        "reverse_diffusion",
+        "sdeflow-solver-reverse-diffusion",
+    ),
     ("solver", "rk4", "sdeflow-solver-rk4"),
     ("weighting", "edm", "sdeflow-weighting-edm"),
     ("weighting", "likelihood", "sdeflow-weighting-likelihood"),

@@ -25,8 +25,11 @@
 //! # Claims
 //! η = 0: ODE order 1 on the probability-flow ODE, deterministic. η > 0: weak order 1, strong
 //! order 0.5 on the reverse SDE, stochastic (one draw per coordinate per step). 1 NFE per
-//! step; affine in x for an affine score; converges on the λ-uniform (log-SNR) grid. Default:
-//! 500 λ-uniform steps at η = 0 (at 100, the paired error on `mix8` is 2× the SW2 floor); 1,000 steps on the SDE's default grid at η > 0.
+//! step; affine in x for an affine score; its order is claimed on the λ-uniform (log-SNR)
+//! grid. Default: 500 steps at η = 0 (at 100, the paired error on `mix8` is 2× the SW2 floor)
+//! and 1,000 at η > 0, on the SDE's default grid: at 500 steps that grid's paired error on
+//! `mix8` is below the λ-uniform grid's on every built-in SDE (edm, Karras: 0.030 against
+//! 0.059 per coordinate; vp, uniform: 0.0031 against 0.0043).
 //!
 //! # References
 //! Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, eq. (12) and (16);
@@ -105,16 +108,9 @@ impl Solver for Ddim {
     }
 
     fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        if self.eta == 0.0 {
-            Schedule {
-                steps: 500,
-                grid: GridKind::LogSnr,
-            }
-        } else {
-            Schedule {
-                steps: 1000,
-                grid: sde.default_grid(),
-            }
+        Schedule {
+            steps: if self.eta == 0.0 { 500 } else { 1000 },
+            grid: sde.default_grid(),
         }
     }
 
@@ -166,5 +162,6 @@ register_solver!(
     "ddim",
     "DDIM(η): η = 0 the first-order exponential integrator of the PF-ODE, η = 1 DDPM's posterior",
     Params,
-    Ddim::new
+    Ddim::new,
+    variants: ["(eta: 1.0)"]
 );

@@ -310,17 +310,17 @@ fn claims_and_default_schedule() -> Result<()> {
     };
     assert_eq!(ddim(1.0)?.claims(), sde);
     assert_eq!(ddim(0.2)?.claims(), sde);
-    let (log_snr_500, uniform_1000) = (
+    let (uniform_500, uniform_1000) = (
         Schedule {
             steps: 500,
-            grid: GridKind::LogSnr,
+            grid: GridKind::Uniform,
         },
         Schedule {
             steps: 1000,
             grid: GridKind::Uniform,
         },
     );
-    assert_eq!(ddim(0.0)?.default_schedule(&Ou), log_snr_500);
+    assert_eq!(ddim(0.0)?.default_schedule(&Ou), uniform_500);
     assert_eq!(ddim(1.0)?.default_schedule(&Ou), uniform_1000);
     Ok(())
 }

@@ -486,7 +486,7 @@ pub struct AccumulateNoise;
 
 impl Solver for AccumulateNoise {
     fn claims(&self) -> SolverClaims {
-        claims(Order::Plateau, 0, true, Equation::ReverseSde)
+        claims(Order::Plateau { snr: 0.16 }, 0, true, Equation::ReverseSde)
     }
     fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
         Schedule {

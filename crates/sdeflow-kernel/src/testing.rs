@@ -1,0 +1,195 @@
+//! Fixtures for plugin tests, so that a plugin crate tests itself without depending on another
+//! plugin: an SDE with closed forms, the ε parameterization, the exact model of a single
+//! Gaussian, one-step helpers. Third-party plugin authors use them the same way.
+
+use std::{path::Path, sync::Arc};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{
+    Denoiser, Error, ForwardSde, Parameterization, Result, ScoreModel, SdeFamily, Solver, State,
+    StepContext, TimeCoefs,
+    noise::{NoiseRequest, NoiseSource, Stream, philox_key, philox_normal_tensor},
+};
+
+/// The Ornstein–Uhlenbeck VP SDE (β = 2) on [10⁻³, 1]: α = e^{−t}, σ = √(1 − e^{−2t}),
+/// f = −1, g² = 2 (f = d log α/dt = −1, g² = dσ²/dt − 2fσ² = 2e^{−2t} + 2σ² = 2),
+/// λ = −½ log(expm1(2t)), inverted in closed form as t = ½ log1p(e^{−2λ}). Its transition
+/// from s to t has α_{t|s} = e^{−(t−s)} and σ²_{t|s} = −expm1(−2(t − s)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ou;
+
+impl ForwardSde for Ou {
+    fn family(&self) -> SdeFamily {
+        SdeFamily::VariancePreserving
+    }
+    fn t_max(&self) -> f64 {
+        1.0
+    }
+    fn t_eps(&self) -> f64 {
+        1e-3
+    }
+    fn alpha(&self, t: f64) -> f64 {
+        (-t).exp()
+    }
+    fn sigma(&self, t: f64) -> f64 {
+        (-(-2.0 * t).exp_m1()).sqrt()
+    }
+    fn drift_coef(&self, _t: f64) -> f64 {
+        -1.0
+    }
+    fn diffusion_sq(&self, _t: f64) -> f64 {
+        2.0
+    }
+    fn prior_std(&self) -> f64 {
+        1.0
+    }
+    fn log_snr(&self, t: f64) -> f64 {
+        -0.5 * (2.0 * t).exp_m1().ln()
+    }
+    fn t_of_log_snr(&self, lambda: f64) -> f64 {
+        0.5 * (-2.0 * lambda).exp().ln_1p()
+    }
+}
+
+/// ε-prediction (MATH.md §3, first row): the output is ε̂.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpsParam;
+
+impl Parameterization for EpsParam {
+    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(out.clone())
+    }
+    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
+        1.0
+    }
+}
+
+/// The exact model of p₀ = N(m, s² I) (MATH.md §7): p_t = N(α m, v I) with v = α² s² + σ²,
+/// ŝ = −(x − α m)/v, reported in ε as ε̂ = −σ ŝ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gaussian {
+    /// The mean m.
+    pub mean: Vec<f64>,
+    /// The per-coordinate std s.
+    pub std: f64,
+}
+
+impl Default for Gaussian {
+    /// m = (1, −0.5), s = 0.3: the conformance single Gaussian.
+    fn default() -> Self {
+        Self {
+            mean: vec![1.0, -0.5],
+            std: 0.3,
+        }
+    }
+}
+
+impl Gaussian {
+    /// v = α² s² + σ² at `c`.
+    pub fn var(&self, c: &TimeCoefs) -> f64 {
+        c.alpha * c.alpha * self.std * self.std + c.sigma * c.sigma
+    }
+
+    /// Tweedie's x̂₀ = m + α s² (x − α m)/v for coordinate `j`.
+    pub fn x0(&self, x: f64, j: usize, c: &TimeCoefs) -> f64 {
+        self.mean[j] + c.alpha * self.std * self.std * (x - c.alpha * self.mean[j]) / self.var(c)
+    }
+
+    /// The exact score −(x − α m_j)/v of coordinate `j`.
+    pub fn score(&self, x: f64, j: usize, c: &TimeCoefs) -> f64 {
+        -(x - c.alpha * self.mean[j]) / self.var(c)
+    }
+
+    /// A denoiser reading this model through [`EpsParam`].
+    pub fn denoiser(&self) -> Denoiser {
+        Denoiser::new(Arc::new(self.clone()), Arc::new(EpsParam), None, None)
+    }
+}
+
+impl ScoreModel for Gaussian {
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![self.mean.len()]
+    }
+    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+        let m = Tensor::new(self.mean.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        let centred = x.broadcast_sub(&m.affine(c.alpha, 0.0)?)?;
+        Ok(centred.affine(c.sigma / self.var(c), 0.0)?)
+    }
+    fn rows_independent(&self) -> bool {
+        true
+    }
+    fn load(&mut self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A noise source that fails: for steps that must never draw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNoise;
+
+impl NoiseSource for NoNoise {
+    fn standard_normal(&self, _: &NoiseRequest, _: DType, _: &Device) -> Result<Tensor> {
+        Err(Error::Msg("a deterministic step drew noise".into()))
+    }
+}
+
+/// `rows` × `cols` standard normals (f64, CPU) keyed by `seed`.
+pub fn normals(seed: u64, rows: usize, cols: usize) -> Result<Tensor> {
+    let key = philox_key(seed, Stream::Exact);
+    philox_normal_tensor(key, 0, rows, cols, 0, DType::F64, &Device::Cpu)
+}
+
+/// A 2-D tensor's rows as f64.
+pub fn rows(x: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+}
+
+/// What [`one_step`] returns.
+#[derive(Debug)]
+pub struct OneStep {
+    /// x at the step's end.
+    pub x: Tensor,
+    /// Draw indices taken.
+    pub draws: u64,
+    /// Calls to `standard_normal`.
+    pub draw_calls: u64,
+    /// Model evaluations.
+    pub nfe: u64,
+}
+
+/// One step t → s of `solver` on `x` under `sde`, reading `model` (ε), with `noise` and
+/// seed 5, as step 3 of 10.
+pub fn one_step(
+    solver: &dyn Solver,
+    sde: &dyn ForwardSde,
+    model: &Gaussian,
+    noise: &dyn NoiseSource,
+    x: &Tensor,
+    t: f64,
+    s: f64,
+) -> Result<OneStep> {
+    let den = model.denoiser();
+    let ctx = StepContext::new(sde, &den, noise, 5, sde.coefs(t), sde.coefs(s), 3, 10);
+    let step = solver.step(&ctx, &State::new(x.clone(), t, 0))?;
+    Ok(OneStep {
+        x: step.state.x,
+        draws: ctx.draws_taken(),
+        draw_calls: ctx.draw_calls(),
+        nfe: den.nfe(),
+    })
+}
+
+/// |got − want| ≤ `tol` (1 + |want|) elementwise, naming `what` on failure.
+pub fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: row count");
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: {g} vs {w}");
+    }
+}
