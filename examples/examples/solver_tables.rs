@@ -1,18 +1,25 @@
-//! Sliced W2 and paired error of every registered solver on `ring` under VP, at a budget of
-//! 10, 20, 50, 100 and 1,000 model evaluations per sample — the tables the solver issues'
-//! notes report. Run with `cargo run --release -p sdeflow-examples --example solver_tables`.
+//! Sliced W2, paired error and weak error of every registered solver (and each registered
+//! parameter variant) under VP, at a budget of 10, 20, 50, 100 and 1,000 model evaluations per
+//! sample — the tables the solver issues' notes report. Run with
+//! `cargo run --release -p sdeflow-examples --example solver_tables`.
 //!
 //! SW2: 20,000 samples from exact p_T samples against 20,000 exact samples of p_{t_ε}, with
 //! the floor of exact sets beside it. Paired error: RMS distance, sample by sample from the
-//! same 2,000 exact p_T starts, to a fixed-step RK4 reference with 2^13 λ-uniform steps
-//! (deterministic solvers only; a stochastic solver follows another path by design).
+//! same 2,000 exact p_T starts, to a fixed-step RK4 reference with 2^13 λ-uniform steps, per
+//! coordinate (deterministic solvers only; a stochastic solver follows another path by
+//! design). Weak error: the closed-form W2 between the law after the run and the exact p_{t_ε}
+//! of the single Gaussian N((1, −0.5), 0.3² I), propagated exactly through the solver's own
+//! steps (affine solvers only), on the solver's default grid.
 
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
 use sdeflow_conformance::{
-    mixtures::ring,
+    mixtures::{ring, single_gaussian},
+    solver::exact_weak_error,
     sw2::{SAMPLES, reference_and_floor},
 };
-use sdeflow_kernel::{GridKind, ModelContext, Pipeline, Result, State};
+use sdeflow_kernel::{GridKind, ModelContext, Pipeline, Result, Solver, State};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,12 +45,16 @@ fn main() -> Result<()> {
         Ok(Tensor::from_vec(x, (n, 2), &Device::Cpu)?)
     };
     let (sw, floor) = reference_and_floor(&mixture.marginal(ce.alpha, ce.sigma)?, SAMPLES)?;
-    let run = |solver: &str, steps: usize, grid: Option<GridKind>, n: usize| -> Result<Vec<f64>> {
+    let run = |solver: Arc<dyn Solver>,
+               steps: usize,
+               grid: Option<GridKind>,
+               n: usize|
+     -> Result<Vec<f64>> {
         let mut b = Pipeline::builder()
             .sde(sde.clone())
             .param(param.clone())
             .model(model.clone())
-            .solver(registry.solver(solver, "()")?)
+            .solver(solver)
             .steps(steps)
             .seed(42)
             .dtype(DType::F64);
@@ -57,39 +68,65 @@ fn main() -> Result<()> {
             .flatten_all()?
             .to_vec1::<f64>()?)
     };
-    let reference = run("rk4", 1 << 13, Some(GridKind::LogSnr), PAIRED)?;
+    let reference = run(
+        registry.solver("rk4", "()")?,
+        1 << 13,
+        Some(GridKind::LogSnr),
+        PAIRED,
+    )?;
     println!(
         "ring under vp; SW2 floor {:.4} ± {:.4} (pass ≤ {:.4})\n",
         floor.mean,
         floor.sd,
         floor.threshold()
     );
-    println!("| solver | grid | NFE budget | steps | SW2 | paired RMS vs RK4 |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| solver | grid | NFE budget | steps | SW2 | paired RMS vs RK4 | weak error (single Gaussian) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let gauss = registry.model("gmm_oracle", &single_gaussian().oracle_params(), &ctx)?;
     for p in registry.solvers.all() {
-        let solver = registry.solver(p.info.name, "()")?;
-        let claims = solver.claims();
-        let grid = solver.default_schedule(&*sde).grid;
-        for budget in BUDGETS {
-            let steps = (budget / claims.nfe_per_step).max(1);
-            let d = sw.distance(&run(p.info.name, steps, None, SAMPLES)?)?;
-            let paired = if claims.stochastic {
-                "—".to_string()
+        let sets = std::iter::once("()").chain(p.info.variants.iter().copied());
+        for params in sets {
+            let label = if params == "()" {
+                p.info.name.to_string()
             } else {
-                let got = run(p.info.name, steps, None, PAIRED)?;
-                let rms = (got
-                    .iter()
-                    .zip(&reference)
-                    .map(|(a, b)| (a - b).powi(2))
-                    .sum::<f64>()
-                    / PAIRED as f64)
-                    .sqrt();
-                format!("{rms:.3e}")
+                format!("{}{params}", p.info.name)
             };
-            println!(
-                "| {} | {grid} | {budget} | {steps} | {d:.4} | {paired} |",
-                p.info.name
-            );
+            let solver = registry.solver(p.info.name, params)?;
+            let claims = solver.claims();
+            let grid = solver.default_schedule(&*sde).grid;
+            for budget in BUDGETS {
+                let steps = (budget / claims.nfe_per_step).max(1);
+                let d = sw.distance(&run(solver.clone(), steps, None, SAMPLES)?)?;
+                let paired = if claims.stochastic {
+                    "—".to_string()
+                } else {
+                    let got = run(solver.clone(), steps, None, PAIRED)?;
+                    let rms = (got
+                        .iter()
+                        .zip(&reference)
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f64>()
+                        / got.len() as f64)
+                        .sqrt();
+                    format!("{rms:.3e}")
+                };
+                let weak = if claims.affine {
+                    let e = exact_weak_error(
+                        &*sde,
+                        &*solver,
+                        gauss.clone(),
+                        param.clone(),
+                        grid,
+                        steps,
+                    )?;
+                    format!("{e:.3e}")
+                } else {
+                    "—".to_string()
+                };
+                println!("| {label} | {grid} | {budget} | {steps} | {d:.4} | {paired} | {weak} |");
+            }
         }
     }
     Ok(())

@@ -3,11 +3,14 @@
 //! - `cargo xtask conformance [--quick] [--kind K] [--plugin NAME] [--json PATH]`: runs every
 //!   registered plugin through the contracts of its kind, prints the table, exits 1 on a
 //!   failure.
+//! - `cargo xtask bench [--batch N] [--threads N] [--repeats N]`: the framework's overhead
+//!   beside the model for every solver, samples/s, and the solver's own time per step.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod conformance;
 
 #[global_allocator]
@@ -37,6 +40,18 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Measure the framework's overhead beside the model, per solver (CPU, release build).
+    Bench {
+        /// Samples per run.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Threads for candle and the noise (RAYON_NUM_THREADS).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Runs per timing; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +69,15 @@ fn main() -> ExitCode {
             plugin,
             json,
         } => conformance::run(quick, kind, plugin, json),
+        Command::Bench {
+            batch,
+            threads,
+            repeats,
+        } => bench::run(bench::BenchArgs {
+            batch,
+            threads,
+            repeats,
+        }),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@
 
 pub mod fit;
 pub mod mixtures;
+pub mod model;
 pub mod param;
 pub mod report;
 pub mod sde;
@@ -121,6 +122,26 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
             weighting::check(&mut report, name, *w, &named_sdes);
         }
     }
+    let run_param = params
+        .iter()
+        .find(|(n, _)| *n == RUN_PARAM)
+        .or(params.first())
+        .map(|(_, p)| p.clone());
+    for p in registry.models.all() {
+        if !opts.wants("model", p.info.name) {
+            continue;
+        }
+        match (&run_param, named_sdes.first()) {
+            (Some(param), Some((_, sde))) => {
+                model::check(&mut report, registry, p.info.name, param.clone(), *sde);
+            }
+            _ => report.error(
+                &format!("model/{}", p.info.name),
+                "needs a parameterization and an SDE",
+                "none is registered",
+            ),
+        }
+    }
     let solvers: Vec<_> = registry
         .solvers
         .all()
@@ -128,11 +149,6 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
         .filter(|p| opts.wants("solver", p.info.name))
         .collect();
     if !solvers.is_empty() {
-        let run_param = params
-            .iter()
-            .find(|(n, _)| *n == RUN_PARAM)
-            .or(params.first())
-            .map(|(_, p)| p.clone());
         match run_param {
             None => report.error(
                 "solver/*",

@@ -441,30 +441,14 @@ fn flow_order(
             .map(|&n| exact_flow_error(sde, solver, model.clone(), fixture.param.clone(), grid, n))
             .collect()
     };
-    match run() {
-        Ok(errors) => {
-            let fitted = crate::fit::tail_order(&ORDER_STEPS, &errors);
-            let curve: Vec<String> = ORDER_STEPS
-                .iter()
-                .zip(&errors)
-                .map(|(n, e)| format!("{n}:{}", num(*e)))
-                .collect();
-            tracing::info!(plugin, sde = sde_name, errors = %curve.join(" "), "pathwise error curve");
-            report.push(
-                plugin,
-                check,
-                fitted.map_or("no points above 1e-11".into(), num),
-                num(claim),
-                "± 0.25 (tail fit, N ≤ 4096)",
-                fitted.is_some_and(|p| (p - claim).abs() <= 0.25),
-                format!(
-                    "the pathwise error falls at another rate than claimed: errors by N {}",
-                    curve.join(", ")
-                ),
-            );
-        }
-        Err(e) => report.error(plugin, check, e),
-    }
+    let fit = OrderFit {
+        steps: &ORDER_STEPS,
+        claim,
+        tolerance: 0.25,
+        tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
+        what: "the pathwise error",
+    };
+    push_order(report, plugin, check, &fit, run());
 }
 
 /// An SDE stopped early: `inner` with t_ε replaced, so that grids end at `t_eps`.
@@ -644,29 +628,60 @@ fn strong_order(
             })
             .collect()
     };
-    match run() {
-        Ok(errors) => {
-            let fitted = crate::fit::tail_order(&STRONG_STEPS, &errors);
-            let curve: Vec<String> = STRONG_STEPS
-                .iter()
-                .zip(&errors)
-                .map(|(n, e)| format!("{n}:{}", num(*e)))
-                .collect();
-            report.push(
-                plugin,
-                check,
-                fitted.map_or("no points above 1e-11".into(), num),
-                num(claim),
-                "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
-                fitted.is_some_and(|p| (p - claim).abs() <= 0.3),
-                format!(
-                    "the pathwise error on a shared Brownian path falls at another rate than claimed: errors by N {}",
-                    curve.join(", ")
-                ),
-            );
-        }
-        Err(e) => report.error(plugin, check, e),
-    }
+    let fit = OrderFit {
+        steps: &STRONG_STEPS,
+        claim,
+        tolerance: 0.3,
+        tolerance_text: "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
+        what: "the pathwise error on a shared Brownian path",
+    };
+    push_order(report, plugin, check, &fit, run());
+}
+
+/// How an order check is judged: the tolerance on the fitted order and its words.
+struct OrderFit<'a> {
+    steps: &'a [usize],
+    claim: f64,
+    tolerance: f64,
+    tolerance_text: &'a str,
+    /// What falls, for the failure message ("the weak error").
+    what: &'a str,
+}
+
+/// Fits the tail order of `errors` over `fit.steps` and reports it against the claim (or the
+/// error that stopped the measurement).
+fn push_order(
+    report: &mut Report,
+    plugin: &str,
+    check: String,
+    fit: &OrderFit<'_>,
+    errors: Result<Vec<f64>>,
+) {
+    let errors = match errors {
+        Ok(e) => e,
+        Err(e) => return report.error(plugin, check, e),
+    };
+    let fitted = crate::fit::tail_order(fit.steps, &errors);
+    let curve: Vec<String> = fit
+        .steps
+        .iter()
+        .zip(&errors)
+        .map(|(n, e)| format!("{n}:{}", num(*e)))
+        .collect();
+    tracing::info!(plugin, check, errors = %curve.join(" "), "error curve");
+    report.push(
+        plugin,
+        check,
+        fitted.map_or("no points above 1e-11".into(), num),
+        num(fit.claim),
+        fit.tolerance_text,
+        fitted.is_some_and(|p| (p - fit.claim).abs() <= fit.tolerance),
+        format!(
+            "{} falls at another rate than claimed: errors by N {}",
+            fit.what,
+            curve.join(", ")
+        ),
+    );
 }
 
 /// Samples in the paired comparison against the reference.
@@ -774,31 +789,14 @@ fn weak_order(
             })
             .collect()
     };
-    match run() {
-        Ok(errors) => {
-            let fitted = crate::fit::tail_order(&ORDER_STEPS, &errors);
-            let curve: Vec<String> = ORDER_STEPS
-                .iter()
-                .zip(&errors)
-                .map(|(n, e)| format!("{n}:{}", num(*e)))
-                .collect();
-            tracing::info!(plugin, sde = sde_name, errors = %curve.join(" "), "weak error curve");
-            let pass = fitted.is_some_and(|p| (p - claim).abs() <= 0.25);
-            report.push(
-                plugin,
-                check,
-                fitted.map_or("no points above 1e-11".into(), num),
-                num(claim),
-                "± 0.25 (tail fit, N ≤ 4096)",
-                pass,
-                format!(
-                    "the weak error falls at another rate than claimed: errors by N {}",
-                    curve.join(", ")
-                ),
-            );
-        }
-        Err(e) => report.error(plugin, check, e),
-    }
+    let fit = OrderFit {
+        steps: &ORDER_STEPS,
+        claim,
+        tolerance: 0.25,
+        tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
+        what: "the weak error",
+    };
+    push_order(report, plugin, check, &fit, run());
 }
 
 fn exact_start(spec: &MixtureSpec, sde: &dyn ForwardSde, n: usize) -> Result<Tensor> {

@@ -79,6 +79,23 @@ impl Transition {
         }
     }
 
+    /// The transition of a step from `t` toward the data at `s`, or an error naming `plugin`'s
+    /// grid when the step goes the other way (λ_s < λ_t) or λ is not finite at its ends.
+    pub fn toward_data(plugin: &str, t: &TimeCoefs, s: &TimeCoefs) -> crate::Result<Self> {
+        let tr = Self::between(t, s);
+        if tr.h.is_nan() || tr.h < 0.0 {
+            return Err(crate::Error::invalid(
+                plugin,
+                "grid",
+                format!(
+                    "the step t = {:e} → s = {:e} must go toward the data (λ_s ≥ λ_t); h = {:e}",
+                    t.t, s.t, tr.h
+                ),
+            ));
+        }
+        Ok(tr)
+    }
+
     /// `σ_{t|s}`.
     pub fn std(&self) -> f64 {
         self.var.sqrt()

@@ -26,6 +26,8 @@ pub enum Stream {
     Brownian = 3,
     /// Training draws (t, x₀, ε).
     Training = 4,
+    /// A network's initial weights.
+    Init = 5,
 }
 
 /// A Philox key for `seed` and `stream`.

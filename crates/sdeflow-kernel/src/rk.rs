@@ -286,13 +286,13 @@ fn advance(x: &Tensor, h: f64, w: &[f64], k: &[Tensor]) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, sync::Arc};
-
     use candle_core::{DType, Device};
 
     use super::*;
     use crate::{
-        Denoiser, ForwardSde, Parameterization, ScoreModel, SdeFamily, noise::ConstantNoise,
+        ForwardSde,
+        noise::ConstantNoise,
+        testing::{Gaussian, Ou},
     };
 
     // Test copies of the plugins' tableaux (Hairer, Nørsett & Wanner, "Solving ODEs I",
@@ -448,93 +448,27 @@ mod tests {
         assert!(msg.contains("not finite"), "{msg}");
     }
 
-    /// α = e^{−t}, σ = √(1 − e^{−2t}), f = −1, g² = 2: f = d log α/dt and
-    /// dσ²/dt − 2fσ² = 2e^{−2t} + 2(1 − e^{−2t}) = 2 (MATH.md §1).
-    #[derive(Debug)]
-    struct UnitOu;
-
-    impl ForwardSde for UnitOu {
-        fn family(&self) -> SdeFamily {
-            SdeFamily::VariancePreserving
-        }
-        fn t_max(&self) -> f64 {
-            1.0
-        }
-        fn t_eps(&self) -> f64 {
-            1e-3
-        }
-        fn alpha(&self, t: f64) -> f64 {
-            (-t).exp()
-        }
-        fn sigma(&self, t: f64) -> f64 {
-            (-(-2.0 * t).exp_m1()).sqrt()
-        }
-        fn drift_coef(&self, _t: f64) -> f64 {
-            -1.0
-        }
-        fn diffusion_sq(&self, _t: f64) -> f64 {
-            2.0
-        }
-        fn prior_std(&self) -> f64 {
-            1.0
-        }
-    }
-
-    /// ε-prediction (MATH.md §3, first row).
-    #[derive(Debug)]
-    struct EpsParam;
-
-    impl Parameterization for EpsParam {
-        fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-            Ok(eps.clone())
-        }
-        fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-            Ok(out.clone())
-        }
-        fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-            Ok(eps.clone())
-        }
-        fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-            1.0
-        }
-    }
-
-    /// The exact score of N(0, s² I) under the SDE, ŝ = −x/v with v = α² s² + σ², reported
-    /// as ε̂ = −σ ŝ.
-    #[derive(Debug)]
-    struct CenteredGaussian;
-
-    const S2: f64 = 0.09;
-
-    fn var(c: &TimeCoefs) -> f64 {
-        c.alpha * c.alpha * S2 + c.sigma * c.sigma
-    }
-
-    impl ScoreModel for CenteredGaussian {
-        fn sample_shape(&self) -> Vec<usize> {
-            vec![1]
-        }
-        fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
-            Ok(x.affine(c.sigma / var(c), 0.0)?)
-        }
-        fn rows_independent(&self) -> bool {
-            true
-        }
-        fn load(&mut self, _path: &Path) -> Result<()> {
-            Ok(())
+    /// The exact model of N(0, s² I) in one dimension, s = 0.3: ŝ = −x/v with v = α² s² + σ²,
+    /// reported as ε̂ = −σ ŝ.
+    fn centered_gaussian() -> Gaussian {
+        Gaussian {
+            mean: vec![0.0],
+            std: 0.3,
         }
     }
 
     /// The engine against hand-written Euler, Heun (EDM Alg. 1 without churn: d = F(x, t),
     /// x̃ = x − h d, d′ = F(x̃, s), x − h (d + d′)/2) and classical RK4, with h = t − s, on
-    /// the scalar linear ODE dx/dt = L(t) x, L = f + ½ g²/v. The step counts one NFE per
-    /// stage and draws no noise (NaN noise would poison the result).
+    /// the scalar linear ODE dx/dt = L(t) x, L = f + ½ g²/v, on the OU SDE (α = e^{−t},
+    /// σ = √(1 − e^{−2t}), f = −1, g² = 2). The step counts one NFE per stage and draws no
+    /// noise (NaN noise would poison the result).
     #[test]
     fn rk_step_matches_the_hand_written_methods() -> Result<()> {
-        let sde = UnitOu;
+        let sde = Ou;
+        let model = centered_gaussian();
         let l = |t: f64| {
             let c = sde.coefs(t);
-            c.f + 0.5 * c.g2 / var(&c)
+            c.f + 0.5 * c.g2 / model.var(&c)
         };
         let x0 = [0.7, -1.3, 2.0];
         let x = Tensor::new(&x0, &Device::Cpu)?.reshape((3, 1))?;
@@ -558,7 +492,7 @@ mod tests {
             let methods: [(&ButcherTableau, &dyn Fn(f64) -> f64); 3] =
                 [(&EULER, &euler), (&HEUN, &heun), (&RK4, &rk4)];
             for (tableau, hand) in methods {
-                let den = Denoiser::new(Arc::new(CenteredGaussian), Arc::new(EpsParam), None, None);
+                let den = model.denoiser();
                 let noise = ConstantNoise(f64::NAN);
                 let ctx = StepContext::new(&sde, &den, &noise, 0, sde.coefs(t), sde.coefs(s), 0, 1);
                 let got = rk_step(tableau, &ctx, &x)?;
@@ -582,8 +516,8 @@ mod tests {
     /// An f32 state stays f32 through every stage.
     #[test]
     fn f32_state_stays_f32() -> Result<()> {
-        let sde = UnitOu;
-        let den = Denoiser::new(Arc::new(CenteredGaussian), Arc::new(EpsParam), None, None);
+        let sde = Ou;
+        let den = centered_gaussian().denoiser();
         let noise = ConstantNoise(0.0);
         let ctx = StepContext::new(&sde, &den, &noise, 0, sde.coefs(0.5), sde.coefs(0.4), 0, 1);
         let x = Tensor::new(&[[1.0f32], [-2.0]], &Device::Cpu)?;

@@ -107,6 +107,14 @@ impl Gaussian {
         -(x - c.alpha * self.mean[j]) / self.var(c)
     }
 
+    /// The exact PF-ODE flow map of coordinate `j` from `from` to `to`:
+    /// x_s = α_s m + √(v_s/v_t) (x_t − α_t m). On any linear SDE y = x − α m has
+    /// y′ = (f + g²/(2v)) y and v′ = 2fv + g², so y/√v is constant along the flow.
+    pub fn flow_map(&self, x: f64, j: usize, from: &TimeCoefs, to: &TimeCoefs) -> f64 {
+        let m = self.mean[j];
+        to.alpha * m + (self.var(to) / self.var(from)).sqrt() * (x - from.alpha * m)
+    }
+
     /// A denoiser reading this model through [`EpsParam`].
     pub fn denoiser(&self) -> Denoiser {
         Denoiser::new(Arc::new(self.clone()), Arc::new(EpsParam), None, None)
@@ -151,6 +159,11 @@ pub fn rows(x: &Tensor) -> Result<Vec<Vec<f64>>> {
     Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
 }
 
+/// A tensor's entries as f64, row-major.
+pub fn flat(x: &Tensor) -> Result<Vec<f64>> {
+    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
 /// What [`one_step`] returns.
 #[derive(Debug)]
 pub struct OneStep {
@@ -192,4 +205,26 @@ pub fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], tol: f64, what: &str) {
     for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
         assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: {g} vs {w}");
     }
+}
+
+/// The fitted order p of err ≈ C N^{−p}: minus the least-squares slope of ln err against ln N
+/// over the last three points above 1e-11 (DESIGN.md "Orders": the tail fit). Panics with
+/// fewer than three such points.
+pub fn tail_order(steps: &[usize], errors: &[f64]) -> f64 {
+    let pts: Vec<(f64, f64)> = steps
+        .iter()
+        .zip(errors)
+        .filter(|(_, e)| **e > 1e-11)
+        .map(|(&n, &e)| ((n as f64).ln(), e.ln()))
+        .collect();
+    assert!(
+        pts.len() >= 3,
+        "fewer than three errors above 1e-11: {errors:?}"
+    );
+    let tail = &pts[pts.len() - 3..];
+    let mx = tail.iter().map(|p| p.0).sum::<f64>() / 3.0;
+    let my = tail.iter().map(|p| p.1).sum::<f64>() / 3.0;
+    let sxy: f64 = tail.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = tail.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    -sxy / sxx
 }

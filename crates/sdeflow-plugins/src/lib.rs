@@ -14,6 +14,7 @@ use sdeflow_param_score as _;
 use sdeflow_param_v as _;
 use sdeflow_param_x0 as _;
 use sdeflow_score_gmm_oracle as _;
+use sdeflow_score_mlp as _;
 use sdeflow_sde_edm as _;
 use sdeflow_sde_linear_flow as _;
 use sdeflow_sde_sub_vp as _;
@@ -39,6 +40,7 @@ use sdeflow_weighting_snr as _;
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
     ("model", "gmm_oracle", "sdeflow-score-gmm-oracle"),
+    ("model", "mlp", "sdeflow-score-mlp"),
     ("param", "eps", "sdeflow-param-eps"),
     ("param", "flow", "sdeflow-param-flow"),
     ("param", "score", "sdeflow-param-score"),

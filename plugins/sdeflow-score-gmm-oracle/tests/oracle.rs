@@ -3,8 +3,8 @@
 //! match central differences of the exact log-density; rows are independent; shapes, dtypes
 //! and invalid parameters are handled without panics.
 //!
-//! The parameterizations are test-local (a plugin must not depend on another plugin crate):
-//! ε-prediction and x₀-prediction, with MATH.md §3's formulas written beside them.
+//! ε-prediction is [`EpsParam`]; x₀-prediction is test-local (a plugin must not depend on
+//! another plugin crate), with MATH.md §3's formulas written beside it.
 
 use std::sync::Arc;
 
@@ -12,30 +12,11 @@ use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
     Error, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
     mixture::Covariance,
-    noise::{Stream, philox_key, philox_normal_tensor},
+    testing::{EpsParam, flat, normals},
 };
 use sdeflow_score_gmm_oracle::{GmmOracle, Params};
 
 const EPS: f64 = f64::EPSILON;
-
-/// ε-prediction (MATH.md §3, first row): the output is ε̂.
-#[derive(Debug)]
-struct EpsParam;
-
-impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
-    }
-}
 
 /// x₀-prediction (MATH.md §3, second row): ε̂ = (x − α x̂₀)/σ, x̂₀ = (x − σ ε̂)/α.
 #[derive(Debug)]
@@ -86,24 +67,6 @@ fn all_coefs() -> [TimeCoefs; 3] {
     [coefs(0.8, 0.6), coefs(0.6, 0.9), coefs(0.99995, 0.01)]
 }
 
-/// Deterministic normals `[rows, cols]`, scaled by `scale`, in f64.
-fn normals(seed: u64, rows: usize, cols: usize, scale: f64) -> Result<Tensor> {
-    Ok(philox_normal_tensor(
-        philox_key(seed, Stream::Exact),
-        0,
-        rows,
-        cols,
-        0,
-        DType::F64,
-        &Device::Cpu,
-    )?
-    .affine(scale, 0.0)?)
-}
-
-fn flat(x: &Tensor) -> Result<Vec<f64>> {
-    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-}
-
 /// One Gaussian N(m, s² I): p_t = N(α m, (α² s² + σ²) I), so ŝ = −(x − α m)/(α² s² + σ²) and
 /// the ε output is −σ ŝ. The oracle's path (difference, Cholesky inverse, product, times σ)
 /// takes a handful of roundings of terms of size σ(|x| + α|m|)/C: 16ε of that scale.
@@ -115,7 +78,7 @@ fn single_gaussian_gives_the_closed_form_eps() -> Result<()> {
         means: vec![m.to_vec()],
         covariances: vec![Covariance::Isotropic(s)],
     })?;
-    let x = normals(1, 16, 3, 1.5)?;
+    let x = normals(1, 16, 3)?.affine(1.5, 0.0)?;
     let xs = x.to_vec2::<f64>()?;
     for c in all_coefs() {
         let (a, sg) = (c.alpha, c.sigma);
@@ -153,7 +116,7 @@ fn x0_target_reports_tweedie() -> Result<()> {
         },
         &ctx(Arc::new(X0Param)),
     )?;
-    let x = normals(2, 8, 2, 1.0)?;
+    let x = normals(2, 8, 2)?;
     for c in all_coefs() {
         let (a, sg) = (c.alpha, c.sigma);
         let var = a * a * s * s + sg * sg;
@@ -193,7 +156,7 @@ fn two_components() -> Params {
 #[test]
 fn mixture_score_matches_central_differences_of_log_density() -> Result<()> {
     let o = oracle(two_components())?;
-    let x = normals(3, 24, 2, 1.5)?;
+    let x = normals(3, 24, 2)?.affine(1.5, 0.0)?;
     let h = 1e-5;
     for c in all_coefs().into_iter().take(2).chain([coefs(0.3, 0.95)]) {
         let marginal = o.marginal(&c)?;
@@ -240,7 +203,7 @@ fn single_gaussian_log_density_is_closed_form() -> Result<()> {
         means: vec![m.to_vec()],
         covariances: vec![Covariance::Isotropic(s)],
     })?;
-    let x = normals(4, 8, 3, 1.0)?;
+    let x = normals(4, 8, 3)?;
     for c in all_coefs() {
         let var = c.alpha * c.alpha * s * s + c.sigma * c.sigma;
         let marginal = o.marginal(&c)?;
@@ -263,7 +226,7 @@ fn single_gaussian_log_density_is_closed_form() -> Result<()> {
 fn rows_are_independent() -> Result<()> {
     let o = oracle(two_components())?;
     assert!(o.rows_independent());
-    let x = normals(5, 7, 2, 2.0)?;
+    let x = normals(5, 7, 2)?.affine(2.0, 0.0)?;
     let c = coefs(0.8, 0.6);
     let batch = o.forward(&x, &c, None)?;
     for i in 0..7 {
@@ -305,7 +268,7 @@ fn wrong_input_shape_is_a_shape_error() -> Result<()> {
 fn f32_inputs_give_f32_outputs() -> Result<()> {
     let o = oracle(two_components())?;
     let c = coefs(0.6, 0.9);
-    let x32 = normals(6, 10, 2, 1.0)?.to_dtype(DType::F32)?;
+    let x32 = normals(6, 10, 2)?.to_dtype(DType::F32)?;
     let out32 = o.forward(&x32, &c, None)?;
     assert_eq!(out32.dtype(), DType::F32);
     assert_eq!(out32.dims(), &[10, 2]);
@@ -337,7 +300,7 @@ fn sample_shape_and_defaults() -> Result<()> {
     assert_eq!(o.mixture().components(), 1);
     assert!(o.varmap().is_none());
     let c = coefs(0.6, 0.9);
-    let x = normals(7, 5, 2, 1.0)?;
+    let x = normals(7, 5, 2)?;
     let out = flat(&o.forward(&x, &c, None)?)?;
     for (xi, got) in flat(&x)?.iter().zip(out) {
         let want = c.sigma * xi / (c.alpha * c.alpha + c.sigma * c.sigma);
@@ -445,7 +408,7 @@ fn registration_reads_documented_ron() -> Result<()> {
         &cx,
     )?;
     let direct = oracle(two_components())?;
-    let x = normals(8, 6, 2, 1.0)?;
+    let x = normals(8, 6, 2)?;
     let c = coefs(0.8, 0.6);
     assert_eq!(
         flat(&m.forward(&x, &c, None)?)?,

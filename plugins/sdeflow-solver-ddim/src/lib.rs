@@ -23,13 +23,15 @@
 //!   sampler. Default 0.
 //!
 //! # Claims
-//! η = 0: ODE order 1 on the probability-flow ODE, deterministic. η > 0: weak order 1, strong
-//! order 0.5 on the reverse SDE, stochastic (one draw per coordinate per step). 1 NFE per
-//! step; affine in x for an affine score; its order is claimed on the λ-uniform (log-SNR)
-//! grid. Default: 500 steps at η = 0 (at 100, the paired error on `mix8` is 2× the SW2 floor)
-//! and 1,000 at η > 0, on the SDE's default grid: at 500 steps that grid's paired error on
-//! `mix8` is below the λ-uniform grid's on every built-in SDE (edm, Karras: 0.030 against
-//! 0.059 per coordinate; vp, uniform: 0.0031 against 0.0043).
+//! η = 0: ODE order 1 on the probability-flow ODE, deterministic. η > 0: weak order 1 and
+//! strong order 1 (the noise c z is additive: c depends on the grid only), stochastic (one draw
+//! per coordinate per step); at η ≠ 1 the limit is the SDE whose noise is η times the reverse
+//! SDE's, with the same marginals. 1 NFE per step; affine in x for an affine score; its order
+//! is claimed on the λ-uniform (log-SNR) grid. Default: 500 steps at η = 0 (at 100, the
+//! paired error on `mix8` is 2× the SW2 floor) and 1,000 at η > 0, on the SDE's default grid:
+//! at 500 steps that grid's paired error on `mix8` is below the λ-uniform grid's on every
+//! built-in SDE (edm, Karras: 0.030 against 0.059 per coordinate; vp, uniform: 0.0031 against
+//! 0.0043).
 //!
 //! # References
 //! Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, eq. (12) and (16);
@@ -93,7 +95,7 @@ impl Solver for Ddim {
         } else {
             let order = Order::Sde {
                 weak: 1.0,
-                strong: 0.5,
+                strong: 1.0,
             };
             (order, true, Equation::ReverseSde)
         };

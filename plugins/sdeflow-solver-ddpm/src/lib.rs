@@ -26,8 +26,8 @@
 //! (the posterior for any α, σ).
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext, Transition, ops::lin3, register_solver,
+    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
+    StepContext, Transition, ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,17 +64,7 @@ impl Solver for Ddpm {
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         let (from, to) = (&ctx.from, &ctx.to);
-        let tr = Transition::between(from, to);
-        if tr.h.is_nan() || tr.h < 0.0 {
-            return Err(Error::invalid(
-                "ddpm",
-                "grid",
-                format!(
-                    "the step t = {:e} → s = {:e} must go toward the data (λ_s ≥ λ_t); h = {:e}",
-                    from.t, to.t, tr.h
-                ),
-            ));
-        }
+        let tr = Transition::toward_data("ddpm", from, to)?;
         let x0_hat = ctx.eval(&state.x, from)?.x0()?;
         let z = ctx.standard_normal(state)?;
         let x = lin3(

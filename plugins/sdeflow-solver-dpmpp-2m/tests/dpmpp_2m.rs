@@ -3,146 +3,21 @@
 //! step, the returned history is [(λ_t, x̂₀_now)] and the input state is left alone; through the
 //! pipeline the pathwise error falls at order 2 on λ-uniform grids, one NFE per step, no noise,
 //! and reruns give the same bits.
-//!
-//! The SDE, the parameterization and the score model are test-local (a plugin must not
-//! depend on another plugin crate); their formulas are stated beside them.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Denoiser, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Parameterization,
-    Pipeline, Result, Schedule, ScoreModel, SdeFamily, Solver, SolverClaims, State, StepContext,
-    TimeCoefs,
-    noise::{NoiseRequest, NoiseSource, Stream, philox_key, philox_normal_tensor},
+    Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result, Schedule, Solver,
+    SolverClaims, State, StepContext,
+    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
 };
 use sdeflow_solver_dpmpp_2m::DpmSolverPp2m;
 
-/// The Ornstein–Uhlenbeck VP SDE (β = 2): α = e^{−t}, σ = √(1 − e^{−2t}), f = −1, g² = 2
-/// (MATH.md §1: f = d log α/dt = −1, g² = dσ²/dt − 2fσ² = 2e^{−2t} + 2σ² = 2),
-/// λ = log(α/σ) = −½ log(expm1(2t)), inverted in closed form as t = ½ log1p(e^{−2λ}).
-/// Its transition variance is σ²_{t|s} = σ_t² − e^{−2(t−s)} σ_s² = −expm1(−2(t − s)).
-#[derive(Debug)]
-struct Ou;
-
-impl ForwardSde for Ou {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
-    fn t_max(&self) -> f64 {
-        1.0
-    }
-    fn t_eps(&self) -> f64 {
-        1e-3
-    }
-    fn alpha(&self, t: f64) -> f64 {
-        (-t).exp()
-    }
-    fn sigma(&self, t: f64) -> f64 {
-        (-(-2.0 * t).exp_m1()).sqrt()
-    }
-    fn drift_coef(&self, _t: f64) -> f64 {
-        -1.0
-    }
-    fn diffusion_sq(&self, _t: f64) -> f64 {
-        2.0
-    }
-    fn prior_std(&self) -> f64 {
-        1.0
-    }
-    fn log_snr(&self, t: f64) -> f64 {
-        -0.5 * (2.0 * t).exp_m1().ln()
-    }
-    fn t_of_log_snr(&self, lambda: f64) -> f64 {
-        0.5 * (-2.0 * lambda).exp().ln_1p()
-    }
-}
-
-/// ε-prediction (MATH.md §3, first row); x̂₀ = (x − σ ε̂)/α through the kernel's conversion.
-#[derive(Debug)]
-struct EpsParam;
-
-impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
-    }
-}
-
-/// p₀ = N(m, s² I): p_t = N(α m, v I), v = α² s² + σ² (MATH.md §7).
-const MEAN: [f64; 2] = [1.0, -0.5];
-const STD: f64 = 0.3;
-
-fn var(c: &TimeCoefs) -> f64 {
-    c.alpha * c.alpha * STD * STD + c.sigma * c.sigma
-}
-
-/// The exact model of p₀ = N(m, s² I): ŝ = −(x − α m)/v, reported as ε̂ = −σ ŝ.
-#[derive(Debug)]
-struct Gaussian;
-
-impl ScoreModel for Gaussian {
-    fn sample_shape(&self) -> Vec<usize> {
-        vec![MEAN.len()]
-    }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
-        let m = Tensor::new(&MEAN, x.device())?.to_dtype(x.dtype())?;
-        let centred = x.broadcast_sub(&m.affine(c.alpha, 0.0)?)?;
-        Ok(centred.affine(c.sigma / var(c), 0.0)?)
-    }
-    fn rows_independent(&self) -> bool {
-        true
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Tweedie's x̂₀ = E[x₀ | x_t] = m + α s² (x − α m)/v for coordinate j.
-fn x0_exact(x: f64, j: usize, c: &TimeCoefs) -> f64 {
-    MEAN[j] + c.alpha * STD * STD * (x - c.alpha * MEAN[j]) / var(c)
-}
-
-/// A noise source that fails: DPM-Solver++(2M) is deterministic and must never ask for noise.
-#[derive(Debug)]
-struct NoNoise;
-
-impl NoiseSource for NoNoise {
-    fn standard_normal(&self, _: &NoiseRequest, _: DType, _: &Device) -> Result<Tensor> {
-        Err(Error::Msg("a deterministic step drew noise".into()))
-    }
-}
-
-fn normals(seed: u64, rows: usize) -> Result<Tensor> {
-    let key = philox_key(seed, Stream::Exact);
-    philox_normal_tensor(key, 0, rows, MEAN.len(), 0, DType::F64, &Device::Cpu)
-}
-
-fn rows(x: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
-}
-
-/// |got − want| ≤ 1e-12 (1 + |want|) elementwise.
-fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], what: &str) {
-    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-        assert!(
-            (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
-            "{what}: {g} vs {w}"
-        );
-    }
-}
-
-/// One step t → s, step `step` of `steps`, from `state`: (the returned state, NFE).
+/// One step t → s, step `step` of `steps`, from `state` (history included), reading
+/// [`Gaussian::default`]: (the returned state, NFE).
 fn one_step(state: &State, t: f64, s: f64, step: usize, steps: usize) -> Result<(State, u64)> {
-    let den = Denoiser::new(Arc::new(Gaussian), Arc::new(EpsParam), None, None);
+    let den = Gaussian::default().denoiser();
     let (from, to) = (Ou.coefs(t), Ou.coefs(s));
     let ctx = StepContext::new(&Ou, &den, &NoNoise, 5, from, to, step, steps);
     let step = DpmSolverPp2m.step(&ctx, state)?;
@@ -158,6 +33,7 @@ fn exp_step(
     s: f64,
     d: impl Fn(usize, usize, f64) -> f64,
 ) -> Result<Vec<Vec<f64>>> {
+    let model = Gaussian::default();
     let (ct, cs) = (Ou.coefs(t), Ou.coefs(s));
     let h = cs.lambda - ct.lambda;
     Ok(rows(x)?
@@ -165,7 +41,7 @@ fn exp_step(
         .enumerate()
         .map(|(i, r)| {
             let f = |(j, &xt): (usize, &f64)| {
-                let big_d = d(i, j, x0_exact(xt, j, &ct));
+                let big_d = d(i, j, model.x0(xt, j, &ct));
                 cs.sigma / ct.sigma * xt + cs.alpha * (1.0 - (-h).exp()) * big_d
             };
             r.iter().enumerate().map(f).collect()
@@ -189,16 +65,22 @@ fn entry(t: f64, x0_hat: Tensor) -> HistoryEntry {
 /// one NFE; the returned history is [(λ_t, x̂₀(x_t, t))] and the input keeps its own history.
 #[test]
 fn first_step_is_first_order() -> Result<()> {
-    let x = normals(1, 6)?;
+    let model = Gaussian::default();
+    let x = normals(1, 6, 2)?;
     let (t, s) = (1.0, 0.8);
     let fresh = State::new(x.clone(), t, 0);
     let mut stale = fresh.clone();
-    stale.history = vec![entry(1.2, normals(9, 6)?)];
+    stale.history = vec![entry(1.2, normals(9, 6, 2)?)];
     for state in [fresh, stale] {
         let had = state.history.len();
         let (next, nfe) = one_step(&state, t, s, 0, 10)?;
         assert_eq!(nfe, 1);
-        assert_close(&rows(&next.x)?, &first_order(&x, t, s)?, "first step");
+        assert_close(
+            &rows(&next.x)?,
+            &first_order(&x, t, s)?,
+            1e-12,
+            "first step",
+        );
         assert_eq!(next.history.len(), 1);
         assert_eq!(next.history[0].lambda, Ou.coefs(t).lambda);
         let ct = Ou.coefs(t);
@@ -207,11 +89,11 @@ fn first_step_is_first_order() -> Result<()> {
             .map(|r| {
                 r.iter()
                     .enumerate()
-                    .map(|(j, &v)| x0_exact(v, j, &ct))
+                    .map(|(j, &v)| model.x0(v, j, &ct))
                     .collect()
             })
             .collect();
-        assert_close(&rows(&next.history[0].x0_hat)?, &x0, "recorded x̂₀");
+        assert_close(&rows(&next.history[0].x0_hat)?, &x0, 1e-12, "recorded x̂₀");
         assert_eq!(state.history.len(), had);
     }
     Ok(())
@@ -220,13 +102,13 @@ fn first_step_is_first_order() -> Result<()> {
 /// The last step ignores the history: it is DDIM(η = 0)'s step.
 #[test]
 fn last_step_is_first_order() -> Result<()> {
-    let x = normals(2, 5)?;
+    let x = normals(2, 5, 2)?;
     let (t, s) = (0.01, 1e-3);
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(0.02, normals(8, 5)?)];
+    state.history = vec![entry(0.02, normals(8, 5, 2)?)];
     let (next, nfe) = one_step(&state, t, s, 9, 10)?;
     assert_eq!(nfe, 1);
-    assert_close(&rows(&next.x)?, &first_order(&x, t, s)?, "last step");
+    assert_close(&rows(&next.x)?, &first_order(&x, t, s)?, 1e-12, "last step");
     assert_eq!(next.history[0].lambda, Ou.coefs(t).lambda);
     Ok(())
 }
@@ -236,8 +118,8 @@ fn last_step_is_first_order() -> Result<()> {
 /// step, and the input state's history is left as it was.
 #[test]
 fn middle_step_is_the_2m_update() -> Result<()> {
-    let x = normals(3, 5)?;
-    let prev = normals(7, 5)?;
+    let x = normals(3, 5, 2)?;
+    let prev = normals(7, 5, 2)?;
     let (t_prev, t, s) = (0.6, 0.5, 0.35);
     let mut state = State::new(x.clone(), t, 0);
     state.history = vec![entry(t_prev, prev.clone())];
@@ -251,7 +133,7 @@ fn middle_step_is_the_2m_update() -> Result<()> {
         (1.0 + 1.0 / (2.0 * r)) * x0 - prev_rows[i][j] / (2.0 * r)
     })?;
     let got = rows(&next.x)?;
-    assert_close(&got, &want, "2M step");
+    assert_close(&got, &want, 1e-12, "2M step");
     let gap = got
         .iter()
         .flatten()
@@ -271,7 +153,7 @@ fn middle_step_is_the_2m_update() -> Result<()> {
 /// previous step of this run: an error, not a silent extrapolation.
 #[test]
 fn foreign_history_is_an_error() -> Result<()> {
-    let x = normals(4, 3)?;
+    let x = normals(4, 3, 2)?;
     for t_prev in [0.5, 0.4] {
         let mut state = State::new(x.clone(), 0.5, 0);
         state.history = vec![entry(t_prev, x.clone())];
@@ -322,7 +204,7 @@ fn pipeline(steps: usize) -> Result<Pipeline> {
     Pipeline::builder()
         .sde(Arc::new(Ou))
         .param(Arc::new(EpsParam))
-        .model(Arc::new(Gaussian))
+        .model(Arc::new(Gaussian::default()))
         .solver(Arc::new(DpmSolverPp2m))
         .steps(steps)
         .grid(GridKind::LogSnr)
@@ -332,36 +214,19 @@ fn pipeline(steps: usize) -> Result<Pipeline> {
         .build()
 }
 
-/// The fitted order p of err ≈ C N^{−p} on the last three points above 1e-11 (DESIGN.md
-/// "Orders"), least squares in log–log.
-fn tail_order(steps: &[usize], errors: &[f64]) -> f64 {
-    let pts: Vec<(f64, f64)> = steps
-        .iter()
-        .zip(errors)
-        .filter(|(_, e)| **e > 1e-11)
-        .map(|(n, e)| ((*n as f64).ln(), e.ln()))
-        .collect();
-    let tail = &pts[pts.len() - 3..];
-    let mx = tail.iter().map(|p| p.0).sum::<f64>() / 3.0;
-    let my = tail.iter().map(|p| p.1).sum::<f64>() / 3.0;
-    let sxy: f64 = tail.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = tail.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    -sxy / sxx
-}
-
 /// Through the pipeline on λ-uniform grids, the pathwise error at t_ε against the closed-form
 /// PF-ODE flow map x_s = α_s m + √(v_s/v_t)(x_t − α_t m) falls at order 2 (tail fit ±0.25);
 /// NFE counted = steps, no noise asked for, and the final history is the last step's start.
 #[test]
 fn converges_at_order_two_on_log_snr_grids() -> Result<()> {
     let steps = [16, 32, 64, 128, 256, 512, 1024];
-    let x_t = normals(5, 8)?;
+    let model = Gaussian::default();
+    let x_t = normals(5, 8, 2)?;
     let (ct, ce) = (Ou.coefs(1.0), Ou.coefs(1e-3));
-    let ratio = (var(&ce) / var(&ct)).sqrt();
     let exact: Vec<Vec<f64>> = rows(&x_t)?
         .iter()
         .map(|r| {
-            let f = |(j, &x): (usize, &f64)| ce.alpha * MEAN[j] + ratio * (x - ct.alpha * MEAN[j]);
+            let f = |(j, &x): (usize, &f64)| model.flow_map(x, j, &ct, &ce);
             r.iter().enumerate().map(f).collect()
         })
         .collect();
@@ -391,7 +256,7 @@ fn converges_at_order_two_on_log_snr_grids() -> Result<()> {
 #[test]
 fn history_is_threaded_and_reruns_are_identical() -> Result<()> {
     let n = 25;
-    let x_t = normals(6, 4)?;
+    let x_t = normals(6, 4, 2)?;
     let p = pipeline(n)?;
     let bits = |x: &Tensor| -> Result<Vec<u64>> {
         Ok(rows(x)?.iter().flatten().map(|v| v.to_bits()).collect())
@@ -399,7 +264,7 @@ fn history_is_threaded_and_reruns_are_identical() -> Result<()> {
     let a = bits(&p.run(State::new(x_t.clone(), 1.0, 0))?.state.x)?;
     let b = bits(&p.run(State::new(x_t.clone(), 1.0, 0))?.state.x)?;
     assert_eq!(a, b);
-    let den = Denoiser::new(Arc::new(Gaussian), Arc::new(EpsParam), None, None);
+    let den = Gaussian::default().denoiser();
     let mut state = State::new(x_t, 1.0, 0);
     for i in 0..n {
         let (from, to) = (Ou.coefs(p.times()[i]), Ou.coefs(p.times()[i + 1]));

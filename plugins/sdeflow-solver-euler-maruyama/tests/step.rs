@@ -2,16 +2,18 @@
 //! x_s = x_t − (f x_t − g² ŝ) h + g √h z, with the coefficients at the step's start, one
 //! noise draw per coordinate and one model evaluation per step.
 //!
-//! The SDE, the parameterization and the score model are test-local (a plugin must not
-//! depend on another plugin crate); their formulas are stated beside them.
+//! The SDE and the score model are test-local, their formulas stated beside them: here f and
+//! g² vary in time (`sdeflow_kernel::testing::Ou` has them constant, which would not tell the
+//! step's start from its end), and ŝ = −x/v is a fixed affine map.
 
 use std::{path::Path, sync::Arc};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Denoiser, Equation, ForwardSde, GridKind, Order, Parameterization, Result, Schedule,
-    ScoreModel, SdeFamily, Solver, SolverClaims, State, StepContext, TimeCoefs,
-    noise::{ConstantNoise, NoiseSource, PhiloxNoise, Stream, philox_key, philox_normal_tensor},
+    Denoiser, Equation, ForwardSde, GridKind, Order, Result, Schedule, ScoreModel, SdeFamily,
+    Solver, SolverClaims, State, StepContext, TimeCoefs,
+    noise::{ConstantNoise, NoiseSource, PhiloxNoise},
+    testing::{EpsParam, flat, normals},
 };
 use sdeflow_solver_euler_maruyama::EulerMaruyama;
 
@@ -49,25 +51,6 @@ impl ForwardSde for LinearBetaVp {
     }
 }
 
-/// ε-prediction (MATH.md §3, first row).
-#[derive(Debug)]
-struct EpsParam;
-
-impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
-    }
-}
-
 /// A model whose score is affine, ŝ(x) = −x/v, reported as ε̂ = −σ ŝ = σ x/v.
 #[derive(Debug)]
 struct AffineScore {
@@ -99,22 +82,6 @@ fn denoiser(d: usize) -> Denoiser {
         None,
         None,
     )
-}
-
-fn normals(seed: u64, rows: usize, cols: usize) -> Result<Tensor> {
-    philox_normal_tensor(
-        philox_key(seed, Stream::Exact),
-        0,
-        rows,
-        cols,
-        0,
-        DType::F64,
-        &Device::Cpu,
-    )
-}
-
-fn flat(x: &Tensor) -> Result<Vec<f64>> {
-    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// One step from `t` to `s` on `x` with `noise`; returns (x_s, draws taken, NFE).

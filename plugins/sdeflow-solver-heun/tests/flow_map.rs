@@ -5,123 +5,28 @@
 //! - every step costs 2 NFE and draws no noise;
 //! - the claims and defaults are as the crate states.
 //!
-//! The SDE, the parameterization and the score model are test-local (a plugin must not
-//! depend on another plugin crate); their formulas are stated beside them.
+//! The data law is [`Gaussian::default`], N((1, −0.5), 0.3² I) (s = 0.3, as DESIGN.md advises:
+//! s = 1 under VP makes the flow a pure translation), on the OU SDE [`Ou`].
 
-use std::{path::Path, sync::Arc};
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sdeflow_kernel::{
-    Denoiser, Equation, ForwardSde, GridKind, Order, Parameterization, Registry, Result, Schedule,
-    ScoreModel, SdeFamily, Solver, SolverClaims, State, StepContext, TimeCoefs,
+    Equation, ForwardSde, GridKind, Order, Registry, Result, Schedule, Solver, SolverClaims, State,
+    StepContext,
     noise::ConstantNoise,
+    testing::{Gaussian, Ou, flat, one_step, tail_order},
 };
 use sdeflow_solver_heun::{Heun, TABLEAU};
 
-/// An Ornstein–Uhlenbeck forward SDE (VP with β ≡ 2): α = e^{−t}, σ = √(1 − e^{−2t}),
-/// f = −1, g² = 2, T = 1, t_ε = 1e-3. [`sde_is_consistent`] checks MATH.md §1's identities.
-#[derive(Debug)]
-struct UnitOu;
-
-impl ForwardSde for UnitOu {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
-    fn t_max(&self) -> f64 {
-        1.0
-    }
-    fn t_eps(&self) -> f64 {
-        1e-3
-    }
-    fn alpha(&self, t: f64) -> f64 {
-        (-t).exp()
-    }
-    fn sigma(&self, t: f64) -> f64 {
-        (-(-2.0 * t).exp_m1()).sqrt()
-    }
-    fn drift_coef(&self, _t: f64) -> f64 {
-        -1.0
-    }
-    fn diffusion_sq(&self, _t: f64) -> f64 {
-        2.0
-    }
-    fn prior_std(&self) -> f64 {
-        1.0
-    }
+/// The PF-ODE drift F = f x − ½ g² ŝ = −x + (x − α m)/v of coordinate `j` of
+/// [`Gaussian::default`] (MATH.md §2).
+fn drift(x: f64, j: usize, t: f64) -> f64 {
+    let c = Ou.coefs(t);
+    c.f * x - 0.5 * c.g2 * Gaussian::default().score(x, j, &c)
 }
 
-/// ε-prediction (MATH.md §3, first row): ŝ = −ε̂/σ.
-#[derive(Debug)]
-struct EpsParam;
-
-impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
-    }
-}
-
-/// The data law N(m, s² I) in d = 2 (s = 0.3, as DESIGN.md advises: s = 1 under VP makes
-/// the flow a pure translation).
-const M: [f64; 2] = [1.0, -0.5];
-const S: f64 = 0.3;
-
-/// The marginal variance v(t) = α² s² + σ² of p_t = N(α m, v I) (MATH.md §7).
-fn var(c: &TimeCoefs) -> f64 {
-    c.alpha * c.alpha * S * S + c.sigma * c.sigma
-}
-
-/// The exact score ŝ = −(x − α m)/v of p_t, reported as ε̂ = −σ ŝ = σ (x − α m)/v.
-#[derive(Debug)]
-struct GaussianScore {
-    mean: Tensor,
-}
-
-impl ScoreModel for GaussianScore {
-    fn sample_shape(&self) -> Vec<usize> {
-        vec![M.len()]
-    }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
-        let centred = x.broadcast_sub(&self.mean.affine(c.alpha, 0.0)?)?;
-        Ok(centred.affine(c.sigma / var(c), 0.0)?)
-    }
-    fn rows_independent(&self) -> bool {
-        true
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
-    }
-}
-
-fn denoiser() -> Result<Denoiser> {
-    let mean = Tensor::new(&[M], &Device::Cpu)?;
-    Ok(Denoiser::new(
-        Arc::new(GaussianScore { mean }),
-        Arc::new(EpsParam),
-        None,
-        None,
-    ))
-}
-
-/// The PF-ODE drift F = f x − ½ g² ŝ = −x + (x − α m)/v of one coordinate (MATH.md §2).
-fn drift(x: f64, m: f64, t: f64) -> f64 {
-    let c = UnitOu.coefs(t);
-    c.f * x + 0.5 * c.g2 * (x - c.alpha * m) / var(&c)
-}
-
-/// The exact flow map from t to s: x_s = α_s m + √(v_s/v_t) (x_t − α_t m). With y = x − α m,
-/// y′ = (1/v − 1) y and v′ = 2 − 2v, so y/√v is constant along the flow.
-fn flow_map(x: f64, m: f64, t: f64, s: f64) -> f64 {
-    let (ct, cs) = (UnitOu.coefs(t), UnitOu.coefs(s));
-    cs.alpha * m + (var(&cs) / var(&ct)).sqrt() * (x - ct.alpha * m)
+/// The exact flow map of coordinate `j` from t to s ([`Gaussian::flow_map`]).
+fn flow_map(x: f64, j: usize, t: f64, s: f64) -> f64 {
+    Gaussian::default().flow_map(x, j, &Ou.coefs(t), &Ou.coefs(s))
 }
 
 /// Model evaluations per step, as MATH.md §5 counts them.
@@ -130,15 +35,11 @@ const STAGES: u64 = 2;
 /// Starting points at T: rows of a `[4, 2]` batch, both signs and the mean's neighbourhood.
 const X_T: [[f64; 2]; 4] = [[0.0, 0.0], [1.5, -2.0], [-1.0, 0.7], [2.5, 1.0]];
 
-fn flat(x: &Tensor) -> Result<Vec<f64>> {
-    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-}
-
 /// `steps` steps of `solver` on the uniform grid from T to t_ε, with noise that would turn
 /// every value NaN if drawn; checks each step draws nothing and returns (x(t_ε), NFE).
 fn solve(solver: &dyn Solver, steps: usize) -> Result<(Vec<f64>, u64)> {
-    let sde = UnitOu;
-    let den = denoiser()?;
+    let sde = Ou;
+    let den = Gaussian::default().denoiser();
     let noise = ConstantNoise(f64::NAN);
     let ts = GridKind::Uniform.times(&sde, steps)?;
     let mut state = State::new(Tensor::new(&X_T, &Device::Cpu)?, ts[0], 0);
@@ -165,42 +66,23 @@ fn solve(solver: &dyn Solver, steps: usize) -> Result<(Vec<f64>, u64)> {
 
 /// The largest error of `x` (at t_ε, from [`X_T`]) against the exact flow map.
 fn max_error(x: &[f64]) -> f64 {
-    let (t, s) = (UnitOu.t_max(), UnitOu.t_eps());
-    let exact = X_T
-        .iter()
-        .flat_map(|row| row.iter().zip(M).map(move |(&x, m)| flow_map(x, m, t, s)));
+    let (t, s) = (Ou.t_max(), Ou.t_eps());
+    let exact = X_T.iter().flat_map(|row| {
+        row.iter()
+            .enumerate()
+            .map(move |(j, &x)| flow_map(x, j, t, s))
+    });
     x.iter()
         .zip(exact)
         .map(|(got, want)| (got - want).abs())
         .fold(0.0, f64::max)
 }
 
-/// −(least-squares slope of log error against log N) over the last three points above 1e-11
-/// (DESIGN.md "Orders": the tail fit).
-fn tail_order(ns: &[usize], errs: &[f64]) -> f64 {
-    let pts: Vec<(f64, f64)> = ns
-        .iter()
-        .zip(errs)
-        .filter(|(_, e)| **e > 1e-11)
-        .map(|(&n, &e)| ((n as f64).ln(), e.ln()))
-        .collect();
-    assert!(
-        pts.len() >= 3,
-        "fewer than three errors above 1e-11: {errs:?}"
-    );
-    let tail = &pts[pts.len() - 3..];
-    let mx = tail.iter().map(|p| p.0).sum::<f64>() / 3.0;
-    let my = tail.iter().map(|p| p.1).sum::<f64>() / 3.0;
-    let sxy: f64 = tail.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = tail.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
-    -sxy / sxx
-}
-
 /// MATH.md §1: f = d log α/dt and g² = dσ²/dt − 2 f σ², by central differences (step 1e-5,
 /// truncation ~1e-10; tolerance 1e-8).
 #[test]
 fn sde_is_consistent() -> Result<()> {
-    let sde = UnitOu;
+    let sde = Ou;
     let d = 1e-5;
     for t in [0.01, 0.1, 0.5, 0.9] {
         let dlog_alpha = (sde.alpha(t + d).ln() - sde.alpha(t - d).ln()) / (2.0 * d);
@@ -218,13 +100,14 @@ fn sde_is_consistent() -> Result<()> {
 #[test]
 fn flow_map_is_the_pf_ode_flow() -> Result<()> {
     let d = 1e-5;
-    for (x, m) in [(1.5, 1.0), (-2.0, -0.5), (0.3, 1.0)] {
+    // Coordinate j has mean m_j: m_0 = 1, m_1 = −0.5.
+    for (x, j) in [(1.5, 0), (-2.0, 1), (0.3, 0)] {
         for t in [0.01, 0.3, 0.9] {
-            let via = flow_map(flow_map(x, m, 1.0, 0.6), m, 0.6, t);
-            let direct = flow_map(x, m, 1.0, t);
+            let via = flow_map(flow_map(x, j, 1.0, 0.6), j, 0.6, t);
+            let direct = flow_map(x, j, 1.0, t);
             assert!((via - direct).abs() <= 1e-14 * direct.abs().max(1.0));
-            let slope = (flow_map(x, m, t, t + d) - flow_map(x, m, t, t - d)) / (2.0 * d);
-            let f = drift(x, m, t);
+            let slope = (flow_map(x, j, t, t + d) - flow_map(x, j, t, t - d)) / (2.0 * d);
+            let f = drift(x, j, t);
             assert!(
                 (slope - f).abs() <= 1e-8 * f.abs().max(1.0),
                 "{slope} vs {f}"
@@ -239,19 +122,17 @@ fn flow_map_is_the_pf_ode_flow() -> Result<()> {
 /// Both sides round a few terms of size ≤ |x| (1 + h |F|/|x|) ≲ 10 |x| here: 1e-14 of |x|.
 #[test]
 fn one_step_equals_the_hand_written_formula() -> Result<()> {
-    let sde = UnitOu;
+    let model = Gaussian::default();
     let solver = Heun::new()?;
+    let x = Tensor::new(&X_T, &Device::Cpu)?;
     for (t, s) in [(1.0, 0.9), (0.3, 0.05), (0.01, 1e-3)] {
         let h = t - s;
-        let den = denoiser()?;
-        let noise = ConstantNoise(f64::NAN);
-        let ctx = StepContext::new(&sde, &den, &noise, 0, sde.coefs(t), sde.coefs(s), 0, 1);
-        let state = State::new(Tensor::new(&X_T, &Device::Cpu)?, t, 0);
-        let got = flat(&solver.step(&ctx, &state)?.state.x)?;
-        assert_eq!((den.nfe(), ctx.draws_taken()), (2, 0));
+        let step = one_step(&solver, &Ou, &model, &ConstantNoise(f64::NAN), &x, t, s)?;
+        let got = flat(&step.x)?;
+        assert_eq!((step.nfe, step.draws), (2, 0));
         let want = X_T.iter().flat_map(|row| {
-            row.iter().zip(M).map(move |(&x, m)| {
-                let f = |x: f64, t: f64| drift(x, m, t);
+            row.iter().enumerate().map(move |(j, &x)| {
+                let f = |x: f64, t: f64| drift(x, j, t);
                 let d = f(x, t);
                 let x_tilde = x - h * d;
                 let d_prime = f(x_tilde, s);
@@ -311,10 +192,10 @@ fn claims_and_default_schedule() -> Result<()> {
         }
     );
     assert_eq!(
-        solver.default_schedule(&UnitOu),
+        solver.default_schedule(&Ou),
         Schedule {
             steps: 250,
-            grid: UnitOu.default_grid()
+            grid: Ou.default_grid()
         }
     );
     assert_eq!(TABLEAU.stages(), 2);

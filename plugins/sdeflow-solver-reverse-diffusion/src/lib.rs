@@ -23,8 +23,8 @@
 //! ICLR 2021, eq. (46)–(47) and `ReverseDiffusionPredictor` in score_sde's `sampling.py`.
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext, Transition, ops::lin3, register_solver,
+    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
+    StepContext, Transition, ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -61,17 +61,7 @@ impl Solver for ReverseDiffusion {
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         let (from, to) = (&ctx.from, &ctx.to);
-        let tr = Transition::between(from, to);
-        if tr.h.is_nan() || tr.h < 0.0 {
-            return Err(Error::invalid(
-                "reverse_diffusion",
-                "grid",
-                format!(
-                    "the step t = {:e} → s = {:e} must go toward the data (λ_s ≥ λ_t); h = {:e}",
-                    from.t, to.t, tr.h
-                ),
-            ));
-        }
+        let tr = Transition::toward_data("reverse_diffusion", from, to)?;
         let score = ctx.eval(&state.x, from)?.score()?;
         let z = ctx.standard_normal(state)?;
         let x = lin3(2.0 - tr.alpha, &state.x, tr.var, &score, tr.std(), &z)?;

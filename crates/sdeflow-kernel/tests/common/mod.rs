@@ -2,7 +2,8 @@
 //!
 //! Kernel tests must not depend on plugin crates (a dev-dependency on a plugin links a second
 //! copy of the kernel with its own, empty registry), so the SDEs, parameterizations, models
-//! and solvers used here are small local versions whose formulas are stated beside them.
+//! and solvers used here are small local versions whose formulas are stated beside them, or
+//! the shared fixtures of [`sdeflow_kernel::testing`].
 #![allow(dead_code)]
 
 use std::{
@@ -18,13 +19,18 @@ use candle_nn::{Linear, Module};
 use sdeflow_kernel::{
     Equation, ForwardSde, GridKind, Order, Parameterization, Result, Schedule, ScoreModel,
     SdeFamily, Solver, SolverClaims, State, Step, StepContext, TimeCoefs, convert,
-    noise::{NoiseRequest, NoiseSource, Stream, philox_key, philox_normal_tensor},
+    noise::{NoiseRequest, NoiseSource},
     ops::{lin2, lin3},
+    testing::Ou,
 };
+// Each test binary uses only some of these re-exports, as with the items below (`dead_code`).
+#[allow(unused_imports)]
+pub use sdeflow_kernel::testing::{EpsParam, flat, normals};
 
-/// VP with a constant β = 2: α = e^{−t}, σ = √(1 − e^{−2t}), hence (MATH.md §1)
-/// f = d log α/dt = −1 and g² = dσ²/dt − 2fσ² = 2e^{−2t} + 2(1 − e^{−2t}) = 2.
-/// λ = −½ log(e^{2t} − 1), whose inverse is t = ½ log(1 + e^{−2λ}).
+/// The coefficients of [`Ou`] (VP with a constant β = 2: α = e^{−t}, σ = √(1 − e^{−2t}),
+/// f = −1, g² = 2) on a chosen [t_ε, T], with the trait's default λ = log(α/σ) and, unless
+/// [`closed`](Self::closed), the trait's default (bisection) inverse of λ. The closed forms
+/// are λ = −½ log(e^{2t} − 1) and t = ½ log(1 + e^{−2λ}).
 #[derive(Debug, Clone, Copy)]
 pub struct ExpSde {
     /// T.
@@ -53,14 +59,14 @@ impl ExpSde {
         }
     }
 
-    /// The closed-form λ(t) = −½ log(e^{2t} − 1).
+    /// The closed-form λ(t) = −½ log(e^{2t} − 1) ([`Ou`]'s).
     pub fn log_snr_exact(t: f64) -> f64 {
-        -0.5 * (2.0 * t).exp_m1().ln()
+        Ou.log_snr(t)
     }
 
-    /// The closed-form t(λ) = ½ log(1 + e^{−2λ}).
+    /// The closed-form t(λ) = ½ log(1 + e^{−2λ}) ([`Ou`]'s).
     pub fn t_of_log_snr_exact(lambda: f64) -> f64 {
-        0.5 * (-2.0 * lambda).exp().ln_1p()
+        Ou.t_of_log_snr(lambda)
     }
 }
 
@@ -75,19 +81,19 @@ impl ForwardSde for ExpSde {
         self.t_eps
     }
     fn alpha(&self, t: f64) -> f64 {
-        (-t).exp()
+        Ou.alpha(t)
     }
     fn sigma(&self, t: f64) -> f64 {
-        (-(-2.0 * t).exp_m1()).sqrt()
+        Ou.sigma(t)
     }
-    fn drift_coef(&self, _t: f64) -> f64 {
-        -1.0
+    fn drift_coef(&self, t: f64) -> f64 {
+        Ou.drift_coef(t)
     }
-    fn diffusion_sq(&self, _t: f64) -> f64 {
-        2.0
+    fn diffusion_sq(&self, t: f64) -> f64 {
+        Ou.diffusion_sq(t)
     }
     fn prior_std(&self) -> f64 {
-        1.0
+        Ou.prior_std()
     }
     fn t_of_log_snr(&self, lambda: f64) -> f64 {
         if self.closed_inverse {
@@ -168,25 +174,6 @@ impl ForwardSde for DefaultInverse<'_> {
 
 fn default_t_of_log_snr(sde: &ExpSde, lambda: f64) -> f64 {
     DefaultInverse(sde).t_of_log_snr(lambda)
-}
-
-/// ε-prediction: the output is ε̂ itself (MATH.md §3, first row), loss scale 1.
-#[derive(Debug, Clone, Copy)]
-pub struct EpsParam;
-
-impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
-    }
 }
 
 /// v-prediction (Salimans & Ho 2022), MATH.md §3 last row, written only through `to_eps` and
@@ -521,24 +508,6 @@ impl NoiseSource for RecordingNoise {
         self.requests.lock().expect("lock").push(req.clone());
         Ok(Tensor::zeros((req.rows, req.cols), dtype, device)?)
     }
-}
-
-/// `n × d` standard normals in f64 from the exact stream of `seed` (test inputs only).
-pub fn normals(seed: u64, n: usize, d: usize) -> Result<Tensor> {
-    philox_normal_tensor(
-        philox_key(seed, Stream::Exact),
-        0,
-        n,
-        d,
-        0,
-        DType::F64,
-        &Device::Cpu,
-    )
-}
-
-/// All entries of a tensor as f64, row-major.
-pub fn flat(x: &Tensor) -> Result<Vec<f64>> {
-    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// ‖a − b‖ / ‖b‖ over all entries.

@@ -1,0 +1,221 @@
+//! Score-model contracts (DESIGN.md "Conformance"): output shape equals input shape and is
+//! finite at batch sizes 1, 7 and 1,030 across the SDE's time range; save then load into a
+//! model whose variables were overwritten reproduces the outputs bit for bit; a squared-output
+//! loss sends a non-zero gradient to every trainable variable. A model without trainable
+//! variables (an oracle) reports so and skips the last two.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{
+    ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    noise::{Stream, philox_key, philox_normal_tensor},
+};
+
+use crate::report::{Report, num};
+
+/// Batch sizes of the shape check (1,030 crosses the pipeline's 1,024-row chunk).
+const BATCHES: [usize; 3] = [1, 7, 1030];
+
+/// Runs the model contracts for the registered model `name` built with `()` in f64 on the CPU.
+pub fn check(
+    report: &mut Report,
+    registry: &Registry,
+    name: &str,
+    param: Arc<dyn Parameterization>,
+    sde: &dyn ForwardSde,
+) {
+    let plugin = format!("model/{name}");
+    let ctx = ModelContext {
+        param,
+        device: Device::Cpu,
+        dtype: DType::F64,
+    };
+    let build = || registry.model(name, "()", &ctx);
+    let model = match build() {
+        Ok(m) => m,
+        Err(e) => return report.error(&plugin, "builds with default parameters", e),
+    };
+    let (a, b) = (sde.t_eps(), sde.t_max());
+    let times: Vec<TimeCoefs> = [0.0, 0.1, 0.5, 1.0]
+        .iter()
+        .map(|u| sde.coefs(a + (b - a) * u))
+        .collect();
+    shapes(report, &plugin, &*model, &times);
+    if model.varmap().is_none() {
+        report.push(
+            &plugin,
+            "trainable variables",
+            "none",
+            "none (an exact model)",
+            "-",
+            true,
+            "",
+        );
+        return;
+    }
+    if let Err(e) = round_trip(report, &plugin, &*model, &build, &times) {
+        report.error(&plugin, "save then load reproduces the outputs", e);
+    }
+    if let Err(e) = gradients(report, &plugin, &*model, &times) {
+        report.error(&plugin, "gradients reach every parameter", e);
+    }
+}
+
+fn input(model: &dyn ScoreModel, n: usize) -> Result<Tensor> {
+    let shape = model.sample_shape();
+    let cols: usize = shape.iter().product();
+    let x = philox_normal_tensor(
+        philox_key(17, Stream::Exact),
+        0,
+        n,
+        cols,
+        0,
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    Ok(x.reshape([vec![n], shape].concat())?)
+}
+
+fn shapes(report: &mut Report, plugin: &str, model: &dyn ScoreModel, times: &[TimeCoefs]) {
+    let mut failures = Vec::new();
+    for n in BATCHES {
+        for c in times {
+            let outcome = input(model, n).and_then(|x| {
+                let y = model.forward(&x, c, None)?;
+                let finite = y
+                    .flatten_all()?
+                    .to_vec1::<f64>()?
+                    .iter()
+                    .all(|v| v.is_finite());
+                Ok((x.dims() == y.dims(), finite, y.dims().to_vec()))
+            });
+            match outcome {
+                Ok((true, true, _)) => {}
+                Ok((false, _, dims)) => {
+                    failures.push(format!("n = {n}, t = {}: shape {dims:?}", num(c.t)))
+                }
+                Ok((true, false, _)) => {
+                    failures.push(format!("n = {n}, t = {}: not finite", num(c.t)))
+                }
+                Err(e) => failures.push(format!("n = {n}, t = {}: {e}", num(c.t))),
+            }
+        }
+    }
+    let total = BATCHES.len() * times.len();
+    report.push(
+        plugin,
+        format!(
+            "output shape = input shape {:?}, finite",
+            model.sample_shape()
+        ),
+        format!("{}/{total}", total - failures.len()),
+        format!("{total}/{total}"),
+        "batches 1, 7, 1030 × 4 times",
+        failures.is_empty(),
+        failures.join("; "),
+    );
+}
+
+fn outputs(model: &dyn ScoreModel, times: &[TimeCoefs]) -> Result<Vec<u64>> {
+    let x = input(model, 7)?;
+    let mut bits = Vec::new();
+    for c in times {
+        let y = model
+            .forward(&x, c, None)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        bits.extend(y.iter().map(|v| v.to_bits()));
+    }
+    Ok(bits)
+}
+
+fn round_trip(
+    report: &mut Report,
+    plugin: &str,
+    model: &dyn ScoreModel,
+    build: &dyn Fn() -> Result<Arc<dyn ScoreModel>>,
+    times: &[TimeCoefs],
+) -> Result<()> {
+    let want = outputs(model, times)?;
+    let path = std::env::temp_dir().join(format!(
+        "sdeflow-conformance-{}-{}.safetensors",
+        std::process::id(),
+        plugin.replace('/', "-")
+    ));
+    model.save(&path)?;
+    let mut other = build()?;
+    // Overwrite every variable so that only the load can bring the outputs back.
+    if let Some(vm) = other.varmap() {
+        for var in vm.all_vars() {
+            var.set(&var.as_tensor().ones_like()?)?;
+        }
+    }
+    let scrambled = outputs(&*other, times)? != want;
+    let loaded = Arc::get_mut(&mut other)
+        .ok_or_else(|| sdeflow_kernel::Error::Msg("a freshly built model is shared".into()))?
+        .load(&path);
+    let _ = std::fs::remove_file(&path);
+    loaded?;
+    let got = outputs(&*other, times)?;
+    let same = got == want;
+    report.push(
+        plugin,
+        "save, overwrite every variable, load: outputs bit-identical",
+        if same { "identical" } else { "differ" },
+        "identical",
+        "bitwise",
+        same && scrambled,
+        if scrambled {
+            "loading does not restore what was saved"
+        } else {
+            "overwriting the variables did not change the outputs: the forward pass does not read them"
+        },
+    );
+    Ok(())
+}
+
+fn gradients(
+    report: &mut Report,
+    plugin: &str,
+    model: &dyn ScoreModel,
+    times: &[TimeCoefs],
+) -> Result<()> {
+    let Some(vm) = model.varmap() else {
+        return Ok(());
+    };
+    let x = input(model, 16)?;
+    let mut loss = Tensor::zeros((), DType::F64, &Device::Cpu)?;
+    for c in times {
+        loss = (loss + model.forward(&x, c, None)?.sqr()?.sum_all()?)?;
+    }
+    let grads = loss.backward()?;
+    let vars = vm.all_vars();
+    let mut missing = 0;
+    for var in &vars {
+        let reached = match grads.get(var.as_tensor()) {
+            Some(g) => {
+                g.abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    > 0.0
+            }
+            None => false,
+        };
+        if !reached {
+            missing += 1;
+        }
+    }
+    report.push(
+        plugin,
+        "gradients reach every parameter (loss Σ‖out‖² at 4 times)",
+        format!("{}/{}", vars.len() - missing, vars.len()),
+        format!("{}/{}", vars.len(), vars.len()),
+        "non-zero gradient on each variable",
+        missing == 0,
+        format!("{missing} variables get no gradient: they are not used by forward, or used through a detached copy"),
+    );
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `cargo xtask bench`: what the framework costs beside the model (issue "the framework must
+//! vanish behind the model"), measured side by side in one run on the CPU.
+//!
+//! For every registered solver (and each registered parameter variant), sampling `--batch`
+//! samples of the `mlp` score model (untrained, default shape: 3 hidden layers of 256) under
+//! VP, in f32, with the pipeline's default 1,024-row chunks:
+//! - the overhead ratio = sampling wall time / (NFE × the model's own time on the same chunked
+//!   calls), the model's time measured by calling `forward` on the same chunks (the last one
+//!   zero-padded) outside the pipeline; the padding waste (padded rows / rows) beside it;
+//! - samples per second at NFE 10, 20, 50 and 100;
+//! - the solver's own time per step with a free model (zeros out, no arithmetic): everything
+//!   the framework does per step — noise included.
+//!
+//! Timings are the median of `--repeats` runs. Built in release: from a debug build it re-runs
+//! itself with `cargo run --release`.
+
+use std::{
+    path::Path,
+    process::{Command, ExitCode},
+    sync::Arc,
+    time::Instant,
+};
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{
+    Error, ModelContext, Pipeline, Result, ScoreModel, TimeCoefs,
+    denoiser::DEFAULT_CHUNK_ROWS,
+    noise::{Stream, philox_key, philox_normal_tensor},
+};
+
+/// NFE budgets of the throughput columns.
+const BUDGETS: [usize; 4] = [10, 20, 50, 100];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// Samples per run.
+    pub batch: usize,
+    /// Threads (RAYON_NUM_THREADS for candle and the noise).
+    pub threads: usize,
+    /// Runs per timing (the median is reported).
+    pub repeats: usize,
+}
+
+/// Re-runs in release when built without optimizations, with the thread count pinned.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let pinned = std::env::var("RAYON_NUM_THREADS").ok() == Some(args.threads.to_string());
+    if cfg!(debug_assertions) || !pinned {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "xtask",
+                "--",
+                "bench",
+            ])
+            .args(["--batch", &args.batch.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--repeats", &args.repeats.to_string()])
+            .env("RAYON_NUM_THREADS", args.threads.to_string())
+            .status()
+            .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    measure(&args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A model that costs nothing: zeros out.
+#[derive(Debug)]
+struct Free(usize);
+
+impl ScoreModel for Free {
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![self.0]
+    }
+    fn forward(&self, x: &Tensor, _c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+        Ok(x.zeros_like()?)
+    }
+    fn load(&mut self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn measure(args: &BenchArgs) -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let param = registry.param("eps", "()")?;
+    let sde = registry.sde("vp", "()")?;
+    let ctx = ModelContext {
+        param: param.clone(),
+        device: Device::Cpu,
+        dtype: DType::F32,
+    };
+    let mlp = registry.model("mlp", "()", &ctx)?;
+    let d = mlp.sample_shape().iter().product::<usize>();
+    let chunk = DEFAULT_CHUNK_ROWS;
+    let chunks = args.batch.div_ceil(chunk);
+    let padded = chunks * chunk - args.batch;
+
+    // The model's own time per NFE on the chunks the pipeline makes (the last one padded).
+    let x = philox_normal_tensor(
+        philox_key(1, Stream::Exact),
+        0,
+        chunks * chunk,
+        d,
+        0,
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let parts: Vec<Tensor> = (0..chunks)
+        .map(|i| x.narrow(0, i * chunk, chunk))
+        .collect::<candle_core::Result<_>>()?;
+    let c = sde.coefs(0.5);
+    for p in &parts {
+        mlp.forward(p, &c, None)?; // warm-up
+    }
+    let model_time = timed(args.repeats.max(5), || {
+        parts
+            .iter()
+            .map(|p| mlp.forward(p, &c, None))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    println!(
+        "CPU, {} threads (RAYON_NUM_THREADS; candle reports {}), batch {}, f32, vp × eps, mlp {}",
+        args.threads,
+        candle_core::utils::get_num_threads(),
+        args.batch,
+        (registry.models.get("mlp")?.info.default_params)(),
+    );
+    println!(
+        "model: {:.3} ms per NFE on {chunks} chunks of {chunk} rows; padding waste {padded}/{} rows = {:.2}%; median of {} runs\n",
+        model_time * 1e3,
+        args.batch,
+        100.0 * padded as f64 / args.batch as f64,
+        args.repeats
+    );
+    println!(
+        "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut worst: f64 = 0.0;
+    for p in registry.solvers.all() {
+        let sets = std::iter::once("()").chain(p.info.variants.iter().copied());
+        for params in sets {
+            let label = if params == "()" {
+                p.info.name.to_string()
+            } else {
+                format!("{}{params}", p.info.name)
+            };
+            let solver = registry.solver(p.info.name, params)?;
+            let per_step = solver.claims().nfe_per_step;
+            let grid = solver.default_schedule(&*sde).grid;
+            let pipeline = |model: Arc<dyn ScoreModel>, budget: usize| -> Result<Pipeline> {
+                Pipeline::builder()
+                    .sde(sde.clone())
+                    .param(param.clone())
+                    .model(model)
+                    .solver(solver.clone())
+                    .steps((budget / per_step).max(1))
+                    .grid(grid)
+                    .dtype(DType::F32)
+                    .seed(0)
+                    .build()
+            };
+            let mut rates = Vec::new();
+            let mut at_100 = (0.0, 0, 0);
+            for budget in BUDGETS {
+                let pl = pipeline(mlp.clone(), budget)?;
+                let mut nfe = 0;
+                let wall = timed(args.repeats, || {
+                    nfe = pl.sample(args.batch)?.nfe;
+                    Ok(())
+                })?;
+                rates.push(args.batch as f64 / wall);
+                if budget == 100 {
+                    at_100 = (wall, nfe, pl.schedule().steps);
+                }
+            }
+            let (wall, nfe, steps) = at_100;
+            let model_total = nfe as f64 * model_time;
+            let ratio = wall / model_total;
+            worst = worst.max(ratio);
+            let free = pipeline(Arc::new(Free(d)), 100)?;
+            let free_time = timed(args.repeats, || free.sample(args.batch))? / steps as f64;
+            println!(
+                "| {label} | {steps} | {wall:.3} | {model_total:.3} | {ratio:.4} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                rates[0],
+                rates[1],
+                rates[2],
+                rates[3],
+                free_time * 1e3
+            );
+        }
+    }
+    println!("\nworst overhead ratio: {worst:.4} (target ≤ 1.01)");
+    if !worst.is_finite() {
+        return Err(Error::Msg("a ratio is not finite".into()));
+    }
+    Ok(())
+}
