@@ -6,7 +6,10 @@
 //! known answers): the 128-bit counter holds (draw block, sample index), the key the seed and
 //! a stream tag; Box–Muller turns each pair of words into two normals.
 
-use std::fmt::Debug;
+use std::{
+    fmt::Debug,
+    sync::{Arc, Mutex, OnceLock, mpsc},
+};
 
 use candle_core::{DType, Device, Tensor};
 use rand_philox::{philox4x32_10, splitmix64, u32_to_unit_f32, u32_to_unit_f64};
@@ -133,6 +136,124 @@ pub struct NoiseRequest {
 pub trait NoiseSource: Send + Sync + Debug {
     /// Standard normal draws of shape `[rows, cols]`.
     fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor>;
+
+    /// Whether the draws depend only on (seed, sample index, draw index): not on the step's
+    /// times nor on the call's place in the step. Such draws can be computed ahead
+    /// ([`Prefetch`]).
+    fn counter_based(&self) -> bool {
+        false
+    }
+}
+
+/// What identifies the draws of a counter-based source.
+#[derive(Debug, Clone, PartialEq)]
+struct CounterKey {
+    seed: u64,
+    sample_offset: u64,
+    rows: usize,
+    cols: usize,
+    draw_offset: u64,
+    dtype: DType,
+}
+
+impl CounterKey {
+    fn of(req: &NoiseRequest, dtype: DType) -> Self {
+        Self {
+            seed: req.seed,
+            sample_offset: req.sample_offset,
+            rows: req.rows,
+            cols: req.cols,
+            draw_offset: req.draw_offset,
+            dtype,
+        }
+    }
+}
+
+type Pending = (CounterKey, mpsc::Receiver<Result<Tensor>>);
+
+/// Computes a counter-based source's next draws on a thread of its own while the caller
+/// goes on (the model runs): after serving draws `k..k + cols` of a batch it starts on
+/// `k + cols..k + 2 cols`, which is what the next call of a stochastic step (or of the next
+/// step) asks for. A request that differs is served directly and the guess dropped. The draws
+/// are pure functions of their request, so the samples are the same bits either way.
+///
+/// On the CPU only; other devices and sources that are not [`counter_based`]
+/// (NoiseSource::counter_based) pass through.
+pub struct Prefetch {
+    inner: Arc<dyn NoiseSource>,
+    /// One thread, so that the draws never wait behind the model's work in the global pool.
+    pool: OnceLock<std::result::Result<rayon::ThreadPool, String>>,
+    pending: Mutex<Option<Pending>>,
+}
+
+impl Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prefetch {
+    /// Prefetches `inner`'s draws.
+    pub fn new(inner: Arc<dyn NoiseSource>) -> Self {
+        Self {
+            inner,
+            pool: OnceLock::new(),
+            pending: Mutex::new(None),
+        }
+    }
+
+    fn pool(&self) -> Result<&rayon::ThreadPool> {
+        self.pool
+            .get_or_init(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(|_| "sdeflow-noise".into())
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Msg(format!("cannot start the noise thread: {e}")))
+    }
+}
+
+impl NoiseSource for Prefetch {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        if !(self.inner.counter_based() && device.is_cpu()) {
+            return self.inner.standard_normal(req, dtype, device);
+        }
+        let key = CounterKey::of(req, dtype);
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| Error::Msg("the noise prefetch lock is poisoned".into()))?;
+        let ready = match pending.take() {
+            Some((k, rx)) if k == key => rx.recv().ok(),
+            _ => None,
+        };
+        let z = match ready {
+            Some(z) => z?,
+            None => self.inner.standard_normal(req, dtype, device)?,
+        };
+        let next = NoiseRequest {
+            draw_offset: req.draw_offset + req.cols as u64,
+            index_in_step: req.index_in_step + 1,
+            ..req.clone()
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (inner, dev) = (self.inner.clone(), device.clone());
+        *pending = Some((CounterKey::of(&next, dtype), rx));
+        self.pool()?.spawn(move || {
+            // The receiver may be gone (the run ended, or asked for something else).
+            let _ = tx.send(inner.standard_normal(&next, dtype, &dev));
+        });
+        Ok(z)
+    }
+
+    fn counter_based(&self) -> bool {
+        self.inner.counter_based()
+    }
 }
 
 /// Rows at which generation goes parallel.
@@ -202,6 +323,10 @@ impl NoiseSource for PhiloxNoise {
             dtype,
             device,
         )
+    }
+
+    fn counter_based(&self) -> bool {
+        true
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{
     Denoiser, Error, ForwardSde, Parameterization, Result, ScoreModel, Solver, State,
     denoiser::DEFAULT_CHUNK_ROWS,
     grid::GridKind,
-    noise::{NoiseRequest, NoiseSource, PhiloxNoise},
+    noise::{NoiseRequest, NoiseSource, PhiloxNoise, Prefetch},
     ops::all_finite,
     solver::{Schedule, StepContext},
 };
@@ -275,6 +275,8 @@ impl Pipeline {
             self.chunk_rows,
             None,
         );
+        // The next draws are computed while the model runs (the same bits: DESIGN.md "Noise").
+        let noise = Prefetch::new(self.noise.clone());
         let steps = self.schedule.steps;
         let first = state.step;
         let mut trajectory = Vec::new();
@@ -283,16 +285,8 @@ impl Pipeline {
         for i in first..steps {
             let from = self.sde.coefs(self.times[i]);
             let to = self.sde.coefs(self.times[i + 1]);
-            let ctx = StepContext::new(
-                &*self.sde,
-                &denoiser,
-                &*self.noise,
-                self.seed,
-                from,
-                to,
-                i,
-                steps,
-            );
+            let ctx =
+                StepContext::new(&*self.sde, &denoiser, &noise, self.seed, from, to, i, steps);
             let step = self.solver.step(&ctx, &state)?;
             let mut next = step.state;
             next.t = to.t;

@@ -9,16 +9,21 @@ use rand_philox::{philox4x32_10, u32_to_unit_f64};
 use sdeflow_kernel::{
     Result,
     noise::{
-        ConstantNoise, NoiseRequest, NoiseSource, PhiloxNoise, Stream, fill_normals_f32,
+        ConstantNoise, NoiseRequest, NoiseSource, PhiloxNoise, Prefetch, Stream, fill_normals_f32,
         fill_normals_f64, philox_key, philox_normal_tensor, uniform_f64,
     },
 };
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
-const STREAMS: [Stream; 4] = [
+const STREAMS: [Stream; 5] = [
     Stream::Sampling,
     Stream::Exact,
     Stream::Brownian,
     Stream::Training,
+    Stream::Init,
 ];
 
 fn request(seed: u64, offset: u64, rows: usize, cols: usize, draw: u64) -> NoiseRequest {
@@ -350,5 +355,61 @@ fn empty_requests_give_empty_tensors() -> Result<()> {
     assert_eq!(no_cols.dims(), &[3, 0]);
     let t: Tensor = PhiloxNoise.standard_normal(&request(1, 0, 0, 2, 0), DType::F32, &dev)?;
     assert_eq!(t.elem_count(), 0);
+    Ok(())
+}
+
+/// Philox counting the calls made on the caller's thread (not the prefetcher's).
+#[derive(Debug, Default)]
+struct Counting(AtomicUsize);
+
+impl NoiseSource for Counting {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        if std::thread::current().name() != Some("sdeflow-noise") {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        PhiloxNoise.standard_normal(req, dtype, device)
+    }
+    fn counter_based(&self) -> bool {
+        true
+    }
+}
+
+/// The prefetcher returns the inner source's bits for any sequence of requests — consecutive
+/// draws (its guess), a jump, another seed or dtype — and computes the guessed next draws
+/// ahead: after the first call, consecutive requests are served from the computed-ahead draws.
+#[test]
+fn prefetch_returns_the_same_draws_and_computes_ahead() -> Result<()> {
+    let counting = Arc::new(Counting::default());
+    let prefetch = Prefetch::new(counting.clone());
+    let dev = Device::Cpu;
+    let mut reqs: Vec<(NoiseRequest, DType)> = (0..5)
+        .map(|k| (request(3, 10, 300, 2, 2 + 2 * k), DType::F32))
+        .collect();
+    reqs.push((request(3, 10, 300, 2, 40), DType::F32));
+    reqs.push((request(4, 10, 300, 2, 42), DType::F32));
+    reqs.push((request(4, 10, 300, 2, 44), DType::F64));
+    reqs.push((request(4, 10, 300, 2, 46), DType::F64));
+    for (req, dtype) in &reqs {
+        let got = prefetch.standard_normal(req, *dtype, &dev)?;
+        let want = PhiloxNoise.standard_normal(req, *dtype, &dev)?;
+        assert_eq!(
+            flat(&got)?.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            flat(&want)?.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{req:?} {dtype:?}"
+        );
+    }
+    // Only the misses are computed on the caller's thread: the first request, the jump, the
+    // new seed and the new dtype; the 5 consecutive ones were computed ahead.
+    assert_eq!(counting.0.load(Ordering::SeqCst), 4);
+    Ok(())
+}
+
+/// Sources whose draws depend on the step (a Brownian tree) or the device pass through.
+#[test]
+fn prefetch_passes_through_sources_that_are_not_counter_based() -> Result<()> {
+    let prefetch = Prefetch::new(Arc::new(ConstantNoise(0.5)));
+    let z = prefetch.standard_normal(&request(1, 0, 3, 2, 0), DType::F64, &Device::Cpu)?;
+    assert!(flat(&z)?.iter().all(|v| *v == 0.5));
+    assert!(!prefetch.counter_based());
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The small tensor helpers in `ops` and the error messages' shape (lowercase, no final
-//! period, naming what to fix).
+//! period, naming what to fix); the fused CPU paths of `lin2`, `lin3` and `all_finite` against
+//! candle's own ops (the same bits) and their fallback for strided and tracked tensors.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use sdeflow_kernel::{
     Error, Result,
     ops::{all_finite, expect_rows, lin2, lin3},
+    testing::normals,
 };
 
 #[test]
@@ -113,5 +115,74 @@ fn error_messages_name_the_fix() -> Result<()> {
     }
     let bail = || -> Result<()> { sdeflow_kernel::bail!("no {} here", "model") };
     assert!(matches!(bail(), Err(Error::Msg(m)) if m == "no model here"));
+    Ok(())
+}
+
+fn bits(t: &Tensor) -> Result<Vec<u64>> {
+    Ok(t.to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
+/// In f32 and f64 the fused sums equal candle's `(a·x + b·y) + c·z` bit for bit, contiguous
+/// or not (a transposed input takes candle's path).
+#[test]
+fn fused_sums_match_candle_bit_for_bit() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let (x, y, z) = (
+            normals(1, 64, 3)?.to_dtype(dtype)?,
+            normals(2, 64, 3)?.to_dtype(dtype)?,
+            normals(3, 64, 3)?.to_dtype(dtype)?,
+        );
+        let (a, b, c) = (0.731, -1.9e-3, 2.5);
+        let want2 = (x.affine(a, 0.0)? + y.affine(b, 0.0)?)?;
+        let want3 = (want2.clone() + z.affine(c, 0.0)?)?;
+        assert_eq!(bits(&lin2(a, &x, b, &y)?)?, bits(&want2)?, "{dtype:?} lin2");
+        assert_eq!(
+            bits(&lin3(a, &x, b, &y, c, &z)?)?,
+            bits(&want3)?,
+            "{dtype:?} lin3"
+        );
+        let (xt, yt) = (x.t()?, y.t()?);
+        let strided = lin2(a, &xt, b, &yt)?;
+        assert_eq!(bits(&strided)?, bits(&want2.t()?)?, "{dtype:?} strided");
+    }
+    Ok(())
+}
+
+/// Inside an autograd graph the sums keep their gradient (candle's path).
+#[test]
+fn tracked_inputs_keep_gradients() -> Result<()> {
+    let v = Var::from_tensor(&normals(4, 5, 2)?)?;
+    let y = normals(5, 5, 2)?;
+    let out = lin2(3.0, v.as_tensor(), 1.0, &y)?;
+    let grads = out.sum_all()?.backward()?;
+    let g = grads
+        .get(v.as_tensor())
+        .expect("a gradient")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    assert!(g.iter().all(|v| *v == 3.0), "{g:?}");
+    Ok(())
+}
+
+/// all_finite finds a NaN or an infinity anywhere, in both dtypes and strided.
+#[test]
+fn all_finite_finds_any_non_finite_value() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let x = normals(6, 10, 4)?.to_dtype(dtype)?;
+        assert!(all_finite(&x)?);
+        assert!(all_finite(&x.t()?)?);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut v = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            v[37] = bad;
+            let y = Tensor::from_vec(v, (10, 4), x.device())?.to_dtype(dtype)?;
+            assert!(!all_finite(&y)?, "{dtype:?} {bad}");
+            assert!(!all_finite(&y.t()?)?, "{dtype:?} {bad} strided");
+        }
+    }
     Ok(())
 }
