@@ -5,6 +5,7 @@
 //!   failure.
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
+//! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Check the plugin rules: names, linking, doc headings, no own noise, no plugin deps.
+    Tidy,
     /// Measure the framework's overhead beside the model, per solver (CPU, release build).
     Bench {
         /// Samples per run.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             plugin,
             json,
         } => conformance::run(quick, kind, plugin, json),
+        Command::Tidy => tidy(),
         Command::Bench {
             batch,
             threads,
@@ -85,5 +89,34 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs the tidy rules on this workspace and the registry.
+fn tidy() -> sdeflow_kernel::Result<ExitCode> {
+    let registry = sdeflow_plugins::registry()?;
+    let registrations: Vec<xtask::tidy::Registration> = registry
+        .infos()
+        .into_iter()
+        .map(|(kind, info)| xtask::tidy::Registration {
+            kind: kind.to_string(),
+            name: info.name.to_string(),
+            crate_name: info.crate_name.to_string(),
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let violations = xtask::tidy::check(&root, &registrations);
+    for v in &violations {
+        println!("{v}");
+    }
+    if violations.is_empty() {
+        println!(
+            "tidy: {} registrations, every rule holds",
+            registrations.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("tidy: {} violations", violations.len());
+        Ok(ExitCode::FAILURE)
     }
 }
