@@ -6,6 +6,7 @@
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
+//! - `cargo xtask new-plugin KIND NAME`: a working plugin crate in the house shape, linked.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -41,6 +42,13 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Create plugins/sdeflow-KIND-NAME: a working plugin in the house shape, linked.
+    NewPlugin {
+        /// sde, param, model, solver or weighting.
+        kind: String,
+        /// The registered name, snake_case.
+        name: String,
+    },
     /// Check the plugin rules: names, linking, doc headings, no own noise, no plugin deps.
     Tidy,
     /// Measure the framework's overhead beside the model, per solver (CPU, release build).
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
             json,
         } => conformance::run(quick, kind, plugin, json),
         Command::Tidy => tidy(),
+        Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
         Command::Bench {
             batch,
             threads,
@@ -119,4 +128,31 @@ fn tidy() -> sdeflow_kernel::Result<ExitCode> {
         println!("tidy: {} violations", violations.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Scaffolds a plugin and says what to do next.
+fn new_plugin(kind: &str, name: &str) -> sdeflow_kernel::Result<ExitCode> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let created = xtask::scaffold::new_plugin(&root, kind, name)
+        .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    // Best effort: the templates are formatted already; rustfmt settles the substituted names.
+    let _ = std::process::Command::new("rustfmt")
+        .args(["--edition", "2024"])
+        .args(
+            created
+                .files
+                .iter()
+                .filter(|f| f.ends_with(".rs"))
+                .map(|f| root.join(f)),
+        )
+        .status();
+    for f in &created.files {
+        println!("wrote {f}");
+    }
+    let kind_flag = if kind == "model" { "model" } else { kind };
+    println!(
+        "\nnext: cargo test -p {krate}\n      cargo xtask conformance --kind {kind_flag} --plugin {name}\n      cargo xtask tidy",
+        krate = created.crate_name
+    );
+    Ok(ExitCode::SUCCESS)
 }
