@@ -1,6 +1,6 @@
 //! `cargo xtask`: build automation for sdeflow, in Rust.
 //!
-//! - `cargo xtask conformance [--quick] [--kind K] [--plugin NAME] [--json PATH]`: runs every
+//! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]`: runs every
 //!   registered plugin through the contracts of its kind, prints the table, exits 1 on a
 //!   failure.
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N]`: the framework's overhead
@@ -30,8 +30,12 @@ enum Command {
     /// Run every registered plugin through the contract tests of its kind.
     Conformance {
         /// The quick pass that `cargo test` runs (SW2 on `ring` only).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "full")]
         quick: bool,
+        /// Everything (the default): SW2 and paired errors on `ring` and `mix8`, every
+        /// SDE × parameterization.
+        #[arg(long)]
+        full: bool,
         /// Only plugins of this kind: sde, param, model, solver, weighting.
         #[arg(long)]
         kind: Option<String>,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conformance {
             quick,
+            full: _,
             kind,
             plugin,
             json,
