@@ -1,4 +1,4 @@
-//! A solver written outside `plugins/`: the explicit midpoint method on the probability-flow
+//! A solver written outside `plugins/`: Ralston's second-order method on the probability-flow
 //! ODE, registered from this file, run through a RON pipeline, then through the solver
 //! contracts (the quick conformance pass). Run it with
 //! `cargo run --release -p sdeflow-examples --example custom_solver`.
@@ -12,12 +12,13 @@ use sdeflow_kernel::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The explicit midpoint rule: k₁ = F(x, t), k₂ = F(x + (h/2) k₁, t + h/2), x + h k₂.
-const MIDPOINT: ButcherTableau = ButcherTableau {
-    name: "midpoint",
-    a: &[&[], &[0.5]],
-    b: &[0.0, 1.0],
-    c: &[0.0, 0.5],
+/// Ralston's method, the second-order two-stage rule of least error bound:
+/// k₁ = F(x, t), k₂ = F(x + (2h/3) k₁, t + 2h/3), x + h (k₁/4 + 3k₂/4).
+const RALSTON: ButcherTableau = ButcherTableau {
+    name: "ralston",
+    a: &[&[], &[2.0 / 3.0]],
+    b: &[0.25, 0.75],
+    c: &[0.0, 2.0 / 3.0],
     order: 2,
 };
 
@@ -26,9 +27,9 @@ const MIDPOINT: ButcherTableau = ButcherTableau {
 struct Params {}
 
 #[derive(Debug)]
-struct Midpoint;
+struct Ralston;
 
-impl Solver for Midpoint {
+impl Solver for Ralston {
     fn claims(&self) -> SolverClaims {
         SolverClaims {
             order: Order::Ode(2.0),
@@ -46,21 +47,21 @@ impl Solver for Midpoint {
         }
     }
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        Ok(Step::to(state.with_x(rk_step(&MIDPOINT, ctx, &state.x)?)))
+        Ok(Step::to(state.with_x(rk_step(&RALSTON, ctx, &state.x)?)))
     }
 }
 
 register_solver!(
-    "midpoint",
-    "explicit midpoint on the PF-ODE: order 2, 2 NFE per step",
+    "ralston",
+    "Ralston's method on the PF-ODE: order 2, 2 NFE per step",
     Params,
     |_: Params| {
-        MIDPOINT.validate()?;
-        Ok(Midpoint)
+        RALSTON.validate()?;
+        Ok(Ralston)
     }
 );
 
-const CONFIG: &str = "(sde: vp(), param: eps(), solver: midpoint(), samples: 2000, dtype: f64,
+const CONFIG: &str = "(sde: vp(), param: eps(), solver: ralston(), samples: 2000, dtype: f64,
     model: gmm_oracle(weights: [0.5, 0.5], means: [[-2.0, 0.0], [2.0, 0.0]],
                       covariances: [isotropic(0.3), isotropic(0.3)]))";
 
@@ -70,19 +71,19 @@ fn main() -> Result<()> {
     let out = config.pipeline(Device::Cpu)?.sample(config.samples)?;
     let (mean, _) = sdeflow_examples::moments(&out.state.x)?;
     println!(
-        "midpoint: {} NFE, sample mean {mean:.3?} (exact [0, 0])\n",
+        "ralston: {} NFE, sample mean {mean:.3?} (exact [0, 0])\n",
         out.nfe
     );
     let opts = Options {
         mode: Mode::Quick,
         kind: Some("solver".into()),
-        plugin: Some("midpoint".into()),
+        plugin: Some("ralston".into()),
     };
     let report = sdeflow_conformance::run(registry, &opts);
     println!("{report}");
     if !report.all_passed() {
         return Err(sdeflow_kernel::Error::Msg(
-            "midpoint fails a contract".into(),
+            "ralston fails a contract".into(),
         ));
     }
     Ok(())
