@@ -676,11 +676,22 @@ fn push_order(
         num(fit.claim),
         fit.tolerance_text,
         fitted.is_some_and(|p| (p - fit.claim).abs() <= fit.tolerance),
-        format!(
-            "{} falls at another rate than claimed: errors by N {}",
-            fit.what,
-            curve.join(", ")
-        ),
+        match fitted {
+            Some(p) => format!(
+                "{} falls at order {p:.2}, not the claimed {}: doubling N divides it by {:.1} where order {} divides it by {:.0}; errors by N {}",
+                fit.what,
+                fit.claim,
+                2f64.powf(p),
+                fit.claim,
+                2f64.powf(fit.claim),
+                curve.join(", ")
+            ),
+            None => format!(
+                "{} has no three points above 1e-11 to fit: errors by N {}",
+                fit.what,
+                curve.join(", ")
+            ),
+        },
     );
 }
 
