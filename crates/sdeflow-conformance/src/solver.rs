@@ -266,8 +266,12 @@ pub fn check(
                     _ => weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde),
                 }
             }
-            if let (Order::Sde { strong, .. }, true) = (claims.order, mode == Mode::Full || i == 0)
-            {
+            // As for ODE orders, strong orders are claimed on smooth SDEs only: across
+            // vp_discrete's 1,000 knots Euler–Maruyama's pathwise error flattens once steps are
+            // finer than the knots (N = 512, 1024, 2048: 2.0e-3, 1.2e-3, 9.3e-4; tail 0.55),
+            // while ddpm and reverse_diffusion, which step through α_{t|s}, read 0.99 and 0.92.
+            let measured = (mode == Mode::Full || i == 0) && sde.knots().is_empty();
+            if let (Order::Sde { strong, .. }, true) = (claims.order, measured) {
                 strong_order(report, fixture, &plugin, &solver, sde_name, sde, strong);
             }
         } else {
