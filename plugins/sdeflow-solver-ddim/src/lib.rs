@@ -40,7 +40,7 @@
 
 use sdeflow_kernel::{
     Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext,
+    Step, StepContext, Transition,
     ops::{lin2, lin3},
     register_solver,
 };
@@ -118,12 +118,13 @@ impl Solver for Ddim {
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         let (from, to) = (&ctx.from, &ctx.to);
-        let h = to.lambda - from.lambda;
+        let tr = Transition::between(from, to);
+        let h = tr.h;
         // c²/σ_s² = η² σ²_{t|s}/σ_t² = −η² expm1(−2h); exactly 0 at η = 0.
         let c2_rel = if self.eta == 0.0 {
             0.0
         } else {
-            -self.eta * self.eta * (-2.0 * h).exp_m1()
+            self.eta * self.eta * tr.var_rel
         };
         if !(0.0..=1.0).contains(&c2_rel) {
             let why = if c2_rel > 1.0 {
