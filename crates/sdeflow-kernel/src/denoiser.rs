@@ -1,5 +1,11 @@
 //! The denoiser: one model evaluation read as ε̂, x̂₀ or ŝ through the parameterization, with
 //! NFE counting and batch-invariant row chunking.
+//!
+//! Its outputs are detached from autograd's graph unless [`Denoiser::keep_graph`] asks
+//! otherwise: a model whose weights are `Var`s (every trainable one) returns tracked tensors,
+//! and a sampler that kept them would hold every activation of every step alive through x.
+//! That cost 80 MiB per NFE for the 3 × 256 MLP at batch 10,000 (9 GiB of RSS at 100 NFE),
+//! and the fresh pages' faults tripled the time per step towards the end of a run.
 
 use std::sync::{
     Arc,
@@ -23,6 +29,7 @@ pub struct Denoiser {
     cond: Option<Tensor>,
     nfe: AtomicU64,
     padded_rows: AtomicU64,
+    keep_graph: bool,
 }
 
 impl Denoiser {
@@ -40,7 +47,15 @@ impl Denoiser {
             cond,
             nfe: AtomicU64::new(0),
             padded_rows: AtomicU64::new(0),
+            keep_graph: false,
         }
+    }
+
+    /// Keeps the model's outputs on autograd's graph, for callers that differentiate through
+    /// the model (a vector-Jacobian product for a likelihood's trace, say). Sampling does not.
+    pub fn keep_graph(mut self, on: bool) -> Self {
+        self.keep_graph = on;
+        self
     }
 
     /// Model evaluations so far (one per call of [`eval`](Self::eval), whatever the chunking).
@@ -70,12 +85,19 @@ impl Denoiser {
         })
     }
 
+    /// One model call, detached unless the graph is kept: each chunk's activations are freed
+    /// before the next chunk runs, so its buffers are reused warm.
+    fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
+        let out = self.model.forward(x, c, cond)?;
+        Ok(if self.keep_graph { out } else { out.detach() })
+    }
+
     fn forward_chunked(&self, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
         let cond = self.cond.as_ref();
         let n = x.dim(0)?;
         let chunk = match self.chunk_rows {
             Some(chunk) if !self.model.rows_independent() => chunk,
-            _ => return self.model.forward(x, c, cond),
+            _ => return self.forward(x, c, cond),
         };
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
@@ -85,15 +107,14 @@ impl Denoiser {
             let part = x.narrow(0, start, len)?;
             let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
             if len == chunk {
-                outs.push(self.model.forward(&part, c, cond_part.as_ref())?);
+                outs.push(self.forward(&part, c, cond_part.as_ref())?);
             } else {
                 let pad = chunk - len;
                 self.padded_rows.fetch_add(pad as u64, Ordering::Relaxed);
                 let padded = pad_rows(&part, pad)?;
                 let cond_padded = cond_part.map(|t| pad_rows(&t, pad)).transpose()?;
                 outs.push(
-                    self.model
-                        .forward(&padded, c, cond_padded.as_ref())?
+                    self.forward(&padded, c, cond_padded.as_ref())?
                         .narrow(0, 0, len)?,
                 );
             }

@@ -159,3 +159,41 @@ fn empty_batch_through_a_chunked_model() -> Result<()> {
     assert_eq!(out.state.x.dims(), &[0, 2]);
     Ok(())
 }
+
+/// A trainable model (weights as `Var`s) returns tracked tensors. Sampling detaches them, so
+/// no step keeps the previous steps' activations alive through x, and the bits are those of
+/// the same model with plain weights. `keep_graph` keeps the graph for callers that
+/// differentiate through the model: the gradient reaches every weight.
+#[test]
+fn sampling_detaches_a_trainable_models_outputs() -> Result<()> {
+    let (trainable, vars) = LinearEps::trainable(2, 48, DType::F32)?;
+    let trainable = Arc::new(trainable);
+    let x = sdeflow_kernel::testing::normals(5, 1500, 2)?.to_dtype(DType::F32)?;
+    let c = ExpSde::new().coefs(0.4);
+    assert!(
+        trainable.forward(&x, &c, None)?.track_op(),
+        "the model's own output is tracked"
+    );
+
+    let sampled = pipeline(trainable.clone(), None)?.sample(1500)?;
+    assert!(
+        !sampled.state.x.track_op(),
+        "the samples carry autograd's graph"
+    );
+    let plain = pipeline(mlp()?, None)?.sample(1500)?;
+    assert_eq!(bits_f32(&sampled.state.x)?, bits_f32(&plain.state.x)?);
+
+    let detached = Denoiser::new(trainable.clone(), Arc::new(EpsParam), Some(1024), None);
+    assert!(!detached.eval(&x, &c)?.output().track_op());
+    let kept = Denoiser::new(trainable, Arc::new(EpsParam), Some(1024), None).keep_graph(true);
+    let out = kept.eval(&x, &c)?.output().clone();
+    assert!(out.track_op());
+    let grads = out.sqr()?.sum_all()?.backward()?;
+    for (i, v) in vars.iter().enumerate() {
+        let g = grads
+            .get(v)
+            .unwrap_or_else(|| panic!("no gradient for weight {i}"));
+        assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0, "weight {i}");
+    }
+    Ok(())
+}

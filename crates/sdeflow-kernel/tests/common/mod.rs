@@ -14,7 +14,7 @@ use std::{
     },
 };
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module};
 use sdeflow_kernel::{
     Equation, ForwardSde, GridKind, Order, Parameterization, Result, Schedule, ScoreModel,
@@ -262,6 +262,24 @@ impl LinearEps {
             l2: Linear::new(w(dim, hidden, 1.1)?, Some(b(dim, 0.9)?)),
             dim,
         })
+    }
+
+    /// The same weights as autograd variables (a trainable model's): its outputs are tracked.
+    pub fn trainable(dim: usize, hidden: usize, dtype: DType) -> Result<(Self, Vec<Var>)> {
+        let fixed = Self::new(dim, hidden, dtype)?;
+        let mut vars = Vec::new();
+        let mut var = |t: &Tensor| -> Result<Tensor> {
+            let v = Var::from_tensor(t)?;
+            let t = v.as_tensor().clone();
+            vars.push(v);
+            Ok(t)
+        };
+        let mut layer = |l: &Linear| -> Result<Linear> {
+            let bias = l.bias().map(&mut var).transpose()?;
+            Ok(Linear::new(var(l.weight())?, bias))
+        };
+        let (l1, l2) = (layer(&fixed.l1)?, layer(&fixed.l2)?);
+        Ok((Self { l1, l2, dim }, vars))
     }
 }
 
