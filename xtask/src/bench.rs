@@ -11,16 +11,17 @@
 //! - the solver's own time per step with a free model (zeros out, no arithmetic): everything
 //!   the framework does per step — noise included.
 //!
-//! Timings are the fastest of `--repeats` runs (the least disturbed by anything else on the
-//! machine; on a shared 2-core VM medians of 3 runs differed by 1.6× between solvers with the
-//! same model cost), and the model's own time is measured again beside each solver's runs, so
-//! that a drift of the machine's speed shows in both. Built in release: from a debug build it
-//! re-runs itself with `cargo run --release`.
+//! The ratio is measured in pairs: each sampling run at NFE 100 is followed by the same number
+//! of the model's own calls, and the median of the `--repeats` ratios is reported with their
+//! range, so that a drift of the machine's speed shows in both halves of a pair. The model's
+//! one-call time in the header and the throughput columns at NFE 10, 20 and 50 are the fastest
+//! of `--repeats` runs. Built in release: from a debug build it re-runs itself with
+//! `cargo run --release`.
 
 use std::{
     path::Path,
     process::{Command, ExitCode},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -41,8 +42,10 @@ pub struct BenchArgs {
     pub batch: usize,
     /// Threads (RAYON_NUM_THREADS for candle and the noise).
     pub threads: usize,
-    /// Runs per timing (the median is reported).
+    /// Runs per timing.
     pub repeats: usize,
+    /// Only this solver (and its variants).
+    pub solver: Option<String>,
 }
 
 /// Re-runs in release when built without optimizations, with the thread count pinned.
@@ -63,6 +66,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .args(["--batch", &args.batch.to_string()])
             .args(["--threads", &args.threads.to_string()])
             .args(["--repeats", &args.repeats.to_string()])
+            .args(args.solver.iter().flat_map(|s| ["--solver", s]))
             .env("RAYON_NUM_THREADS", args.threads.to_string())
             .status()
             .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
@@ -92,6 +96,32 @@ impl ScoreModel for Free {
     }
 }
 
+/// A model that records the calls it gets (each chunk and its time), passing them on.
+#[derive(Debug)]
+struct Recorder {
+    inner: Arc<dyn ScoreModel>,
+    calls: Mutex<Vec<(Tensor, TimeCoefs)>>,
+}
+
+impl ScoreModel for Recorder {
+    fn sample_shape(&self) -> Vec<usize> {
+        self.inner.sample_shape()
+    }
+    fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
+        self.calls
+            .lock()
+            .map_err(|_| Error::Msg("the recorder's lock is poisoned".into()))?
+            .push((x.clone(), *c));
+        self.inner.forward(x, c, cond)
+    }
+    fn rows_independent(&self) -> bool {
+        self.inner.rows_independent()
+    }
+    fn load(&mut self, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The fastest of `repeats` runs of `f`, in seconds.
 fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     let mut best = f64::INFINITY;
@@ -113,6 +143,9 @@ fn measure(args: &BenchArgs) -> Result<()> {
         dtype: DType::F32,
     };
     let mlp = registry.model("mlp", "()", &ctx)?;
+    if let Some(name) = &args.solver {
+        registry.solvers.get(name)?; // an unknown name: the error lists the registered ones
+    }
     let d = mlp.sample_shape().iter().product::<usize>();
     let chunk = DEFAULT_CHUNK_ROWS;
     let chunks = args.batch.div_ceil(chunk);
@@ -135,10 +168,12 @@ fn measure(args: &BenchArgs) -> Result<()> {
     for p in &parts {
         mlp.forward(p, &c, None)?; // warm-up
     }
+    // Each chunk's output detached as it comes, as the denoiser does: the mlp's weights are
+    // `Var`s, and a tracked output would keep the chunk's activations alive until the end.
     let model_once = || {
         parts
             .iter()
-            .map(|p| mlp.forward(p, &c, None))
+            .map(|p| Ok(mlp.forward(p, &c, None)?.detach()))
             .collect::<Result<Vec<_>>>()
     };
     let model_time = timed(args.repeats.max(5), model_once)?;
@@ -157,11 +192,14 @@ fn measure(args: &BenchArgs) -> Result<()> {
         args.repeats
     );
     println!(
-        "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
+        "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio (range over runs) | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut worst: f64 = 0.0;
     for p in registry.solvers.all() {
+        if args.solver.as_deref().is_some_and(|s| s != p.info.name) {
+            continue;
+        }
         let sets = std::iter::once("()").chain(p.info.variants.iter().copied());
         for params in sets {
             let label = if params == "()" {
@@ -185,29 +223,53 @@ fn measure(args: &BenchArgs) -> Result<()> {
                     .build()
             };
             let mut rates = Vec::new();
-            let mut at_100 = (0.0, 0, 0);
-            for budget in BUDGETS {
-                let pl = pipeline(mlp.clone(), budget)?;
-                let mut nfe = 0;
-                let wall = timed(args.repeats, || {
-                    nfe = pl.sample(args.batch)?.nfe;
-                    Ok(())
-                })?;
+            for budget in &BUDGETS[..BUDGETS.len() - 1] {
+                let pl = pipeline(mlp.clone(), *budget)?;
+                let wall = timed(args.repeats, || pl.sample(args.batch))?;
                 rates.push(args.batch as f64 / wall);
-                if budget == 100 {
-                    at_100 = (wall, nfe, pl.schedule().steps);
-                }
             }
-            let (wall, nfe, steps) = at_100;
-            // The model's time again, beside this solver's runs.
-            let model_here = timed(args.repeats.max(5), model_once)?.min(model_time);
-            let model_total = nfe as f64 * model_here;
+            // At NFE 100: the calls the pipeline makes of the model (its chunks, padded, at
+            // its times), recorded in one run; then each sampling run beside the model's own
+            // time on exactly those calls, one ratio per pair, so that a drift of the
+            // machine's speed shows in both halves.
+            let recorder = Arc::new(Recorder {
+                inner: mlp.clone(),
+                calls: Mutex::new(Vec::new()),
+            });
+            pipeline(recorder.clone(), BUDGETS[BUDGETS.len() - 1])?.sample(args.batch)?;
+            let calls = std::mem::take(
+                &mut *recorder
+                    .calls
+                    .lock()
+                    .map_err(|_| Error::Msg("the recorder's lock is poisoned".into()))?,
+            );
+            let pl = pipeline(mlp.clone(), BUDGETS[BUDGETS.len() - 1])?;
+            let steps = pl.schedule().steps;
+            let mut pairs = Vec::new();
+            for _ in 0..args.repeats.max(1) {
+                let start = Instant::now();
+                pl.sample(args.batch)?;
+                let wall = start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                for (x, c) in &calls {
+                    // Detached as it comes, as the denoiser does.
+                    drop(mlp.forward(x, c, None)?.detach());
+                }
+                pairs.push((wall, start.elapsed().as_secs_f64()));
+            }
+            pairs.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+            let (wall, model_total) = pairs[pairs.len() / 2];
             let ratio = wall / model_total;
+            let (low, high) = (
+                pairs[0].0 / pairs[0].1,
+                pairs[pairs.len() - 1].0 / pairs[pairs.len() - 1].1,
+            );
+            rates.push(args.batch as f64 / wall);
             worst = worst.max(ratio);
             let free = pipeline(Arc::new(Free(d)), 100)?;
             let free_time = timed(args.repeats, || free.sample(args.batch))? / steps as f64;
             println!(
-                "| {label} | {steps} | {wall:.3} | {model_total:.3} | {ratio:.4} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                "| {label} | {steps} | {wall:.3} | {model_total:.3} | {ratio:.4} ({low:.4}–{high:.4}) | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
                 rates[0],
                 rates[1],
                 rates[2],
@@ -216,7 +278,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    println!("\nworst overhead ratio: {worst:.4} (target ≤ 1.01)");
+    println!("\nworst overhead ratio (median of its runs): {worst:.4} (target ≤ 1.01)");
     if !worst.is_finite() {
         return Err(Error::Msg("a ratio is not finite".into()));
     }

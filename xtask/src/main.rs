@@ -3,7 +3,7 @@
 //! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]`: runs every
 //!   registered plugin through the contracts of its kind, prints the table, exits 1 on a
 //!   failure.
-//! - `cargo xtask bench [--batch N] [--threads N] [--repeats N]`: the framework's overhead
+//! - `cargo xtask bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
 //! - `cargo xtask new-plugin KIND NAME`: a working plugin crate in the house shape, linked.
@@ -63,9 +63,12 @@ enum Command {
         /// Threads for candle and the noise (RAYON_NUM_THREADS).
         #[arg(long, default_value_t = 1)]
         threads: usize,
-        /// Runs per timing; the median is reported.
+        /// Runs per timing: the overhead ratio is the median of as many pairs.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Only this solver (and its registered variants).
+        #[arg(long)]
+        solver: Option<String>,
     },
 }
 
@@ -91,10 +94,12 @@ fn main() -> ExitCode {
             batch,
             threads,
             repeats,
+            solver,
         } => bench::run(bench::BenchArgs {
             batch,
             threads,
             repeats,
+            solver,
         }),
     };
     match result {
