@@ -78,6 +78,7 @@ fn main() -> Result<()> {
         mode: Mode::Quick,
         kind: Some("solver".into()),
         plugin: Some("ralston".into()),
+        ..Options::default()
     };
     let report = sdeflow_conformance::run(registry, &opts);
     println!("{report}");

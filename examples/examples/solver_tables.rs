@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
 use sdeflow_conformance::{
+    Target,
     mixtures::{ring, single_gaussian},
     solver::exact_weak_error,
     sw2::{SAMPLES, reference_and_floor},
@@ -120,6 +121,7 @@ fn main() -> Result<()> {
                         param.clone(),
                         grid,
                         steps,
+                        &Target::default(),
                     )?;
                     format!("{e:.3e}")
                 } else {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_conformance::{
+    Target,
     mixtures::{ring, single_gaussian},
     solver::exact_weak_error,
 };
@@ -68,7 +69,8 @@ fn ddpm_is_ddim_at_eta_one() -> Result<()> {
             );
             for steps in [1, 10, 100] {
                 let w = |s: &Arc<dyn sdeflow_kernel::Solver>| {
-                    exact_weak_error(&*sde, &**s, gauss.clone(), param.clone(), grid, steps)
+                    let cpu = Target::default();
+                    exact_weak_error(&*sde, &**s, gauss.clone(), param.clone(), grid, steps, &cpu)
                 };
                 let (wa, wb) = (w(&ddpm)?, w(&ddim)?);
                 assert!(

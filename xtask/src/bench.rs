@@ -111,7 +111,7 @@ impl ScoreModel for Recorder {
         self.calls
             .lock()
             .map_err(|_| Error::Msg("the recorder's lock is poisoned".into()))?
-            .push((x.clone(), *c));
+            .push((x.detach(), *c)); // not the graph a tracked x may carry
         self.inner.forward(x, c, cond)
     }
     fn rows_independent(&self) -> bool {

@@ -2,8 +2,74 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
-use sdeflow_conformance::{Mode, Options};
+use candle_core::{DType, Device};
+use clap::ValueEnum;
+use sdeflow_conformance::{Mode, Options, Target};
 use sdeflow_kernel::{Error, Result};
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The host.
+    Cpu,
+    /// The first CUDA GPU (a build with `--features cuda`).
+    Cuda,
+    /// The first Metal GPU (a build with `--features metal`).
+    Metal,
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit floats.
+    F32,
+    /// 64-bit floats.
+    F64,
+}
+
+/// The device and dtype the run asks for, or why it cannot have them.
+fn target(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Target> {
+    let (dev, feature) = match device {
+        DeviceArg::Cpu => (Ok(Device::Cpu), ""),
+        DeviceArg::Cuda => (Device::new_cuda(0), "cuda"),
+        DeviceArg::Metal => (Device::new_metal(0), "metal"),
+    };
+    let built = match device {
+        DeviceArg::Cpu => true,
+        DeviceArg::Cuda => candle_core::utils::cuda_is_available(),
+        DeviceArg::Metal => candle_core::utils::metal_is_available(),
+    };
+    if !built {
+        return Err(Error::invalid(
+            "conformance",
+            "--device",
+            format!(
+                "this xtask was built without {feature} support; run `cargo run --release -p xtask --features {feature} -- conformance --device {feature}`"
+            ),
+        ));
+    }
+    let dev = dev.map_err(|e| {
+        Error::invalid(
+            "conformance",
+            "--device",
+            format!("cannot open the first {feature} device: {e}"),
+        )
+    })?;
+    let dtype = match dtype {
+        Some(DtypeArg::F64) if device == DeviceArg::Metal => {
+            return Err(Error::invalid(
+                "conformance",
+                "--dtype",
+                "Metal has no f64; use --dtype f32",
+            ));
+        }
+        Some(DtypeArg::F64) => DType::F64,
+        Some(DtypeArg::F32) => DType::F32,
+        None if device == DeviceArg::Cpu => DType::F64,
+        None => DType::F32,
+    };
+    Ok(Target::new(dev, dtype))
+}
 
 /// Runs the selected contracts and prints the table.
 pub fn run(
@@ -11,7 +77,10 @@ pub fn run(
     kind: Option<String>,
     plugin: Option<String>,
     json: Option<PathBuf>,
+    device: DeviceArg,
+    dtype: Option<DtypeArg>,
 ) -> Result<ExitCode> {
+    let target = target(device, dtype)?;
     let registry = sdeflow_plugins::registry()?;
     if let Some(k) = &kind {
         const KINDS: [&str; 5] = ["model", "param", "sde", "solver", "weighting"];
@@ -39,10 +108,19 @@ pub fn run(
     }
     let mode = if quick { Mode::Quick } else { Mode::Full };
     let start = Instant::now();
-    let report = sdeflow_conformance::run(registry, &Options { mode, kind, plugin });
+    let label = target.label();
+    let report = sdeflow_conformance::run(
+        registry,
+        &Options {
+            mode,
+            kind,
+            plugin,
+            target,
+        },
+    );
     println!("{report}");
     println!(
-        "({mode:?} pass, {:.1} s, RAYON_NUM_THREADS={})",
+        "({mode:?} pass on {label}, {:.1} s, RAYON_NUM_THREADS={})",
         start.elapsed().as_secs_f64(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );

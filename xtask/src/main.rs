@@ -1,8 +1,8 @@
 //! `cargo xtask`: build automation for sdeflow, in Rust.
 //!
-//! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]`: runs every
-//!   registered plugin through the contracts of its kind, prints the table, exits 1 on a
-//!   failure.
+//! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
+//!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
+//!   contracts of its kind, prints the table, exits 1 on a failure.
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
@@ -45,6 +45,13 @@ enum Command {
         /// Also write every row as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Where the tensor contracts run. A GPU needs a build with its feature:
+        /// `cargo run --release -p xtask --features cuda -- conformance --device cuda`.
+        #[arg(long, value_enum, default_value_t = conformance::DeviceArg::Cpu)]
+        device: conformance::DeviceArg,
+        /// The plugins' dtype there; default f64 on the CPU, f32 on a GPU (Metal has no f64).
+        #[arg(long, value_enum)]
+        dtype: Option<conformance::DtypeArg>,
     },
     /// Create plugins/sdeflow-KIND-NAME: a working plugin in the house shape, linked.
     NewPlugin {
@@ -87,7 +94,9 @@ fn main() -> ExitCode {
             kind,
             plugin,
             json,
-        } => conformance::run(quick, kind, plugin, json),
+            device,
+            dtype,
+        } => conformance::run(quick, kind, plugin, json, device, dtype),
         Command::Tidy => tidy(),
         Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
         Command::Bench {

@@ -15,6 +15,7 @@ pub mod report;
 pub mod sde;
 pub mod solver;
 pub mod sw2;
+pub mod target;
 pub mod weighting;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use sdeflow_kernel::{ForwardSde, Parameterization, Registry, Weighting};
 
 pub use report::{Report, Row};
+pub use target::Target;
 
 /// How much to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +48,8 @@ pub struct Options {
     pub kind: Option<String>,
     /// Only this plugin name.
     pub plugin: Option<String>,
+    /// Where the tensor contracts run (default: the CPU in f64).
+    pub target: Target,
 }
 
 impl Options {
@@ -115,6 +119,7 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
                 &param_refs,
                 &weighting_refs,
                 &sde_refs,
+                &opts.target,
             );
         }
     }
@@ -134,7 +139,14 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
         }
         match (&run_param, named_sdes.first()) {
             (Some(param), Some((_, sde))) => {
-                model::check(&mut report, registry, p.info.name, param.clone(), *sde);
+                model::check(
+                    &mut report,
+                    registry,
+                    p.info.name,
+                    param.clone(),
+                    *sde,
+                    &opts.target,
+                );
             }
             _ => report.error(
                 &format!("model/{}", p.info.name),
@@ -157,7 +169,7 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
                 "no parameterization is registered",
             ),
             Some(param) => {
-                let mut fixture = solver::Fixture::new(registry, param);
+                let mut fixture = solver::Fixture::new(registry, param, opts.target.clone());
                 for p in solvers {
                     // The defaults, then each declared variant, named as a config writes it.
                     let sets = std::iter::once("()").chain(p.info.variants.iter().copied());

@@ -12,24 +12,28 @@ use sdeflow_kernel::{
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
-use crate::report::{Report, num};
+use crate::{
+    Target,
+    report::{Report, num},
+};
 
 /// Batch sizes of the shape check (1,030 crosses the pipeline's 1,024-row chunk).
 const BATCHES: [usize; 3] = [1, 7, 1030];
 
-/// Runs the model contracts for the registered model `name` built with `()` in f64 on the CPU.
+/// Runs the model contracts for the registered model `name` built with `()` on `target`.
 pub fn check(
     report: &mut Report,
     registry: &Registry,
     name: &str,
     param: Arc<dyn Parameterization>,
     sde: &dyn ForwardSde,
+    target: &Target,
 ) {
     let plugin = format!("model/{name}");
     let ctx = ModelContext {
         param,
-        device: Device::Cpu,
-        dtype: DType::F64,
+        device: target.device.clone(),
+        dtype: target.dtype,
     };
     let build = || registry.model(name, "()", &ctx);
     let model = match build() {
@@ -41,7 +45,7 @@ pub fn check(
         .iter()
         .map(|u| sde.coefs(a + (b - a) * u))
         .collect();
-    shapes(report, &plugin, &*model, &times);
+    shapes(report, &plugin, &*model, &times, target);
     if model.varmap().is_none() {
         report.push(
             &plugin,
@@ -54,18 +58,18 @@ pub fn check(
         );
         return;
     }
-    if let Err(e) = round_trip(report, &plugin, &*model, &build, &times) {
+    if let Err(e) = round_trip(report, &plugin, &*model, &build, &times, target) {
         report.error(&plugin, "save then load reproduces the outputs", e);
     }
-    if let Err(e) = gradients(report, &plugin, &*model, &times) {
+    if let Err(e) = gradients(report, &plugin, &*model, &times, target) {
         report.error(&plugin, "gradients reach every parameter", e);
     }
 }
 
-fn input(model: &dyn ScoreModel, n: usize) -> Result<Tensor> {
+fn input(model: &dyn ScoreModel, n: usize, target: &Target) -> Result<Tensor> {
     let shape = model.sample_shape();
     let cols: usize = shape.iter().product();
-    let x = philox_normal_tensor(
+    let x = target.put(&philox_normal_tensor(
         philox_key(17, Stream::Exact),
         0,
         n,
@@ -73,18 +77,23 @@ fn input(model: &dyn ScoreModel, n: usize) -> Result<Tensor> {
         0,
         DType::F64,
         &Device::Cpu,
-    )?;
+    )?)?;
     Ok(x.reshape([vec![n], shape].concat())?)
 }
 
-fn shapes(report: &mut Report, plugin: &str, model: &dyn ScoreModel, times: &[TimeCoefs]) {
+fn shapes(
+    report: &mut Report,
+    plugin: &str,
+    model: &dyn ScoreModel,
+    times: &[TimeCoefs],
+    target: &Target,
+) {
     let mut failures = Vec::new();
     for n in BATCHES {
         for c in times {
-            let outcome = input(model, n).and_then(|x| {
+            let outcome = input(model, n, target).and_then(|x| {
                 let y = model.forward(&x, c, None)?;
-                let finite = y
-                    .flatten_all()?
+                let finite = Target::host(&y.flatten_all()?)?
                     .to_vec1::<f64>()?
                     .iter()
                     .all(|v| v.is_finite());
@@ -117,14 +126,12 @@ fn shapes(report: &mut Report, plugin: &str, model: &dyn ScoreModel, times: &[Ti
     );
 }
 
-fn outputs(model: &dyn ScoreModel, times: &[TimeCoefs]) -> Result<Vec<u64>> {
-    let x = input(model, 7)?;
+/// The outputs' bits (exact in f64 whatever the run's dtype).
+fn outputs(model: &dyn ScoreModel, times: &[TimeCoefs], target: &Target) -> Result<Vec<u64>> {
+    let x = input(model, 7, target)?;
     let mut bits = Vec::new();
     for c in times {
-        let y = model
-            .forward(&x, c, None)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
+        let y = Target::host(&model.forward(&x, c, None)?.flatten_all()?)?.to_vec1::<f64>()?;
         bits.extend(y.iter().map(|v| v.to_bits()));
     }
     Ok(bits)
@@ -136,8 +143,9 @@ fn round_trip(
     model: &dyn ScoreModel,
     build: &dyn Fn() -> Result<Arc<dyn ScoreModel>>,
     times: &[TimeCoefs],
+    target: &Target,
 ) -> Result<()> {
-    let want = outputs(model, times)?;
+    let want = outputs(model, times, target)?;
     let path = std::env::temp_dir().join(format!(
         "sdeflow-conformance-{}-{}.safetensors",
         std::process::id(),
@@ -151,13 +159,13 @@ fn round_trip(
             var.set(&var.as_tensor().ones_like()?)?;
         }
     }
-    let scrambled = outputs(&*other, times)? != want;
+    let scrambled = outputs(&*other, times, target)? != want;
     let loaded = Arc::get_mut(&mut other)
         .ok_or_else(|| sdeflow_kernel::Error::Msg("a freshly built model is shared".into()))?
         .load(&path);
     let _ = std::fs::remove_file(&path);
     loaded?;
-    let got = outputs(&*other, times)?;
+    let got = outputs(&*other, times, target)?;
     let same = got == want;
     report.push(
         plugin,
@@ -180,12 +188,13 @@ fn gradients(
     plugin: &str,
     model: &dyn ScoreModel,
     times: &[TimeCoefs],
+    target: &Target,
 ) -> Result<()> {
     let Some(vm) = model.varmap() else {
         return Ok(());
     };
-    let x = input(model, 16)?;
-    let mut loss = Tensor::zeros((), DType::F64, &Device::Cpu)?;
+    let x = input(model, 16, target)?;
+    let mut loss = Tensor::zeros((), target.dtype, &target.device)?;
     for c in times {
         loss = (loss + model.forward(&x, c, None)?.sqr()?.sum_all()?)?;
     }
@@ -194,14 +203,7 @@ fn gradients(
     let mut missing = 0;
     for var in &vars {
         let reached = match grads.get(var.as_tensor()) {
-            Some(g) => {
-                g.abs()?
-                    .flatten_all()?
-                    .max(0)?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?
-                    > 0.0
-            }
+            Some(g) => Target::host(&g.abs()?.flatten_all()?.max(0)?)?.to_scalar::<f64>()? > 0.0,
             None => false,
         };
         if !reached {

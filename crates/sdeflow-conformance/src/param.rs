@@ -7,13 +7,21 @@ use sdeflow_kernel::{
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
-use crate::report::{Report, num};
+use crate::{
+    Target,
+    report::{Report, num},
+};
 
 const ROWS: usize = 64;
 const COLS: usize = 3;
 
-fn normals(seed: u64) -> Result<Tensor> {
-    philox_normal_tensor(
+/// Tolerance of every row in epsilons of the run's dtype off the reference target (f64: 1e-10).
+/// The conversions divide by α or σ ≥ 0.03 at the interior times, which costs ~30 ε; the
+/// worst f32 row on the CPU measured 2.4e-6 (20 ε).
+const EPS_UNITS: f64 = 1e3;
+
+fn normals(seed: u64, target: &Target) -> Result<Tensor> {
+    target.put(&philox_normal_tensor(
         philox_key(seed, Stream::Exact),
         0,
         ROWS,
@@ -21,12 +29,18 @@ fn normals(seed: u64) -> Result<Tensor> {
         0,
         DType::F64,
         &Device::Cpu,
-    )
+    )?)
+}
+
+/// Σ t², on the host in f64.
+fn sum_sq(t: &Tensor) -> Result<f64> {
+    Ok(Target::host(&t.sqr()?.sum_all()?)?.to_scalar::<f64>()?)
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let num = (a - b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let den = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let (a, b) = (Target::host(a)?, Target::host(b)?);
+    let num = sum_sq(&(&a - &b)?)?.sqrt();
+    let den = sum_sq(&b)?.sqrt();
     Ok(num / den.max(f64::MIN_POSITIVE))
 }
 
@@ -43,8 +57,9 @@ fn round_trip(
     p: &dyn Parameterization,
     q: &dyn Parameterization,
     sdes: &[&dyn ForwardSde],
+    target: &Target,
 ) -> Result<f64> {
-    let (x0, eps) = (normals(1)?, normals(2)?);
+    let (x0, eps) = (normals(1, target)?, normals(2, target)?);
     let mut worst: f64 = 0.0;
     for sde in sdes {
         for c in interior(*sde) {
@@ -64,8 +79,12 @@ fn round_trip(
 }
 
 /// Worst error of the training target against the output converted from the true ε.
-fn target_matches(p: &dyn Parameterization, sdes: &[&dyn ForwardSde]) -> Result<f64> {
-    let (x0, eps) = (normals(3)?, normals(4)?);
+fn target_matches(
+    p: &dyn Parameterization,
+    sdes: &[&dyn ForwardSde],
+    target: &Target,
+) -> Result<f64> {
+    let (x0, eps) = (normals(3, target)?, normals(4, target)?);
     let mut worst: f64 = 0.0;
     for sde in sdes {
         for c in interior(*sde) {
@@ -82,20 +101,21 @@ fn matched_loss(
     p: &dyn Parameterization,
     w: &dyn Weighting,
     sdes: &[&dyn ForwardSde],
+    target: &Target,
 ) -> Result<f64> {
-    let (x0, eps, delta) = (normals(5)?, normals(6)?, normals(7)?);
+    let (x0, eps, delta) = (
+        normals(5, target)?,
+        normals(6, target)?,
+        normals(7, target)?,
+    );
     let eps_hat = (&eps + delta.affine(0.1, 0.0)?)?;
     let mut worst: f64 = 0.0;
     for sde in sdes {
         for c in interior(*sde) {
             let x = convert::noisy(&x0, &eps, &c)?;
-            let eps_loss =
-                w.eps_weight(&c) * (&eps_hat - &eps)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            let eps_loss = w.eps_weight(&c) * sum_sq(&(&eps_hat - &eps)?)?;
             let pred = p.from_eps(&eps_hat, &x, &c)?;
-            let sq = (&pred - p.target(&x0, &eps, &c)?)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            let sq = sum_sq(&(&pred - p.target(&x0, &eps, &c)?)?)?;
             let target_loss = w.target_weight(&c, p.eps_loss_scale(&c)) * sq;
             worst =
                 worst.max((target_loss - eps_loss).abs() / eps_loss.abs().max(f64::MIN_POSITIVE));
@@ -113,25 +133,27 @@ pub fn check(
     others: &[(&str, &dyn Parameterization)],
     weightings: &[(&str, &dyn Weighting)],
     sdes: &[&dyn ForwardSde],
+    target: &Target,
 ) {
     let plugin = format!("param/{name}");
-    let tol = 1e-10;
+    let tol = target.tol(1e-10, EPS_UNITS);
+    let dtype = target.label();
     for (other, q) in others {
         let check = format!("round trip {name} → {other} → {name}, x̂₀, ŝ");
-        match round_trip(p, *q, sdes) {
+        match round_trip(p, *q, sdes, target) {
             Ok(e) => report.push(
                 &plugin,
                 check,
                 num(e),
                 "0",
-                format!("≤ {tol:e} (norm-relative, f64)"),
+                format!("≤ {tol:e} (norm-relative, {dtype})"),
                 e <= tol,
                 "to_eps and from_eps are not inverse, or to_x0/to_score disagree with MATH.md §3",
             ),
             Err(e) => report.error(&plugin, check, e),
         }
     }
-    match target_matches(p, sdes) {
+    match target_matches(p, sdes, target) {
         Ok(e) => report.push(
             &plugin,
             "target = output converted from the true ε",
@@ -145,7 +167,7 @@ pub fn check(
     }
     for (wname, w) in weightings {
         let check = format!("matched {wname} weighting: equal loss to the ε loss");
-        match matched_loss(p, *w, sdes) {
+        match matched_loss(p, *w, sdes, target) {
             Ok(e) => report.push(
                 &plugin,
                 check,

@@ -12,7 +12,7 @@ use sdeflow_kernel::{
 };
 
 use crate::{
-    Mode,
+    Mode, Target,
     mixtures::{MixtureSpec, SINGLE_STD, mix8, ring, single_gaussian},
     report::{Report, num},
     sw2::{Floor, SAMPLES, SlicedW2, reference_and_floor},
@@ -40,34 +40,38 @@ pub struct Fixture<'a> {
     references: HashMap<(String, String), Vec<f64>>,
     /// Whether the quick pass has run every parameterization once already.
     param_matrix_done: bool,
+    /// Where the solver's runs happen (references and floors stay on the host in f64).
+    pub target: Target,
 }
 
 impl<'a> Fixture<'a> {
-    /// A fixture reading the oracle through `param`.
-    pub fn new(registry: &'a Registry, param: Arc<dyn Parameterization>) -> Self {
+    /// A fixture reading the oracle through `param`, running solvers on `target`.
+    pub fn new(registry: &'a Registry, param: Arc<dyn Parameterization>, target: Target) -> Self {
         Self {
             registry,
             param,
             floors: HashMap::new(),
             references: HashMap::new(),
             param_matrix_done: false,
+            target,
         }
     }
 
-    fn oracle(&self, spec: &MixtureSpec, dtype: DType) -> Result<Arc<dyn ScoreModel>> {
-        self.oracle_in(spec, dtype, self.param.clone())
+    /// The oracle of `spec` on the run's target.
+    fn oracle(&self, spec: &MixtureSpec) -> Result<Arc<dyn ScoreModel>> {
+        self.oracle_on(spec, &self.target, self.param.clone())
     }
 
-    fn oracle_in(
+    fn oracle_on(
         &self,
         spec: &MixtureSpec,
-        dtype: DType,
+        on: &Target,
         param: Arc<dyn Parameterization>,
     ) -> Result<Arc<dyn ScoreModel>> {
         let ctx = ModelContext {
             param,
-            device: Device::Cpu,
-            dtype,
+            device: on.device.clone(),
+            dtype: on.dtype,
         };
         self.registry
             .model("gmm_oracle", &spec.oracle_params(), &ctx)
@@ -88,7 +92,7 @@ impl<'a> Fixture<'a> {
         let pipeline = Pipeline::builder()
             .sde(sde.clone())
             .param(self.param.clone())
-            .model(self.oracle(spec, DType::F64)?)
+            .model(self.oracle_on(spec, &Target::default(), self.param.clone())?)
             .solver(rk4)
             .steps(REFERENCE_STEPS)
             .grid(GridKind::LogSnr)
@@ -133,7 +137,12 @@ fn claimed_order(order: Order) -> Option<f64> {
 }
 
 fn rows_f64(x: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(x.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+    Ok(Target::host(x)?.to_vec2::<f64>()?)
+}
+
+/// A tensor's values on the host in f64, flattened.
+fn host_vec(x: &Tensor) -> Result<Vec<f64>> {
+    Ok(Target::host(&x.flatten_all()?)?.to_vec1::<f64>()?)
 }
 
 /// Noise that is 1 on the `k`-th call of a step and 0 on the others: reads the coefficient of
@@ -163,6 +172,7 @@ fn propagate_exactly(
     param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
+    target: &Target,
 ) -> Result<(Vec<f64>, Vec<f64>, TimeCoefs)> {
     let spec = single_gaussian();
     let m = &spec.means[0];
@@ -171,9 +181,12 @@ fn propagate_exactly(
     let times = grid.times(sde, steps)?;
     let denoiser = Denoiser::new(model, param, None, None);
     let zero = ConstantNoise(0.0);
-    let dev = Device::Cpu;
-    let probe = Tensor::from_vec([vec![0.0; d], vec![1.0; d]].concat(), (2, d), &dev)?;
-    let origin = Tensor::zeros((1, d), DType::F64, &dev)?;
+    let probe = target.put(&Tensor::from_vec(
+        [vec![0.0; d], vec![1.0; d]].concat(),
+        (2, d),
+        &Device::Cpu,
+    )?)?;
+    let origin = Tensor::zeros((1, d), target.dtype, &target.device)?;
     let c0 = sde.coefs(times[0]);
     let mut mean: Vec<f64> = m.iter().map(|v| c0.alpha * v).collect();
     let mut var = vec![c0.alpha * c0.alpha * s2 + c0.sigma * c0.sigma; d];
@@ -219,7 +232,7 @@ fn propagate_exactly(
 
 /// The weak error at `steps` on the single Gaussian, propagated exactly
 /// ([`propagate_exactly`]): the closed-form W2 between the final Gaussian and the exact
-/// marginal at t_ε.
+/// marginal at t_ε. `model` lives on `target`, where the steps run.
 pub fn exact_weak_error(
     sde: &dyn ForwardSde,
     solver: &dyn Solver,
@@ -227,8 +240,9 @@ pub fn exact_weak_error(
     param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
+    target: &Target,
 ) -> Result<f64> {
-    let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps)?;
+    let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps, target)?;
     let m = &single_gaussian().means[0];
     let exact_var = c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma;
     let w2sq: f64 = (0..m.len())
@@ -378,6 +392,7 @@ pub fn exact_flow_error(
     param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
+    target: &Target,
 ) -> Result<f64> {
     let spec = single_gaussian();
     let m = &spec.means[0];
@@ -392,7 +407,11 @@ pub fn exact_flow_error(
         .iter()
         .flat_map(|k| m.iter().map(move |mj| c0.alpha * mj + k * v0.sqrt()))
         .collect();
-    let x = Tensor::from_vec(starts.clone(), (FLOW_STARTS.len(), d), &Device::Cpu)?;
+    let x = target.put(&Tensor::from_vec(
+        starts.clone(),
+        (FLOW_STARTS.len(), d),
+        &Device::Cpu,
+    )?)?;
     let pipeline = Pipeline::builder()
         .sde(sde.clone())
         .param(param)
@@ -401,15 +420,11 @@ pub fn exact_flow_error(
         .steps(steps)
         .grid(grid)
         .chunk_rows(None)
-        .dtype(DType::F64)
+        .device(target.device.clone())
+        .dtype(target.dtype)
         .seed(RUN_SEED)
         .build()?;
-    let out = pipeline
-        .run(State::new(x, sde.t_max(), 0))?
-        .state
-        .x
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    let out = host_vec(&pipeline.run(State::new(x, sde.t_max(), 0))?.state.x)?;
     let ratio = (v1 / v0).sqrt();
     Ok(out
         .iter()
@@ -438,11 +453,14 @@ fn flow_order(
     let check = format!(
         "order on {sde_name}, {grid} grid (pathwise vs the exact PF-ODE flow of a Gaussian)"
     );
-    let run = || -> Result<Vec<f64>> {
-        let model = fixture.oracle(&single_gaussian(), DType::F64)?;
+    let run = |on: &Target| -> Result<Vec<f64>> {
+        let model = fixture.oracle_on(&single_gaussian(), on, fixture.param.clone())?;
         ORDER_STEPS
             .iter()
-            .map(|&n| exact_flow_error(sde, solver, model.clone(), fixture.param.clone(), grid, n))
+            .map(|&n| {
+                let param = fixture.param.clone();
+                exact_flow_error(sde, solver, model.clone(), param, grid, n, on)
+            })
             .collect()
     };
     let fit = OrderFit {
@@ -452,7 +470,9 @@ fn flow_order(
         tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
         what: "the pathwise error",
     };
-    push_order(report, plugin, check, &fit, run());
+    let c0 = sde.coefs(sde.t_max());
+    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
 /// An SDE stopped early: `inner` with t_ε replaced, so that grids end at `t_eps`.
@@ -530,7 +550,7 @@ fn plateau(
     let d = single_gaussian().dim() as f64;
     let want = d.sqrt() * plateau_bias(v, snr, c.sigma);
     let run = || -> Result<Vec<f64>> {
-        let model = fixture.oracle(&single_gaussian(), DType::F64)?;
+        let model = fixture.oracle(&single_gaussian())?;
         [256, 1024, 4096]
             .iter()
             .map(|&n| {
@@ -541,6 +561,7 @@ fn plateau(
                     fixture.param.clone(),
                     grid,
                     n,
+                    &fixture.target,
                 )
             })
             .collect()
@@ -592,36 +613,38 @@ fn strong_order(
 ) {
     let grid = solver.claims().grid_for(&**sde);
     let check = format!("strong order on {sde_name}, {grid} grid (shared Brownian path)");
-    let run = || -> Result<Vec<f64>> {
+    let run = |target: &Target| -> Result<Vec<f64>> {
         let spec = single_gaussian();
-        let model = fixture.oracle(&spec, DType::F64)?;
         let noise = Arc::new(BrownianNoise::new(sde.t_eps(), sde.t_max(), 24)?);
         let start = exact_start(&spec, &**sde, STRONG_SAMPLES)?;
-        let end = |steps: usize| -> Result<Vec<f64>> {
+        // The reference on the host in f64; the runs fitted on the target.
+        let end = |steps: usize, on: &Target| -> Result<Vec<f64>> {
+            let model = fixture.oracle_on(&spec, on, fixture.param.clone())?;
             let pipeline = Pipeline::builder()
                 .sde(sde.clone())
                 .param(fixture.param.clone())
-                .model(model.clone())
+                .model(model)
                 .solver(solver.clone())
                 .steps(steps)
                 .grid(grid)
                 .chunk_rows(None)
                 .noise(noise.clone())
-                .dtype(DType::F64)
+                .device(on.device.clone())
+                .dtype(on.dtype)
                 .seed(RUN_SEED)
                 .build()?;
-            Ok(pipeline
-                .run(State::new(start.clone(), sde.t_max(), 0))?
-                .state
-                .x
-                .flatten_all()?
-                .to_vec1::<f64>()?)
+            host_vec(
+                &pipeline
+                    .run(State::new(on.put(&start)?, sde.t_max(), 0))?
+                    .state
+                    .x,
+            )
         };
-        let reference = end(STRONG_REFERENCE_STEPS)?;
+        let reference = end(STRONG_REFERENCE_STEPS, &Target::default())?;
         STRONG_STEPS
             .iter()
             .map(|&n| {
-                let got = end(n)?;
+                let got = end(n, target)?;
                 Ok((got
                     .iter()
                     .zip(&reference)
@@ -639,7 +662,9 @@ fn strong_order(
         tolerance_text: "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
         what: "the pathwise error on a shared Brownian path",
     };
-    push_order(report, plugin, check, &fit, run());
+    let c0 = sde.coefs(sde.t_max());
+    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
 /// How an order check is judged: the tolerance on the fitted order and its words.
@@ -699,6 +724,72 @@ fn push_order(
     );
 }
 
+/// The rows of an order check. On the reference target (the CPU in f64) the order fitted on
+/// the error curve `run(target)`. Elsewhere the order is fitted on the host's f64 curve, since
+/// f32 rounding (~1e-6) floors a fourth-order method's error within two doublings of its
+/// asymptotic range; and a second row checks that the target's curve is that curve up to its
+/// rounding, |e_target(N) − e_f64(N)| ≤ N ε · scale at every N, `scale` the magnitude of the
+/// values stepped.
+fn order_rows(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    check: String,
+    fit: &OrderFit<'_>,
+    scale: f64,
+    run: impl Fn(&Target) -> Result<Vec<f64>>,
+) {
+    let target = &fixture.target;
+    if target.is_reference() {
+        return push_order(report, plugin, check, fit, run(target));
+    }
+    let host = run(&Target::default());
+    let on_target = run(target);
+    let agree = format!(
+        "{check}: {} agrees with f64 within rounding",
+        target.label()
+    );
+    match (&host, on_target) {
+        (Ok(want), Ok(got)) => {
+            let scale = scale.max(1.0);
+            let worst = fit
+                .steps
+                .iter()
+                .zip(want.iter().zip(&got))
+                .map(|(n, (w, g))| (g - w).abs() / (*n as f64 * target.epsilon() * scale))
+                .fold(0.0, f64::max);
+            let curve: Vec<String> = fit
+                .steps
+                .iter()
+                .zip(want.iter().zip(&got))
+                .map(|(n, (w, g))| format!("{n}: {} vs {}", num(*g), num(*w)))
+                .collect();
+            report.push(
+                plugin,
+                agree,
+                format!("{worst:.3} N ε"),
+                "0",
+                format!("≤ 1 N ε × {}", num(scale)),
+                worst <= 1.0,
+                format!(
+                    "the {} run strays from the f64 run by more than rounding: errors by N (target vs f64) {}",
+                    target.label(),
+                    curve.join(", ")
+                ),
+            );
+        }
+        (_, Err(e)) => report.error(plugin, agree, e),
+        (Err(_), _) => {}
+    }
+    push_order(
+        report,
+        plugin,
+        format!("{check} (f64 on the host)"),
+        fit,
+        host,
+    );
+}
+
 /// Samples in the paired comparison against the reference.
 pub const PAIRED_SAMPLES: usize = 2_000;
 /// Steps of the RK4 reference (λ-uniform).
@@ -723,25 +814,20 @@ fn paired_error(
     spec: &MixtureSpec,
 ) -> Result<()> {
     let reference = fixture.paired_reference(spec, sde_name, sde)?;
-    let model = fixture.oracle(spec, DType::F64)?;
+    let model = fixture.oracle(spec)?;
+    let target = &fixture.target;
     let pipeline = Pipeline::builder()
         .sde(sde.clone())
         .param(fixture.param.clone())
         .model(model)
         .solver(solver.clone())
         .seed(RUN_SEED)
-        .dtype(DType::F64)
+        .device(target.device.clone())
+        .dtype(target.dtype)
         .build()?;
     let schedule = pipeline.schedule();
-    let x = pipeline
-        .run(State::new(
-            exact_start(spec, &**sde, PAIRED_SAMPLES)?,
-            sde.t_max(),
-            0,
-        ))?
-        .state
-        .x;
-    let got = x.flatten_all()?.to_vec1::<f64>()?;
+    let start = target.put(&exact_start(spec, &**sde, PAIRED_SAMPLES)?)?;
+    let got = host_vec(&pipeline.run(State::new(start, sde.t_max(), 0))?.state.x)?;
     // Per coordinate: a displacement δ projects onto a random unit direction with RMS ‖δ‖/√d,
     // which is what the sliced W2 floor it is judged against resolves.
     let rms = (got
@@ -788,8 +874,8 @@ fn weak_order(
         "weak order on {sde_name}, {} grid (single Gaussian, exact propagation)",
         claims.grid_for(sde)
     );
-    let run = || -> Result<Vec<f64>> {
-        let model = fixture.oracle(&single_gaussian(), DType::F64)?;
+    let run = |on: &Target| -> Result<Vec<f64>> {
+        let model = fixture.oracle_on(&single_gaussian(), on, fixture.param.clone())?;
         ORDER_STEPS
             .iter()
             .map(|&n| {
@@ -800,6 +886,7 @@ fn weak_order(
                     fixture.param.clone(),
                     claims.grid_for(sde),
                     n,
+                    on,
                 )
             })
             .collect()
@@ -811,7 +898,9 @@ fn weak_order(
         tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
         what: "the weak error",
     };
-    push_order(report, plugin, check, &fit, run());
+    let c0 = sde.coefs(sde.t_max());
+    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
 fn exact_start(spec: &MixtureSpec, sde: &dyn ForwardSde, n: usize) -> Result<Tensor> {
@@ -834,21 +923,20 @@ fn sw2_at_default(
     param_name: &str,
     param: Arc<dyn Parameterization>,
 ) -> Result<()> {
-    let model = fixture.oracle_in(spec, DType::F64, param.clone())?;
+    let target = fixture.target.clone();
+    let model = fixture.oracle_on(spec, &target, param.clone())?;
     let pipeline = Pipeline::builder()
         .sde(sde.clone())
         .param(param)
         .model(model)
         .solver(solver.clone())
         .seed(RUN_SEED)
-        .dtype(DType::F64)
+        .device(target.device.clone())
+        .dtype(target.dtype)
         .build()?;
     let schedule = pipeline.schedule();
-    let out = pipeline.run(State::new(
-        exact_start(spec, &**sde, SAMPLES)?,
-        sde.t_max(),
-        0,
-    ))?;
+    let start = target.put(&exact_start(spec, &**sde, SAMPLES)?)?;
+    let out = pipeline.run(State::new(start, sde.t_max(), 0))?;
     let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
     report.push(
         plugin,
@@ -863,7 +951,7 @@ fn sw2_at_default(
         out.nfe == claimed_nfe,
         "the solver evaluates the model a different number of times than nfe_per_step × steps",
     );
-    let samples = out.state.x.flatten_all()?.to_vec1::<f64>()?;
+    let samples = host_vec(&out.state.x)?;
     // A plateauing solver is allowed its closed-form Langevin bias at t_ε on the narrowest
     // mode (DESIGN.md "Decisions").
     let allowance = match solver.claims().order {
@@ -909,14 +997,16 @@ fn small_run(
     steps: usize,
     dtype: DType,
 ) -> Result<Pipeline> {
+    let on = Target::new(fixture.target.device.clone(), dtype);
     Pipeline::builder()
         .sde(sde.clone())
         .param(fixture.param.clone())
-        .model(fixture.oracle(&ring(), dtype)?)
+        .model(fixture.oracle_on(&ring(), &on, fixture.param.clone())?)
         .solver(solver.clone())
         .steps(steps)
         .grid(solver.claims().grid_for(&**sde))
         .seed(RUN_SEED)
+        .device(on.device)
         .dtype(dtype)
         .build()
 }
@@ -931,7 +1021,8 @@ fn finite_everywhere(
 ) {
     let mut failures = Vec::new();
     for steps in FINITE_STEPS {
-        let outcome = small_run(fixture, solver, sde, steps, DType::F64).and_then(|p| p.sample(64));
+        let outcome =
+            small_run(fixture, solver, sde, steps, fixture.target.dtype).and_then(|p| p.sample(64));
         match outcome {
             Ok(out) if out.nfe == (solver.claims().nfe_per_step * steps) as u64 => {}
             Ok(out) => failures.push(format!("{steps} steps: {} NFE", out.nfe)),
@@ -964,7 +1055,12 @@ fn bit_identical(
     let steps = solver.default_schedule(&**sde).steps;
     let pipeline = small_run(fixture, solver, sde, steps, DType::F32)?;
     let bits = |n: usize| -> Result<Vec<Vec<u32>>> {
-        let x = pipeline.sample(n)?.state.x.to_vec2::<f32>()?;
+        let x = pipeline
+            .sample(n)?
+            .state
+            .x
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
         Ok(x.iter()
             .map(|r| r.iter().map(|v| v.to_bits()).collect())
             .collect())

@@ -1,0 +1,45 @@
+//! The contracts as a device runs them, in f32 (`cargo xtask conformance --device cuda`),
+//! here on the CPU: every parameterization and model, and the solvers whose orders f32
+//! rounding pinches hardest (rk4, order 4) and a stochastic one (ddpm), in the quick pass.
+//! Tolerances come from f32's epsilon; the truths compared against stay in f64 on the host.
+
+use candle_core::{DType, Device};
+use sdeflow_conformance::{Mode, Options, Target, run};
+use sdeflow_kernel::Result;
+
+fn pass(kind: &str, plugin: Option<&str>) -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let report = run(
+        registry,
+        &Options {
+            mode: Mode::Quick,
+            kind: Some(kind.into()),
+            plugin: plugin.map(Into::into),
+            target: Target::new(Device::Cpu, DType::F32),
+        },
+    );
+    println!("{report}");
+    assert!(!report.rows.is_empty(), "conformance ran no check");
+    assert!(report.all_passed(), "f32 conformance failures:\n{report}");
+    Ok(())
+}
+
+#[test]
+fn parameterizations_pass_in_f32() -> Result<()> {
+    pass("param", None)
+}
+
+#[test]
+fn models_pass_in_f32() -> Result<()> {
+    pass("model", None)
+}
+
+#[test]
+fn rk4_passes_in_f32() -> Result<()> {
+    pass("solver", Some("rk4"))
+}
+
+#[test]
+fn ddpm_passes_in_f32() -> Result<()> {
+    pass("solver", Some("ddpm"))
+}
