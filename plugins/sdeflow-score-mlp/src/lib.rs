@@ -238,14 +238,16 @@ impl ScoreModel for Mlp {
                 format!("λ = {} at t = {} is not finite", c.lambda, c.t),
             ));
         }
-        // W₁ [x; e] + b₁ = W₁ˣ x + (W₁ᵉ e + b₁): the embedding's part is one row.
+        // W₁ [x; e] + b₁ = W₁ˣ x + (W₁ᵉ e + b₁): the embedding's part is one row. The two
+        // column blocks of W₁ are copied contiguous first: cuBLAS (candle's CUDA matmul)
+        // refuses the transposed view of a column slice, which the CPU's gemm accepts.
         let shift = self
             .embedding(c.lambda)?
-            .matmul(&self.first_e.t()?)?
+            .matmul(&self.first_e.contiguous()?.t()?)?
             .broadcast_add(&self.first_b)?;
         let mut h = x
             .to_dtype(self.dtype)?
-            .matmul(&self.first_x.t()?)?
+            .matmul(&self.first_x.contiguous()?.t()?)?
             .broadcast_add(&shift)?
             .silu()?;
         for layer in &self.hidden {
