@@ -728,8 +728,8 @@ fn push_order(
 /// the error curve `run(target)`. Elsewhere the order is fitted on the host's f64 curve, since
 /// f32 rounding (~1e-6) floors a fourth-order method's error within two doublings of its
 /// asymptotic range; and a second row checks that the target's curve is that curve up to its
-/// rounding, |e_target(N) − e_f64(N)| ≤ N ε · scale at every N, `scale` the magnitude of the
-/// values stepped.
+/// rounding, |e_target(N) − e_f64(N)| ≤ [`ROUNDING_PER_STEP`] · N ε · scale at every N,
+/// `scale` the magnitude of the values stepped.
 fn order_rows(
     report: &mut Report,
     fixture: &Fixture<'_>,
@@ -769,8 +769,8 @@ fn order_rows(
                 agree,
                 format!("{worst:.3} N ε"),
                 "0",
-                format!("≤ 1 N ε × {}", num(scale)),
-                worst <= 1.0,
+                format!("≤ {ROUNDING_PER_STEP} N ε × {}", num(scale)),
+                worst <= ROUNDING_PER_STEP,
                 format!(
                     "the {} run strays from the f64 run by more than rounding: errors by N (target vs f64) {}",
                     target.label(),
@@ -789,6 +789,12 @@ fn order_rows(
         host,
     );
 }
+
+/// Rounding allowed per step, in epsilons of the target's dtype, in [`order_rows`]. Measured
+/// worst cases: 0.35 (rk4 on linear_flow, the CPU in f32) and 2.1 (euler on linear_flow,
+/// CUDA on an H100, whose kernels divide and exponentiate to a few ulps). A solver computing
+/// something else misses by its own error, 1e4 N ε and more at N = 16.
+pub const ROUNDING_PER_STEP: f64 = 8.0;
 
 /// Samples in the paired comparison against the reference.
 pub const PAIRED_SAMPLES: usize = 2_000;
