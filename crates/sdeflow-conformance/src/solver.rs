@@ -136,6 +136,11 @@ fn claimed_order(order: Order) -> Option<f64> {
     }
 }
 
+/// The single Gaussian's marginal variance per coordinate at `c`: α² s² + σ².
+fn single_var(c: &TimeCoefs) -> f64 {
+    c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma
+}
+
 fn rows_f64(x: &Tensor) -> Result<Vec<Vec<f64>>> {
     Ok(Target::host(x)?.to_vec2::<f64>()?)
 }
@@ -244,7 +249,7 @@ pub fn exact_weak_error(
 ) -> Result<f64> {
     let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps, target)?;
     let m = &single_gaussian().means[0];
-    let exact_var = c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma;
+    let exact_var = single_var(&c);
     let w2sq: f64 = (0..m.len())
         .map(|j| (mean[j] - c.alpha * m[j]).powi(2) + (var[j].sqrt() - exact_var.sqrt()).powi(2))
         .sum();
@@ -470,8 +475,7 @@ fn flow_order(
         tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
         what: "the pathwise error",
     };
-    let c0 = sde.coefs(sde.t_max());
-    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    let scale = single_var(&sde.coefs(sde.t_max())).sqrt();
     order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
@@ -546,7 +550,7 @@ fn plateau(
         t_eps: t_star,
     };
     let c = sde.coefs(t_star);
-    let v = c.alpha * c.alpha * SINGLE_STD * SINGLE_STD + c.sigma * c.sigma;
+    let v = single_var(&c);
     let d = single_gaussian().dim() as f64;
     let want = d.sqrt() * plateau_bias(v, snr, c.sigma);
     let run = || -> Result<Vec<f64>> {
@@ -662,8 +666,7 @@ fn strong_order(
         tolerance_text: "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
         what: "the pathwise error on a shared Brownian path",
     };
-    let c0 = sde.coefs(sde.t_max());
-    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    let scale = single_var(&sde.coefs(sde.t_max())).sqrt();
     order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
@@ -904,8 +907,7 @@ fn weak_order(
         tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
         what: "the weak error",
     };
-    let c0 = sde.coefs(sde.t_max());
-    let scale = (c0.alpha * c0.alpha * SINGLE_STD * SINGLE_STD + c0.sigma * c0.sigma).sqrt();
+    let scale = single_var(&sde.coefs(sde.t_max())).sqrt();
     order_rows(report, fixture, plugin, check, &fit, scale, run);
 }
 
