@@ -29,15 +29,10 @@ pub enum DtypeArg {
 
 /// The device and dtype the run asks for, or why it cannot have them.
 fn target(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Target> {
-    let (dev, feature) = match device {
-        DeviceArg::Cpu => (Ok(Device::Cpu), ""),
-        DeviceArg::Cuda => (Device::new_cuda(0), "cuda"),
-        DeviceArg::Metal => (Device::new_metal(0), "metal"),
-    };
-    let built = match device {
-        DeviceArg::Cpu => true,
-        DeviceArg::Cuda => candle_core::utils::cuda_is_available(),
-        DeviceArg::Metal => candle_core::utils::metal_is_available(),
+    let (feature, built) = match device {
+        DeviceArg::Cpu => ("", true),
+        DeviceArg::Cuda => ("cuda", candle_core::utils::cuda_is_available()),
+        DeviceArg::Metal => ("metal", candle_core::utils::metal_is_available()),
     };
     if !built {
         return Err(Error::invalid(
@@ -48,7 +43,12 @@ fn target(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Target> {
             ),
         ));
     }
-    let dev = dev.map_err(|e| {
+    let dev = match device {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => Device::new_cuda(0),
+        DeviceArg::Metal => Device::new_metal(0),
+    }
+    .map_err(|e| {
         Error::invalid(
             "conformance",
             "--device",
