@@ -5,23 +5,33 @@
 //! samples of the `mlp` score model (untrained, default shape: 3 hidden layers of 256) under
 //! VP, in f32, with the pipeline's default 1,024-row chunks:
 //! - the overhead ratio = sampling wall time / (NFE × the model's own time on the same chunked
-//!   calls), the model's time measured by calling `forward` on the same chunks (the last one
-//!   zero-padded) outside the pipeline; the padding waste (padded rows / rows) beside it;
-//! - samples per second at NFE 10, 20, 50 and 100;
+//!   calls), with the padding waste (padded rows / rows) beside it;
+//! - samples per second at NFE 10, 20, 50 and 100 (the fastest of `--repeats` runs);
 //! - the solver's own time per step with a free model (zeros out, no arithmetic): everything
 //!   the framework does per step — noise included.
 //!
-//! The ratio is measured in pairs: each sampling run at NFE 100 is followed by the same number
-//! of the model's own calls, and the median of the `--repeats` ratios is reported with their
-//! range, so that a drift of the machine's speed shows in both halves of a pair. The model's
-//! one-call time in the header and the throughput columns at NFE 10, 20 and 50 are the fastest
-//! of `--repeats` runs. Built in release: from a debug build it re-runs itself with
-//! `cargo run --release`.
+//! **How the ratio is measured.** The model's own time on the pipeline's calls is taken call by
+//! call: in the timed runs the model is wrapped so that each call the pipeline makes is made
+//! again at once, on the same chunk and time (its *twin*, output dropped), and both are
+//! clocked. The sampling wall time is the run's, less its twins'. The two halves of the ratio
+//! are then measured milliseconds apart, so the seconds-long swings of a shared VM's speed
+//! (±3% between runs here) fall on both alike. The median over `--repeats` runs is printed
+//! with its range, and split in two factors:
+//! - *outside the model*: the run's time outside the model's calls over its time inside them:
+//!   the framework's own work — solver arithmetic, chunking, noise not hidden by the
+//!   prefetch, the finiteness checks — with the model present, cold caches included;
+//! - *model in run ÷ model alone*: the pipeline's calls over their twins. It is 1 unless the
+//!   framework slows the model down (caches, memory, the noise thread).
+//!
+//! Built in release: from a debug build it re-runs itself with `cargo run --release`.
 
 use std::{
     path::Path,
     process::{Command, ExitCode},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -96,23 +106,45 @@ impl ScoreModel for Free {
     }
 }
 
-/// A model that records the calls it gets (each chunk and its time), passing them on.
+/// A model that clocks its calls and, after each, makes the very same call again (its twin)
+/// and clocks that too: the twin is the model's own time on exactly the call the pipeline
+/// made, taken a few milliseconds after it, so that a drift of the machine's speed — seconds
+/// long on a shared VM — shows in both halves alike.
 #[derive(Debug)]
-struct Recorder {
+struct Clocked {
     inner: Arc<dyn ScoreModel>,
-    calls: Mutex<Vec<(Tensor, TimeCoefs)>>,
+    /// Nanoseconds inside the pipeline's own calls.
+    inside: AtomicU64,
+    /// Nanoseconds inside the twins.
+    twin: AtomicU64,
 }
 
-impl ScoreModel for Recorder {
+impl Clocked {
+    /// Seconds inside the pipeline's calls and inside their twins since the last call, and
+    /// starts again from zero.
+    fn take(&self) -> (f64, f64) {
+        let secs = |a: &AtomicU64| a.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        (secs(&self.inside), secs(&self.twin))
+    }
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl ScoreModel for Clocked {
     fn sample_shape(&self) -> Vec<usize> {
         self.inner.sample_shape()
     }
     fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
-        self.calls
-            .lock()
-            .map_err(|_| Error::Msg("the recorder's lock is poisoned".into()))?
-            .push((x.detach(), *c)); // not the graph a tracked x may carry
-        self.inner.forward(x, c, cond)
+        let start = Instant::now();
+        let out = self.inner.forward(x, c, cond)?;
+        self.inside.fetch_add(nanos_since(start), Ordering::Relaxed);
+        let start = Instant::now();
+        // Detached as it comes, as the denoiser does with the pipeline's own output.
+        drop(self.inner.forward(x, c, cond)?.detach());
+        self.twin.fetch_add(nanos_since(start), Ordering::Relaxed);
+        Ok(out)
     }
     fn rows_independent(&self) -> bool {
         self.inner.rows_independent()
@@ -120,6 +152,37 @@ impl ScoreModel for Recorder {
     fn load(&mut self, _path: &Path) -> Result<()> {
         Ok(())
     }
+}
+
+/// One sampling run with twins.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    /// The run's wall time, less its twins'.
+    wall: f64,
+    /// The time the run spent inside the model's calls.
+    inside: f64,
+    /// The model's own time on the same calls: the twins'.
+    replay: f64,
+}
+
+impl Pair {
+    fn ratio(&self) -> f64 {
+        self.wall / self.replay
+    }
+    /// The run's time outside the model, over its time inside.
+    fn outside(&self) -> f64 {
+        (self.wall - self.inside) / self.inside
+    }
+    /// The model's time inside the run, over its time on the same calls outside it.
+    fn model_drift(&self) -> f64 {
+        self.inside / self.replay
+    }
+}
+
+/// The median of `v` and its range.
+fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 /// The fastest of `repeats` runs of `f`, in seconds.
@@ -192,9 +255,9 @@ fn measure(args: &BenchArgs) -> Result<()> {
         args.repeats
     );
     println!(
-        "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio (range over runs) | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
+        "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio (range over runs) | outside the model (worst run) | model in run ÷ model alone (range) | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut worst: f64 = 0.0;
     for p in registry.solvers.all() {
         if args.solver.as_deref().is_some_and(|s| s != p.info.name) {
@@ -228,48 +291,44 @@ fn measure(args: &BenchArgs) -> Result<()> {
                 let wall = timed(args.repeats, || pl.sample(args.batch))?;
                 rates.push(args.batch as f64 / wall);
             }
-            // At NFE 100: the calls the pipeline makes of the model (its chunks, padded, at
-            // its times), recorded in one run; then each sampling run beside the model's own
-            // time on exactly those calls, one ratio per pair, so that a drift of the
-            // machine's speed shows in both halves.
-            let recorder = Arc::new(Recorder {
-                inner: mlp.clone(),
-                calls: Mutex::new(Vec::new()),
-            });
-            pipeline(recorder.clone(), BUDGETS[BUDGETS.len() - 1])?.sample(args.batch)?;
-            let calls = std::mem::take(
-                &mut *recorder
-                    .calls
-                    .lock()
-                    .map_err(|_| Error::Msg("the recorder's lock is poisoned".into()))?,
-            );
+            // At NFE 100: the throughput column, then the ratio from runs whose every model
+            // call has its twin.
             let pl = pipeline(mlp.clone(), BUDGETS[BUDGETS.len() - 1])?;
             let steps = pl.schedule().steps;
+            let wall = timed(args.repeats, || pl.sample(args.batch))?;
+            rates.push(args.batch as f64 / wall);
+            let clocked = Arc::new(Clocked {
+                inner: mlp.clone(),
+                inside: AtomicU64::new(0),
+                twin: AtomicU64::new(0),
+            });
+            let pl = pipeline(clocked.clone(), BUDGETS[BUDGETS.len() - 1])?;
             let mut pairs = Vec::new();
             for _ in 0..args.repeats.max(1) {
+                clocked.take();
                 let start = Instant::now();
                 pl.sample(args.batch)?;
                 let wall = start.elapsed().as_secs_f64();
-                let start = Instant::now();
-                for (x, c) in &calls {
-                    // Detached as it comes, as the denoiser does.
-                    drop(mlp.forward(x, c, None)?.detach());
-                }
-                pairs.push((wall, start.elapsed().as_secs_f64()));
+                let (inside, replay) = clocked.take();
+                pairs.push(Pair {
+                    wall: wall - replay,
+                    inside,
+                    replay,
+                });
             }
-            pairs.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
-            let (wall, model_total) = pairs[pairs.len() / 2];
-            let ratio = wall / model_total;
-            let (low, high) = (
-                pairs[0].0 / pairs[0].1,
-                pairs[pairs.len() - 1].0 / pairs[pairs.len() - 1].1,
-            );
-            rates.push(args.batch as f64 / wall);
+            let (ratio, low, high) = median_range(pairs.iter().map(Pair::ratio).collect());
+            let (outside, _, outside_high) =
+                median_range(pairs.iter().map(Pair::outside).collect());
+            let (drift, drift_low, drift_high) =
+                median_range(pairs.iter().map(Pair::model_drift).collect());
+            let model_total = median_range(pairs.iter().map(|p| p.replay).collect()).0;
             worst = worst.max(ratio);
             let free = pipeline(Arc::new(Free(d)), 100)?;
             let free_time = timed(args.repeats, || free.sample(args.batch))? / steps as f64;
             println!(
-                "| {label} | {steps} | {wall:.3} | {model_total:.3} | {ratio:.4} ({low:.4}–{high:.4}) | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                "| {label} | {steps} | {wall:.3} | {model_total:.3} | {ratio:.4} ({low:.4}–{high:.4}) | {:.2}% (≤ {:.2}%) | {drift:.4} ({drift_low:.4}–{drift_high:.4}) | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                outside * 100.0,
+                outside_high * 100.0,
                 rates[0],
                 rates[1],
                 rates[2],
