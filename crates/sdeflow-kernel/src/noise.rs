@@ -53,8 +53,10 @@ fn block(key: [u32; 2], sample: u64, block: u64) -> [u32; 4] {
 }
 
 /// Fills `out` with the normals of `sample` at draw indices `first..first + out.len()`, each
-/// Philox block's four words making two Box–Muller pairs.
-fn fill_normals<T: Copy>(
+/// Philox block's four words making two Box–Muller pairs: words 0 and 1 give draws 4k and
+/// 4k + 1, words 2 and 3 draws 4k + 2 and 4k + 3. A pair none of whose draws is asked for is
+/// not computed (a 2-D sample asks for half a block per step).
+fn fill_normals<T: Copy + Default>(
     key: [u32; 2],
     sample: u64,
     first: u64,
@@ -65,16 +67,18 @@ fn fill_normals<T: Copy>(
     let mut j = 0;
     while j < out.len() {
         let w = block(key, sample, idx / 4);
-        let (n0, n1) = pair(w[0], w[1]);
-        let (n2, n3) = pair(w[2], w[3]);
-        for &v in &[n0, n1, n2, n3][(idx % 4) as usize..] {
-            if j == out.len() {
-                break;
-            }
-            out[j] = v;
-            j += 1;
-            idx += 1;
+        let lane = (idx % 4) as usize;
+        let end = 4.min(lane + out.len() - j);
+        let mut n = [T::default(); 4];
+        if lane < 2 {
+            (n[0], n[1]) = pair(w[0], w[1]);
         }
+        if end > 2 {
+            (n[2], n[3]) = pair(w[2], w[3]);
+        }
+        out[j..j + end - lane].copy_from_slice(&n[lane..end]);
+        j += end - lane;
+        idx += (end - lane) as u64;
     }
 }
 
