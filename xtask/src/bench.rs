@@ -240,6 +240,25 @@ fn measure(args: &BenchArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()
     };
     let model_time = timed(args.repeats.max(5), model_once)?;
+    // One step's noise for the batch, in f32, on one thread: what the prefetch thread computes
+    // while the model runs.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| Error::Msg(format!("cannot start a thread pool: {e}")))?;
+    let noise_time = one_thread.install(|| {
+        timed(args.repeats.max(5) * 10, || {
+            philox_normal_tensor(
+                philox_key(0, Stream::Sampling),
+                0,
+                args.batch,
+                d,
+                2,
+                DType::F32,
+                &Device::Cpu,
+            )
+        })
+    })?;
     println!(
         "CPU, {} threads (RAYON_NUM_THREADS; candle reports {}), batch {}, f32, vp × eps, mlp {}",
         args.threads,
@@ -248,11 +267,18 @@ fn measure(args: &BenchArgs) -> Result<()> {
         (registry.models.get("mlp")?.info.default_params)(),
     );
     println!(
-        "model: {:.3} ms per NFE on {chunks} chunks of {chunk} rows; padding waste {padded}/{} rows = {:.2}%; fastest of {} runs\n",
+        "model: {:.3} ms per NFE on {chunks} chunks of {chunk} rows; padding waste {padded}/{} rows = {:.2}%; fastest of {} runs",
         model_time * 1e3,
         args.batch,
         100.0 * padded as f64 / args.batch as f64,
         args.repeats
+    );
+    println!(
+        "noise: {:.3} ms per step's draw ({} × {d} f32 normals, {:.1} ns each, one thread; fastest of {} runs)\n",
+        noise_time * 1e3,
+        args.batch,
+        noise_time * 1e9 / (args.batch * d) as f64,
+        args.repeats.max(5) * 10
     );
     println!(
         "| solver | steps at NFE 100 | wall (s) | NFE × model (s) | overhead ratio (range over runs) | outside the model (worst run) | model in run ÷ model alone (range) | samples/s at NFE 10 | 20 | 50 | 100 | free-model time per step (ms) |"
