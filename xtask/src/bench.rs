@@ -156,26 +156,26 @@ impl ScoreModel for Clocked {
 
 /// One sampling run with twins.
 #[derive(Debug, Clone, Copy)]
-struct Pair {
+struct TwinRun {
     /// The run's wall time, less its twins'.
     wall: f64,
     /// The time the run spent inside the model's calls.
     inside: f64,
     /// The model's own time on the same calls: the twins'.
-    replay: f64,
+    twins: f64,
 }
 
-impl Pair {
+impl TwinRun {
     fn ratio(&self) -> f64 {
-        self.wall / self.replay
+        self.wall / self.twins
     }
     /// The run's time outside the model, over its time inside.
     fn outside(&self) -> f64 {
         (self.wall - self.inside) / self.inside
     }
-    /// The model's time inside the run, over its time on the same calls outside it.
+    /// The model's time inside the run, over its twins'.
     fn model_drift(&self) -> f64 {
-        self.inside / self.replay
+        self.inside / self.twins
     }
 }
 
@@ -329,25 +329,25 @@ fn measure(args: &BenchArgs) -> Result<()> {
                 twin: AtomicU64::new(0),
             });
             let pl = pipeline(clocked.clone(), BUDGETS[BUDGETS.len() - 1])?;
-            let mut pairs = Vec::new();
+            let mut runs = Vec::new();
             for _ in 0..args.repeats.max(1) {
                 clocked.take();
                 let start = Instant::now();
                 pl.sample(args.batch)?;
                 let wall = start.elapsed().as_secs_f64();
-                let (inside, replay) = clocked.take();
-                pairs.push(Pair {
-                    wall: wall - replay,
+                let (inside, twins) = clocked.take();
+                runs.push(TwinRun {
+                    wall: wall - twins,
                     inside,
-                    replay,
+                    twins,
                 });
             }
-            let (ratio, low, high) = median_range(pairs.iter().map(Pair::ratio).collect());
+            let (ratio, low, high) = median_range(runs.iter().map(TwinRun::ratio).collect());
             let (outside, _, outside_high) =
-                median_range(pairs.iter().map(Pair::outside).collect());
+                median_range(runs.iter().map(TwinRun::outside).collect());
             let (drift, drift_low, drift_high) =
-                median_range(pairs.iter().map(Pair::model_drift).collect());
-            let model_total = median_range(pairs.iter().map(|p| p.replay).collect()).0;
+                median_range(runs.iter().map(TwinRun::model_drift).collect());
+            let model_total = median_range(runs.iter().map(|p| p.twins).collect()).0;
             worst = worst.max(ratio);
             let free = pipeline(Arc::new(Free(d)), 100)?;
             let free_time = timed(args.repeats, || free.sample(args.batch))? / steps as f64;
