@@ -6,8 +6,8 @@
 //! known answers): the 128-bit counter holds (draw block, sample index), the key the seed and
 //! a stream tag; Box–Muller turns each pair of words into two normals.
 //!
-//! Tensors of f32 draws are computed 16 samples at a time, one per SIMD lane (Philox and the
-//! uniforms; libm's logarithm and sines lane by lane), across the current pool's threads from
+//! Tensors of f32 draws are computed 16 samples at a time, one per SIMD lane (Philox; Box–Muller
+//! with libm's logarithm and sines lane by lane), across the current pool's threads from
 //! 2^14 draws: 6.5 ns per normal on one thread of the 2-core CI VM, against 14 ns row by row
 //! (`cargo xtask bench` prints it). The lanes give the row filler's bits (tested).
 
@@ -326,8 +326,8 @@ fn philox_lanes(c: &mut [[u32; LANES]; 4], mut key: [u32; 2]) {
 
 /// Fills `out`, the rows of samples `first..first + out.len() / cols`, at most [`LANES`] of
 /// them, with their normals at draw indices `draw..draw + cols`, in f32: the same bits as
-/// [`fill_normals_f32`] row by row. The Philox blocks and the uniforms run across the lanes;
-/// the logarithms and sines, libm's, one lane at a time.
+/// [`fill_normals_f32`] row by row. The Philox blocks run across the lanes; Box–Muller, with
+/// libm's logarithm and sines, one lane at a time.
 fn fill_rows_f32(key: [u32; 2], first: u64, draw: u64, cols: usize, out: &mut [f32]) {
     let rows = out.len() / cols;
     let mut idx = draw;
@@ -344,30 +344,20 @@ fn fill_rows_f32(key: [u32; 2], first: u64, draw: u64, cols: usize, out: &mut [f
             samples.map(|s| (s >> 32) as u32),
         ];
         philox_lanes(&mut c, key);
-        // Box–Muller on words (0, 1) for draws 4b, 4b + 1 and on (2, 3) for 4b + 2, 4b + 3:
-        // r = √(−2 ln u₁), (cos, sin) of 2π u₂, as `box_muller_f32` does.
+        // Box–Muller on words (0, 1) for draws 4b, 4b + 1 and on (2, 3) for 4b + 2, 4b + 3.
         for pair in [0, 2] {
             if word >= pair + 2 || end <= pair {
                 continue; // none of this pair's draws is asked for
             }
-            let (mut r, mut sin, mut cos) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
             for l in 0..LANES {
-                r[l] = -2.0 * u32_to_unit_f32(c[pair][l]).ln();
-                (sin[l], cos[l]) =
-                    (std::f32::consts::TAU * u32_to_unit_f32(c[pair + 1][l])).sin_cos();
-            }
-            for v in &mut r {
-                *v = v.sqrt();
+                (even[l], odd[l]) = box_muller_f32(c[pair][l], c[pair + 1][l]);
             }
             for k in word.max(pair)..end.min(pair + 2) {
                 let col = j + k - word;
-                let trig = if k == pair { &cos } else { &sin };
-                for (row, (r, t)) in out
-                    .chunks_exact_mut(cols)
-                    .zip(r.iter().zip(trig))
-                    .take(rows)
-                {
-                    row[col] = r * t;
+                let normals = if k == pair { &even } else { &odd };
+                for (row, n) in out.chunks_exact_mut(cols).zip(normals).take(rows) {
+                    row[col] = *n;
                 }
             }
         }
