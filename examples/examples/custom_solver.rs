@@ -6,59 +6,33 @@
 use candle_core::Device;
 use sdeflow_conformance::{Mode, Options};
 use sdeflow_kernel::{
-    Config, Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext, register_solver,
-    rk::{ButcherTableau, rk_step},
+    Config, Result, register_solver,
+    rk::{ButcherTableau, RkSolver},
 };
 use serde::{Deserialize, Serialize};
 
 /// Ralston's method, the second-order two-stage rule of least error bound:
-/// k₁ = F(x, t), k₂ = F(x + (2h/3) k₁, t + 2h/3), x + h (k₁/4 + 3k₂/4).
+/// k₁ = F(x, t), k₂ = F(x + (2h/3) k₁, t + 2h/3), x + h (k₁/4 + 3k₂/4). Its order and NFE
+/// per step are read off the tableau by [`RkSolver`].
 const RALSTON: ButcherTableau = ButcherTableau {
     name: "ralston",
     a: &[&[], &[2.0 / 3.0]],
     b: &[0.25, 0.75],
     c: &[0.0, 2.0 / 3.0],
     order: 2,
+    embedded: None,
 };
 
+/// Ralston's method has no parameters.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {}
-
-#[derive(Debug)]
-struct Ralston;
-
-impl Solver for Ralston {
-    fn claims(&self) -> SolverClaims {
-        SolverClaims {
-            order: Order::Ode(2.0),
-            nfe_per_step: 2,
-            stochastic: false,
-            affine: true,
-            equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
-        }
-    }
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
-            steps: 250,
-            grid: sde.default_grid(),
-        }
-    }
-    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        Ok(Step::to(state.with_x(rk_step(&RALSTON, ctx, &state.x)?)))
-    }
-}
 
 register_solver!(
     "ralston",
     "Ralston's method on the PF-ODE: order 2, 2 NFE per step",
     Params,
-    |_: Params| {
-        RALSTON.validate()?;
-        Ok(Ralston)
-    }
+    |_: Params| RkSolver::new(&RALSTON, 250)
 );
 
 const CONFIG: &str = "(sde: vp(), param: eps(), solver: ralston(), samples: 2000, dtype: f64,

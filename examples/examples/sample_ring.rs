@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let (mean, cov) = sdeflow_examples::moments(&out.state.x)?;
     println!(
         "{} steps, {} NFE, {secs:.2} s",
-        pipeline.schedule().steps,
+        pipeline.discretization().steps,
         out.nfe
     );
     println!(

@@ -96,7 +96,7 @@ fn main() -> Result<()> {
             };
             let solver = registry.solver(p.info.name, params)?;
             let claims = solver.claims();
-            let grid = solver.default_schedule(&*sde).grid;
+            let grid = solver.default_discretization(&*sde).grid;
             for budget in BUDGETS {
                 let steps = (budget / claims.nfe_per_step).max(1);
                 let d = sw.distance(&run(solver.clone(), steps, None, SAMPLES)?)?;

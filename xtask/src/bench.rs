@@ -298,7 +298,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
             };
             let solver = registry.solver(p.info.name, params)?;
             let per_step = solver.claims().nfe_per_step;
-            let grid = solver.default_schedule(&*sde).grid;
+            let grid = solver.default_discretization(&*sde).grid;
             let pipeline = |model: Arc<dyn ScoreModel>, budget: usize| -> Result<Pipeline> {
                 Pipeline::builder()
                     .sde(sde.clone())
@@ -320,7 +320,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
             // At NFE 100: the throughput column, then the ratio from runs whose every model
             // call has its twin.
             let pl = pipeline(mlp.clone(), BUDGETS[BUDGETS.len() - 1])?;
-            let steps = pl.schedule().steps;
+            let steps = pl.discretization().steps;
             let wall = timed(args.repeats, || pl.sample(args.batch))?;
             rates.push(args.batch as f64 / wall);
             let clocked = Arc::new(Clocked {

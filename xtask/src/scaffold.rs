@@ -166,7 +166,7 @@ const SOLVER_LIB: &str = r#"//! `{{name}}`: Euler's method on the probability-fl
 //! §I.7.
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
+    Equation, ForwardSde, GridKind, Order, Result, Discretization, Solver, SolverClaims, State, Step,
     StepContext, ops::lin2, register_solver,
 };
 use serde::{Deserialize, Serialize};
@@ -188,12 +188,12 @@ impl Solver for {{Type}} {
             stochastic: false,
             affine: true,
             equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
+            natural_grid: GridKind::Uniform,
         }
     }
 
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 1000,
             grid: sde.default_grid(),
         }
@@ -278,7 +278,7 @@ const SDE_LIB: &str = r#"//! `{{name}}`: the variance-preserving SDE with a cons
 //! # References
 //! Song et al., ICLR 2021, eq. (11) (VP SDE with β(t) constant).
 
-use sdeflow_kernel::{Error, ForwardSde, GridKind, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, GridKind, Result, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The SDE's parameters.
@@ -316,9 +316,6 @@ impl {{Type}} {
 }
 
 impl ForwardSde for {{Type}} {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }

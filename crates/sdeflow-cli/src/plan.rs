@@ -43,7 +43,7 @@ pub fn claims_text(c: &SolverClaims) -> String {
         }
     };
     format!(
-        "{order}; {} NFE per step; {}; integrates the {}; converges on {}",
+        "{order}; {} NFE per step; {}; integrates the {}; converges on a {} grid",
         c.nfe_per_step,
         if c.stochastic {
             "stochastic"
@@ -52,9 +52,6 @@ pub fn claims_text(c: &SolverClaims) -> String {
         },
         c.equation,
         c.natural_grid
-            .map_or("the SDE's default grid".to_string(), |g| format!(
-                "a {g} grid"
-            ))
     )
 }
 
@@ -112,11 +109,10 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
             let sde = registry.sde(name, "()")?;
             let _ = writeln!(
                 s,
-                "\n## At the defaults\nT = {}, t_ε = {:e}, prior N(0, {}² I), family {:?}, default grid {}",
+                "\n## At the defaults\nT = {}, t_ε = {:e}, prior N(0, {}² I), default grid {}",
                 sde.t_max(),
                 sde.t_eps(),
                 sde.prior_std(),
-                sde.family(),
                 sde.default_grid()
             );
         }
@@ -144,7 +140,7 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
     let pipeline = config.pipeline(candle_core::Device::Cpu)?;
     let sde = pipeline.sde();
     let claims = pipeline.solver().claims();
-    let schedule = pipeline.schedule();
+    let schedule = pipeline.discretization();
     let mut s = String::new();
     let _ = writeln!(s, "config  {}", config.file);
     let _ = writeln!(

@@ -160,7 +160,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         }))
     };
     let pipeline = config.builder(device.clone()).progress(progress).build()?;
-    let schedule = pipeline.schedule();
+    let schedule = pipeline.discretization();
     let start = Instant::now();
     let first = pipeline.prior_state(0, config.samples)?;
     let x_start = first.x.clone();

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
     Denoiser, ForwardSde, GridKind, ModelContext, Order, Parameterization, Pipeline, Registry,
-    Result, ScoreModel, Solver, State, StepContext, TimeCoefs, bail,
+    Result, RunContext, ScoreModel, Solver, State, StepSpan, TimeCoefs, bail,
     noise::{BrownianNoise, ConstantNoise, NoiseRequest, NoiseSource},
 };
 
@@ -197,7 +197,12 @@ fn propagate_exactly(
     let mut var = vec![c0.alpha * c0.alpha * s2 + c0.sigma * c0.sigma; d];
     for i in 0..steps {
         let (from, to) = (sde.coefs(times[i]), sde.coefs(times[i + 1]));
-        let ctx = StepContext::new(sde, &denoiser, &zero, RUN_SEED, from, to, i, steps);
+        let ctx = RunContext::new(sde, &denoiser, &zero, RUN_SEED).step(StepSpan {
+            from,
+            to,
+            step: i,
+            steps,
+        });
         let affine = rows_f64(
             &solver
                 .step(&ctx, &State::new(probe.clone(), from.t, 0))?
@@ -214,7 +219,12 @@ fn propagate_exactly(
         let mut noise_var = vec![0.0; d];
         for k in 0..draws {
             let unit = UnitDraw(k);
-            let ctx_k = StepContext::new(sde, &denoiser, &unit, RUN_SEED, from, to, i, steps);
+            let ctx_k = RunContext::new(sde, &denoiser, &unit, RUN_SEED).step(StepSpan {
+                from,
+                to,
+                step: i,
+                steps,
+            });
             let noisy = rows_f64(
                 &solver
                     .step(&ctx_k, &State::new(origin.clone(), from.t, 0))?
@@ -454,7 +464,7 @@ fn flow_order(
     let Some(claim) = claimed_order(claims.order) else {
         return;
     };
-    let grid = claims.grid_for(&**sde);
+    let grid = claims.natural_grid;
     let check = format!(
         "order on {sde_name}, {grid} grid (pathwise vs the exact PF-ODE flow of a Gaussian)"
     );
@@ -487,9 +497,6 @@ struct StoppedAt<'a> {
 }
 
 impl ForwardSde for StoppedAt<'_> {
-    fn family(&self) -> sdeflow_kernel::SdeFamily {
-        self.inner.family()
-    }
     fn t_max(&self) -> f64 {
         self.inner.t_max()
     }
@@ -539,7 +546,7 @@ fn plateau(
     sde: &dyn ForwardSde,
     snr: f64,
 ) {
-    let grid = solver.claims().grid_for(sde);
+    let grid = solver.claims().natural_grid;
     let t_star = sde.t_of_log_snr(-SINGLE_STD.ln());
     let check = format!(
         "plateau on {sde_name}, {grid} grid, stopped at t★ = {} where σ² = v/2 (single Gaussian, exact propagation)",
@@ -615,7 +622,7 @@ fn strong_order(
     sde: &Arc<dyn ForwardSde>,
     claim: f64,
 ) {
-    let grid = solver.claims().grid_for(&**sde);
+    let grid = solver.claims().natural_grid;
     let check = format!("strong order on {sde_name}, {grid} grid (shared Brownian path)");
     let run = |target: &Target| -> Result<Vec<f64>> {
         let spec = single_gaussian();
@@ -834,7 +841,7 @@ fn paired_error(
         .device(target.device.clone())
         .dtype(target.dtype)
         .build()?;
-    let schedule = pipeline.schedule();
+    let schedule = pipeline.discretization();
     let start = target.put(&exact_start(spec, &**sde, PAIRED_SAMPLES)?)?;
     let got = host_vec(&pipeline.run(State::new(start, sde.t_max(), 0))?.state.x)?;
     // Per coordinate: a displacement δ projects onto a random unit direction with RMS ‖δ‖/√d,
@@ -881,7 +888,7 @@ fn weak_order(
     };
     let check = format!(
         "weak order on {sde_name}, {} grid (single Gaussian, exact propagation)",
-        claims.grid_for(sde)
+        claims.natural_grid
     );
     let run = |on: &Target| -> Result<Vec<f64>> {
         let model = fixture.oracle_on(&single_gaussian(), on, fixture.param.clone())?;
@@ -893,7 +900,7 @@ fn weak_order(
                     solver,
                     model.clone(),
                     fixture.param.clone(),
-                    claims.grid_for(sde),
+                    claims.natural_grid,
                     n,
                     on,
                 )
@@ -942,7 +949,7 @@ fn sw2_at_default(
         .device(target.device.clone())
         .dtype(target.dtype)
         .build()?;
-    let schedule = pipeline.schedule();
+    let schedule = pipeline.discretization();
     let start = target.put(&exact_start(spec, &**sde, SAMPLES)?)?;
     let out = pipeline.run(State::new(start, sde.t_max(), 0))?;
     let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
@@ -1012,7 +1019,7 @@ fn small_run(
         .model(fixture.oracle_on(&ring(), &on, fixture.param.clone())?)
         .solver(solver.clone())
         .steps(steps)
-        .grid(solver.claims().grid_for(&**sde))
+        .grid(solver.claims().natural_grid)
         .seed(RUN_SEED)
         .device(on.device)
         .dtype(dtype)
@@ -1060,7 +1067,7 @@ fn bit_identical(
     sde_name: &str,
     sde: &Arc<dyn ForwardSde>,
 ) -> Result<()> {
-    let steps = solver.default_schedule(&**sde).steps;
+    let steps = solver.default_discretization(&**sde).steps;
     let pipeline = small_run(fixture, solver, sde, steps, DType::F32)?;
     let bits = |n: usize| -> Result<Vec<Vec<u32>>> {
         let x = pipeline

@@ -46,8 +46,10 @@ pub use model::{ModelContext, ScoreModel};
 pub use param::{Parameterization, convert};
 pub use pipeline::{Pipeline, PipelineBuilder, SampleOutput};
 pub use registry::Registry;
-pub use sde::{ForwardSde, SdeFamily};
-pub use solver::{Equation, Order, Schedule, Solver, SolverClaims, Step, StepContext};
+pub use sde::ForwardSde;
+pub use solver::{
+    Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,
+};
 pub use state::{HistoryEntry, State};
 pub use weighting::Weighting;
 

@@ -11,7 +11,7 @@ use crate::{
     grid::GridKind,
     noise::{NoiseRequest, NoiseSource, PhiloxNoise, Prefetch},
     ops::all_finite,
-    solver::{Schedule, StepContext},
+    solver::{Discretization, RunContext, StepSpan},
 };
 
 /// A callback after every step: `(steps done, total steps)`.
@@ -125,8 +125,8 @@ impl PipelineBuilder {
         let param = self.param.ok_or_else(|| missing("param"))?;
         let model = self.model.ok_or_else(|| missing("model"))?;
         let solver = self.solver.ok_or_else(|| missing("solver"))?;
-        let default = solver.default_schedule(&*sde);
-        let schedule = Schedule {
+        let default = solver.default_discretization(&*sde);
+        let schedule = Discretization {
             steps: self.steps.unwrap_or(default.steps),
             grid: self.grid.unwrap_or(default.grid),
         };
@@ -165,7 +165,7 @@ pub struct Pipeline {
     param: Arc<dyn Parameterization>,
     model: Arc<dyn ScoreModel>,
     solver: Arc<dyn Solver>,
-    schedule: Schedule,
+    schedule: Discretization,
     times: Vec<f64>,
     seed: u64,
     chunk_rows: Option<usize>,
@@ -200,7 +200,7 @@ impl Pipeline {
         &self.times
     }
     /// The step count and grid in use.
-    pub fn schedule(&self) -> Schedule {
+    pub fn discretization(&self) -> Discretization {
         self.schedule
     }
     /// The SDE.
@@ -282,11 +282,16 @@ impl Pipeline {
         let mut trajectory = Vec::new();
         let span = tracing::debug_span!("sample", steps, rows = state.x.dim(0)?);
         let _enter = span.enter();
+        let run = RunContext::new(&*self.sde, &denoiser, &noise, self.seed);
         for i in first..steps {
             let from = self.sde.coefs(self.times[i]);
             let to = self.sde.coefs(self.times[i + 1]);
-            let ctx =
-                StepContext::new(&*self.sde, &denoiser, &noise, self.seed, from, to, i, steps);
+            let ctx = run.step(StepSpan {
+                from,
+                to,
+                step: i,
+                steps,
+            });
             let step = self.solver.step(&ctx, &state)?;
             let mut next = step.state;
             next.t = to.t;

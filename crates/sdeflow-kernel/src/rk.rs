@@ -1,8 +1,17 @@
-//! Explicit Runge–Kutta methods as data: a [`ButcherTableau`] that validates itself, and one
-//! engine, [`rk_step`], that runs any tableau on the probability-flow ODE (MATH.md §2, §5).
+//! Explicit Runge–Kutta methods as data: a [`ButcherTableau`] that validates itself, one
+//! engine, [`rk_integrate`], that runs any tableau on any ODE whose state is one or more
+//! tensors, and one solver, [`RkSolver`], that runs a tableau on the probability-flow ODE
+//! (MATH.md §2, §5).
 //!
-//! A solver plugin owns its tableau as a `const`, validates it once when it is built, and
-//! calls [`rk_step`] from its step; the PF-ODE drift is written once, in [`pf_ode_drift`].
+//! A Runge–Kutta solver plugin is its tableau as a `const`, an empty `Params` and one
+//! registration line building an [`RkSolver`]; its order and NFE per step are read off the
+//! tableau, and the PF-ODE drift is written once, in [`pf_ode_drift`].
+//!
+//! The tableau has room for what adaptive stepping and likelihoods need: embedded weights
+//! b̂ for a local error estimate ([`Embedded`]), first-same-as-last stages
+//! ([`ButcherTableau::is_fsal`], reused through `first_stage` in [`rk_integrate`]), order
+//! conditions up to order 5 (Dormand–Prince), and a state of several tensors
+//! ([`OdeField`]: x and the log-density change, say).
 //!
 //! The engine integrates in t: stage i evaluates the drift at t + c_i h with the SDE's
 //! coefficients at that time. k-diffusion and EDM step in σ̃ on x/α instead, which is a
@@ -18,6 +27,7 @@
 //!     b: &[0.5, 0.5],
 //!     c: &[0.0, 1.0],
 //!     order: 2,
+//!     embedded: None,
 //! };
 //! HEUN.validate()?;
 //! assert_eq!(HEUN.stages(), 2);
@@ -30,7 +40,8 @@
 use candle_core::Tensor;
 
 use crate::{
-    Error, Result, TimeCoefs,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
+    State, Step, TimeCoefs,
     ops::{lin2, lin3},
     solver::StepContext,
 };
@@ -40,13 +51,23 @@ use crate::{
 const TOL: f64 = 1e-14;
 
 /// The highest order whose conditions [`ButcherTableau::validate`] checks.
-pub const MAX_ORDER: u32 = 4;
+pub const MAX_ORDER: u32 = 5;
+
+/// Embedded weights b̂: a second solution of lower (or higher) order from the same stages,
+/// whose difference from the main one, h Σ_i (b_i − b̂_i) k_i, estimates the local error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Embedded {
+    /// The weights b̂, one per stage.
+    pub b: &'static [f64],
+    /// The order of the embedded solution, 1 to [`MAX_ORDER`].
+    pub order: u32,
+}
 
 /// An explicit Runge–Kutta method: stage i evaluates k_i = F(x + h Σ_{j<i} a_ij k_j, t + c_i h)
 /// and the step returns x + h Σ_i b_i k_i.
 ///
 /// Usable as a `const`; [`validate`](Self::validate) checks the shapes, c_i = Σ_j a_ij and
-/// the order conditions up to `order`.
+/// the order conditions up to `order` (and the embedded weights' up to theirs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ButcherTableau {
     /// The method's name, used in error messages.
@@ -59,6 +80,8 @@ pub struct ButcherTableau {
     pub c: &'static [f64],
     /// The claimed order, 1 to [`MAX_ORDER`].
     pub order: u32,
+    /// Embedded weights for a local error estimate (`None`: a fixed-step method).
+    pub embedded: Option<Embedded>,
 }
 
 /// One order condition Σ(terms) = target.
@@ -75,10 +98,22 @@ impl ButcherTableau {
         self.b.len()
     }
 
+    /// Whether the last stage is evaluated at the step's end point (first same as last):
+    /// c_s = 1 and its row of `a` is `b`, with b_s = 0. Then k_s = F(x_end, t_end) is the
+    /// next step's first stage, which [`rk_integrate`] takes as `first_stage`.
+    pub fn is_fsal(&self) -> bool {
+        let s = self.b.len();
+        s >= 2
+            && self.c.last() == Some(&1.0)
+            && self.b[s - 1] == 0.0
+            && self.a.last().is_some_and(|row| row[..] == self.b[..s - 1])
+    }
+
     /// Checks the shapes, that every coefficient is finite, that c_i = Σ_j a_ij (to 1e-14),
-    /// and the order conditions up to [`order`](Self::order) (Butcher trees up to order 4);
-    /// an order above 4 is rejected as unsupported. The error names the tableau, the
-    /// condition and its residual.
+    /// and the order conditions up to [`order`](Self::order) (Butcher trees up to order 5),
+    /// then the embedded weights' shape and conditions up to their order; an order above 5
+    /// is rejected as unsupported. The error names the tableau, the condition and its
+    /// residual.
     pub fn validate(&self) -> Result<()> {
         let fail = |reason: String| Error::invalid(self.name, "tableau", reason);
         let s = self.b.len();
@@ -104,22 +139,28 @@ impl ButcherTableau {
                 row.len()
             )));
         }
+        let embedded_b = self.embedded.map_or(&[][..], |e| e.b);
         let all = self
             .a
             .iter()
             .flat_map(|r| r.iter())
             .chain(self.b)
-            .chain(self.c);
+            .chain(self.c)
+            .chain(embedded_b);
         if let Some(v) = all.copied().find(|v| !v.is_finite()) {
             return Err(fail(format!("coefficient {v} is not finite")));
         }
-        if !(1..=MAX_ORDER).contains(&self.order) {
-            return Err(fail(format!(
-                "order {} is unsupported: the order conditions are checked for orders 1 to \
-                 {MAX_ORDER}",
-                self.order
-            )));
-        }
+        let supported = |order: u32, what: &str| {
+            if (1..=MAX_ORDER).contains(&order) {
+                Ok(())
+            } else {
+                Err(fail(format!(
+                    "{what}order {order} is unsupported: the order conditions are checked for \
+                     orders 1 to {MAX_ORDER}"
+                )))
+            }
+        };
+        supported(self.order, "")?;
         for (i, (row, &ci)) in self.a.iter().zip(self.c).enumerate() {
             let (sum, scale) = sum_and_scale(row);
             let residual = ci - sum;
@@ -130,22 +171,55 @@ impl ButcherTableau {
                 )));
             }
         }
-        for cond in self.conditions() {
+        self.check_conditions(self.b, self.order, "")?;
+        if let Some(e) = self.embedded {
+            if e.b.len() != s {
+                return Err(fail(format!(
+                    "the embedded weights have {} entries but `b` has {s}: one per stage",
+                    e.b.len()
+                )));
+            }
+            supported(e.order, "embedded ")?;
+            if e.b == self.b {
+                return Err(fail(
+                    "the embedded weights equal `b`: their error estimate would be zero".into(),
+                ));
+            }
+            self.check_conditions(e.b, e.order, "embedded ")?;
+        }
+        Ok(())
+    }
+
+    fn check_conditions(&self, weights: &[f64], order: u32, what: &str) -> Result<()> {
+        for cond in self.conditions_for(weights, order) {
             let (sum, scale) = sum_and_scale(&cond.terms);
             let residual = sum - cond.target;
             if residual.abs() > TOL * scale.max(1.0) {
-                return Err(fail(format!(
-                    "order-{} condition {} fails (residual {residual:e}); claimed order {}",
-                    cond.order, cond.formula, self.order
-                )));
+                return Err(Error::invalid(
+                    self.name,
+                    "tableau",
+                    format!(
+                        "{what}order-{} condition {} fails (residual {residual:e}); claimed \
+                         {what}order {order}",
+                        cond.order, cond.formula
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
-    /// The order conditions up to `self.order` (shapes already checked).
+    /// The order conditions of the main weights up to `self.order` (shapes already checked).
+    #[cfg(test)]
     fn conditions(&self) -> Vec<Condition> {
-        let (a, b, c) = (self.a, self.b, self.c);
+        self.conditions_for(self.b, self.order)
+    }
+
+    /// The order conditions of `weights` (b or b̂) up to `order`, one per rooted tree
+    /// (Hairer, Nørsett & Wanner, "Solving ODEs I", §II.2, Table 2.2); they take
+    /// c_i = Σ_j a_ij as already checked.
+    fn conditions_for(&self, b: &[f64], order: u32) -> Vec<Condition> {
+        let (a, c) = (self.a, self.c);
         // Every (i, j) with j < i, with a_ij.
         let pairs = || {
             a.iter()
@@ -158,7 +232,7 @@ impl ButcherTableau {
             terms: b.to_vec(),
             target: 1.0,
         }];
-        if self.order >= 2 {
+        if order >= 2 {
             out.push(Condition {
                 order: 2,
                 formula: "Σ b_i c_i = 1/2",
@@ -166,7 +240,7 @@ impl ButcherTableau {
                 target: 0.5,
             });
         }
-        if self.order >= 3 {
+        if order >= 3 {
             out.push(Condition {
                 order: 3,
                 formula: "Σ b_i c_i² = 1/3",
@@ -180,7 +254,7 @@ impl ButcherTableau {
                 target: 1.0 / 6.0,
             });
         }
-        if self.order >= 4 {
+        if order >= 4 {
             out.push(Condition {
                 order: 4,
                 formula: "Σ b_i c_i³ = 1/4",
@@ -215,13 +289,82 @@ impl ButcherTableau {
                 target: 1.0 / 24.0,
             });
         }
+        if order >= 5 {
+            out.extend(self.order_5_conditions(b));
+        }
         out
+    }
+
+    /// The nine order-5 conditions, written with the stage vectors (A v)_i = Σ_j a_ij v_j:
+    /// each term is b_i times one tree's elementary weight at stage i.
+    fn order_5_conditions(&self, b: &[f64]) -> Vec<Condition> {
+        let c = self.c;
+        let times =
+            |u: &[f64], v: &[f64]| -> Vec<f64> { u.iter().zip(v).map(|(x, y)| x * y).collect() };
+        let apply = |v: &[f64]| -> Vec<f64> {
+            self.a
+                .iter()
+                .map(|row| row.iter().zip(v).map(|(aij, vj)| aij * vj).sum())
+                .collect()
+        };
+        let c2 = times(c, c);
+        let c3 = times(&c2, c);
+        let ac = apply(c);
+        let ac2 = apply(&c2);
+        let aac = apply(&ac);
+        let trees: [(&'static str, Vec<f64>, f64); 9] = [
+            ("Σ b_i c_i⁴ = 1/5", times(&c3, c), 5.0),
+            ("Σ b_i c_i² a_ij c_j = 1/10", times(&c2, &ac), 10.0),
+            ("Σ b_i c_i a_ij c_j² = 1/15", times(c, &ac2), 15.0),
+            ("Σ b_i c_i a_ij a_jk c_k = 1/30", times(c, &aac), 30.0),
+            ("Σ b_i (a_ij c_j)(a_ik c_k) = 1/20", times(&ac, &ac), 20.0),
+            ("Σ b_i a_ij c_j³ = 1/20", apply(&c3), 20.0),
+            (
+                "Σ b_i a_ij c_j a_jk c_k = 1/40",
+                apply(&times(c, &ac)),
+                40.0,
+            ),
+            ("Σ b_i a_ij a_jk c_k² = 1/60", apply(&ac2), 60.0),
+            ("Σ b_i a_ij a_jk a_kl c_l = 1/120", apply(&aac), 120.0),
+        ];
+        trees
+            .into_iter()
+            .map(|(formula, phi, gamma)| Condition {
+                order: 5,
+                formula,
+                terms: times(b, &phi),
+                target: 1.0 / gamma,
+            })
+            .collect()
     }
 }
 
 /// (Σ v, Σ |v|).
 fn sum_and_scale(v: &[f64]) -> (f64, f64) {
     v.iter().fold((0.0, 0.0), |(s, a), x| (s + x, a + x.abs()))
+}
+
+/// The right-hand side F of an ODE dy/dt = F(y, t) whose state y is one or more tensors:
+/// x alone when sampling, x and the log-density change when computing a likelihood.
+pub trait OdeField {
+    /// F(y, t), one tensor per component of `y`, with the SDE's coefficients `c` at t.
+    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>>;
+
+    /// The SDE's coefficients at a stage's time between the step's end points.
+    fn coefs(&self, t: f64) -> TimeCoefs;
+}
+
+/// The probability-flow ODE on x alone, F = f x − ½ g² ŝ, read through a step's counted model.
+pub struct PfOde<'c, 'a>(pub &'c StepContext<'a>);
+
+impl OdeField for PfOde<'_, '_> {
+    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>> {
+        Ok(vec![pf_ode_drift(self.0, &y[0], c)?])
+    }
+
+    fn coefs(&self, t: f64) -> TimeCoefs {
+        self.0.coefs(t)
+    }
 }
 
 /// The probability-flow ODE drift F = f x − ½ g² ŝ (MATH.md §2) at `(x, c)`, with ŝ read
@@ -232,40 +375,114 @@ pub fn pf_ode_drift(ctx: &StepContext<'_>, x: &Tensor, c: &TimeCoefs) -> Result<
     lin2(f, x, -half_g2, &score)
 }
 
-/// One explicit Runge–Kutta step of `tableau` on the PF-ODE dx/dt = F(x, t), from
-/// `ctx.from.t` to `ctx.to.t`: with h = t_to − t_from (negative toward the data),
-/// k_i = F(x + h Σ_{j<i} a_ij k_j, t + c_i h) and x_s = x + h Σ_i b_i k_i.
-///
-/// Stage i takes its coefficients from `ctx.from` when c_i = 0, from `ctx.to` when c_i = 1,
-/// and from [`StepContext::coefs`] otherwise. One NFE per stage; no noise. The engine
-/// integrates in t (see the [module](self) docs). `tableau` is trusted: validate it once,
-/// when the solver is built, not here.
-pub fn rk_step(tableau: &ButcherTableau, ctx: &StepContext<'_>, x: &Tensor) -> Result<Tensor> {
-    let h = ctx.to.t - ctx.from.t;
-    let mut k: Vec<Tensor> = Vec::with_capacity(tableau.stages());
-    for (row, &ci) in tableau.a.iter().zip(tableau.c) {
-        let coefs = if ci == 0.0 {
-            ctx.from
-        } else if ci == 1.0 {
-            ctx.to
-        } else {
-            ctx.coefs(ctx.from.t + ci * h)
-        };
-        let x_stage = advance(x, h, row, &k)?;
-        k.push(pf_ode_drift(ctx, &x_stage, &coefs)?);
-    }
-    advance(x, h, tableau.b, &k)
+/// What one step of [`rk_integrate`] returns.
+#[derive(Debug, Clone)]
+pub struct RkStep {
+    /// The state at the step's end, one tensor per component.
+    pub y: Vec<Tensor>,
+    /// With embedded weights, the local error estimate h Σ_i (b_i − b̂_i) k_i per component.
+    pub error: Option<Vec<Tensor>>,
+    /// The last stage's derivative k_s; under an FSAL tableau it is F(y_end, t_end), the next
+    /// step's first stage.
+    pub last_stage: Vec<Tensor>,
 }
 
-/// x + h Σ_j w_j k_j, skipping zero weights, with the kernel's fused linear combinations.
-fn advance(x: &Tensor, h: f64, w: &[f64], k: &[Tensor]) -> Result<Tensor> {
+/// One explicit Runge–Kutta step of `tableau` on dy/dt = F(y, t) from `from.t` to `to.t`:
+/// with h = t_to − t_from (negative toward the data), k_i = F(y + h Σ_{j<i} a_ij k_j,
+/// t + c_i h) and y_end = y + h Σ_i b_i k_i, component by component.
+///
+/// Stage i takes its coefficients from `from` when c_i = 0, from `to` when c_i = 1, and from
+/// [`OdeField::coefs`] otherwise. `first_stage`, when given, is F(y, t_from) — the previous
+/// step's last stage under an FSAL tableau — and saves that evaluation. `tableau` is
+/// trusted: validate it once, when the solver is built, not here.
+pub fn rk_integrate(
+    tableau: &ButcherTableau,
+    field: &dyn OdeField,
+    y: &[Tensor],
+    from: &TimeCoefs,
+    to: &TimeCoefs,
+    first_stage: Option<Vec<Tensor>>,
+) -> Result<RkStep> {
+    let h = to.t - from.t;
+    let mut first_stage = first_stage;
+    // k[i][m]: stage i's derivative of component m.
+    let mut k: Vec<Vec<Tensor>> = Vec::with_capacity(tableau.stages());
+    for (i, (row, &ci)) in tableau.a.iter().zip(tableau.c).enumerate() {
+        if i == 0
+            && let Some(k0) = first_stage.take()
+        {
+            k.push(k0);
+            continue;
+        }
+        let coefs = if ci == 0.0 {
+            *from
+        } else if ci == 1.0 {
+            *to
+        } else {
+            field.coefs(from.t + ci * h)
+        };
+        let y_stage = (0..y.len())
+            .map(|m| advance(&y[m], h, row, &k, m))
+            .collect::<Result<Vec<_>>>()?;
+        k.push(field.eval(&y_stage, &coefs)?);
+    }
+    let y_end = (0..y.len())
+        .map(|m| advance(&y[m], h, tableau.b, &k, m))
+        .collect::<Result<Vec<_>>>()?;
+    let error = match tableau.embedded {
+        None => None,
+        Some(e) => {
+            let diff: Vec<f64> = tableau.b.iter().zip(e.b).map(|(b, bh)| b - bh).collect();
+            Some(
+                (0..y.len())
+                    .map(|m| match combination(h, &diff, &k, m)? {
+                        Some(d) => Ok(d),
+                        None => Ok(y[m].zeros_like()?),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        }
+    };
+    let last_stage = k.pop().unwrap_or_default();
+    Ok(RkStep {
+        y: y_end,
+        error,
+        last_stage,
+    })
+}
+
+/// One explicit Runge–Kutta step of `tableau` on the PF-ODE dx/dt = F(x, t), from
+/// `ctx.from.t` to `ctx.to.t` ([`rk_integrate`] on [`PfOde`]): one NFE per stage, no noise.
+pub fn rk_step(tableau: &ButcherTableau, ctx: &StepContext<'_>, x: &Tensor) -> Result<Tensor> {
+    let out = rk_integrate(
+        tableau,
+        &PfOde(ctx),
+        std::slice::from_ref(x),
+        &ctx.from,
+        &ctx.to,
+        None,
+    )?;
+    Ok(out.y.into_iter().next().unwrap_or_else(|| x.clone()))
+}
+
+/// y + h Σ_j w_j k_j[m]: component m advanced by the weights `w`.
+fn advance(y: &Tensor, h: f64, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Tensor> {
+    match combination(h, w, k, m)? {
+        None => Ok(y.clone()),
+        Some(inc) => Ok((y + inc)?),
+    }
+}
+
+/// h Σ_j w_j k_j[m], skipping zero weights, with the kernel's fused linear combinations
+/// (`None` when every weight is zero).
+fn combination(h: f64, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Option<Tensor>> {
     let terms: Vec<(f64, &Tensor)> = w
         .iter()
         .zip(k)
         .filter(|(wj, _)| **wj != 0.0)
-        .map(|(wj, kj)| (h * wj, kj))
+        .map(|(wj, kj)| (h * wj, &kj[m]))
         .collect();
-    let mut increment: Option<Tensor> = None;
+    let mut sum: Option<Tensor> = None;
     for chunk in terms.chunks(3) {
         let part = match *chunk {
             [(p, u)] => u.affine(p, 0.0)?,
@@ -273,26 +490,99 @@ fn advance(x: &Tensor, h: f64, w: &[f64], k: &[Tensor]) -> Result<Tensor> {
             [(p, u), (q, v), (r, w)] => lin3(p, u, q, v, r, w)?,
             _ => unreachable!("chunks(3) yields one to three terms"),
         };
-        increment = Some(match increment {
+        sum = Some(match sum {
             None => part,
-            Some(sum) => (sum + part)?,
+            Some(s) => (s + part)?,
         });
     }
-    match increment {
-        None => Ok(x.clone()),
-        Some(inc) => Ok((x + inc)?),
+    Ok(sum)
+}
+
+/// An explicit Runge–Kutta solver of the probability-flow ODE, built from a tableau: its
+/// claims are read off the tableau (order, one NFE per stage), and with embedded weights
+/// each step returns the local error estimate. A plugin is its tableau, an empty `Params`
+/// and `register_solver!(.., |_: Params| RkSolver::new(&TABLEAU, steps))`.
+///
+/// Claims: order `tableau.order` on a grid uniform in t; `stages` NFE per step (an FSAL
+/// tableau's last stage is not reused between fixed steps, so the count stays per step);
+/// deterministic; affine in x for an affine score; integrates the PF-ODE.
+#[derive(Debug, Clone, Copy)]
+pub struct RkSolver {
+    tableau: &'static ButcherTableau,
+    default_steps: usize,
+}
+
+impl RkSolver {
+    /// The solver of `tableau`, which is validated here (never at run time), taking
+    /// `default_steps` steps on the SDE's default grid unless a config says otherwise.
+    pub fn new(tableau: &'static ButcherTableau, default_steps: usize) -> Result<Self> {
+        tableau.validate()?;
+        if default_steps == 0 {
+            return Err(Error::invalid(
+                tableau.name,
+                "default_steps",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            tableau,
+            default_steps,
+        })
+    }
+
+    /// The tableau.
+    pub fn tableau(&self) -> &'static ButcherTableau {
+        self.tableau
+    }
+}
+
+impl Solver for RkSolver {
+    fn claims(&self) -> SolverClaims {
+        SolverClaims {
+            order: Order::Ode(f64::from(self.tableau.order)),
+            nfe_per_step: self.tableau.stages(),
+            stochastic: false,
+            affine: true,
+            equation: Equation::ProbabilityFlowOde,
+            natural_grid: GridKind::Uniform,
+        }
+    }
+
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
+            steps: self.default_steps,
+            grid: sde.default_grid(),
+        }
+    }
+
+    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
+        let out = rk_integrate(
+            self.tableau,
+            &PfOde(ctx),
+            std::slice::from_ref(&state.x),
+            &ctx.from,
+            &ctx.to,
+            None,
+        )?;
+        let x = out.y.into_iter().next().unwrap_or_else(|| state.x.clone());
+        Ok(Step {
+            state: state.with_x(x),
+            error_estimate: out.error.and_then(|e| e.into_iter().next()),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use candle_core::{DType, Device};
 
     use super::*;
     use crate::{
-        ForwardSde,
+        ForwardSde, RunContext, StepSpan,
         noise::ConstantNoise,
-        testing::{Gaussian, Ou},
+        testing::{Gaussian, Ou, flat},
     };
 
     // Test copies of the plugins' tableaux (Hairer, Nørsett & Wanner, "Solving ODEs I",
@@ -303,6 +593,7 @@ mod tests {
         b: &[1.0],
         c: &[0.0],
         order: 1,
+        embedded: None,
     };
     const HEUN: ButcherTableau = ButcherTableau {
         name: "heun",
@@ -310,6 +601,7 @@ mod tests {
         b: &[0.5, 0.5],
         c: &[0.0, 1.0],
         order: 2,
+        embedded: None,
     };
     const RK4: ButcherTableau = ButcherTableau {
         name: "rk4",
@@ -317,6 +609,7 @@ mod tests {
         b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
         c: &[0.0, 0.5, 0.5, 1.0],
         order: 4,
+        embedded: None,
     };
 
     fn reason(t: &ButcherTableau) -> String {
@@ -338,6 +631,7 @@ mod tests {
             b: &[1.0 / 8.0, 3.0 / 8.0, 3.0 / 8.0, 1.0 / 8.0],
             c: &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
             order: 4,
+            embedded: None,
         }
         .validate()
     }
@@ -378,6 +672,7 @@ mod tests {
             b: &[1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0],
             c: &[0.0, 0.5, 1.0],
             order: 4,
+            embedded: None,
         };
         let want = [
             1.0,
@@ -431,7 +726,7 @@ mod tests {
                 },
                 "c[1] = 0.9 but Σ_j a[1][j] = 1",
             ),
-            (ButcherTableau { order: 5, ..RK4 }, "order 5 is unsupported"),
+            (ButcherTableau { order: 6, ..RK4 }, "order 6 is unsupported"),
             (
                 ButcherTableau { order: 0, ..EULER },
                 "order 0 is unsupported",
@@ -494,7 +789,12 @@ mod tests {
             for (tableau, hand) in methods {
                 let den = model.denoiser();
                 let noise = ConstantNoise(f64::NAN);
-                let ctx = StepContext::new(&sde, &den, &noise, 0, sde.coefs(t), sde.coefs(s), 0, 1);
+                let ctx = RunContext::new(&sde, &den, &noise, 0).step(StepSpan {
+                    from: sde.coefs(t),
+                    to: sde.coefs(s),
+                    step: 0,
+                    steps: 1,
+                });
                 let got = rk_step(tableau, &ctx, &x)?;
                 assert_eq!(got.dtype(), DType::F64);
                 assert_eq!(den.nfe(), tableau.stages() as u64);
@@ -519,9 +819,318 @@ mod tests {
         let sde = Ou;
         let den = centered_gaussian().denoiser();
         let noise = ConstantNoise(0.0);
-        let ctx = StepContext::new(&sde, &den, &noise, 0, sde.coefs(0.5), sde.coefs(0.4), 0, 1);
+        let ctx = RunContext::new(&sde, &den, &noise, 0).step(StepSpan {
+            from: sde.coefs(0.5),
+            to: sde.coefs(0.4),
+            step: 0,
+            steps: 1,
+        });
         let x = Tensor::new(&[[1.0f32], [-2.0]], &Device::Cpu)?;
         assert_eq!(rk_step(&RK4, &ctx, &x)?.dtype(), DType::F32);
+        Ok(())
+    }
+
+    /// Dormand & Prince's 5(4) pair (Hairer, Nørsett & Wanner, "Solving ODEs I", §II.5,
+    /// Table 5.2): seven stages, the last evaluated at the end point (FSAL), the main weights
+    /// of order 5 and the embedded ones of order 4.
+    const DOPRI5: ButcherTableau = ButcherTableau {
+        name: "dopri5",
+        a: &[
+            &[],
+            &[1.0 / 5.0],
+            &[3.0 / 40.0, 9.0 / 40.0],
+            &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+            &[
+                19372.0 / 6561.0,
+                -25360.0 / 2187.0,
+                64448.0 / 6561.0,
+                -212.0 / 729.0,
+            ],
+            &[
+                9017.0 / 3168.0,
+                -355.0 / 33.0,
+                46732.0 / 5247.0,
+                49.0 / 176.0,
+                -5103.0 / 18656.0,
+            ],
+            &[
+                35.0 / 384.0,
+                0.0,
+                500.0 / 1113.0,
+                125.0 / 192.0,
+                -2187.0 / 6784.0,
+                11.0 / 84.0,
+            ],
+        ],
+        b: &[
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+            0.0,
+        ],
+        c: &[0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0],
+        order: 5,
+        embedded: Some(Embedded {
+            b: &[
+                5179.0 / 57600.0,
+                0.0,
+                7571.0 / 16695.0,
+                393.0 / 640.0,
+                -92097.0 / 339200.0,
+                187.0 / 2100.0,
+                1.0 / 40.0,
+            ],
+            order: 4,
+        }),
+    };
+
+    #[test]
+    fn dormand_prince_validates_at_order_5_with_an_order_4_embedding() -> Result<()> {
+        DOPRI5.validate()?;
+        assert!(DOPRI5.is_fsal());
+        assert!(!RK4.is_fsal() && !HEUN.is_fsal() && !EULER.is_fsal());
+        // The embedded weights are only order 4: claimed at 5 they fail an order-5 tree.
+        let msg = reason(&ButcherTableau {
+            embedded: Some(Embedded {
+                order: 5,
+                ..DOPRI5.embedded.unwrap()
+            }),
+            ..DOPRI5
+        });
+        assert!(msg.contains("embedded order-5 condition"), "{msg}");
+        // Classical RK4 claimed at order 5 fails the first order-5 condition: Σ b c⁴ =
+        // ⅓·(1/16)·2 + ⅙ = 5/24, not 1/5 (residual 1/120).
+        let msg = reason(&ButcherTableau { order: 5, ..RK4 });
+        assert!(msg.contains("order-5 condition Σ b_i c_i⁴ = 1/5"), "{msg}");
+        assert!(msg.contains("residual 8.33333333333"), "{msg}");
+        Ok(())
+    }
+
+    /// For DOPRI5's main weights every one of the 17 conditions up to order 5 sums to its
+    /// 1/γ(τ), the order-5 ones in Hairer et al.'s order; nudging one pair of weights (keeping
+    /// Σ b = 1) breaks the order-2 condition first, which the message names.
+    #[test]
+    fn order_5_sums_hit_their_targets_and_a_nudge_is_caught() {
+        let conds = DOPRI5.conditions();
+        assert_eq!(conds.len(), 17, "1 + 1 + 2 + 4 + 9 trees up to order 5");
+        for c in &conds {
+            let (sum, _) = sum_and_scale(&c.terms);
+            assert!((sum - c.target).abs() <= 1e-14, "{}: {sum}", c.formula);
+        }
+        let targets: Vec<f64> = conds[8..].iter().map(|c| 1.0 / c.target).collect();
+        assert_eq!(
+            targets,
+            [5.0, 10.0, 15.0, 30.0, 20.0, 20.0, 40.0, 60.0, 120.0]
+        );
+        let msg = reason(&ButcherTableau {
+            b: &[
+                35.0 / 384.0 + 1e-3,
+                0.0,
+                500.0 / 1113.0 - 1e-3,
+                125.0 / 192.0,
+                -2187.0 / 6784.0,
+                11.0 / 84.0,
+                0.0,
+            ],
+            ..DOPRI5
+        });
+        assert!(msg.contains("order-2 condition"), "{msg}");
+    }
+
+    #[test]
+    fn embedded_weights_are_checked() {
+        let cases: [(Option<Embedded>, &str); 3] = [
+            (
+                Some(Embedded {
+                    b: &[1.0],
+                    order: 1,
+                }),
+                "the embedded weights have 1 entries but `b` has 2",
+            ),
+            (
+                Some(Embedded {
+                    b: &[0.5, 0.5],
+                    order: 1,
+                }),
+                "the embedded weights equal `b`",
+            ),
+            (
+                Some(Embedded {
+                    b: &[1.0, 0.0],
+                    order: 6,
+                }),
+                "embedded order 6 is unsupported",
+            ),
+        ];
+        for (embedded, want) in cases {
+            let msg = reason(&ButcherTableau { embedded, ..HEUN });
+            assert!(msg.contains(want), "{msg} should contain {want:?}");
+        }
+        // Heun with Euler embedded (Heun–Euler 2(1)) is a valid pair.
+        let pair = ButcherTableau {
+            embedded: Some(Embedded {
+                b: &[1.0, 0.0],
+                order: 1,
+            }),
+            ..HEUN
+        };
+        assert!(pair.validate().is_ok());
+        assert!(!pair.is_fsal(), "b_s = ½ ≠ 0");
+    }
+
+    /// dy/dt = L y on y = (x, z) with dz/dt = x: the augmented state a likelihood integrates
+    /// (x and an accumulated quantity). Exact: x(t) = x₀ e^{L t}, z(t) = z₀ + x₀ (e^{L t} − 1)/L.
+    struct Linear {
+        l: f64,
+        evals: Cell<usize>,
+    }
+
+    impl OdeField for Linear {
+        fn eval(&self, y: &[Tensor], _c: &TimeCoefs) -> Result<Vec<Tensor>> {
+            self.evals.set(self.evals.get() + 1);
+            Ok(vec![y[0].affine(self.l, 0.0)?, y[0].clone()])
+        }
+        fn coefs(&self, t: f64) -> TimeCoefs {
+            at(t)
+        }
+    }
+
+    fn at(t: f64) -> TimeCoefs {
+        TimeCoefs {
+            t,
+            alpha: 1.0,
+            sigma: 1.0,
+            f: 0.0,
+            g2: 0.0,
+            lambda: 0.0,
+        }
+    }
+
+    /// One DOPRI5 step of size h on the augmented linear system: the 5th-order solution's
+    /// error falls like h⁶ and the embedded estimate like h⁵ (local errors of orders 5 and
+    /// 4): halving h divides them by ≈ 64 and ≈ 32. The last stage is F(y_end): handing it to
+    /// the next step as `first_stage` saves one evaluation and changes nothing.
+    #[test]
+    fn dopri5_error_estimate_and_fsal_on_an_augmented_state() -> Result<()> {
+        let field = Linear {
+            l: -1.3,
+            evals: Cell::new(0),
+        };
+        let y0 = [
+            Tensor::new(&[[0.7f64], [-1.1]], &Device::Cpu)?,
+            Tensor::new(&[[0.0f64], [2.0]], &Device::Cpu)?,
+        ];
+        let errors = |h: f64| -> Result<(f64, f64)> {
+            let out = rk_integrate(&DOPRI5, &field, &y0, &at(0.0), &at(h), None)?;
+            let (x0, z0) = (flat(&y0[0])?, flat(&y0[1])?);
+            let (x, z) = (flat(&out.y[0])?, flat(&out.y[1])?);
+            let e = (field.l * h).exp();
+            let mut actual: f64 = 0.0;
+            for i in 0..2 {
+                actual = actual
+                    .max((x[i] - x0[i] * e).abs())
+                    .max((z[i] - z0[i] - x0[i] * (e - 1.0) / field.l).abs());
+            }
+            let est = out
+                .error
+                .expect("DOPRI5 has embedded weights")
+                .iter()
+                .map(|t| flat(t).map(|v| v.iter().fold(0.0f64, |m, e| m.max(e.abs()))))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .fold(0.0, f64::max);
+            Ok((actual, est))
+        };
+        let (a1, e1) = errors(0.4)?;
+        let (a2, e2) = errors(0.2)?;
+        let (actual_order, est_order) = ((a1 / a2).log2() - 1.0, (e1 / e2).log2() - 1.0);
+        assert!(
+            (actual_order - 5.0).abs() <= 0.3,
+            "{a1:e} {a2:e}: {actual_order}"
+        );
+        assert!((est_order - 4.0).abs() <= 0.3, "{e1:e} {e2:e}: {est_order}");
+        assert!(
+            e2 > 10.0 * a2,
+            "the estimate is the 4th-order solution's error"
+        );
+
+        field.evals.set(0);
+        let first = rk_integrate(&DOPRI5, &field, &y0, &at(0.0), &at(0.2), None)?;
+        assert_eq!(field.evals.get(), 7);
+        let fresh = rk_integrate(&DOPRI5, &field, &first.y, &at(0.2), &at(0.4), None)?;
+        let direct = field.eval(&first.y, &at(0.2))?;
+        for (k, d) in first.last_stage.iter().zip(&direct) {
+            assert_eq!(
+                flat(k)?,
+                flat(d)?,
+                "FSAL: the last stage is F(y_end, t_end)"
+            );
+        }
+        field.evals.set(0);
+        let reused = rk_integrate(
+            &DOPRI5,
+            &field,
+            &first.y,
+            &at(0.2),
+            &at(0.4),
+            Some(first.last_stage.clone()),
+        )?;
+        assert_eq!(field.evals.get(), 6, "the first stage is reused");
+        for (r, f) in reused.y.iter().zip(&fresh.y) {
+            assert_eq!(flat(r)?, flat(f)?);
+        }
+        Ok(())
+    }
+
+    /// The solver reads its claims off the tableau; with embedded weights every step returns
+    /// its error estimate, without them none.
+    #[test]
+    fn rk_solver_claims_come_from_the_tableau() -> Result<()> {
+        static HEUN_EULER: ButcherTableau = ButcherTableau {
+            name: "heun_euler",
+            embedded: Some(Embedded {
+                b: &[1.0, 0.0],
+                order: 1,
+            }),
+            ..HEUN
+        };
+        static DOPRI: ButcherTableau = DOPRI5;
+        static FOURTH: ButcherTableau = RK4;
+        for (tableau, order, nfe) in [(&DOPRI, 5.0, 7), (&FOURTH, 4.0, 4), (&HEUN_EULER, 2.0, 2)] {
+            let solver = RkSolver::new(tableau, 30)?;
+            let claims = solver.claims();
+            assert_eq!(claims.order, Order::Ode(order));
+            assert_eq!(claims.nfe_per_step, nfe);
+            assert!(!claims.stochastic && claims.affine);
+            assert_eq!(claims.natural_grid, GridKind::Uniform);
+            assert_eq!(solver.default_discretization(&Ou).steps, 30);
+            let sde = Ou;
+            let den = centered_gaussian().denoiser();
+            let noise = ConstantNoise(f64::NAN);
+            let ctx = RunContext::new(&sde, &den, &noise, 0).step(StepSpan {
+                from: sde.coefs(0.5),
+                to: sde.coefs(0.4),
+                step: 0,
+                steps: 1,
+            });
+            let x = Tensor::new(&[[1.0f64], [-2.0]], &Device::Cpu)?;
+            let step = solver.step(&ctx, &State::new(x.clone(), 0.5, 0))?;
+            assert_eq!(den.nfe(), nfe as u64);
+            assert_eq!(
+                step.error_estimate.is_some(),
+                tableau.embedded.is_some(),
+                "{}",
+                tableau.name
+            );
+            assert_eq!(flat(&step.state.x)?, flat(&rk_step(tableau, &ctx, &x)?)?);
+        }
+        let bad = ButcherTableau { order: 3, ..HEUN };
+        static BAD: std::sync::OnceLock<ButcherTableau> = std::sync::OnceLock::new();
+        assert!(RkSolver::new(BAD.get_or_init(|| bad), 10).is_err());
+        assert!(RkSolver::new(&FOURTH, 0).is_err());
         Ok(())
     }
 }

@@ -6,29 +6,11 @@ use candle_core::{DType, Tensor};
 
 use crate::{Result, TimeCoefs, grid::GridKind};
 
-/// Which family an SDE belongs to: solvers and grids pick their defaults per family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SdeFamily {
-    /// α² + σ² = 1 (VP, its discrete and cosine schedules).
-    VariancePreserving,
-    /// α = exp(−B/2), σ = 1 − e^{−B} (sub-VP).
-    SubVariancePreserving,
-    /// α = 1, σ grows (VE, EDM).
-    VarianceExploding,
-    /// α = 1 − t, σ = t (rectified flow).
-    Flow,
-    /// A third-party SDE.
-    Other,
-}
-
 /// A linear forward SDE `dx = f(t) x dt + g(t) dw` with marginals `x_t | x₀ ~ N(α x₀, σ² I)`.
 ///
 /// Time is scalar f64. Implementations give α, σ, f and g²; they must satisfy
 /// `f = d log α/dt` and `g² = dσ²/dt − 2 f σ²`, which conformance checks numerically.
 pub trait ForwardSde: Send + Sync + Debug {
-    /// The family, which selects solver and grid defaults.
-    fn family(&self) -> SdeFamily;
     /// The end time T (the prior).
     fn t_max(&self) -> f64;
     /// The time sampling stops at, t_ε.
@@ -49,7 +31,7 @@ pub trait ForwardSde: Send + Sync + Debug {
         Vec::new()
     }
 
-    /// The grid this family samples on by default.
+    /// The grid this SDE samples on by default.
     fn default_grid(&self) -> GridKind {
         GridKind::Uniform
     }

@@ -65,39 +65,88 @@ pub struct SolverClaims {
     pub affine: bool,
     /// The equation integrated.
     pub equation: Equation,
-    /// The grid the order is claimed on; `None` means the SDE's default grid
-    /// ([`ForwardSde::default_grid`]): Euler–Maruyama in t converges on whatever grid suits
-    /// the SDE (uniform for VP, Karras for EDM).
-    pub natural_grid: Option<GridKind>,
-}
-
-impl SolverClaims {
-    /// The grid the order is claimed on for `sde`.
-    pub fn grid_for(&self, sde: &dyn ForwardSde) -> GridKind {
-        self.natural_grid.unwrap_or_else(|| sde.default_grid())
-    }
+    /// The grid the order is claimed on (conformance fits the order there): uniform in t for
+    /// Runge–Kutta methods, log-SNR for exponential integrators, quadratic for the SDE
+    /// solvers stepping in t.
+    pub natural_grid: GridKind,
 }
 
 /// A step count and grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Schedule {
+pub struct Discretization {
     /// Steps.
     pub steps: usize,
     /// Grid.
     pub grid: GridKind,
 }
 
+/// What every step of a run shares: the SDE, the model (counted) and the noise source with
+/// the run's seed. A solver reaches the noise only through [`StepContext::standard_normal`],
+/// so every draw is keyed by (seed, sample, draw index) and counted.
+#[derive(Clone, Copy)]
+pub struct RunContext<'a> {
+    sde: &'a dyn ForwardSde,
+    denoiser: &'a Denoiser,
+    noise: &'a dyn NoiseSource,
+    seed: u64,
+}
+
+impl<'a> RunContext<'a> {
+    /// A run on `sde` reading `denoiser`, drawing from `noise` with `seed`.
+    pub fn new(
+        sde: &'a dyn ForwardSde,
+        denoiser: &'a Denoiser,
+        noise: &'a dyn NoiseSource,
+        seed: u64,
+    ) -> Self {
+        Self {
+            sde,
+            denoiser,
+            noise,
+            seed,
+        }
+    }
+
+    /// The context of one step of this run.
+    pub fn step(&self, span: StepSpan) -> StepContext<'a> {
+        StepContext {
+            sde: self.sde,
+            denoiser: self.denoiser,
+            noise: self.noise,
+            seed: self.seed,
+            from: span.from,
+            to: span.to,
+            step: span.step,
+            steps: span.steps,
+            draws: Cell::new(0),
+            draw_calls: Cell::new(0),
+        }
+    }
+}
+
+/// Where one step goes: the coefficients at its two ends and its place in the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSpan {
+    /// Coefficients at the step's start.
+    pub from: TimeCoefs,
+    /// Coefficients at the step's end.
+    pub to: TimeCoefs,
+    /// This step's index, from 0.
+    pub step: usize,
+    /// The number of steps in the run.
+    pub steps: usize,
+}
+
 /// Everything one step from `from.t` to `to.t` may use: the SDE, the model (counted), the
-/// noise, and the step's place in the run.
+/// noise (through [`standard_normal`](Self::standard_normal) only), and the step's place in
+/// the run. Built by [`RunContext::step`].
 pub struct StepContext<'a> {
     /// The forward SDE.
     pub sde: &'a dyn ForwardSde,
     /// The model, read through the parameterization.
     pub denoiser: &'a Denoiser,
-    /// The noise source.
-    pub noise: &'a dyn NoiseSource,
-    /// The run's seed.
-    pub seed: u64,
+    noise: &'a dyn NoiseSource,
+    seed: u64,
     /// Coefficients at the step's start.
     pub from: TimeCoefs,
     /// Coefficients at the step's end.
@@ -111,31 +160,6 @@ pub struct StepContext<'a> {
 }
 
 impl<'a> StepContext<'a> {
-    /// A context for step `step` of `steps` from `from` to `to`.
-    pub fn new(
-        sde: &'a dyn ForwardSde,
-        denoiser: &'a Denoiser,
-        noise: &'a dyn NoiseSource,
-        seed: u64,
-        from: TimeCoefs,
-        to: TimeCoefs,
-        step: usize,
-        steps: usize,
-    ) -> Self {
-        Self {
-            sde,
-            denoiser,
-            noise,
-            seed,
-            from,
-            to,
-            step,
-            steps,
-            draws: Cell::new(0),
-            draw_calls: Cell::new(0),
-        }
-    }
-
     /// The signed step h = t_from − t_to (positive when integrating toward the data).
     pub fn h(&self) -> f64 {
         self.from.t - self.to.t
@@ -216,7 +240,7 @@ pub trait Solver: Send + Sync + Debug {
     fn claims(&self) -> SolverClaims;
 
     /// The default step count and grid on `sde` (at most 1,000 NFE).
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule;
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization;
 
     /// One step.
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step>;

@@ -7,8 +7,8 @@ use std::{path::Path, sync::Arc};
 use candle_core::{DType, Device, Tensor};
 
 use crate::{
-    Denoiser, Error, ForwardSde, Parameterization, Result, ScoreModel, SdeFamily, Solver, State,
-    StepContext, TimeCoefs,
+    Denoiser, Error, ForwardSde, Parameterization, Result, RunContext, ScoreModel, Solver, State,
+    StepSpan, TimeCoefs,
     noise::{NoiseRequest, NoiseSource, Stream, philox_key, philox_normal_tensor},
 };
 
@@ -20,9 +20,6 @@ use crate::{
 pub struct Ou;
 
 impl ForwardSde for Ou {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }
@@ -189,7 +186,12 @@ pub fn one_step(
     s: f64,
 ) -> Result<OneStep> {
     let den = model.denoiser();
-    let ctx = StepContext::new(sde, &den, noise, 5, sde.coefs(t), sde.coefs(s), 3, 10);
+    let ctx = RunContext::new(sde, &den, noise, 5).step(StepSpan {
+        from: sde.coefs(t),
+        to: sde.coefs(s),
+        step: 3,
+        steps: 10,
+    });
     let step = solver.step(&ctx, &State::new(x.clone(), t, 0))?;
     Ok(OneStep {
         x: step.state.x,

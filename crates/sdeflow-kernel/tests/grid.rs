@@ -4,7 +4,7 @@
 mod common;
 
 use common::{EdmSde, ExpSde};
-use sdeflow_kernel::{Error, ForwardSde, GridKind, Result, SdeFamily};
+use sdeflow_kernel::{Error, ForwardSde, GridKind, Result};
 
 const KINDS: [GridKind; 5] = [
     GridKind::Uniform,
@@ -39,9 +39,6 @@ fn check_grid(sde: &dyn ForwardSde, kind: GridKind, steps: usize, ts: &[f64]) {
 struct EdmClosed;
 
 impl ForwardSde for EdmClosed {
-    fn family(&self) -> SdeFamily {
-        EdmSde.family()
-    }
     fn t_max(&self) -> f64 {
         EdmSde.t_max()
     }
@@ -304,6 +301,5 @@ fn grid_kinds_read_from_ron() -> Result<()> {
 fn default_grid_is_uniform_unless_overridden() -> Result<()> {
     assert_eq!(ExpSde::new().default_grid(), GridKind::Uniform);
     assert_eq!(EdmSde.default_grid(), GridKind::Karras { rho: 7.0 });
-    assert_eq!(EdmSde.family(), SdeFamily::VarianceExploding);
     Ok(())
 }

@@ -12,8 +12,8 @@ use common::{
     RecordingNoise, TempDir, flat, normals,
 };
 use sdeflow_kernel::{
-    Denoiser, Error, ForwardSde, GridKind, HistoryEntry, Pipeline, PipelineBuilder, Result,
-    Schedule, State,
+    Denoiser, Discretization, Error, ForwardSde, GridKind, HistoryEntry, Pipeline, PipelineBuilder,
+    Result, State,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
@@ -58,18 +58,18 @@ fn schedule_defaults_to_the_solvers_and_can_be_overridden() -> Result<()> {
     let p = builder().build()?;
     // OdeEuler's declared default: 25 quadratic steps.
     assert_eq!(
-        p.schedule(),
-        Schedule {
+        p.discretization(),
+        Discretization {
             steps: 25,
             grid: GridKind::Quadratic
         }
     );
     assert_eq!(p.times(), GridKind::Quadratic.times(&sde, 25)?.as_slice());
     let p = builder().steps(7).grid(GridKind::LogSnr).build()?;
-    assert_eq!(p.schedule().steps, 7);
+    assert_eq!(p.discretization().steps, 7);
     assert_eq!(p.times(), GridKind::LogSnr.times(&sde, 7)?.as_slice());
     let p = builder().steps(4).build()?;
-    assert_eq!(p.schedule().grid, GridKind::Quadratic);
+    assert_eq!(p.discretization().grid, GridKind::Quadratic);
     assert_eq!(p.dtype(), DType::F32);
     assert!(matches!(p.device(), Device::Cpu));
     assert_eq!(p.solver().claims().nfe_per_step, 1);

@@ -22,7 +22,7 @@
 //! Models", NeurIPS 2022, Table 1 (σ(t) = t, s(t) = 1), eq. (5) (the ρ grid) and Table 5
 //! (σ_min = 0.002, σ_max = 80, ρ = 7).
 
-use sdeflow_kernel::{Error, ForwardSde, GridKind, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, GridKind, Result, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The EDM SDE's parameters.
@@ -77,9 +77,6 @@ impl Edm {
 }
 
 impl ForwardSde for Edm {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VarianceExploding
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

@@ -25,7 +25,7 @@
 //! Le, "Flow Matching for Generative Modeling", ICLR 2023, §4.1 Example II with σ_min = 0
 //! (with t reversed: data at t = 0 here).
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, Result, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The linear-flow SDE's parameters.
@@ -77,9 +77,6 @@ impl LinearFlow {
 }
 
 impl ForwardSde for LinearFlow {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::Flow
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

@@ -3,7 +3,7 @@
 //! differences, monotonicity, the inverse of λ, the PF-ODE drift as the flow velocity, and the
 //! prior's KL at T.
 
-use sdeflow_kernel::{ForwardSde, GridKind, Result, SdeFamily};
+use sdeflow_kernel::{ForwardSde, GridKind, Result};
 use sdeflow_sde_linear_flow::{LinearFlow, Params};
 
 /// f64 machine epsilon, for tolerances counted in roundings.
@@ -91,7 +91,6 @@ fn coefficients_match_high_precision_values() -> Result<()> {
             "λ({t}) = {l}"
         );
     }
-    assert_eq!(sde.family(), SdeFamily::Flow);
     assert_eq!(sde.default_grid(), GridKind::Uniform);
     Ok(())
 }

@@ -25,7 +25,7 @@
 //! through Stochastic Differential Equations", ICLR 2021, eq. (12) and Appendix B (its kernel).
 
 use sdeflow_kernel::{
-    ForwardSde, Result, SdeFamily, register_sde,
+    ForwardSde, Result, register_sde,
     schedule::{LinearBeta, check_times},
 };
 use serde::{Deserialize, Serialize};
@@ -72,9 +72,6 @@ impl SubVp {
 }
 
 impl ForwardSde for SubVp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::SubVariancePreserving
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

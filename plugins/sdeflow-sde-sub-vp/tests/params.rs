@@ -1,7 +1,7 @@
 //! The sub-VP SDE's parameters: MATH.md §1's defaults, the validation of `SubVp::new` (each bad value
 //! an `InvalidParam` naming its field), and the `sub_vp` registration read from RON.
 
-use sdeflow_kernel::{Error, ForwardSde, Registry, Result, SdeFamily};
+use sdeflow_kernel::{Error, ForwardSde, Registry, Result};
 use sdeflow_sde_sub_vp::{Params, SubVp};
 
 /// MATH.md §1: "Defaults: β_min 0.1, β_max 20, T 1", and §1's "Sampling stops at t_ε (VP/sub-VP 1e-3)".
@@ -98,7 +98,6 @@ fn registration_reads_params_from_ron() -> Result<()> {
     assert!((sde.alpha(1.0) / (-(0.1f64 + 9.95) / 2.0).exp() - 1.0).abs() <= 1e-14);
     // σ(1) = 1 − e^{−B(1)}, not VP's square root of it.
     assert!((sde.sigma(1.0) / -(-(0.1f64 + 9.95)).exp_m1() - 1.0).abs() <= 1e-14);
-    assert_eq!(sde.family(), SdeFamily::SubVariancePreserving);
 
     // β_max = 10: B(1) = 0.1 + 4.95.
     let sde = reg.sde("sub_vp", "(beta_max: 10.0)")?;

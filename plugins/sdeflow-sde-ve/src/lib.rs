@@ -34,7 +34,7 @@
 //! through Stochastic Differential Equations", ICLR 2021, eq. (9) and Appendices B–C; Song &
 //! Ermon, "Generative Modeling by Estimating Gradients of the Data Distribution", NeurIPS 2019.
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, grid::GridKind, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, Result, grid::GridKind, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The VE SDE's parameters.
@@ -109,9 +109,6 @@ impl Ve {
 }
 
 impl ForwardSde for Ve {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VarianceExploding
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

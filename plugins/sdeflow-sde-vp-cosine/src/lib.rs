@@ -31,7 +31,7 @@
 //! (their ᾱ is α² here); Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver", NeurIPS 2022, and its
 //! reference code's `NoiseScheduleVP(schedule='cosine')` (T = 0.9946, λ and its inverse).
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, Result, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The cosine VP SDE's parameters.
@@ -93,9 +93,6 @@ impl VpCosine {
 }
 
 impl ForwardSde for VpCosine {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

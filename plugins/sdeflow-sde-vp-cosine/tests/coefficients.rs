@@ -2,7 +2,7 @@
 //! times, α² + σ² = 1, the marginal identities by five-point differences, monotonicity, the
 //! closed-form inverse of λ, the λ-uniform grid, and the prior's KL at T.
 
-use sdeflow_kernel::{ForwardSde, GridKind, Result, SdeFamily};
+use sdeflow_kernel::{ForwardSde, GridKind, Result};
 use sdeflow_sde_vp_cosine::{Params, VpCosine};
 
 /// f64 machine epsilon, for tolerances counted in roundings.
@@ -133,7 +133,6 @@ fn alpha_squared_plus_sigma_squared_is_one() -> Result<()> {
         let (a, s) = (sde.alpha(t), sde.sigma(t));
         assert!((a * a + s * s - 1.0).abs() <= 8.0 * EPS, "t = {t}");
     }
-    assert_eq!(sde.family(), SdeFamily::VariancePreserving);
     assert_eq!(sde.default_grid(), GridKind::Uniform);
     Ok(())
 }

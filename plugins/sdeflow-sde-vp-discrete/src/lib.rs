@@ -31,7 +31,7 @@
 //! the appendix on discrete-time DPMs and the code's NoiseScheduleVP('discrete') (t_n = (n + 1)/N,
 //! log α interpolated linearly, inverse_lambda through log α = −½ logaddexp(0, −2λ)).
 
-use sdeflow_kernel::{Error, ForwardSde, Result, SdeFamily, register_sde};
+use sdeflow_kernel::{Error, ForwardSde, Result, register_sde};
 use serde::{Deserialize, Serialize};
 
 /// The discrete VP schedule's parameters.
@@ -147,9 +147,6 @@ impl VpDiscrete {
 }
 
 impl ForwardSde for VpDiscrete {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }

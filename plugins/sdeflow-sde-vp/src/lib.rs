@@ -24,7 +24,7 @@
 //! through Stochastic Differential Equations", ICLR 2021, eq. (11) and Appendix B.
 
 use sdeflow_kernel::{
-    ForwardSde, Result, SdeFamily, register_sde,
+    ForwardSde, Result, register_sde,
     schedule::{LinearBeta, check_times, softplus},
 };
 use serde::{Deserialize, Serialize};
@@ -71,9 +71,6 @@ impl Vp {
 }
 
 impl ForwardSde for Vp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         self.p.t_max
     }

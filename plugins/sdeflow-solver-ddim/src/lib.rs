@@ -39,8 +39,8 @@
 //! "Denoising Diffusion Probabilistic Models", NeurIPS 2020, eq. (6)–(7).
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext, Transition,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
+    State, Step, StepContext, Transition,
     ops::{lin2, lin3},
     register_solver,
 };
@@ -105,12 +105,12 @@ impl Solver for Ddim {
             stochastic,
             affine: true,
             equation,
-            natural_grid: Some(GridKind::LogSnr),
+            natural_grid: GridKind::LogSnr,
         }
     }
 
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: if self.eta == 0.0 { 500 } else { 1000 },
             grid: sde.default_grid(),
         }

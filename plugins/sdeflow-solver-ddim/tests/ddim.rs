@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Schedule, Solver, SolverClaims,
-    State, StepContext,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, RunContext,
+    Solver, SolverClaims, State, StepSpan,
     noise::{ConstantNoise, NoiseSource, PhiloxNoise},
     testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, one_step, rows, tail_order},
 };
@@ -87,7 +87,12 @@ fn eta_one_is_the_ddpm_posterior_sample() -> Result<()> {
         // Shared noise: the Philox step is mean + std · z with the context's own z.
         let philox = one_step(&solver, &Ou, &model, &PhiloxNoise, &x, t, s)?;
         let den = model.denoiser();
-        let ctx = StepContext::new(&Ou, &den, &PhiloxNoise, 5, ct, cs, 3, 10);
+        let ctx = RunContext::new(&Ou, &den, &PhiloxNoise, 5).step(StepSpan {
+            from: ct,
+            to: cs,
+            step: 3,
+            steps: 10,
+        });
         let z = rows(&ctx.standard_normal(&State::new(x.clone(), t, 0))?)?;
         let want: Vec<Vec<f64>> = mean
             .iter()
@@ -166,7 +171,7 @@ fn claims_and_default_schedule() -> Result<()> {
         stochastic: false,
         affine: true,
         equation: Equation::ProbabilityFlowOde,
-        natural_grid: Some(GridKind::LogSnr),
+        natural_grid: GridKind::LogSnr,
     };
     assert_eq!(ddim(0.0)?.claims(), ode);
     let sde = SolverClaims {
@@ -181,17 +186,17 @@ fn claims_and_default_schedule() -> Result<()> {
     assert_eq!(ddim(1.0)?.claims(), sde);
     assert_eq!(ddim(0.2)?.claims(), sde);
     let (uniform_500, uniform_1000) = (
-        Schedule {
+        Discretization {
             steps: 500,
             grid: GridKind::Uniform,
         },
-        Schedule {
+        Discretization {
             steps: 1000,
             grid: GridKind::Uniform,
         },
     );
-    assert_eq!(ddim(0.0)?.default_schedule(&Ou), uniform_500);
-    assert_eq!(ddim(1.0)?.default_schedule(&Ou), uniform_1000);
+    assert_eq!(ddim(0.0)?.default_discretization(&Ou), uniform_500);
+    assert_eq!(ddim(1.0)?.default_discretization(&Ou), uniform_1000);
     Ok(())
 }
 

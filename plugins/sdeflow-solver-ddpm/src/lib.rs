@@ -26,8 +26,8 @@
 //! (the posterior for any α, σ).
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, Transition, ops::lin3, register_solver,
+    Discretization, Equation, ForwardSde, GridKind, Order, Result, Solver, SolverClaims, State,
+    Step, StepContext, Transition, ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -51,12 +51,12 @@ impl Solver for Ddpm {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: Some(GridKind::LogSnr),
+            natural_grid: GridKind::LogSnr,
         }
     }
 
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 1000,
             grid: sde.default_grid(),
         }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    StepContext,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, RunContext, Solver,
+    SolverClaims, State, StepSpan,
     noise::{ConstantNoise, PhiloxNoise},
     testing::{Gaussian, Ou, assert_close, normals, one_step, rows},
 };
@@ -50,7 +50,12 @@ fn step_samples_the_posterior() -> Result<()> {
         assert_close(&rows(&one.x)?, &shifted, 1e-12, &format!("std, {what}"));
         let philox = one_step(&Ddpm, &Ou, &model, &PhiloxNoise, &x, t, s)?;
         let den = model.denoiser();
-        let ctx = StepContext::new(&Ou, &den, &PhiloxNoise, 5, ct, cs, 3, 10);
+        let ctx = RunContext::new(&Ou, &den, &PhiloxNoise, 5).step(StepSpan {
+            from: ct,
+            to: cs,
+            step: 3,
+            steps: 10,
+        });
         let z = rows(&ctx.standard_normal(&State::new(x.clone(), t, 0))?)?;
         let want: Vec<Vec<f64>> = mean
             .iter()
@@ -68,7 +73,12 @@ fn last_step_draws_noise() -> Result<()> {
     let model = Gaussian::default();
     let den = model.denoiser();
     let (ct, cs) = (Ou.coefs(0.01), Ou.coefs(Ou.t_eps()));
-    let ctx = StepContext::new(&Ou, &den, &ConstantNoise(1.0), 5, ct, cs, 9, 10);
+    let ctx = RunContext::new(&Ou, &den, &ConstantNoise(1.0), 5).step(StepSpan {
+        from: ct,
+        to: cs,
+        step: 9,
+        steps: 10,
+    });
     assert!(ctx.is_last());
     let x = normals(3, 3, 2)?;
     Ddpm.step(&ctx, &State::new(x, ct.t, 0))?;
@@ -109,12 +119,12 @@ fn claims_and_default_schedule() {
         stochastic: true,
         affine: true,
         equation: Equation::ReverseSde,
-        natural_grid: Some(GridKind::LogSnr),
+        natural_grid: GridKind::LogSnr,
     };
     assert_eq!(Ddpm.claims(), want);
     assert_eq!(
-        Ddpm.default_schedule(&Ou),
-        Schedule {
+        Ddpm.default_discretization(&Ou),
+        Discretization {
             steps: 1000,
             grid: Ou.default_grid()
         }

@@ -27,7 +27,7 @@
 //! Probabilistic Models", 2022, Algorithm 2 (multistep second order, data prediction).
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Schedule, Solver,
+    Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext,
     ops::{lin2, lin3},
     register_solver,
@@ -51,12 +51,12 @@ impl Solver for DpmSolverPp2m {
             stochastic: false,
             affine: false,
             equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::LogSnr),
+            natural_grid: GridKind::LogSnr,
         }
     }
 
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 100,
             grid: GridKind::LogSnr,
         }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result, Schedule, Solver,
-    SolverClaims, State, StepContext,
+    Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result,
+    RunContext, Solver, SolverClaims, State, StepSpan,
     testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
 };
 use sdeflow_solver_dpmpp_2m::DpmSolverPp2m;
@@ -19,7 +19,12 @@ use sdeflow_solver_dpmpp_2m::DpmSolverPp2m;
 fn one_step(state: &State, t: f64, s: f64, step: usize, steps: usize) -> Result<(State, u64)> {
     let den = Gaussian::default().denoiser();
     let (from, to) = (Ou.coefs(t), Ou.coefs(s));
-    let ctx = StepContext::new(&Ou, &den, &NoNoise, 5, from, to, step, steps);
+    let ctx = RunContext::new(&Ou, &den, &NoNoise, 5).step(StepSpan {
+        from,
+        to,
+        step,
+        steps,
+    });
     let step = DpmSolverPp2m.step(&ctx, state)?;
     assert!(step.error_estimate.is_none());
     Ok((step.state, den.nfe()))
@@ -175,12 +180,12 @@ fn claims_and_default_schedule() -> Result<()> {
             stochastic: false,
             affine: false,
             equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::LogSnr),
+            natural_grid: GridKind::LogSnr,
         }
     );
     assert_eq!(
-        DpmSolverPp2m.default_schedule(&Ou),
-        Schedule {
+        DpmSolverPp2m.default_discretization(&Ou),
+        Discretization {
             steps: 100,
             grid: GridKind::LogSnr
         }
@@ -268,7 +273,12 @@ fn history_is_threaded_and_reruns_are_identical() -> Result<()> {
     let mut state = State::new(x_t, 1.0, 0);
     for i in 0..n {
         let (from, to) = (Ou.coefs(p.times()[i]), Ou.coefs(p.times()[i + 1]));
-        let ctx = StepContext::new(&Ou, &den, &NoNoise, 0, from, to, i, n);
+        let ctx = RunContext::new(&Ou, &den, &NoNoise, 0).step(StepSpan {
+            from,
+            to,
+            step: i,
+            steps: n,
+        });
         state = DpmSolverPp2m.step(&ctx, &state)?.state;
     }
     assert_eq!(bits(&state.x)?, a);

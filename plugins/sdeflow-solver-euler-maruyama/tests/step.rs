@@ -10,8 +10,8 @@ use std::{path::Path, sync::Arc};
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Denoiser, Equation, ForwardSde, GridKind, Order, Result, Schedule, ScoreModel, SdeFamily,
-    Solver, SolverClaims, State, StepContext, TimeCoefs,
+    Denoiser, Discretization, Equation, ForwardSde, GridKind, Order, Result, RunContext,
+    ScoreModel, Solver, SolverClaims, State, StepSpan, TimeCoefs,
     noise::{ConstantNoise, NoiseSource, PhiloxNoise},
     testing::{EpsParam, flat, normals},
 };
@@ -25,9 +25,6 @@ const EPS: f64 = f64::EPSILON;
 struct LinearBetaVp;
 
 impl ForwardSde for LinearBetaVp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }
@@ -94,7 +91,12 @@ fn one_step(
 ) -> Result<(Tensor, u64, u64)> {
     let sde = LinearBetaVp;
     let den = denoiser(d);
-    let ctx = StepContext::new(&sde, &den, noise, 5, sde.coefs(t), sde.coefs(s), 3, 10);
+    let ctx = RunContext::new(&sde, &den, noise, 5).step(StepSpan {
+        from: sde.coefs(t),
+        to: sde.coefs(s),
+        step: 3,
+        steps: 10,
+    });
     let step = EulerMaruyama.step(&ctx, state)?;
     assert!(step.error_estimate.is_none());
     Ok((step.state.x, ctx.draws_taken(), den.nfe()))
@@ -168,16 +170,12 @@ fn philox_noise_comes_from_the_context() -> Result<()> {
 
     let sde = LinearBetaVp;
     let den = denoiser(d);
-    let ctx = StepContext::new(
-        &sde,
-        &den,
-        &PhiloxNoise,
-        5,
-        sde.coefs(t),
-        sde.coefs(s),
-        3,
-        10,
-    );
+    let ctx = RunContext::new(&sde, &den, &PhiloxNoise, 5).step(StepSpan {
+        from: sde.coefs(t),
+        to: sde.coefs(s),
+        step: 3,
+        steps: 10,
+    });
     let z = flat(&ctx.standard_normal(&state)?)?;
     let from = sde.coefs(t);
     let h = t - s;
@@ -225,16 +223,12 @@ fn step_carries_the_rest_of_the_state() -> Result<()> {
     state.step = 3;
     let sde = LinearBetaVp;
     let den = denoiser(2);
-    let ctx = StepContext::new(
-        &sde,
-        &den,
-        &ConstantNoise(0.0),
-        1,
-        sde.coefs(0.4),
-        sde.coefs(0.3),
-        3,
-        10,
-    );
+    let ctx = RunContext::new(&sde, &den, &ConstantNoise(0.0), 1).step(StepSpan {
+        from: sde.coefs(0.4),
+        to: sde.coefs(0.3),
+        step: 3,
+        steps: 10,
+    });
     let next = EulerMaruyama.step(&ctx, &state)?.state;
     assert_eq!(
         (next.t, next.step, next.sample_offset, next.draws),
@@ -260,12 +254,12 @@ fn claims_and_default_schedule() -> Result<()> {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: Some(GridKind::Quadratic),
+            natural_grid: GridKind::Quadratic,
         }
     );
     assert_eq!(
-        EulerMaruyama.default_schedule(&LinearBetaVp),
-        Schedule {
+        EulerMaruyama.default_discretization(&LinearBetaVp),
+        Discretization {
             steps: 1000,
             grid: GridKind::Uniform
         }

@@ -3,7 +3,7 @@
 //! # Formula
 //! MATH.md §2 and §5: the PF-ODE dx/dt = F(x, t) = f x − ½ g² ŝ(x, t) stepped from t to s < t
 //! with h = t − s and the drift at t: `x_s = x_t − h F(x_t, t)`. It is the one-stage Butcher
-//! tableau [`TABLEAU`], `a = [[]], b = [1], c = [0]`, run by the kernel's engine ([`rk_step`]),
+//! tableau [`TABLEAU`], `a = [[]], b = [1], c = [0]`, run by the kernel's [`RkSolver`],
 //! which integrates in t. (Euler in λ on x/α is DDIM(η = 0), a different method.)
 //!
 //! # Parameters
@@ -20,9 +20,8 @@
 //! Stochastic Differential Equations", ICLR 2021, §4.3 (the probability flow ODE).
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, register_solver,
-    rk::{ButcherTableau, rk_step},
+    register_solver,
+    rk::{ButcherTableau, RkSolver},
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +32,7 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
     b: &[1.0],
     c: &[0.0],
     order: 1,
+    embedded: None,
 };
 
 /// Euler's method has no parameters.
@@ -40,46 +40,9 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
 #[serde(deny_unknown_fields)]
 pub struct Params {}
 
-/// Euler's method on the PF-ODE; built by [`Euler::new`], which validates [`TABLEAU`].
-#[derive(Debug, Clone, Copy)]
-pub struct Euler(());
-
-impl Euler {
-    /// Euler's method, its tableau validated once here (never at run time).
-    pub fn new() -> Result<Self> {
-        TABLEAU.validate()?;
-        Ok(Self(()))
-    }
-}
-
-impl Solver for Euler {
-    fn claims(&self) -> SolverClaims {
-        SolverClaims {
-            order: Order::Ode(f64::from(TABLEAU.order)),
-            nfe_per_step: TABLEAU.stages(),
-            stochastic: false,
-            affine: true,
-            equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
-        }
-    }
-
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
-            steps: 1000,
-            grid: sde.default_grid(),
-        }
-    }
-
-    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        let x = rk_step(&TABLEAU, ctx, &state.x)?;
-        Ok(Step::to(state.with_x(x)))
-    }
-}
-
 register_solver!(
     "euler",
     "Euler's method on the PF-ODE: order 1, 1 NFE per step",
     Params,
-    |_: Params| Euler::new()
+    |_: Params| RkSolver::new(&TABLEAU, 1000)
 );

@@ -24,9 +24,8 @@
 //! §4.3 (the probability flow ODE).
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, register_solver,
-    rk::{ButcherTableau, rk_step},
+    register_solver,
+    rk::{ButcherTableau, RkSolver},
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +36,7 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
     b: &[0.5, 0.5],
     c: &[0.0, 1.0],
     order: 2,
+    embedded: None,
 };
 
 /// Heun's method has no parameters.
@@ -44,46 +44,9 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
 #[serde(deny_unknown_fields)]
 pub struct Params {}
 
-/// Heun's method on the PF-ODE; built by [`Heun::new`], which validates [`TABLEAU`].
-#[derive(Debug, Clone, Copy)]
-pub struct Heun(());
-
-impl Heun {
-    /// Heun's method, its tableau validated once here (never at run time).
-    pub fn new() -> Result<Self> {
-        TABLEAU.validate()?;
-        Ok(Self(()))
-    }
-}
-
-impl Solver for Heun {
-    fn claims(&self) -> SolverClaims {
-        SolverClaims {
-            order: Order::Ode(f64::from(TABLEAU.order)),
-            nfe_per_step: TABLEAU.stages(),
-            stochastic: false,
-            affine: true,
-            equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
-        }
-    }
-
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
-            steps: 250,
-            grid: sde.default_grid(),
-        }
-    }
-
-    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        let x = rk_step(&TABLEAU, ctx, &state.x)?;
-        Ok(Step::to(state.with_x(x)))
-    }
-}
-
 register_solver!(
     "heun",
     "Heun's method (explicit trapezoid) on the PF-ODE: order 2, 2 NFE per step",
     Params,
-    |_: Params| Heun::new()
+    |_: Params| RkSolver::new(&TABLEAU, 250)
 );

@@ -8,14 +8,22 @@
 //! The data law is [`Gaussian::default`], N((1, −0.5), 0.3² I) (s = 0.3, as DESIGN.md advises:
 //! s = 1 under VP makes the flow a pure translation), on the OU SDE [`Ou`].
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Registry, Result, Schedule, Solver, SolverClaims, State,
-    StepContext,
+    Discretization, Equation, ForwardSde, GridKind, Order, Registry, Result, RunContext, Solver,
+    SolverClaims, State, StepSpan,
     noise::ConstantNoise,
+    rk::RkSolver,
     testing::{Gaussian, Ou, flat, one_step, tail_order},
 };
-use sdeflow_solver_heun::{Heun, TABLEAU};
+use sdeflow_solver_heun::TABLEAU;
+
+/// The solver as a config gets it: `heun()` from the registry.
+fn registered() -> Result<Arc<dyn Solver>> {
+    Registry::global()?.solver("heun", "()")
+}
 
 /// The PF-ODE drift F = f x − ½ g² ŝ = −x + (x − α m)/v of coordinate `j` of
 /// [`Gaussian::default`] (MATH.md §2).
@@ -44,16 +52,12 @@ fn solve(solver: &dyn Solver, steps: usize) -> Result<(Vec<f64>, u64)> {
     let ts = GridKind::Uniform.times(&sde, steps)?;
     let mut state = State::new(Tensor::new(&X_T, &Device::Cpu)?, ts[0], 0);
     for (i, w) in ts.windows(2).enumerate() {
-        let ctx = StepContext::new(
-            &sde,
-            &den,
-            &noise,
-            0,
-            sde.coefs(w[0]),
-            sde.coefs(w[1]),
-            i,
+        let ctx = RunContext::new(&sde, &den, &noise, 0).step(StepSpan {
+            from: sde.coefs(w[0]),
+            to: sde.coefs(w[1]),
+            step: i,
             steps,
-        );
+        });
         let step = solver.step(&ctx, &state)?;
         assert_eq!(ctx.draws_taken(), 0, "step {i} of {steps} drew noise");
         assert!(step.error_estimate.is_none());
@@ -123,11 +127,11 @@ fn flow_map_is_the_pf_ode_flow() -> Result<()> {
 #[test]
 fn one_step_equals_the_hand_written_formula() -> Result<()> {
     let model = Gaussian::default();
-    let solver = Heun::new()?;
+    let solver = registered()?;
     let x = Tensor::new(&X_T, &Device::Cpu)?;
     for (t, s) in [(1.0, 0.9), (0.3, 0.05), (0.01, 1e-3)] {
         let h = t - s;
-        let step = one_step(&solver, &Ou, &model, &ConstantNoise(f64::NAN), &x, t, s)?;
+        let step = one_step(&*solver, &Ou, &model, &ConstantNoise(f64::NAN), &x, t, s)?;
         let got = flat(&step.x)?;
         assert_eq!((step.nfe, step.draws), (2, 0));
         let want = X_T.iter().flat_map(|row| {
@@ -154,11 +158,11 @@ fn one_step_equals_the_hand_written_formula() -> Result<()> {
 /// 2 × N and no step draws noise.
 #[test]
 fn pathwise_error_falls_at_order_2() -> Result<()> {
-    let solver = Heun::new()?;
+    let solver = registered()?;
     let ns: Vec<usize> = (4..=10).map(|k| 1 << k).collect();
     let mut errs = Vec::new();
     for &n in &ns {
-        let (x, nfe) = solve(&solver, n)?;
+        let (x, nfe) = solve(&*solver, n)?;
         assert_eq!(nfe, n as u64 * STAGES);
         errs.push(max_error(&x));
     }
@@ -179,7 +183,7 @@ fn pathwise_error_falls_at_order_2() -> Result<()> {
 /// affine, the PF-ODE; 250 steps by default on the SDE's default grid.
 #[test]
 fn claims_and_default_schedule() -> Result<()> {
-    let solver = Heun::new()?;
+    let solver = registered()?;
     assert_eq!(
         solver.claims(),
         SolverClaims {
@@ -188,12 +192,12 @@ fn claims_and_default_schedule() -> Result<()> {
             stochastic: false,
             affine: true,
             equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
+            natural_grid: GridKind::Uniform,
         }
     );
     assert_eq!(
-        solver.default_schedule(&Ou),
-        Schedule {
+        solver.default_discretization(&Ou),
+        Discretization {
             steps: 250,
             grid: Ou.default_grid()
         }
@@ -207,7 +211,8 @@ fn claims_and_default_schedule() -> Result<()> {
 fn registration_builds_from_empty_params() -> Result<()> {
     let reg = Registry::global()?;
     let solver = reg.solver("heun", "()")?;
-    assert_eq!(solver.claims(), Heun::new()?.claims());
+    let built = RkSolver::new(&TABLEAU, solver.default_discretization(&Ou).steps)?;
+    assert_eq!(solver.claims(), built.claims());
     assert!(reg.solver("heun", "(steps: 10)").is_err());
     Ok(())
 }

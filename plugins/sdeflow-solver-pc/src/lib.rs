@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use candle_core::{D, Tensor};
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, Order, Result, Schedule, Solver, SolverClaims, State, Step,
+    Discretization, Equation, Error, ForwardSde, Order, Result, Solver, SolverClaims, State, Step,
     StepContext, Transition, ops::lin3, register_solver, registry::SolverRef,
 };
 use serde::{Deserialize, Serialize};
@@ -179,10 +179,10 @@ impl Solver for Pc {
         }
     }
 
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        let grid = self.predictor.default_schedule(sde).grid;
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        let grid = self.predictor.default_discretization(sde).grid;
         let steps = (DEFAULT_BUDGET / self.claims().nfe_per_step).max(1);
-        Schedule { steps, grid }
+        Discretization { steps, grid }
     }
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {

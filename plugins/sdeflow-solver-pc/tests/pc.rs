@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State,
-    Step, StepContext,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
+    State, Step, StepContext,
     noise::{ConstantNoise, PhiloxNoise},
     ops::lin3,
     register_solver,
@@ -34,11 +34,11 @@ impl Solver for TestEm {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: Some(GridKind::Quadratic),
+            natural_grid: GridKind::Quadratic,
         }
     }
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 1000,
             grid: GridKind::Uniform,
         }
@@ -72,8 +72,8 @@ impl Solver for TestOde {
             ..TestEm.claims()
         }
     }
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        TestEm.default_schedule(sde)
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        TestEm.default_discretization(sde)
     }
     fn step(&self, _ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         Ok(Step::to(state.clone()))
@@ -228,13 +228,13 @@ fn claims_derive_from_the_predictor() -> Result<()> {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: Some(GridKind::Quadratic),
+            natural_grid: GridKind::Quadratic,
         }
     );
     assert!(!pc(1, 0.1, StepSize::PerSampleNorm)?.claims().affine);
     assert_eq!(
-        pc(3, 0.1, StepSize::ExpectedNorm)?.default_schedule(&Ou),
-        Schedule {
+        pc(3, 0.1, StepSize::ExpectedNorm)?.default_discretization(&Ou),
+        Discretization {
             steps: 250,
             grid: GridKind::Uniform
         }

@@ -23,8 +23,8 @@
 //! ICLR 2021, eq. (46)–(47) and `ReverseDiffusionPredictor` in score_sde's `sampling.py`.
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, Transition, ops::lin3, register_solver,
+    Discretization, Equation, ForwardSde, GridKind, Order, Result, Solver, SolverClaims, State,
+    Step, StepContext, Transition, ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +48,12 @@ impl Solver for ReverseDiffusion {
             stochastic: true,
             affine: true,
             equation: Equation::ReverseSde,
-            natural_grid: Some(GridKind::Quadratic),
+            natural_grid: GridKind::Quadratic,
         }
     }
 
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 1000,
             grid: sde.default_grid(),
         }

@@ -3,8 +3,8 @@
 //! included), direction checks, claims and the registration.
 
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Schedule, Solver, SolverClaims,
-    State,
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Solver,
+    SolverClaims, State,
     noise::ConstantNoise,
     testing::{EpsParam, Gaussian, Ou, assert_close, normals, one_step, rows},
 };
@@ -117,12 +117,12 @@ fn claims_and_default_schedule() {
         stochastic: true,
         affine: true,
         equation: Equation::ReverseSde,
-        natural_grid: Some(GridKind::Quadratic),
+        natural_grid: GridKind::Quadratic,
     };
     assert_eq!(ReverseDiffusion.claims(), want);
     assert_eq!(
-        ReverseDiffusion.default_schedule(&Ou),
-        Schedule {
+        ReverseDiffusion.default_discretization(&Ou),
+        Discretization {
             steps: 1000,
             grid: Ou.default_grid()
         }

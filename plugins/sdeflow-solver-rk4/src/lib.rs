@@ -6,7 +6,7 @@
 //! `k₁ = F(x_t, t)`, `k₂ = F(x_t − (h/2) k₁, m)`, `k₃ = F(x_t − (h/2) k₂, m)`,
 //! `k₄ = F(x_t − h k₃, s)`, `x_s = x_t − (h/6)(k₁ + 2k₂ + 2k₃ + k₄)`.
 //! It is the Butcher tableau [`TABLEAU`], `a = [[], [½], [0, ½], [0, 0, 1]]`,
-//! `b = [⅙, ⅓, ⅓, ⅙]`, `c = [0, ½, ½, 1]`, run by the kernel's engine ([`rk_step`]), which
+//! `b = [⅙, ⅓, ⅓, ⅙]`, `c = [0, ½, ½, 1]`, run by the kernel's [`RkSolver`], which
 //! integrates in t; the midpoint stages take the SDE's coefficients at m.
 //!
 //! # Parameters
@@ -24,9 +24,8 @@
 //! probability flow ODE).
 
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Result, Schedule, Solver, SolverClaims, State, Step,
-    StepContext, register_solver,
-    rk::{ButcherTableau, rk_step},
+    register_solver,
+    rk::{ButcherTableau, RkSolver},
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +36,7 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
     b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
     c: &[0.0, 0.5, 0.5, 1.0],
     order: 4,
+    embedded: None,
 };
 
 /// RK4 has no parameters.
@@ -44,46 +44,9 @@ pub const TABLEAU: ButcherTableau = ButcherTableau {
 #[serde(deny_unknown_fields)]
 pub struct Params {}
 
-/// Classical RK4 on the PF-ODE; built by [`Rk4::new`], which validates [`TABLEAU`].
-#[derive(Debug, Clone, Copy)]
-pub struct Rk4(());
-
-impl Rk4 {
-    /// Classical RK4, its tableau validated once here (never at run time).
-    pub fn new() -> Result<Self> {
-        TABLEAU.validate()?;
-        Ok(Self(()))
-    }
-}
-
-impl Solver for Rk4 {
-    fn claims(&self) -> SolverClaims {
-        SolverClaims {
-            order: Order::Ode(f64::from(TABLEAU.order)),
-            nfe_per_step: TABLEAU.stages(),
-            stochastic: false,
-            affine: true,
-            equation: Equation::ProbabilityFlowOde,
-            natural_grid: Some(GridKind::Uniform),
-        }
-    }
-
-    fn default_schedule(&self, sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
-            steps: 100,
-            grid: sde.default_grid(),
-        }
-    }
-
-    fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        let x = rk_step(&TABLEAU, ctx, &state.x)?;
-        Ok(Step::to(state.with_x(x)))
-    }
-}
-
 register_solver!(
     "rk4",
     "The classical Runge–Kutta method on the PF-ODE: order 4, 4 NFE per step",
     Params,
-    |_: Params| Rk4::new()
+    |_: Params| RkSolver::new(&TABLEAU, 100)
 );

@@ -3,7 +3,7 @@
 //! SDE's [σ̃(t_ε), σ̃(T)] and mapped to t — normalized, sampled by its inverse CDF, and the
 //! truncated log-normal of t on EDM's own SDE. Integrals are composite Simpson in ln t.
 
-use sdeflow_kernel::{Error, ForwardSde, Registry, Result, SdeFamily, TimeCoefs, Weighting};
+use sdeflow_kernel::{Error, ForwardSde, Registry, Result, TimeCoefs, Weighting};
 use sdeflow_weighting_edm::{Edm, Params};
 
 /// The default VP SDE (MATH.md §1): B = 0.1 t + 9.95 t², β = 0.1 + 19.9 t, α = e^{−B/2},
@@ -66,9 +66,6 @@ fn all_coefs() -> Vec<TimeCoefs> {
 struct Vp;
 
 impl ForwardSde for Vp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }
@@ -98,9 +95,6 @@ impl ForwardSde for Vp {
 struct EdmSde;
 
 impl ForwardSde for EdmSde {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VarianceExploding
-    }
     fn t_max(&self) -> f64 {
         80.0
     }

@@ -1,7 +1,7 @@
 //! The likelihood weighting against MATH.md §4: w_ε = g²/σ² (which is −2 dλ/dt by §1), the
 //! weight g² on the score loss, no t-density of its own.
 
-use sdeflow_kernel::{ForwardSde, Registry, Result, SdeFamily, TimeCoefs, Weighting};
+use sdeflow_kernel::{ForwardSde, Registry, Result, TimeCoefs, Weighting};
 use sdeflow_weighting_likelihood::{Likelihood, Params};
 
 /// The default VP SDE (MATH.md §1): B = 0.1 t + 9.95 t², β = 0.1 + 19.9 t, α = e^{−B/2},
@@ -64,9 +64,6 @@ fn all_coefs() -> Vec<TimeCoefs> {
 struct Vp;
 
 impl ForwardSde for Vp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }

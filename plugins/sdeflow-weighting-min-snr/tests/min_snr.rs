@@ -1,7 +1,7 @@
 //! The min-SNR-γ weighting against MATH.md §4: w_ε = min(1, γ/SNR), x₀-space weight
 //! min(SNR, γ), γ validated, no t-density of its own.
 
-use sdeflow_kernel::{Error, ForwardSde, Registry, Result, SdeFamily, TimeCoefs, Weighting};
+use sdeflow_kernel::{Error, ForwardSde, Registry, Result, TimeCoefs, Weighting};
 use sdeflow_weighting_min_snr::{MinSnr, Params};
 
 /// The default VP SDE (MATH.md §1): B = 0.1 t + 9.95 t², β = 0.1 + 19.9 t, α = e^{−B/2},
@@ -64,9 +64,6 @@ fn all_coefs() -> Vec<TimeCoefs> {
 struct Vp;
 
 impl ForwardSde for Vp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }

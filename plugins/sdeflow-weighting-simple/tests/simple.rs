@@ -1,7 +1,7 @@
 //! DDPM's simple weighting against MATH.md §4: w_ε = 1 at every time, 1/k² in a target whose
 //! loss scale is k, and no t-density of its own (uniform t on [t_ε, T]).
 
-use sdeflow_kernel::{ForwardSde, Registry, Result, SdeFamily, TimeCoefs, Weighting};
+use sdeflow_kernel::{ForwardSde, Registry, Result, TimeCoefs, Weighting};
 use sdeflow_weighting_simple::{Params, Simple};
 
 /// Coefficients from every regime: the default VP SDE (B = 0.1 t + 9.95 t², α = e^{−B/2},
@@ -92,9 +92,6 @@ fn target_weight_is_one_over_k_squared() -> Result<()> {
 struct Vp;
 
 impl ForwardSde for Vp {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         1.0
     }

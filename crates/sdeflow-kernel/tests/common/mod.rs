@@ -17,8 +17,8 @@ use std::{
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module};
 use sdeflow_kernel::{
-    Equation, ForwardSde, GridKind, Order, Parameterization, Result, Schedule, ScoreModel,
-    SdeFamily, Solver, SolverClaims, State, Step, StepContext, TimeCoefs, convert,
+    Discretization, Equation, ForwardSde, GridKind, Order, Parameterization, Result, ScoreModel,
+    Solver, SolverClaims, State, Step, StepContext, TimeCoefs, convert,
     noise::{NoiseRequest, NoiseSource},
     ops::{lin2, lin3},
     testing::Ou,
@@ -71,9 +71,6 @@ impl ExpSde {
 }
 
 impl ForwardSde for ExpSde {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VariancePreserving
-    }
     fn t_max(&self) -> f64 {
         self.t_max
     }
@@ -111,9 +108,6 @@ impl ForwardSde for ExpSde {
 pub struct EdmSde;
 
 impl ForwardSde for EdmSde {
-    fn family(&self) -> SdeFamily {
-        SdeFamily::VarianceExploding
-    }
     fn t_max(&self) -> f64 {
         80.0
     }
@@ -146,9 +140,6 @@ impl ForwardSde for EdmSde {
 struct DefaultInverse<'a>(&'a ExpSde);
 
 impl ForwardSde for DefaultInverse<'_> {
-    fn family(&self) -> SdeFamily {
-        self.0.family()
-    }
     fn t_max(&self) -> f64 {
         self.0.t_max
     }
@@ -363,7 +354,7 @@ fn claims(order: Order, nfe: usize, stochastic: bool, equation: Equation) -> Sol
         stochastic,
         affine: true,
         equation,
-        natural_grid: Some(GridKind::Uniform),
+        natural_grid: GridKind::Uniform,
     }
 }
 
@@ -376,8 +367,8 @@ impl Solver for OdeEuler {
     fn claims(&self) -> SolverClaims {
         claims(Order::Ode(1.0), 1, false, Equation::ProbabilityFlowOde)
     }
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 25,
             grid: GridKind::Quadratic,
         }
@@ -399,8 +390,8 @@ impl Solver for OdeHeun {
     fn claims(&self) -> SolverClaims {
         claims(Order::Ode(2.0), 2, false, Equation::ProbabilityFlowOde)
     }
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 10,
             grid: GridKind::Uniform,
         }
@@ -440,8 +431,8 @@ impl Solver for NoisyEuler {
             Equation::ReverseSde,
         )
     }
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 10,
             grid: GridKind::Uniform,
         }
@@ -493,8 +484,8 @@ impl Solver for AccumulateNoise {
     fn claims(&self) -> SolverClaims {
         claims(Order::Plateau { snr: 0.16 }, 0, true, Equation::ReverseSde)
     }
-    fn default_schedule(&self, _sde: &dyn ForwardSde) -> Schedule {
-        Schedule {
+    fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
+        Discretization {
             steps: 4,
             grid: GridKind::Uniform,
         }
