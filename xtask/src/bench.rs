@@ -26,7 +26,6 @@
 //! Built in release: from a debug build it re-runs itself with `cargo run --release`.
 
 use std::{
-    path::Path,
     process::{Command, ExitCode},
     sync::{
         Arc,
@@ -101,9 +100,6 @@ impl ScoreModel for Free {
     fn forward(&self, x: &Tensor, _c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
         Ok(x.zeros_like()?)
     }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// A model that clocks its calls and, after each, makes the very same call again (its twin)
@@ -148,9 +144,6 @@ impl ScoreModel for Clocked {
     }
     fn rows_independent(&self) -> bool {
         self.inner.rows_independent()
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 

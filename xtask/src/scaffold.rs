@@ -528,8 +528,6 @@ const MODEL_LIB: &str = r#"//! `{{name}}`: a linear score model (a scaffold to e
 //! # References
 //! Song et al., ICLR 2021, §3 (a score model s_θ(x, t)).
 
-use std::path::Path;
-
 use candle_core::{D, Tensor, Var};
 use candle_nn::VarMap;
 use sdeflow_kernel::{Error, ModelContext, Result, ScoreModel, TimeCoefs, register_model};
@@ -606,9 +604,6 @@ impl ScoreModel for {{Type}} {
     }
     fn varmap(&self) -> Option<&VarMap> {
         Some(&self.varmap)
-    }
-    fn load(&mut self, path: &Path) -> Result<()> {
-        Ok(self.varmap.load(path)?)
     }
 }
 

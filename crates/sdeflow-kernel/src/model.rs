@@ -54,6 +54,14 @@ pub trait ScoreModel: Send + Sync + Debug {
         }
     }
 
-    /// Loads the trainable variables from safetensors into the built model.
-    fn load(&mut self, path: &Path) -> Result<()>;
+    /// Loads the trainable variables from safetensors into the built model, all or nothing
+    /// ([`io::load_varmap`](crate::io::load_varmap)); a model with none has nothing to load.
+    /// It takes `&self`: the variables are shared tensors set in place, so a model behind an
+    /// `Arc` loads as it is.
+    fn load(&self, path: &Path) -> Result<()> {
+        match self.varmap() {
+            Some(vm) => crate::io::load_varmap(vm, path),
+            None => Ok(()),
+        }
+    }
 }

@@ -64,7 +64,8 @@ impl State {
     pub fn save(&self, path: &Path) -> Result<()> {
         let cpu = Device::Cpu;
         let scalar_f64 = |v: f64| Tensor::new(&[v], &cpu);
-        let scalar_i64 = |v: u64| Tensor::new(&[v as i64], &cpu);
+        // A u64 counter as the i64 with the same bits (candle's safetensors has no u64).
+        let scalar_i64 = |v: u64| Tensor::new(&[v.cast_signed()], &cpu);
         let mut map: HashMap<String, Tensor> = HashMap::new();
         map.insert("x".into(), self.x.to_device(&cpu)?);
         map.insert("t".into(), scalar_f64(self.t)?);
@@ -81,34 +82,85 @@ impl State {
         crate::io::write_atomic(path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))
     }
 
-    /// Reads a state written by [`save`](Self::save) onto `device`.
+    /// Reads a state written by [`save`](Self::save) onto `device`. The file is a user's:
+    /// each scalar must be one finite value (the counters whole and non-negative), `x` a
+    /// batch `[n, ...]`, each counter one i64 (the bits of a u64), and every history entry's x̂₀
+    /// must have `x`'s rows (extras are free-form); anything else is an error naming the file and the entry.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let map = candle_core::safetensors::load(path, device)?;
+        let bad = |k: &str, why: String| Error::Msg(format!("{}: `{k}` {why}", path.display()));
+        let map = candle_core::safetensors::load(path, device)
+            .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
         let get = |k: &str| {
             map.get(k)
                 .cloned()
                 .ok_or_else(|| Error::Msg(format!("{}: no `{k}` in state file", path.display())))
         };
-        let f = |k: &str| -> Result<f64> { Ok(get(k)?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0]) };
-        let u = |k: &str| -> Result<u64> { Ok(get(k)?.to_vec1::<i64>()?[0] as u64) };
+        let scalar = |k: &str| -> Result<f64> {
+            let v = get(k)?;
+            if v.elem_count() != 1 {
+                return Err(bad(
+                    k,
+                    format!("must hold one value, not shape {:?}", v.dims()),
+                ));
+            }
+            let v = v.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+            if !v.is_finite() {
+                return Err(bad(k, format!("is {v}, not a finite number")));
+            }
+            Ok(v)
+        };
+        // Counters are u64, stored as the i64 with the same bits (candle's safetensors has
+        // no u64): the cast is the format, lossless both ways.
+        let count = |k: &str| -> Result<u64> {
+            let t = get(k)?;
+            if t.dtype() != DType::I64 || t.elem_count() != 1 {
+                return Err(bad(
+                    k,
+                    format!(
+                        "must be one i64 (a u64 counter's bits), not {:?} of shape {:?}",
+                        t.dtype(),
+                        t.dims()
+                    ),
+                ));
+            }
+            Ok(t.flatten_all()?.to_vec1::<i64>()?[0].cast_unsigned())
+        };
+        let x = get("x")?;
+        let Some(&rows) = x.dims().first() else {
+            return Err(bad("x", "must be a batch [n, ...], not a scalar".into()));
+        };
+        let same_rows = |k: &str, v: &Tensor| -> Result<()> {
+            if v.dims().first() == Some(&rows) {
+                Ok(())
+            } else {
+                Err(bad(
+                    k,
+                    format!("has shape {:?}, but `x` has {rows} rows", v.dims()),
+                ))
+            }
+        };
         let mut history = Vec::new();
         while map.contains_key(&format!("history.{:06}.lambda", history.len())) {
             let i = history.len();
+            let key = format!("history.{i:06}.x0_hat");
+            let x0_hat = get(&key)?;
+            same_rows(&key, &x0_hat)?;
             history.push(HistoryEntry {
-                lambda: f(&format!("history.{i:06}.lambda"))?,
-                x0_hat: get(&format!("history.{i:06}.x0_hat"))?,
+                lambda: scalar(&format!("history.{i:06}.lambda"))?,
+                x0_hat,
             });
         }
         let extras = map
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("extra.").map(|n| (n.to_string(), v.clone())))
             .collect();
+        let step = count("step")?;
         Ok(Self {
-            x: get("x")?,
-            t: f("t")?,
-            step: u("step")? as usize,
-            sample_offset: u("sample_offset")?,
-            draws: u("draws")?,
+            x,
+            t: scalar("t")?,
+            step: usize::try_from(step).map_err(|_| bad("step", format!("{step} is too large")))?,
+            sample_offset: count("sample_offset")?,
+            draws: count("draws")?,
             history,
             extras,
         })

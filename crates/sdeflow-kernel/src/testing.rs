@@ -2,7 +2,7 @@
 //! plugin: an SDE with closed forms, the ε parameterization, the exact model of a single
 //! Gaussian, one-step helpers. Third-party plugin authors use them the same way.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -129,9 +129,6 @@ impl ScoreModel for Gaussian {
     }
     fn rows_independent(&self) -> bool {
         true
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 

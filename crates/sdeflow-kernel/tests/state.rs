@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -182,12 +182,6 @@ impl ScoreModel for WithVars {
     fn varmap(&self) -> Option<&VarMap> {
         self.0.as_ref()
     }
-    fn load(&mut self, path: &Path) -> Result<()> {
-        if let Some(vm) = self.0.as_mut() {
-            vm.load(path)?;
-        }
-        Ok(())
-    }
 }
 
 #[test]
@@ -205,11 +199,119 @@ fn score_model_default_save_writes_its_varmap() -> Result<()> {
     let vm2 = VarMap::new();
     let vb2 = VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu);
     let w2 = vb2.get_with_hints((3, 2), "layer.weight", candle_nn::Init::Const(0.0))?;
-    let mut fresh = WithVars(Some(vm2));
+    let fresh = std::sync::Arc::new(WithVars(Some(vm2)));
+    // Behind an Arc, as the pipeline holds a model: no `Arc::get_mut`.
     fresh.load(&path)?;
     assert_eq!(flat(&w2)?, vec![0.25; 6]);
     let none = dir.join("none.safetensors");
     WithVars(None).save(&none)?;
     assert!(!none.exists());
+    Ok(())
+}
+
+/// Loading is all or nothing: a file that lacks one of the model's variables, or holds one
+/// in another shape, is an error naming the variable and the file, and no variable changes.
+#[test]
+fn loading_weights_is_all_or_nothing() -> Result<()> {
+    let dir = TempDir::new("varmap-partial")?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let a = vb.get_with_hints((2, 2), "a", candle_nn::Init::Const(1.0))?;
+    let b = vb.get_with_hints(3, "b", candle_nn::Init::Const(2.0))?;
+    let model = WithVars(Some(vm));
+    type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, &'a str);
+    let cases: [Case<'_>; 2] = [
+        (
+            "only-a.safetensors",
+            vec![("a", Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?)],
+            "no variable `b`",
+        ),
+        (
+            "b-misshapen.safetensors",
+            vec![
+                ("a", Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?),
+                ("b", Tensor::zeros(4, DType::F32, &Device::Cpu)?),
+            ],
+            "`b` has shape [4] but the model's is [3]",
+        ),
+    ];
+    for (name, entries, want) in cases {
+        let path = dir.join(name);
+        let map: std::collections::HashMap<String, Tensor> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        candle_core::safetensors::save(&map, &path)?;
+        let msg = model.load(&path).unwrap_err().to_string();
+        assert!(msg.contains(want) && msg.contains(name), "{msg}");
+        assert_eq!(flat(&a)?, vec![1.0; 4], "{name}: `a` must be untouched");
+        assert_eq!(flat(&b)?, vec![2.0; 3], "{name}: `b` must be untouched");
+    }
+    // An f64 file loads into f32 variables.
+    let path = dir.join("f64.safetensors");
+    let map: std::collections::HashMap<String, Tensor> = [
+        ("a".to_string(), Tensor::full(0.5f64, (2, 2), &Device::Cpu)?),
+        ("b".to_string(), Tensor::full(-1.0f64, 3, &Device::Cpu)?),
+    ]
+    .into();
+    candle_core::safetensors::save(&map, &path)?;
+    model.load(&path)?;
+    assert_eq!((flat(&a)?, flat(&b)?), (vec![0.5; 4], vec![-1.0; 3]));
+    Ok(())
+}
+
+/// A state file is a user's: scalars that are not one finite value, counters that are not
+/// one i64 (the bits of a u64), and a history x̂₀ whose rows disagree with `x` are errors naming the
+/// file and the entry, never an index panic or a wrapped-around count.
+#[test]
+fn loading_a_malformed_state_names_the_entry() -> Result<()> {
+    let dir = TempDir::new("state-malformed")?;
+    let cpu = Device::Cpu;
+    let mut good = State::new(Tensor::zeros((4, 2), DType::F32, &cpu)?, 0.5, 0);
+    good.history.push(HistoryEntry {
+        lambda: 1.0,
+        x0_hat: Tensor::zeros((4, 2), DType::F32, &cpu)?,
+    });
+    let base = dir.join("good.safetensors");
+    good.save(&base)?;
+    let edits: [(&str, Tensor, &str); 6] = [
+        (
+            "step",
+            Tensor::new(&[3u32], &cpu)?,
+            "`step` must be one i64",
+        ),
+        (
+            "draws",
+            Tensor::new(&[1.5f64], &cpu)?,
+            "`draws` must be one i64",
+        ),
+        (
+            "t",
+            Tensor::new(&[f64::NAN], &cpu)?,
+            "`t` is NaN, not a finite number",
+        ),
+        (
+            "t",
+            Tensor::zeros(0, DType::F64, &cpu)?,
+            "`t` must hold one value",
+        ),
+        (
+            "history.000000.x0_hat",
+            Tensor::zeros((3, 2), DType::F32, &cpu)?,
+            "`history.000000.x0_hat` has shape [3, 2], but `x` has 4 rows",
+        ),
+        ("x", Tensor::new(0.0f32, &cpu)?, "`x` must be a batch"),
+    ];
+    for (i, (key, value, want)) in edits.into_iter().enumerate() {
+        let mut map = candle_core::safetensors::load(&base, &cpu)?;
+        map.insert(key.to_string(), value);
+        let path = dir.join(&format!("bad{i}.safetensors"));
+        candle_core::safetensors::save(&map, &path)?;
+        let msg = State::load(&path, &cpu).unwrap_err().to_string();
+        assert!(
+            msg.contains(want) && msg.contains(&format!("bad{i}")),
+            "{msg}"
+        );
+    }
     Ok(())
 }

@@ -23,7 +23,7 @@
 //! Song et al., ICLR 2021, §4 and Appendix D.2 (exact likelihoods); the closed form of a
 //! Gaussian convolved with a Gaussian.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
@@ -127,10 +127,6 @@ impl ScoreModel for GmmOracle {
 
     fn exact_law(&self) -> Option<&GaussianMixture> {
         Some(&self.mixture)
-    }
-
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 

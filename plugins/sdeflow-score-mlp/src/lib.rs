@@ -260,8 +260,8 @@ impl ScoreModel for Mlp {
         Some(&self.varmap)
     }
 
-    fn load(&mut self, path: &Path) -> Result<()> {
-        self.varmap.load(path).map_err(|e| {
+    fn load(&self, path: &Path) -> Result<()> {
+        sdeflow_kernel::io::load_varmap(&self.varmap, path).map_err(|e| {
             Error::Msg(format!(
                 "mlp: cannot load weights from {}: {e} (a checkpoint of an mlp with dim {}, hidden {}, layers {}, embed_dim {} is expected)",
                 path.display(),

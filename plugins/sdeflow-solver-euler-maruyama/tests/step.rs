@@ -6,7 +6,7 @@
 //! g² vary in time (`sdeflow_kernel::testing::Ou` has them constant, which would not tell the
 //! step's start from its end), and ŝ = −x/v is a fixed affine map.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
@@ -64,9 +64,6 @@ impl ScoreModel for AffineScore {
     }
     fn rows_independent(&self) -> bool {
         true
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 

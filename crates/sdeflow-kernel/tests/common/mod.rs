@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -216,9 +216,6 @@ impl ScoreModel for GaussianEps {
     fn rows_independent(&self) -> bool {
         true
     }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// A small MLP on `candle_nn::Linear` with fixed weights: ε̂ = W₂ tanh(W₁ [x, t] + b₁) + b₂.
@@ -284,9 +281,6 @@ impl ScoreModel for LinearEps {
         let h = self.l1.forward(&Tensor::cat(&[x, &t], 1)?)?.tanh()?;
         Ok(self.l2.forward(&h)?)
     }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// A model whose output turns non-finite once t falls below `below_t`.
@@ -311,9 +305,6 @@ impl ScoreModel for BreaksBelow {
     }
     fn rows_independent(&self) -> bool {
         true
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -341,9 +332,6 @@ impl ScoreModel for RecordingModel {
     }
     fn rows_independent(&self) -> bool {
         self.independent
-    }
-    fn load(&mut self, _path: &Path) -> Result<()> {
-        Ok(())
     }
 }
 
