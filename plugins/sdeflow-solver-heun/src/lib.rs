@@ -5,7 +5,7 @@
 //! with h = t − s, as in EDM's Algorithm 1 without churn:
 //! `d = F(x_t, t)`, `x̃ = x_t − h d`, `d′ = F(x̃, s)`, `x_s = x_t − h (d + d′)/2`.
 //! It is the Butcher tableau [`TABLEAU`], `a = [[], [1]], b = [½, ½], c = [0, 1]`, run by the
-//! kernel's engine ([`rk_step`]), which integrates in t. EDM's Algorithm 1 steps in σ̃ on x/α
+//! kernel's [`RkSolver`], which integrates in t. EDM's Algorithm 1 steps in σ̃ on x/α
 //! and skips the second stage when σ̃_{i+1} = 0; here the grid ends at t_ε > 0, so every
 //! step takes both stages, and the method equals EDM's only on the `edm` SDE (α = 1, σ = t).
 //!
