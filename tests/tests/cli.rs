@@ -67,7 +67,15 @@ fn golden_error_messages() -> Result<()> {
         ),
         (
             edited("steps: 10", "steps: 0"),
-            "error: bad.ron:6:14: invalid `steps`: must be at least 1\n",
+            "error: bad.ron:6:5: invalid `steps`: must be at least 1\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    chunk_rows: Some(0),"),
+            "error: bad.ron:8:5: invalid `chunk_rows`: must be at least 1\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    steps: 4,"),
+            "error: bad.ron:8:5: field `steps` given twice in `config`\n",
         ),
         (
             edited("sde: vp()", "sde: vp(beta_min: 5.0, beta_max: 1.0)"),
@@ -124,6 +132,42 @@ fn a_model_whose_dimension_differs_from_its_exact_law_is_an_error() -> Result<()
         err.contains("gmm_oracle: invalid `means`: mean 1 has 1 entries, mean 0 has 2"),
         "{err}"
     );
+    Ok(())
+}
+
+/// `check`'s NFE per sample and its last grid row are what a run of the config counts,
+/// the final denoising step included when the config asks for it.
+#[test]
+fn check_counts_the_nfe_a_run_takes() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-cli-nfe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Msg(e.to_string()))?;
+    for (denoise, text) in [
+        (false, BASE.to_string()),
+        (
+            true,
+            edited("steps: 10,", "steps: 10,\n    denoise_final: true,"),
+        ),
+    ] {
+        let path = dir.join(format!("nfe-{denoise}.ron"));
+        std::fs::write(&path, &text).map_err(|e| Error::Msg(e.to_string()))?;
+        let path = path.to_str().unwrap_or_default();
+        let (code, out, err) = run(&["check", path]);
+        assert_eq!(code, 0, "{err}");
+        let config = sdeflow_cli::load(sdeflow_tests::registry()?, Some(&path.into()), None)?;
+        assert_eq!(config.denoise_final, denoise);
+        let ran = config.pipeline(candle_core::Device::Cpu)?.sample(3)?.nfe;
+        // euler_maruyama: 1 NFE per step, 10 steps, and Tweedie's step when asked for.
+        assert_eq!(ran, 10 + u64::from(denoise));
+        assert!(
+            out.contains(&format!(", {ran} NFE per sample,")),
+            "check should announce {ran} NFE:\n{out}"
+        );
+        let last_row = out.lines().last().unwrap_or_default();
+        assert!(
+            last_row.split_whitespace().last() == Some(ran.to_string().as_str()),
+            "the last grid row should reach {ran} NFE: {last_row}"
+        );
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use sdeflow_kernel::{Config, Error, Order, Registry, Result, SolverClaims};
+use sdeflow_kernel::{Config, Error, KINDS, Order, Registry, Result, SolverClaims};
 
 /// The registered plugins by kind; as a Markdown table with `markdown`.
 pub fn list(registry: &Registry, markdown: bool) -> String {
@@ -64,19 +64,14 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
             format!("`{what}` is not KIND/NAME; for example `solver/euler_maruyama`"),
         )
     })?;
-    let infos = registry.infos();
-    let kinds: Vec<&str> = {
-        let mut k: Vec<&str> = infos.iter().map(|(k, _)| *k).collect();
-        k.dedup();
-        k
-    };
-    if !kinds.contains(&kind) && !["model", "param", "sde", "solver", "weighting"].contains(&kind) {
+    let Some(kind) = KINDS.iter().copied().find(|k| *k == kind) else {
         return Err(Error::invalid(
             "describe",
             "kind",
-            format!("`{kind}` is not a kind; use one of model, param, sde, solver, weighting"),
+            format!("`{kind}` is not a kind; use one of {}", KINDS.join(", ")),
         ));
-    }
+    };
+    let infos = registry.infos();
     let Some((_, info)) = infos.iter().find(|(k, i)| *k == kind && i.name == name) else {
         let known = infos
             .iter()
@@ -84,7 +79,7 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
             .map(|(_, i)| i.name.to_string())
             .collect();
         return Err(Error::UnknownPlugin {
-            kind: leak_kind(kind),
+            kind,
             name: name.to_string(),
             known,
         });
@@ -121,13 +116,6 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
     Ok(s)
 }
 
-fn leak_kind(kind: &str) -> &'static str {
-    ["model", "param", "sde", "solver", "weighting"]
-        .into_iter()
-        .find(|k| *k == kind)
-        .unwrap_or("plugin")
-}
-
 fn strip_parens(ron: &str) -> &str {
     let t = ron.trim();
     t.strip_prefix('(')
@@ -146,12 +134,12 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
     let _ = writeln!(
         s,
         "sde     {} (T = {}, t_ε = {:e}, prior N(0, {}² I))",
-        config.sde.0,
+        config.sde.name,
         sde.t_max(),
         sde.t_eps(),
         sde.prior_std()
     );
-    let _ = writeln!(s, "param   {}", config.param.0);
+    let _ = writeln!(s, "param   {}", config.param.name);
     let shape = pipeline.model().sample_shape();
     let exact = if pipeline.model().exact_law().is_some() {
         ", exact law known"
@@ -161,10 +149,16 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
     let _ = writeln!(
         s,
         "model   {} (sample shape {shape:?}{exact})",
-        config.model.0
+        config.model.name
     );
-    let _ = writeln!(s, "solver  {}: {}", config.solver.0, claims_text(&claims));
-    let total_nfe = claims.nfe_per_step * schedule.steps;
+    let _ = writeln!(
+        s,
+        "solver  {}: {}",
+        config.solver.name,
+        claims_text(&claims)
+    );
+    // The solver's evaluations, plus the final denoising step when the config asks for it.
+    let total_nfe = pipeline.claimed_nfe();
     let _ = writeln!(
         s,
         "run     {} samples, {} grid, {} steps, {} NFE per sample, {} on {}, seed {}, model chunks {}",
@@ -200,7 +194,7 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             format!("{:>13}", "—")
         };
         let nfe = if i < n {
-            claims.nfe_per_step * (i + 1)
+            (claims.nfe_per_step * (i + 1)) as u64
         } else {
             total_nfe
         };

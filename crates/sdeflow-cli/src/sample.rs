@@ -197,7 +197,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             let path = dir.join("trajectory.png");
             let title = format!(
                 "{} · {} · {} steps: paths of the first samples",
-                config.solver.0, config.sde.0, schedule.steps
+                config.solver.name, config.sde.name, schedule.steps
             );
             crate::plot::paths(&path, &host_frames, &title)?;
             files.push(path.display().to_string());
@@ -266,7 +266,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         let path = dir.join("samples.png");
         let title = format!(
             "{} · {} · {} steps",
-            config.solver.0, config.sde.0, schedule.steps
+            config.solver.name, config.sde.name, schedule.steps
         );
         crate::plot::scatter_beside(&path, &host, exact_rows.as_deref(), &title)?;
         files.push(path.display().to_string());
@@ -274,10 +274,10 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
 
     let mut summary = Summary {
         config: config.file.clone(),
-        sde: config.sde.0.clone(),
-        param: config.param.0.clone(),
-        model: config.model.0.clone(),
-        solver: config.solver.0.clone(),
+        sde: config.sde.name.to_string(),
+        param: config.param.name.to_string(),
+        model: config.model.name.to_string(),
+        solver: config.solver.name.to_string(),
         grid: schedule.grid.to_string(),
         steps: schedule.steps,
         nfe: result.nfe,

@@ -1,32 +1,23 @@
-//! RON pipeline configs: plugin references read like enum variants keyed by registered name,
-//! always with parentheses (`solver: euler_maruyama()`, `sde: vp(beta_max: 20.0)`), and every
-//! error keeps the file, line and column.
-//!
-//! Names are known only at run time, so each plugin field is read with a
-//! [`DeserializeSeed`] whose identifier visitor looks the name up in the registry and whose
-//! variant content is handed, type-erased, to the plugin's own `Params` (ron's
-//! `UNWRAP_VARIANT_NEWTYPES` reads `ddim(eta: 0.0)` as the struct inside). Capturing the
-//! content as `ron::Value` would lose the spans.
+//! RON pipeline configs. A config is one derived-serde struct, [`Config`]: its plugin fields
+//! are [`Entry`]s, read through the registry that [`Config::parse`] is given (the
+//! [`de`](crate::de) module keeps it in scope while the file is read); every other field is
+//! plain serde with `deny_unknown_fields`, so a new field is one line with its default, and a
+//! new section a derived sub-struct like [`Outputs`]. Every error keeps the file, line and
+//! column.
 //!
 //! The model is built in the parameterization it is read in, on the config's device, so a
 //! config is read twice: a first pass takes `device`, `dtype` and `param` and skips the rest;
-//! the second reads everything with the model's context at hand.
+//! the second reads everything with the model's context in scope.
 
-use std::{fmt, path::PathBuf, sync::Arc};
+use std::{fmt, path::PathBuf};
 
 use candle_core::{DType, Device};
-use serde::{
-    Deserialize, Serialize,
-    de::{self, DeserializeSeed, EnumAccess, IgnoredAny, MapAccess, VariantAccess, Visitor},
-};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
-    Error, ForwardSde, GridKind, ModelContext, Parameterization, Pipeline, PipelineBuilder,
-    Registry, Result, ScoreModel, Solver,
-    registry::{
-        BuildSeed, Buildable, Catalog, ErasedDe, Kind, ModelKind, ParamKind, Registration, SdeKind,
-        SolverKind, ron_options, spanned,
-    },
+    Error, GridKind, ModelContext, Pipeline, PipelineBuilder, Registry, Result,
+    de::{Entry, locate_field, ron_options, spanned},
+    registry::{ModelKind, ParamKind, SdeKind, SolverKind},
 };
 
 /// Where to run: `cpu`, `cuda(N)` or `metal(N)`.
@@ -132,64 +123,112 @@ pub enum Job {
 }
 
 /// A parsed, validated config: the plugins built, the rest typed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename = "config", deny_unknown_fields)]
 pub struct Config {
     /// The file it came from (for messages and default output paths).
+    #[serde(skip)]
     pub file: String,
     /// The device asked for.
+    #[serde(default)]
     pub device: DeviceSpec,
     /// The dtype of samples.
+    #[serde(default)]
     pub dtype: DTypeSpec,
     /// The seed of every draw.
+    #[serde(default)]
     pub seed: u64,
-    /// The forward SDE and its registered name.
-    pub sde: (String, Arc<dyn ForwardSde>),
+    /// The forward SDE.
+    pub sde: Entry<SdeKind>,
     /// The parameterization.
-    pub param: (String, Arc<dyn Parameterization>),
+    pub param: Entry<ParamKind>,
     /// The score model.
-    pub model: (String, Arc<dyn ScoreModel>),
+    pub model: Entry<ModelKind>,
     /// The solver.
-    pub solver: (String, Arc<dyn Solver>),
+    pub solver: Entry<SolverKind>,
     /// The grid (default: the solver's for this SDE).
+    #[serde(default, deserialize_with = "some")]
     pub grid: Option<GridKind>,
     /// The step count (default: the solver's for this SDE).
+    #[serde(default, deserialize_with = "steps")]
     pub steps: Option<usize>,
     /// Samples to draw.
+    #[serde(default = "default_samples", deserialize_with = "samples")]
     pub samples: usize,
     /// Model chunk rows (`None`: chunking, and batch invariance, off).
+    #[serde(default = "default_chunk_rows", deserialize_with = "chunk_rows")]
     pub chunk_rows: Option<usize>,
     /// End with Tweedie's denoising step x̂₀ at t_ε (one more NFE; samples of p₀).
+    #[serde(default)]
     pub denoise_final: bool,
     /// What to write.
+    #[serde(default)]
     pub outputs: Outputs,
     /// The jobs `run` performs, in order.
+    #[serde(default = "default_jobs")]
     pub jobs: Vec<Job>,
 }
 
 /// The default sample count.
 pub const DEFAULT_SAMPLES: usize = 10_000;
 
-const FIELDS: &[&str] = &[
-    "device",
-    "dtype",
-    "seed",
-    "sde",
-    "param",
-    "model",
-    "solver",
-    "grid",
-    "steps",
-    "samples",
-    "chunk_rows",
-    "denoise_final",
-    "outputs",
-    "jobs",
-];
+fn default_samples() -> usize {
+    DEFAULT_SAMPLES
+}
+
+fn default_chunk_rows() -> Option<usize> {
+    Some(crate::denoiser::DEFAULT_CHUNK_ROWS)
+}
+
+fn default_jobs() -> Vec<Job> {
+    vec![Job::Sample]
+}
+
+/// An optional field written without `Some(...)`: `grid: uniform`.
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A count of at least 1, named `field` in the error.
+fn at_least_one<E: serde::de::Error>(field: &str, v: usize) -> std::result::Result<usize, E> {
+    if v == 0 {
+        Err(E::custom(format!("invalid `{field}`: must be at least 1")))
+    } else {
+        Ok(v)
+    }
+}
+
+fn steps<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    at_least_one("steps", usize::deserialize(d)?).map(Some)
+}
+
+fn samples<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    at_least_one("samples", usize::deserialize(d)?)
+}
+
+fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    Option::<usize>::deserialize(d)?
+        .map(|c| at_least_one("chunk_rows", c))
+        .transpose()
+}
+
+/// What the first pass reads: what the model is built with. Every other field is skipped.
+#[derive(Deserialize)]
+#[serde(rename = "config")]
+struct Prelude {
+    #[serde(default)]
+    device: DeviceSpec,
+    #[serde(default)]
+    dtype: DTypeSpec,
+    param: Entry<ParamKind>,
+}
 
 impl Config {
-    /// Parses `text` (from `file`, for messages). `device` turns the config's device into a
-    /// candle device (the host owns device features); its error is reported at the `device`
-    /// field.
+    /// Parses `text` (from `file`, for messages), reading every plugin through `registry`.
+    /// `device` turns the config's device into a candle device (the host owns device
+    /// features); its error is reported at the `device` field.
     pub fn parse(
         file: &str,
         text: &str,
@@ -197,36 +236,28 @@ impl Config {
         device: &dyn Fn(DeviceSpec) -> Result<Device>,
     ) -> Result<Self> {
         let at = |e: ron::error::SpannedError| spanned(file, text, &e);
-        let prelude = ron_options()
-            .from_str_seed(text, PreludeSeed { registry })
+        let prelude: Prelude = registry
+            .reading(None, || ron_options().from_str(text))
             .map_err(at)?;
-        let candle_device = match device(prelude.device) {
-            Ok(d) => d,
-            Err(e) => {
-                let (line, col) = locate_field(text, "device").unwrap_or((1, 1));
-                return Err(Error::Config {
-                    file: file.to_string(),
-                    line,
-                    col,
-                    msg: e.to_string(),
-                });
+        let candle_device = device(prelude.device).map_err(|e| {
+            let (line, col) = locate_field(text, "device").unwrap_or((1, 1));
+            Error::Config {
+                file: file.to_string(),
+                line,
+                col,
+                msg: e.to_string(),
             }
-        };
+        })?;
         let ctx = ModelContext {
-            param: prelude.param.1.clone(),
+            param: prelude.param.plugin.clone(),
             device: candle_device,
             dtype: prelude.dtype.dtype(),
         };
-        let mut config = ron_options()
-            .from_str_seed(
-                text,
-                ConfigSeed {
-                    registry,
-                    ctx: &ctx,
-                    file,
-                },
-            )
+        let mut config: Config = registry
+            .reading(Some(ctx), || ron_options().from_str(text))
             .map_err(at)?;
+        config.file = file.to_string();
+        // The model was built for the first pass's parameterization: keep that one.
         config.param = prelude.param;
         Ok(config)
     }
@@ -239,10 +270,10 @@ impl Config {
     /// The builder of [`pipeline`](Self::pipeline), to add a progress hook or a noise source.
     pub fn builder(&self, device: Device) -> PipelineBuilder {
         let mut b = Pipeline::builder()
-            .sde(self.sde.1.clone())
-            .param(self.param.1.clone())
-            .model(self.model.1.clone())
-            .solver(self.solver.1.clone())
+            .sde(self.sde.plugin.clone())
+            .param(self.param.plugin.clone())
+            .model(self.model.plugin.clone())
+            .solver(self.solver.plugin.clone())
             .seed(self.seed)
             .chunk_rows(self.chunk_rows)
             .denoise_final(self.denoise_final)
@@ -256,261 +287,5 @@ impl Config {
             b = b.grid(grid);
         }
         b
-    }
-}
-
-/// The 1-based line and column of `name:` at the start of a field in `text`, if present.
-fn locate_field(text: &str, name: &str) -> Option<(usize, usize)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        let col = line.find(name)?;
-        let rest = line[col + name.len()..].trim_start();
-        let boundary = line[..col]
-            .chars()
-            .last()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        (boundary && rest.starts_with(':')).then_some((i + 1, col + 1))
-    })
-}
-
-/// Reads a plugin reference `name(params...)` of kind `K`.
-pub(crate) struct PluginSeed<'a, K: Kind>
-where
-    K::Plugin: Buildable,
-{
-    pub(crate) catalog: &'a Catalog<K>,
-    pub(crate) ctx: &'a <K::Plugin as Buildable>::Ctx,
-}
-
-impl<'de, K: Kind> DeserializeSeed<'de> for PluginSeed<'_, K>
-where
-    K::Plugin: Buildable,
-{
-    type Value = (String, <K::Plugin as Buildable>::Object);
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_enum(K::NAME, self.catalog.names(), self)
-    }
-}
-
-impl<'de, K: Kind> Visitor<'de> for PluginSeed<'_, K>
-where
-    K::Plugin: Buildable,
-{
-    type Value = (String, <K::Plugin as Buildable>::Object);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a {} plugin written `name(...)`, one of {}",
-            K::NAME,
-            self.catalog.names().join(", ")
-        )
-    }
-    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> std::result::Result<Self::Value, A::Error> {
-        let (plugin, variant) = data.variant_seed(NameSeed::<K> {
-            catalog: self.catalog,
-        })?;
-        let built = variant.newtype_variant_seed(BuildSeed(|de: ErasedDe<'_, 'de>| {
-            plugin.build_from(de, self.ctx)
-        }))?;
-        Ok((plugin.info().name.to_string(), built))
-    }
-}
-
-/// Reads a registered name of kind `K`, or fails listing the names and the nearest.
-struct NameSeed<'a, K: Kind> {
-    catalog: &'a Catalog<K>,
-}
-
-impl<'de, K: Kind> DeserializeSeed<'de> for NameSeed<'_, K> {
-    type Value = &'static K::Plugin;
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_identifier(self)
-    }
-}
-
-impl<'de, K: Kind> Visitor<'de> for NameSeed<'_, K> {
-    type Value = &'static K::Plugin;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a registered {} name", K::NAME)
-    }
-    fn visit_str<E: de::Error>(self, name: &str) -> std::result::Result<Self::Value, E> {
-        self.catalog.get(name).map_err(E::custom)
-    }
-}
-
-/// What the first pass reads.
-struct Prelude {
-    device: DeviceSpec,
-    dtype: DTypeSpec,
-    param: (String, Arc<dyn Parameterization>),
-}
-
-struct PreludeSeed<'a> {
-    registry: &'a Registry,
-}
-
-impl<'de> DeserializeSeed<'de> for PreludeSeed<'_> {
-    type Value = Prelude;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Prelude, D::Error> {
-        d.deserialize_struct("config", FIELDS, self)
-    }
-}
-
-impl<'de> Visitor<'de> for PreludeSeed<'_> {
-    type Value = Prelude;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a pipeline config `( sde: ..., param: ..., model: ..., solver: ... )`")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Prelude, A::Error> {
-        let (mut device, mut dtype, mut param) = (None, None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "device" => device = Some(map.next_value()?),
-                "dtype" => dtype = Some(map.next_value()?),
-                "param" => {
-                    param = Some(map.next_value_seed(PluginSeed::<ParamKind> {
-                        catalog: &self.registry.params,
-                        ctx: &(),
-                    })?)
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Prelude {
-            device: device.unwrap_or_default(),
-            dtype: dtype.unwrap_or_default(),
-            param: param.ok_or_else(|| de::Error::missing_field("param"))?,
-        })
-    }
-}
-
-struct ConfigSeed<'a> {
-    registry: &'a Registry,
-    ctx: &'a ModelContext,
-    file: &'a str,
-}
-
-impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
-    type Value = Config;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Config, D::Error> {
-        d.deserialize_struct("config", FIELDS, self)
-    }
-}
-
-fn positive<E: de::Error>(field: &str, v: usize) -> std::result::Result<usize, E> {
-    if v == 0 {
-        Err(E::custom(format!("invalid `{field}`: must be at least 1")))
-    } else {
-        Ok(v)
-    }
-}
-
-fn once<T, E: de::Error>(
-    slot: &mut Option<T>,
-    field: &'static str,
-    v: T,
-) -> std::result::Result<(), E> {
-    if slot.replace(v).is_some() {
-        return Err(E::duplicate_field(field));
-    }
-    Ok(())
-}
-
-impl<'de> Visitor<'de> for ConfigSeed<'_> {
-    type Value = Config;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a pipeline config `( sde: ..., param: ..., model: ..., solver: ... )`")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Config, A::Error> {
-        let r = self.registry;
-        let (mut device, mut dtype, mut seed, mut sde, mut param, mut model, mut solver) =
-            (None, None, None, None, None, None, None);
-        let (mut grid, mut steps, mut samples, mut chunk_rows, mut outputs, mut jobs) =
-            (None, None, None, None, None, None);
-        let mut denoise_final = None;
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "device" => once(&mut device, "device", map.next_value()?)?,
-                "dtype" => once(&mut dtype, "dtype", map.next_value()?)?,
-                "seed" => once(&mut seed, "seed", map.next_value()?)?,
-                "sde" => once(
-                    &mut sde,
-                    "sde",
-                    map.next_value_seed(PluginSeed::<SdeKind> {
-                        catalog: &r.sdes,
-                        ctx: &(),
-                    })?,
-                )?,
-                "param" => {
-                    // Built in the first pass; read again only to check and skip it.
-                    let p = map.next_value_seed(PluginSeed::<ParamKind> {
-                        catalog: &r.params,
-                        ctx: &(),
-                    })?;
-                    once(&mut param, "param", p)?
-                }
-                "model" => once(
-                    &mut model,
-                    "model",
-                    map.next_value_seed(PluginSeed::<ModelKind> {
-                        catalog: &r.models,
-                        ctx: self.ctx,
-                    })?,
-                )?,
-                "solver" => once(
-                    &mut solver,
-                    "solver",
-                    map.next_value_seed(PluginSeed::<SolverKind> {
-                        catalog: &r.solvers,
-                        ctx: &(),
-                    })?,
-                )?,
-                "grid" => once(&mut grid, "grid", map.next_value::<GridKind>()?)?,
-                "steps" => {
-                    let v = positive("steps", map.next_value()?)?;
-                    once(&mut steps, "steps", v)?
-                }
-                "samples" => {
-                    let v = positive("samples", map.next_value()?)?;
-                    once(&mut samples, "samples", v)?
-                }
-                "chunk_rows" => {
-                    let v: Option<usize> = map.next_value()?;
-                    if let Some(c) = v {
-                        positive::<A::Error>("chunk_rows", c)?;
-                    }
-                    once(&mut chunk_rows, "chunk_rows", v)?
-                }
-                "denoise_final" => once(&mut denoise_final, "denoise_final", map.next_value()?)?,
-                "outputs" => once(&mut outputs, "outputs", map.next_value()?)?,
-                "jobs" => once(&mut jobs, "jobs", map.next_value::<Vec<Job>>()?)?,
-                other => return Err(de::Error::unknown_field(other, FIELDS)),
-            }
-        }
-        let missing = |f: &'static str| de::Error::missing_field(f);
-        Ok(Config {
-            file: self.file.to_string(),
-            device: device.unwrap_or_default(),
-            dtype: dtype.unwrap_or_default(),
-            seed: seed.unwrap_or(0),
-            sde: sde.ok_or_else(|| missing("sde"))?,
-            param: param.ok_or_else(|| missing("param"))?,
-            model: model.ok_or_else(|| missing("model"))?,
-            solver: solver.ok_or_else(|| missing("solver"))?,
-            grid,
-            steps,
-            samples: samples.unwrap_or(DEFAULT_SAMPLES),
-            chunk_rows: chunk_rows.unwrap_or(Some(crate::denoiser::DEFAULT_CHUNK_ROWS)),
-            denoise_final: denoise_final.unwrap_or(false),
-            outputs: outputs.unwrap_or_default(),
-            jobs: jobs.unwrap_or_else(|| vec![Job::Sample]),
-        })
     }
 }

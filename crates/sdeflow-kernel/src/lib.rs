@@ -18,6 +18,7 @@
 
 pub mod coefs;
 pub mod config;
+pub mod de;
 pub mod denoiser;
 pub mod error;
 pub mod grid;
@@ -39,13 +40,14 @@ pub mod weighting;
 
 pub use coefs::{TimeCoefs, Transition};
 pub use config::{Config, DeviceSpec};
+pub use de::{Entry, SolverRef};
 pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};
 pub use grid::GridKind;
 pub use model::{ModelContext, ScoreModel};
 pub use param::{Parameterization, convert};
 pub use pipeline::{Pipeline, PipelineBuilder, SampleOutput};
-pub use registry::Registry;
+pub use registry::{KINDS, Registry};
 pub use sde::ForwardSde;
 pub use solver::{
     Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,

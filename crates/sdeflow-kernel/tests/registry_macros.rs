@@ -155,7 +155,7 @@ fn registrations_are_collected_sorted_and_described() -> Result<()> {
     assert_eq!(sde.info.summary, "α = e^{−t} (test)");
     // The default parameters print as RON that reads back to the defaults.
     let text = (sde.info.default_params)();
-    let back: SdeParams = sdeflow_kernel::registry::ron_options()
+    let back: SdeParams = sdeflow_kernel::de::ron_options()
         .from_str(&text)
         .map_err(|e| Error::Msg(e.to_string()))?;
     assert_eq!(back, SdeParams::default());

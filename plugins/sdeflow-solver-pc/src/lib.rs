@@ -38,8 +38,8 @@ use std::sync::Arc;
 
 use candle_core::{D, Tensor};
 use sdeflow_kernel::{
-    Discretization, Equation, Error, ForwardSde, Order, Result, Solver, SolverClaims, State, Step,
-    StepContext, Transition, ops::lin3, register_solver, registry::SolverRef,
+    Discretization, Equation, Error, ForwardSde, Order, Result, Solver, SolverClaims, SolverRef,
+    State, Step, StepContext, Transition, ops::lin3, register_solver,
 };
 use serde::{Deserialize, Serialize};
 

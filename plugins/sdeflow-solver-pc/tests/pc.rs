@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
-    State, Step, StepContext,
+    SolverRef, State, Step, StepContext,
     noise::{ConstantNoise, PhiloxNoise},
     ops::lin3,
     register_solver,
-    registry::SolverRef,
     testing::{Gaussian, Ou, assert_close, normals, one_step, rows},
 };
 use sdeflow_solver_pc::{Params, Pc, StepSize};
