@@ -120,19 +120,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the tidy rules on this workspace and the registry.
+/// Runs the tidy rules on this workspace's files.
 fn tidy() -> sdeflow_kernel::Result<ExitCode> {
-    let registry = sdeflow_plugins::registry()?;
-    let registrations: Vec<xtask::tidy::Registration> = registry
-        .infos()
-        .into_iter()
-        .map(|(kind, info)| xtask::tidy::Registration {
-            kind: kind.to_string(),
-            name: info.name.to_string(),
-            crate_name: info.crate_name.to_string(),
-        })
-        .collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let registrations = xtask::tidy::registrations(&root);
     let violations = xtask::tidy::check(&root, &registrations);
     for v in &violations {
         println!("{v}");

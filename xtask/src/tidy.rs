@@ -1,5 +1,7 @@
 //! `cargo xtask tidy`: the rules that keep plugins correct by construction (issue "authoring
-//! plugins"), checked on the source tree and the registry:
+//! plugins"), checked on the source tree alone — the registrations are read off each plugin's
+//! `register_*!` lines ([`registrations`]), so tidy links neither the plugins nor candle;
+//! that the registry sees each of them is `sdeflow-plugins`' own test (its `BUILT_IN` list):
 //! 1. every registered name is its crate's suffix (`sdeflow-solver-euler_maruyama` spelled
 //!    with `-`: `sdeflow-solver-euler-maruyama`; models live in `sdeflow-score-*`);
 //! 2. every crate under `plugins/` is linked by `sdeflow-plugins` (its `use … as _;` line, its
@@ -19,7 +21,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// One registration as the registry reports it.
+/// One registration, as a plugin's source declares it and the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     /// `sde`, `param`, `model`, `solver` or `weighting`.
@@ -161,7 +163,7 @@ pub fn check(root: &Path, registrations: &[Registration]) -> Vec<Violation> {
             missing.push("its row in `BUILT_IN`".to_string());
         }
         if !registrations.iter().any(|r| r.crate_name == krate) {
-            missing.push("a registration (`register_*!`) the registry sees".to_string());
+            missing.push("a registration (`register_*!`) in its src/".to_string());
         }
         if !missing.is_empty() {
             v.push(Violation {
@@ -231,6 +233,45 @@ pub fn check(root: &Path, registrations: &[Registration]) -> Vec<Violation> {
         }
     }
     v
+}
+
+/// The registrations the plugin crates under `root/plugins` declare: every
+/// `register_<kind>!("name", ...)` outside a comment in their `src/`, in crate order.
+pub fn registrations(root: &Path) -> Vec<Registration> {
+    let mut out = Vec::new();
+    for (krate, dir) in plugin_crates(root) {
+        for file in rust_files(&dir.join("src")) {
+            let Ok(src) = read(&file) else { continue };
+            let code: String = src
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for kind in crate::scaffold::kinds() {
+                let mac = format!("register_{kind}!");
+                for (at, _) in code.match_indices(&mac) {
+                    let args = code[at + mac.len()..].trim_start();
+                    let Some(args) = args.strip_prefix(['(', '{', '[']) else {
+                        continue;
+                    };
+                    let Some(name) = args
+                        .trim_start()
+                        .strip_prefix('"')
+                        .and_then(|n| n.split_once('"'))
+                        .map(|(n, _)| n)
+                    else {
+                        continue;
+                    };
+                    out.push(Registration {
+                        kind: kind.to_string(),
+                        name: name.to_string(),
+                        crate_name: krate.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {

@@ -3,24 +3,56 @@
 
 use std::path::{Path, PathBuf};
 
-use xtask::tidy::{Registration, Violation, check};
+use xtask::tidy::{Registration, Violation, check, registrations};
 
-/// The workspace and the built-in registrations.
+/// The workspace, with the registrations its plugins' sources declare.
 #[test]
-fn the_tree_is_tidy() -> sdeflow_kernel::Result<()> {
-    let registrations: Vec<Registration> = sdeflow_plugins::registry()?
+fn the_tree_is_tidy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let violations = check(&root, &registrations(&root));
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// What tidy reads off the sources is what the registry holds: every built-in registration,
+/// no more, with its kind and crate.
+#[test]
+fn the_sources_declare_what_the_registry_holds() -> sdeflow_kernel::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let key = |r: &Registration| (r.kind.clone(), r.name.clone(), r.crate_name.clone());
+    let mut scanned: Vec<_> = registrations(&root).iter().map(key).collect();
+    let mut registered: Vec<_> = sdeflow_plugins::registry()?
         .infos()
         .into_iter()
-        .map(|(kind, info)| Registration {
-            kind: kind.into(),
-            name: info.name.into(),
-            crate_name: info.crate_name.into(),
-        })
+        .map(|(kind, info)| (kind.into(), info.name.into(), info.crate_name.into()))
         .collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let violations = check(&root, &registrations);
-    assert!(violations.is_empty(), "{violations:#?}");
+    scanned.sort();
+    registered.sort();
+    assert_eq!(scanned, registered);
     Ok(())
+}
+
+/// The scan reads `register_*!` calls, skipping comments.
+#[test]
+fn registrations_are_read_off_the_source() {
+    let (root, _) = tree("scan", |r| {
+        replace(
+            r,
+            "plugins/sdeflow-solver-good/src/lib.rs",
+            "fn step() {}",
+            "fn step() {}\n// register_solver!(\"commented\", ...);\nregister_solver!(\n    \"good\",\n    \"summary\",\n    Params,\n    Good::new\n);\nsdeflow_kernel::register_weighting!(\"w\", \"s\", P, W::new);\n",
+        )
+    });
+    let got: Vec<(String, String)> = registrations(&root)
+        .into_iter()
+        .map(|r| (r.kind, r.name))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("solver".to_string(), "good".to_string()),
+            ("weighting".to_string(), "w".to_string())
+        ]
+    );
 }
 
 const GOOD_LIB: &str = "//! A solver.\n//!\n//! # Formula\n//! x.\n//!\n//! # Parameters\n//! None.\n//!\n//! # Claims\n//! Order 1.\n//!\n//! # References\n//! None.\n\nfn step() {}\n";
