@@ -1,4 +1,7 @@
-//! `cargo xtask`: build automation for sdeflow, in Rust.
+//! `cargo xtask`: build automation for sdeflow, in Rust. This package reads and writes files
+//! only, so it links neither the plugins nor candle; `conformance` and `bench` run plugins and
+//! live in `xtask/linked` (package `xtask-linked`), which it runs through cargo in the same
+//! profile, forwarding its `cuda` and `metal` features.
 //!
 //! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
 //!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
@@ -8,15 +11,9 @@
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
 //! - `cargo xtask new-plugin KIND NAME`: a working plugin crate in the house shape, linked.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod bench;
-mod conformance;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "sdeflow's build automation")]
@@ -27,31 +24,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every registered plugin through the contract tests of its kind.
+    /// Run every registered plugin through the contract tests of its kind (in xtask-linked;
+    /// `cargo xtask conformance --help` for its options).
+    #[command(disable_help_flag = true)]
     Conformance {
-        /// The quick pass that `cargo test` runs (SW2 on `ring` only).
-        #[arg(long, conflicts_with = "full")]
-        quick: bool,
-        /// Everything (the default): SW2 and paired errors on `ring` and `mix8`, every
-        /// SDE × parameterization.
-        #[arg(long)]
-        full: bool,
-        /// Only plugins of this kind: sde, param, model, solver, weighting.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only the plugin with this registered name.
-        #[arg(long)]
-        plugin: Option<String>,
-        /// Also write every row as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Where the tensor contracts run. A GPU needs a build with its feature:
-        /// `cargo run --release -p xtask --features cuda -- conformance --device cuda`.
-        #[arg(long, value_enum, default_value_t = conformance::DeviceArg::Cpu)]
-        device: conformance::DeviceArg,
-        /// The plugins' dtype there; default f64 on the CPU, f32 on a GPU (Metal has no f64).
-        #[arg(long, value_enum)]
-        dtype: Option<conformance::DtypeArg>,
+        /// Passed on to `xtask-linked conformance`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Create plugins/sdeflow-KIND-NAME: a working plugin in the house shape, linked.
     NewPlugin {
@@ -62,54 +41,23 @@ enum Command {
     },
     /// Check the plugin rules: names, linking, doc headings, no own noise, no plugin deps.
     Tidy,
-    /// Measure the framework's overhead beside the model, per solver (CPU, release build).
+    /// Measure the framework's overhead beside the model, per solver (in xtask-linked;
+    /// `cargo xtask bench --help` for its options).
+    #[command(disable_help_flag = true)]
     Bench {
-        /// Samples per run.
-        #[arg(long, default_value_t = 10_000)]
-        batch: usize,
-        /// Threads for candle and the noise (RAYON_NUM_THREADS).
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Runs per timing: the overhead ratio is the median of as many pairs.
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Only this solver (and its registered variants).
-        #[arg(long)]
-        solver: Option<String>,
+        /// Passed on to `xtask-linked bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Conformance {
-            quick,
-            full: _,
-            kind,
-            plugin,
-            json,
-            device,
-            dtype,
-        } => conformance::run(quick, kind, plugin, json, device, dtype),
+        Command::Conformance { args } => linked("conformance", &args),
         Command::Tidy => tidy(),
         Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
-        Command::Bench {
-            batch,
-            threads,
-            repeats,
-            solver,
-        } => bench::run(bench::BenchArgs {
-            batch,
-            threads,
-            repeats,
-            solver,
-        }),
+        Command::Bench { args } => linked("bench", &args),
     };
     match result {
         Ok(code) => code,
@@ -120,8 +68,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `command` of `xtask-linked` with `args` through cargo, in this build's profile and
+/// with its device features, and returns its exit code.
+fn linked(command: &str, args: &[String]) -> Result<ExitCode, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["run", "--quiet", "--package", "xtask-linked"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    for (on, feature) in [
+        (cfg!(feature = "cuda"), "cuda"),
+        (cfg!(feature = "metal"), "metal"),
+    ] {
+        if on {
+            cmd.args(["--features", feature]);
+        }
+    }
+    let status = cmd
+        .arg("--")
+        .arg(command)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo for xtask-linked: {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
 /// Runs the tidy rules on this workspace's files.
-fn tidy() -> sdeflow_kernel::Result<ExitCode> {
+fn tidy() -> Result<ExitCode, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let registrations = xtask::tidy::registrations(&root);
     let violations = xtask::tidy::check(&root, &registrations);
@@ -141,10 +119,9 @@ fn tidy() -> sdeflow_kernel::Result<ExitCode> {
 }
 
 /// Scaffolds a plugin and says what to do next.
-fn new_plugin(kind: &str, name: &str) -> sdeflow_kernel::Result<ExitCode> {
+fn new_plugin(kind: &str, name: &str) -> Result<ExitCode, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let created = xtask::scaffold::new_plugin(&root, kind, name)
-        .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let created = xtask::scaffold::new_plugin(&root, kind, name).map_err(|e| e.to_string())?;
     // Best effort: the templates are formatted already; rustfmt settles the substituted names.
     let _ = std::process::Command::new("rustfmt")
         .args(["--edition", "2024"])

@@ -68,7 +68,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 "--quiet",
                 "--release",
                 "--package",
-                "xtask",
+                "xtask-linked",
                 "--",
                 "bench",
             ])

@@ -1,0 +1,115 @@
+//! The `cargo xtask` commands that run plugins, so link every plugin and candle:
+//! `conformance` and `bench`. `cargo xtask` (package `xtask`, which only reads and writes
+//! files) forwards them here through cargo; `cargo run -p xtask-linked -- conformance ...`
+//! runs them directly.
+//!
+//! - `conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
+//!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
+//!   contracts of its kind, prints the table, exits 1 on a failure.
+//! - `bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's
+//!   overhead beside the model for every solver, samples/s, and the solver's own time per
+//!   step.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod conformance;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "sdeflow's build automation: the commands that run plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every registered plugin through the contract tests of its kind.
+    Conformance {
+        /// The quick pass that `cargo test` runs (SW2 on `ring` only).
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// Everything (the default): SW2 and paired errors on `ring` and `mix8`, every
+        /// SDE × parameterization.
+        #[arg(long)]
+        full: bool,
+        /// Only plugins of this kind: sde, param, model, solver, weighting.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only the plugin with this registered name.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Also write every row as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where the tensor contracts run. A GPU needs a build with its feature:
+        /// `cargo run --release -p xtask --features cuda -- conformance --device cuda`.
+        #[arg(long, value_enum, default_value_t = conformance::DeviceArg::Cpu)]
+        device: conformance::DeviceArg,
+        /// The plugins' dtype there; default f64 on the CPU, f32 on a GPU (Metal has no f64).
+        #[arg(long, value_enum)]
+        dtype: Option<conformance::DtypeArg>,
+    },
+    /// Measure the framework's overhead beside the model, per solver (CPU, release build).
+    Bench {
+        /// Samples per run.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Threads for candle and the noise (RAYON_NUM_THREADS).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Runs per timing: the overhead ratio is the median of as many pairs.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Only this solver (and its registered variants).
+        #[arg(long)]
+        solver: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Conformance {
+            quick,
+            full: _,
+            kind,
+            plugin,
+            json,
+            device,
+            dtype,
+        } => conformance::run(quick, kind, plugin, json, device, dtype),
+        Command::Bench {
+            batch,
+            threads,
+            repeats,
+            solver,
+        } => bench::run(bench::BenchArgs {
+            batch,
+            threads,
+            repeats,
+            solver,
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
