@@ -104,6 +104,12 @@ impl Gaussian {
         -(x - c.alpha * self.mean[j]) / self.var(c)
     }
 
+    /// The PF-ODE drift F = f x − ½ g² ŝ of coordinate `j` at `c` (MATH.md §2), the right-hand
+    /// side an ODE solver integrates.
+    pub fn pf_ode_drift(&self, x: f64, j: usize, c: &TimeCoefs) -> f64 {
+        c.f * x - 0.5 * c.g2 * self.score(x, j, c)
+    }
+
     /// The exact PF-ODE flow map of coordinate `j` from `from` to `to`:
     /// x_s = α_s m + √(v_s/v_t) (x_t − α_t m). On any linear SDE y = x − α m has
     /// y′ = (f + g²/(2v)) y and v′ = 2fv + g², so y/√v is constant along the flow.
@@ -196,6 +202,95 @@ pub fn one_step(
         draw_calls: ctx.draw_calls(),
         nfe: den.nfe(),
     })
+}
+
+/// Starting points at T of the ODE solvers' pathwise checks ([`ode_flow_run`]): the rows of a
+/// `[4, 2]` batch, both signs and the neighbourhood of [`Gaussian::default`]'s mean.
+pub const FLOW_STARTS: [[f64; 2]; 4] = [[0.0, 0.0], [1.5, -2.0], [-1.0, 0.7], [2.5, 1.0]];
+
+/// What [`ode_flow_run`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OdeFlowRun {
+    /// x at t_ε, row-major.
+    pub x: Vec<f64>,
+    /// The largest |x − exact flow map| at t_ε.
+    pub max_error: f64,
+    /// Model evaluations.
+    pub nfe: u64,
+    /// Noise draw indices taken (0 for an ODE solver).
+    pub draws: u64,
+    /// Steps that returned an error estimate.
+    pub error_estimates: usize,
+}
+
+/// `steps` steps of `solver` on [`Ou`]'s uniform grid from T to t_ε, from [`FLOW_STARTS`],
+/// reading [`Gaussian::default`] as ε, with noise that would turn every value NaN if drawn:
+/// the error at t_ε against the exact PF-ODE flow map ([`Gaussian::flow_map`]), and what the
+/// run cost (DESIGN.md "Measuring sample quality honestly" (b)).
+pub fn ode_flow_run(solver: &dyn Solver, steps: usize) -> Result<OdeFlowRun> {
+    let (sde, model) = (Ou, Gaussian::default());
+    let den = model.denoiser();
+    let noise = crate::noise::ConstantNoise(f64::NAN);
+    let ts = crate::GridKind::Uniform.times(&sde, steps)?;
+    let mut state = State::new(Tensor::new(&FLOW_STARTS, &Device::Cpu)?, ts[0], 0);
+    let (mut draws, mut error_estimates) = (0, 0);
+    for (i, w) in ts.windows(2).enumerate() {
+        let ctx = RunContext::new(&sde, &den, &noise, 0).step(StepSpan {
+            from: sde.coefs(w[0]),
+            to: sde.coefs(w[1]),
+            step: i,
+            steps,
+        });
+        let step = solver.step(&ctx, &state)?;
+        draws += ctx.draws_taken();
+        error_estimates += usize::from(step.error_estimate.is_some());
+        state = step.state;
+        state.t = w[1];
+        state.step = i + 1;
+    }
+    let x = flat(&state.x)?;
+    let (from, to) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
+    let exact = FLOW_STARTS.iter().flat_map(|row| {
+        let model = &model;
+        row.iter()
+            .enumerate()
+            .map(move |(j, &x)| model.flow_map(x, j, &from, &to))
+    });
+    let max_error = x
+        .iter()
+        .zip(exact)
+        .map(|(got, want)| (got - want).abs())
+        .fold(0.0, f64::max);
+    Ok(OdeFlowRun {
+        x,
+        max_error,
+        nfe: den.nfe(),
+        draws,
+        error_estimates,
+    })
+}
+
+/// The pathwise order of an ODE solver claiming `nfe_per_step` evaluations and no noise:
+/// [`ode_flow_run`] at N = 16 … 1,024 uniform steps, the tail order of its errors
+/// ([`tail_order`]) and the errors. A run that draws noise, returns an error estimate or
+/// costs other than `nfe_per_step` × N is an error.
+pub fn ode_flow_order(solver: &dyn Solver, nfe_per_step: u64) -> Result<(f64, Vec<f64>)> {
+    let ns: Vec<usize> = (4..=10).map(|k| 1 << k).collect();
+    let mut errors = Vec::new();
+    for &n in &ns {
+        let run = ode_flow_run(solver, n)?;
+        if (run.nfe, run.draws, run.error_estimates) != (nfe_per_step * n as u64, 0, 0) {
+            return Err(Error::Msg(format!(
+                "{n} steps cost {} NFE (claimed {}), drew {} normals and returned {} error estimates (an ODE solver draws none and has no embedded weights)",
+                run.nfe,
+                nfe_per_step * n as u64,
+                run.draws,
+                run.error_estimates
+            )));
+        }
+        errors.push(run.max_error);
+    }
+    Ok((tail_order(&ns, &errors), errors))
 }
 
 /// |got − want| ≤ `tol` (1 + |want|) elementwise, naming `what` on failure.
