@@ -71,7 +71,8 @@ fn target(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Target> {
     Ok(Target::new(dev, dtype))
 }
 
-/// Runs the selected contracts and prints the table.
+/// Runs the selected contracts on `jobs` workers (default: the CPU count) and prints the
+/// table.
 pub fn run(
     quick: bool,
     kind: Option<String>,
@@ -79,6 +80,7 @@ pub fn run(
     json: Option<PathBuf>,
     device: DeviceArg,
     dtype: Option<DtypeArg>,
+    jobs: Option<usize>,
 ) -> Result<ExitCode> {
     let target = target(device, dtype)?;
     let registry = sdeflow_plugins::registry()?;
@@ -107,6 +109,10 @@ pub fn run(
         }
     }
     let mode = if quick { Mode::Quick } else { Mode::Full };
+    let jobs = jobs
+        .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+        .unwrap_or(1)
+        .max(1);
     let start = Instant::now();
     let label = target.label();
     let report = sdeflow_conformance::run(
@@ -116,11 +122,13 @@ pub fn run(
             kind,
             plugin,
             target,
+            jobs,
+            ..Options::default()
         },
     );
     println!("{report}");
     println!(
-        "({mode:?} pass on {label}, {:.1} s, RAYON_NUM_THREADS={})",
+        "({mode:?} pass on {label}, {:.1} s, {jobs} jobs, RAYON_NUM_THREADS={})",
         start.elapsed().as_secs_f64(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );

@@ -1,8 +1,9 @@
 //! `cargo xtask`: build automation for sdeflow, in Rust.
 //!
 //! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
-//!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
-//!   contracts of its kind, prints the table, exits 1 on a failure.
+//!   [--device cpu|cuda|metal] [--dtype f32|f64] [--jobs N]`: runs every registered plugin
+//!   through the contracts of its kind, N units side by side, prints the table, exits 1 on a
+//!   failure.
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
@@ -52,6 +53,10 @@ enum Command {
         /// The plugins' dtype there; default f64 on the CPU, f32 on a GPU (Metal has no f64).
         #[arg(long, value_enum)]
         dtype: Option<conformance::DtypeArg>,
+        /// Workers running plugins (and each solver parameter set) side by side, each
+        /// single-threaded; the table keeps the sequential order. Default: the CPU count.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Create plugins/sdeflow-KIND-NAME: a working plugin in the house shape, linked.
     NewPlugin {
@@ -96,7 +101,8 @@ fn main() -> ExitCode {
             json,
             device,
             dtype,
-        } => conformance::run(quick, kind, plugin, json, device, dtype),
+            jobs,
+        } => conformance::run(quick, kind, plugin, json, device, dtype, jobs),
         Command::Tidy => tidy(),
         Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
         Command::Bench {
