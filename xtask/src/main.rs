@@ -4,8 +4,9 @@
 //! profile, forwarding its `cuda` and `metal` features.
 //!
 //! - `cargo xtask conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
-//!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
-//!   contracts of its kind, prints the table, exits 1 on a failure.
+//!   [--device cpu|cuda|metal] [--dtype f32|f64] [--jobs N]`: runs every registered plugin
+//!   through the contracts of its kind, N units side by side, prints the table, exits 1 on a
+//!   failure.
 //! - `cargo xtask bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.

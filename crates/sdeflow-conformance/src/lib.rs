@@ -7,10 +7,10 @@
 //!
 //! The crate names no plugin: the binary that calls [`run`] links them (`sdeflow-plugins`).
 
-pub mod fit;
 pub mod mixtures;
 pub mod model;
 pub mod param;
+pub mod policy;
 pub mod report;
 pub mod sde;
 pub mod solver;
@@ -18,20 +18,27 @@ pub mod sw2;
 pub mod target;
 pub mod weighting;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicUsize, Ordering},
+};
 
-use sdeflow_kernel::{ForwardSde, Parameterization, Registry, Weighting};
+use sdeflow_kernel::{
+    ForwardSde, Parameterization, Registry, Weighting,
+    registry::{Kind, ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
+};
 
+pub use policy::Policy;
 pub use report::{Report, Row};
 pub use target::Target;
 
-/// How much to run.
+/// How much to run; [`Policy`] says what each mode runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// What `cargo test` runs: every check, with SW2 on `ring` only, for every SDE in the run
-    /// parameterization and, with the first solver, for every parameterization on the first
-    /// SDE; the paired error against RK4 on `ring` and strong orders under the first SDE only;
-    /// a registered parameter variant on the first SDE only.
+    /// parameterization and, with the first selected solver, for every parameterization on the
+    /// first SDE; the paired error against RK4 on `ring` and strong orders under the first SDE
+    /// only; a registered parameter variant on the first SDE only.
     Quick,
     /// Everything: SW2 on `ring` for every solver × SDE × parameterization, on `mix8` for every
     /// solver × SDE, and the paired error on both (what `cargo xtask conformance` runs).
@@ -39,7 +46,30 @@ pub enum Mode {
     Full,
 }
 
-/// Which plugins to run.
+/// Which part of the selection a run executes. The [`Policy`] is that of the whole selection,
+/// so the parts of one pass (the quick pass's tests) add up to that pass, each check once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Part {
+    /// All of it.
+    #[default]
+    Whole,
+    /// Only the plugins with these registered names.
+    Only(Vec<String>),
+    /// All but the plugins with these registered names.
+    Except(Vec<String>),
+}
+
+impl Part {
+    fn runs(&self, name: &str) -> bool {
+        match self {
+            Part::Whole => true,
+            Part::Only(names) => names.iter().any(|n| n == name),
+            Part::Except(names) => !names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// Which plugins to run, and how.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Quick or full.
@@ -50,6 +80,12 @@ pub struct Options {
     pub plugin: Option<String>,
     /// Where the tensor contracts run (default: the CPU in f64).
     pub target: Target,
+    /// The part of the selection to run (default: all of it).
+    pub part: Part,
+    /// Units of work (a plugin; a solver with one parameter set) run side by side on this many
+    /// workers, each single-threaded; the report keeps the order of a sequential run. 0 or 1:
+    /// one worker.
+    pub jobs: usize,
 }
 
 impl Options {
@@ -57,157 +93,294 @@ impl Options {
         self.kind.as_deref().is_none_or(|k| k == kind)
             && self.plugin.as_deref().is_none_or(|p| p == name)
     }
+
+    fn runs(&self, kind: &str, name: &str) -> bool {
+        self.wants(kind, name) && self.part.runs(name)
+    }
 }
 
 /// The parameterization solver runs read the oracle through: `eps` when registered.
 const RUN_PARAM: &str = "eps";
 
-/// Runs the contracts of every registered plugin that `opts` selects.
-pub fn run(registry: &Registry, opts: &Options) -> Report {
-    let mut report = Report::default();
-    let mut sdes: Vec<(&str, Arc<dyn ForwardSde>)> = Vec::new();
-    for p in registry.sdes.all() {
-        match registry.sde(p.info.name, "()") {
-            Ok(s) => sdes.push((p.info.name, s)),
-            Err(e) => report.error(
-                &format!("sde/{}", p.info.name),
-                "builds with default parameters",
-                e,
-            ),
-        }
-    }
-    let mut params: Vec<(&str, Arc<dyn Parameterization>)> = Vec::new();
-    for p in registry.params.all() {
-        match registry.param(p.info.name, "()") {
-            Ok(v) => params.push((p.info.name, v)),
-            Err(e) => report.error(
-                &format!("param/{}", p.info.name),
-                "builds with default parameters",
-                e,
-            ),
-        }
-    }
-    let mut weightings: Vec<(&str, Arc<dyn Weighting>)> = Vec::new();
-    for p in registry.weightings.all() {
-        match registry.weighting(p.info.name, "()") {
-            Ok(v) => weightings.push((p.info.name, v)),
-            Err(e) => report.error(
-                &format!("weighting/{}", p.info.name),
-                "builds with default parameters",
-                e,
-            ),
-        }
-    }
-    let sde_refs: Vec<&dyn ForwardSde> = sdes.iter().map(|(_, s)| &**s).collect();
-    let named_sdes: Vec<(&str, &dyn ForwardSde)> = sdes.iter().map(|(n, s)| (*n, &**s)).collect();
-    let param_refs: Vec<(&str, &dyn Parameterization)> =
-        params.iter().map(|(n, p)| (*n, &**p)).collect();
-    let weighting_refs: Vec<(&str, &dyn Weighting)> =
-        weightings.iter().map(|(n, w)| (*n, &**w)).collect();
+/// Every registered plugin of the kinds the contracts need built with its defaults, and a
+/// failing row for each that does not build.
+struct Built {
+    sdes: Vec<(&'static str, Arc<dyn ForwardSde>)>,
+    params: Vec<(&'static str, Arc<dyn Parameterization>)>,
+    weightings: Vec<(&'static str, Arc<dyn Weighting>)>,
+    failures: Report,
+}
 
-    for (name, sde) in &named_sdes {
-        if opts.wants("sde", name) {
-            sde::check(&mut report, name, *sde);
-        }
-    }
-    for (name, p) in &param_refs {
-        if opts.wants("param", name) {
-            param::check(
-                &mut report,
-                name,
-                *p,
-                &param_refs,
-                &weighting_refs,
-                &sde_refs,
-                &opts.target,
-            );
-        }
-    }
-    for (name, w) in &weighting_refs {
-        if opts.wants("weighting", name) {
-            weighting::check(&mut report, name, *w, &named_sdes);
-        }
-    }
-    let run_param = params
-        .iter()
-        .find(|(n, _)| *n == RUN_PARAM)
-        .or(params.first())
-        .map(|(_, p)| p.clone());
-    for p in registry.models.all() {
-        if !opts.wants("model", p.info.name) {
-            continue;
-        }
-        match (&run_param, named_sdes.first()) {
-            (Some(param), Some((_, sde))) => {
-                model::check(
-                    &mut report,
-                    registry,
-                    p.info.name,
-                    param.clone(),
-                    *sde,
-                    &opts.target,
-                );
+impl Built {
+    fn new(registry: &Registry) -> Self {
+        let mut failures = Report::default();
+        let mut sdes = Vec::new();
+        for p in registry.sdes.all() {
+            match registry.sde(p.info.name, "()") {
+                Ok(s) => sdes.push((p.info.name, s)),
+                Err(e) => failures.error(
+                    &format!("sde/{}", p.info.name),
+                    "builds with default parameters",
+                    e,
+                ),
             }
-            _ => report.error(
-                &format!("model/{}", p.info.name),
-                "needs a parameterization and an SDE",
-                "none is registered",
-            ),
+        }
+        let mut params = Vec::new();
+        for p in registry.params.all() {
+            match registry.param(p.info.name, "()") {
+                Ok(v) => params.push((p.info.name, v)),
+                Err(e) => failures.error(
+                    &format!("param/{}", p.info.name),
+                    "builds with default parameters",
+                    e,
+                ),
+            }
+        }
+        let mut weightings = Vec::new();
+        for p in registry.weightings.all() {
+            match registry.weighting(p.info.name, "()") {
+                Ok(v) => weightings.push((p.info.name, v)),
+                Err(e) => failures.error(
+                    &format!("weighting/{}", p.info.name),
+                    "builds with default parameters",
+                    e,
+                ),
+            }
+        }
+        Self {
+            sdes,
+            params,
+            weightings,
+            failures,
+        }
+    }
+
+    fn run_param(&self) -> Option<Arc<dyn Parameterization>> {
+        self.params
+            .iter()
+            .find(|(n, _)| *n == RUN_PARAM)
+            .or(self.params.first())
+            .map(|(_, p)| p.clone())
+    }
+}
+
+/// One independent piece of a run, reported on its own.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Sde(usize),
+    Param(usize),
+    Weighting(usize),
+    Model(&'static str),
+    /// Solvers were selected but no parameterization is registered to read the oracle in.
+    SolversWithoutParam,
+    Solver {
+        name: &'static str,
+        params_ron: &'static str,
+    },
+}
+
+/// The units `opts` selects, in the order of a sequential run: SDEs, parameterizations,
+/// weightings, models, then each solver with its defaults and each registered variant.
+fn units(registry: &Registry, built: &Built, opts: &Options) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (i, (name, _)) in built.sdes.iter().enumerate() {
+        if opts.runs(SdeKind::NAME, name) {
+            units.push(Unit::Sde(i));
+        }
+    }
+    for (i, (name, _)) in built.params.iter().enumerate() {
+        if opts.runs(ParamKind::NAME, name) {
+            units.push(Unit::Param(i));
+        }
+    }
+    for (i, (name, _)) in built.weightings.iter().enumerate() {
+        if opts.runs(WeightingKind::NAME, name) {
+            units.push(Unit::Weighting(i));
+        }
+    }
+    for p in registry.models.all() {
+        if opts.runs(ModelKind::NAME, p.info.name) {
+            units.push(Unit::Model(p.info.name));
         }
     }
     let solvers: Vec<_> = registry
         .solvers
         .all()
         .iter()
-        .filter(|p| opts.wants("solver", p.info.name))
+        .filter(|p| opts.runs(SolverKind::NAME, p.info.name))
         .collect();
-    if !solvers.is_empty() {
-        match run_param {
-            None => report.error(
+    if solvers.is_empty() {
+        return units;
+    }
+    if built.run_param().is_none() {
+        units.push(Unit::SolversWithoutParam);
+        return units;
+    }
+    for p in solvers {
+        // The defaults, then each declared variant.
+        for params_ron in std::iter::once(policy::DEFAULTS).chain(p.info.variants.iter().copied()) {
+            units.push(Unit::Solver {
+                name: p.info.name,
+                params_ron,
+            });
+        }
+    }
+    units
+}
+
+/// What every unit reads.
+struct Context<'a> {
+    registry: &'a Registry,
+    built: &'a Built,
+    policy: Policy,
+    fixture: Option<solver::Fixture<'a>>,
+    target: &'a Target,
+}
+
+impl Context<'_> {
+    fn run(&self, unit: Unit) -> Report {
+        let mut report = Report::default();
+        let built = self.built;
+        let sde_refs: Vec<&dyn ForwardSde> = built.sdes.iter().map(|(_, s)| &**s).collect();
+        let named_sdes: Vec<(&str, &dyn ForwardSde)> =
+            built.sdes.iter().map(|(n, s)| (*n, &**s)).collect();
+        let param_refs: Vec<(&str, &dyn Parameterization)> =
+            built.params.iter().map(|(n, p)| (*n, &**p)).collect();
+        let weighting_refs: Vec<(&str, &dyn Weighting)> =
+            built.weightings.iter().map(|(n, w)| (*n, &**w)).collect();
+        let params: Vec<(&str, Arc<dyn Parameterization>)> =
+            built.params.iter().map(|(n, p)| (*n, p.clone())).collect();
+        let sdes: Vec<(&str, Arc<dyn ForwardSde>)> =
+            built.sdes.iter().map(|(n, s)| (*n, s.clone())).collect();
+        match unit {
+            Unit::Sde(i) => sde::check(&mut report, named_sdes[i].0, named_sdes[i].1),
+            Unit::Param(i) => param::check(
+                &mut report,
+                param_refs[i].0,
+                param_refs[i].1,
+                &param_refs,
+                &weighting_refs,
+                &sde_refs,
+                self.target,
+            ),
+            Unit::Weighting(i) => weighting::check(
+                &mut report,
+                weighting_refs[i].0,
+                weighting_refs[i].1,
+                &named_sdes,
+            ),
+            Unit::Model(name) => match (built.run_param(), named_sdes.first()) {
+                (Some(param), Some((_, sde))) => {
+                    model::check(&mut report, self.registry, name, param, *sde, self.target);
+                }
+                _ => report.error(
+                    &format!("model/{name}"),
+                    "needs a parameterization and an SDE",
+                    "none is registered",
+                ),
+            },
+            Unit::SolversWithoutParam => report.error(
                 "solver/*",
                 "needs a parameterization",
                 "no parameterization is registered",
             ),
-            Some(param) => {
-                let mut fixture = solver::Fixture::new(registry, param, opts.target.clone());
-                for p in solvers {
-                    // The defaults, then each declared variant, named as a config writes it.
-                    let sets = std::iter::once("()").chain(p.info.variants.iter().copied());
-                    for params_ron in sets {
-                        let label = if params_ron == "()" {
-                            p.info.name.to_string()
-                        } else {
-                            format!("{}{params_ron}", p.info.name)
-                        };
-                        // The quick pass runs a variant on the first SDE only (moved to the
-                        // full pass to keep `cargo test` within 15 minutes on 2 cores).
-                        let on = if opts.mode == Mode::Quick && params_ron != "()" {
-                            &sdes[..sdes.len().min(1)]
-                        } else {
-                            &sdes[..]
-                        };
-                        match registry.solver(p.info.name, params_ron) {
-                            Ok(s) => {
-                                solver::check(
-                                    &mut report,
-                                    &mut fixture,
-                                    opts.mode,
-                                    &label,
-                                    s,
-                                    on,
-                                    &params,
-                                );
-                            }
-                            Err(e) => report.error(
-                                &format!("solver/{label}"),
-                                format!("builds with parameters {params_ron}"),
-                                e,
-                            ),
-                        }
-                    }
+            Unit::Solver { name, params_ron } => {
+                let Some(fixture) = &self.fixture else {
+                    return report;
+                };
+                match self.registry.solver(name, params_ron) {
+                    Ok(s) => solver::check(
+                        &mut report,
+                        fixture,
+                        &self.policy,
+                        name,
+                        params_ron,
+                        s,
+                        &sdes,
+                        &params,
+                    ),
+                    Err(e) => report.error(
+                        &format!("solver/{}", solver::label(name, params_ron)),
+                        format!("builds with parameters {params_ron}"),
+                        e,
+                    ),
                 }
             }
         }
+        report
+    }
+}
+
+/// Runs `work` on every item of `items` on `jobs` workers and returns the results in the
+/// items' order. Each worker is a thread with its own one-thread rayon pool: the parallel
+/// loops inside an item (oracle scores, SW2 projections, exact samples) run on it, never
+/// queue behind another worker's in a shared pool (with `RAYON_NUM_THREADS=1` the global pool
+/// would serialise them), and never steal another item's work while it holds a shared cache
+/// entry. One worker per item at a time also keeps every reduction's order, and so every
+/// measured value, independent of `jobs`.
+fn run_on_workers<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    let worker = || {
+        let drain = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = work(item);
+                *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+            }
+        };
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "sdeflow-conformance".into())
+            .stack_size(8 << 20)
+            .build()
+        {
+            Ok(pool) => pool.install(drain),
+            Err(_) => drain(),
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(worker);
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expect("every item ran")
+        })
+        .collect()
+}
+
+/// Runs the contracts of every registered plugin that `opts` selects.
+pub fn run(registry: &Registry, opts: &Options) -> Report {
+    let built = Built::new(registry);
+    let selected = registry
+        .solvers
+        .all()
+        .iter()
+        .map(|p| p.info.name)
+        .filter(|name| opts.wants(SolverKind::NAME, name));
+    let ctx = Context {
+        registry,
+        built: &built,
+        policy: Policy::new(opts.mode, selected),
+        fixture: built
+            .run_param()
+            .map(|param| solver::Fixture::new(registry, param, opts.target.clone())),
+        target: &opts.target,
+    };
+    let units = units(registry, &built, opts);
+    let mut report = built.failures.clone();
+    for r in run_on_workers(&units, opts.jobs, |u| ctx.run(*u)) {
+        report.extend(r);
     }
     report
 }

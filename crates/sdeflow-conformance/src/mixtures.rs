@@ -4,6 +4,7 @@
 use sdeflow_kernel::{
     Result,
     mixture::{Covariance, GaussianMixture},
+    testing::Gaussian,
 };
 use serde::Serialize;
 
@@ -94,6 +95,15 @@ pub fn single_gaussian() -> MixtureSpec {
         weights: vec![1.0],
         means: vec![vec![1.0, -0.5]],
         covariances: vec![Covariance::Isotropic(SINGLE_STD)],
+    }
+}
+
+/// [`single_gaussian`] in closed form — its marginal variance, PF-ODE flow map and W2 to the
+/// marginal — as the kernel's exact model of N(m, s² I).
+pub fn single_law() -> Gaussian {
+    Gaussian {
+        mean: single_gaussian().means[0].clone(),
+        std: SINGLE_STD,
     }
 }
 

@@ -16,6 +16,7 @@ fn pass(kind: &str, plugin: Option<&str>) -> Result<()> {
             kind: Some(kind.into()),
             plugin: plugin.map(Into::into),
             target: Target::new(Device::Cpu, DType::F32),
+            ..Options::default()
         },
     );
     println!("{report}");

@@ -1,15 +1,34 @@
-//! The quick conformance pass over every built-in plugin, as `cargo test` runs it.
+//! The quick conformance pass over every built-in plugin, as `cargo test` runs it: one test
+//! per kind and one per built-in solver, so that the test harness runs them side by side, and
+//! one for every registered solver not named here, so that a new solver is tested the moment
+//! it is registered. Together they are the quick pass exactly once: the pass policy is that of
+//! the whole selection whichever part a test runs ([`Part`]), and the SW2 floors and RK4
+//! references they share are computed once per process.
 
-use sdeflow_conformance::{Mode, Options, run};
+use sdeflow_conformance::{Mode, Options, Part, run};
 use sdeflow_kernel::Result;
 
-#[test]
-fn every_built_in_plugin_passes_quick_conformance() -> Result<()> {
+/// The built-in solvers, each with its own test below.
+const SOLVERS: [&str; 9] = [
+    "ddim",
+    "ddpm",
+    "dpmpp_2m",
+    "euler",
+    "euler_maruyama",
+    "heun",
+    "pc",
+    "reverse_diffusion",
+    "rk4",
+];
+
+fn quick(kind: &str, part: Part) -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
     let report = run(
         registry,
         &Options {
             mode: Mode::Quick,
+            kind: Some(kind.into()),
+            part,
             ..Options::default()
         },
     );
@@ -17,4 +36,96 @@ fn every_built_in_plugin_passes_quick_conformance() -> Result<()> {
     assert!(!report.rows.is_empty(), "conformance ran no check");
     assert!(report.all_passed(), "conformance failures:\n{report}");
     Ok(())
+}
+
+fn solver(name: &str) -> Result<()> {
+    quick("solver", Part::Only(vec![name.into()]))
+}
+
+#[test]
+fn sdes_pass_quick_conformance() -> Result<()> {
+    quick("sde", Part::Whole)
+}
+
+#[test]
+fn parameterizations_pass_quick_conformance() -> Result<()> {
+    quick("param", Part::Whole)
+}
+
+#[test]
+fn weightings_pass_quick_conformance() -> Result<()> {
+    quick("weighting", Part::Whole)
+}
+
+#[test]
+fn models_pass_quick_conformance() -> Result<()> {
+    quick("model", Part::Whole)
+}
+
+#[test]
+fn ddim_passes_quick_conformance() -> Result<()> {
+    solver("ddim")
+}
+
+#[test]
+fn ddpm_passes_quick_conformance() -> Result<()> {
+    solver("ddpm")
+}
+
+#[test]
+fn dpmpp_2m_passes_quick_conformance() -> Result<()> {
+    solver("dpmpp_2m")
+}
+
+#[test]
+fn euler_passes_quick_conformance() -> Result<()> {
+    solver("euler")
+}
+
+#[test]
+fn euler_maruyama_passes_quick_conformance() -> Result<()> {
+    solver("euler_maruyama")
+}
+
+#[test]
+fn heun_passes_quick_conformance() -> Result<()> {
+    solver("heun")
+}
+
+#[test]
+fn pc_passes_quick_conformance() -> Result<()> {
+    solver("pc")
+}
+
+#[test]
+fn reverse_diffusion_passes_quick_conformance() -> Result<()> {
+    solver("reverse_diffusion")
+}
+
+#[test]
+fn rk4_passes_quick_conformance() -> Result<()> {
+    solver("rk4")
+}
+
+/// Every registered solver without a test of its own above; and every name above registered.
+#[test]
+fn other_solvers_pass_quick_conformance() -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let names = registry.solvers.names();
+    let missing: Vec<&str> = SOLVERS
+        .iter()
+        .copied()
+        .filter(|s| !names.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "solvers with a quick test but not registered: {missing:?}"
+    );
+    if names.iter().all(|n| SOLVERS.contains(n)) {
+        return Ok(());
+    }
+    quick(
+        "solver",
+        Part::Except(SOLVERS.iter().map(|s| s.to_string()).collect()),
+    )
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 use candle_core::{DType, Device};
 use clap::ValueEnum;
 use sdeflow_conformance::{Mode, Options, Target};
-use sdeflow_kernel::{Error, Result};
+use sdeflow_kernel::{Error, KINDS, Result};
 
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,7 +71,8 @@ fn target(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Target> {
     Ok(Target::new(dev, dtype))
 }
 
-/// Runs the selected contracts and prints the table.
+/// Runs the selected contracts on `jobs` workers (default: the CPU count) and prints the
+/// table.
 pub fn run(
     quick: bool,
     kind: Option<String>,
@@ -79,11 +80,11 @@ pub fn run(
     json: Option<PathBuf>,
     device: DeviceArg,
     dtype: Option<DtypeArg>,
+    jobs: Option<usize>,
 ) -> Result<ExitCode> {
     let target = target(device, dtype)?;
     let registry = sdeflow_plugins::registry()?;
     if let Some(k) = &kind {
-        const KINDS: [&str; 5] = ["model", "param", "sde", "solver", "weighting"];
         if !KINDS.contains(&k.as_str()) {
             return Err(Error::invalid(
                 "conformance",
@@ -107,6 +108,10 @@ pub fn run(
         }
     }
     let mode = if quick { Mode::Quick } else { Mode::Full };
+    let jobs = jobs
+        .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+        .unwrap_or(1)
+        .max(1);
     let start = Instant::now();
     let label = target.label();
     let report = sdeflow_conformance::run(
@@ -116,11 +121,13 @@ pub fn run(
             kind,
             plugin,
             target,
+            jobs,
+            ..Options::default()
         },
     );
     println!("{report}");
     println!(
-        "({mode:?} pass on {label}, {:.1} s, RAYON_NUM_THREADS={})",
+        "({mode:?} pass on {label}, {:.1} s, {jobs} jobs, RAYON_NUM_THREADS={})",
         start.elapsed().as_secs_f64(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );

@@ -4,8 +4,9 @@
 //! runs them directly.
 //!
 //! - `conformance [--quick|--full] [--kind K] [--plugin NAME] [--json PATH]
-//!   [--device cpu|cuda|metal] [--dtype f32|f64]`: runs every registered plugin through the
-//!   contracts of its kind, prints the table, exits 1 on a failure.
+//!   [--device cpu|cuda|metal] [--dtype f32|f64] [--jobs N]`: runs every registered plugin
+//!   through the contracts of its kind, N units side by side, prints the table, exits 1 on a
+//!   failure.
 //! - `bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's
 //!   overhead beside the model for every solver, samples/s, and the solver's own time per
 //!   step.
@@ -57,6 +58,10 @@ enum Command {
         /// The plugins' dtype there; default f64 on the CPU, f32 on a GPU (Metal has no f64).
         #[arg(long, value_enum)]
         dtype: Option<conformance::DtypeArg>,
+        /// Workers running plugins (and each solver parameter set) side by side, each
+        /// single-threaded; the table keeps the sequential order. Default: the CPU count.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Measure the framework's overhead beside the model, per solver (CPU, release build).
     Bench {
@@ -92,7 +97,8 @@ fn main() -> ExitCode {
             json,
             device,
             dtype,
-        } => conformance::run(quick, kind, plugin, json, device, dtype),
+            jobs,
+        } => conformance::run(quick, kind, plugin, json, device, dtype, jobs),
         Command::Bench {
             batch,
             threads,

@@ -1,0 +1,114 @@
+//! Robustness of every solver (DESIGN.md "Conformance" and "Decisions"): finite, with the NFE
+//! it claims, at 1, 2, 3, 5, 10, 100, 1,000 and 2,000 steps; and sample i bit-identical
+//! whatever the batch it is drawn in and on a rerun (noise is a pure function of (seed,
+//! sample, draw); state lives in `State`).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use sdeflow_kernel::{ForwardSde, Pipeline, Result, Solver};
+
+use super::fixture::Fixture;
+use crate::{Target, mixtures::ring, report::Report};
+
+/// "Finite at every step count" (DESIGN.md "Decisions").
+pub const FINITE_STEPS: [usize; 8] = [1, 2, 3, 5, 10, 100, 1000, 2000];
+/// Batch sizes whose samples must agree bit for bit.
+pub const BATCHES: [usize; 3] = [1, 7, 1000];
+
+/// `solver` on `sde` with `steps` steps on its natural grid, on `ring`, in `dtype` on the
+/// target's device.
+fn small_run(
+    fixture: &Fixture<'_>,
+    solver: &Arc<dyn Solver>,
+    sde: &Arc<dyn ForwardSde>,
+    steps: usize,
+    dtype: DType,
+) -> Result<Pipeline> {
+    let on = Target::new(fixture.target.device.clone(), dtype);
+    fixture
+        .pipeline(sde, solver, &ring(), &on)?
+        .steps(steps)
+        .grid(solver.claims().natural_grid)
+        .build()
+}
+
+/// Finite samples, with NFE as claimed, at every step count of [`FINITE_STEPS`].
+pub(crate) fn finite_everywhere(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+) {
+    let mut failures = Vec::new();
+    for steps in FINITE_STEPS {
+        let outcome =
+            small_run(fixture, solver, sde, steps, fixture.target.dtype).and_then(|p| p.sample(64));
+        match outcome {
+            Ok(out) if out.nfe == (solver.claims().nfe_per_step * steps) as u64 => {}
+            Ok(out) => failures.push(format!("{steps} steps: {} NFE", out.nfe)),
+            Err(e) => failures.push(format!("{steps} steps: {e}")),
+        }
+    }
+    report.push(
+        plugin,
+        format!("finite with NFE as claimed at 1–2,000 steps ({sde_name}, ring)"),
+        format!(
+            "{}/{}",
+            FINITE_STEPS.len() - failures.len(),
+            FINITE_STEPS.len()
+        ),
+        format!("{}/{}", FINITE_STEPS.len(), FINITE_STEPS.len()),
+        "all",
+        failures.is_empty(),
+        failures.join("; "),
+    );
+}
+
+/// Sample i, in f32 at the default step count, is the same bits in every batch of
+/// [`BATCHES`] and on a rerun.
+pub(crate) fn bit_identical(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &Arc<dyn Solver>,
+    sde_name: &str,
+    sde: &Arc<dyn ForwardSde>,
+) -> Result<()> {
+    let steps = solver.default_discretization(&**sde).steps;
+    let pipeline = small_run(fixture, solver, sde, steps, DType::F32)?;
+    let bits = |n: usize| -> Result<Vec<Vec<u32>>> {
+        let x = pipeline
+            .sample(n)?
+            .state
+            .x
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        Ok(x.iter()
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect())
+    };
+    let big = *BATCHES.iter().max().unwrap_or(&1);
+    let reference = bits(big)?;
+    let mut mismatches = Vec::new();
+    for n in BATCHES.iter().copied().filter(|n| *n != big) {
+        if bits(n)?[..] != reference[..n] {
+            mismatches.push(format!("batch {n}"));
+        }
+    }
+    if bits(big)? != reference {
+        mismatches.push("rerun".into());
+    }
+    report.push(
+        plugin,
+        format!("sample i bit-identical in batches {BATCHES:?} and on rerun ({sde_name}, f32)"),
+        if mismatches.is_empty() { "identical".into() } else { format!("differs: {}", mismatches.join(", ")) },
+        "identical",
+        "bitwise",
+        mismatches.is_empty(),
+        "a sample depends on its batch-mates or on the run: draw noise only through ctx.standard_normal and keep state in State",
+    );
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! The weak error by exact propagation (DESIGN.md "Measuring sample quality honestly" (a) and
+//! "Decisions"): every affine solver maps the single Gaussian N(m, s² I) to a Gaussian, so the
+//! law after N steps of the plugin's own step is propagated exactly and compared with the
+//! exact marginal by the closed-form W2 — a weak error with no sampling noise. It must fall at
+//! the claimed weak order; a predictor–corrector that claims a plateau is checked against the
+//! closed-form Langevin plateau instead.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{
+    Denoiser, ForwardSde, GridKind, Parameterization, Result, RunContext, ScoreModel, Solver,
+    State, StepSpan, TimeCoefs, bail,
+    noise::{ConstantNoise, NoiseRequest, NoiseSource},
+};
+
+use super::{
+    fixture::{Fixture, RUN_SEED, rows_f64},
+    order::{ORDER_STEPS, OrderFit, claimed_order, order_rows},
+};
+use crate::{
+    Target,
+    mixtures::{SINGLE_STD, single_gaussian, single_law},
+    report::{Report, num},
+};
+
+/// Noise that is 1 on the `k`-th call of a step and 0 on the others: reads the coefficient of
+/// each draw of a step separately.
+#[derive(Debug)]
+struct UnitDraw(u64);
+
+impl NoiseSource for UnitDraw {
+    fn standard_normal(&self, req: &NoiseRequest, dtype: DType, device: &Device) -> Result<Tensor> {
+        let v = if req.index_in_step == self.0 {
+            1.0
+        } else {
+            0.0
+        };
+        Ok(Tensor::full(v, (req.rows, req.cols), device)?.to_dtype(dtype)?)
+    }
+}
+
+/// The law after `steps` steps on the single Gaussian, propagated exactly: each step of the
+/// plugin is x_s = A x_t + b + Σ_k C_k z_k, read off with x = 0, 1 and all noise 0, then with
+/// the k-th draw 1 and the others 0; mean and variance then propagate without sampling.
+/// Returns (mean, variance) per coordinate and the exact marginal's coefficients at t_ε.
+fn propagate_exactly(
+    sde: &dyn ForwardSde,
+    solver: &dyn Solver,
+    model: Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    grid: GridKind,
+    steps: usize,
+    target: &Target,
+) -> Result<(Vec<f64>, Vec<f64>, TimeCoefs)> {
+    let law = single_law();
+    let d = law.mean.len();
+    let times = grid.times(sde, steps)?;
+    let denoiser = Denoiser::new(model, param, None, None);
+    let zero = ConstantNoise(0.0);
+    let probe = target.put(&Tensor::from_vec(
+        [vec![0.0; d], vec![1.0; d]].concat(),
+        (2, d),
+        &Device::Cpu,
+    )?)?;
+    let origin = Tensor::zeros((1, d), target.dtype, &target.device)?;
+    let c0 = sde.coefs(times[0]);
+    let mut mean: Vec<f64> = law.mean.iter().map(|v| c0.alpha * v).collect();
+    let mut var = vec![law.var(&c0); d];
+    for i in 0..steps {
+        let span = StepSpan {
+            from: sde.coefs(times[i]),
+            to: sde.coefs(times[i + 1]),
+            step: i,
+            steps,
+        };
+        let ctx = RunContext::new(sde, &denoiser, &zero, RUN_SEED).step(span);
+        let affine = rows_f64(
+            &solver
+                .step(&ctx, &State::new(probe.clone(), span.from.t, 0))?
+                .state
+                .x,
+        )?;
+        let draws = ctx.draw_calls();
+        if ctx.draws_taken() != draws * d as u64 {
+            bail!(
+                "exact propagation reads one draw per coordinate per call; this step took {} draw indices in {draws} calls for {d} coordinates",
+                ctx.draws_taken()
+            );
+        }
+        let mut noise_var = vec![0.0; d];
+        for k in 0..draws {
+            let unit = UnitDraw(k);
+            let ctx_k = RunContext::new(sde, &denoiser, &unit, RUN_SEED).step(span);
+            let noisy = rows_f64(
+                &solver
+                    .step(&ctx_k, &State::new(origin.clone(), span.from.t, 0))?
+                    .state
+                    .x,
+            )?;
+            for j in 0..d {
+                noise_var[j] += (noisy[0][j] - affine[0][j]).powi(2);
+            }
+        }
+        for j in 0..d {
+            let b = affine[0][j];
+            let a = affine[1][j] - b;
+            mean[j] = a * mean[j] + b;
+            var[j] = a * a * var[j] + noise_var[j];
+        }
+    }
+    Ok((mean, var, sde.coefs(times[steps])))
+}
+
+/// The weak error at `steps` on the single Gaussian, propagated exactly
+/// ([`propagate_exactly`]): the closed-form W2 between the final Gaussian and the exact
+/// marginal at t_ε. `model` lives on `target`, where the steps run.
+pub fn exact_weak_error(
+    sde: &dyn ForwardSde,
+    solver: &dyn Solver,
+    model: Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    grid: GridKind,
+    steps: usize,
+    target: &Target,
+) -> Result<f64> {
+    let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps, target)?;
+    Ok(single_law().w2_to_marginal(&mean, &var, &c))
+}
+
+/// The W2 distance, per coordinate, between N(0, C) and the Langevin plateau
+/// N(0, C/(1 − r² σ²/C)) of the batch-free step ε = 2 (r σ)² ([`Order::Plateau`](sdeflow_kernel::Order::Plateau)).
+pub fn plateau_bias(c: f64, snr: f64, sigma: f64) -> f64 {
+    let inflation = 1.0 / (1.0 - snr * snr * sigma * sigma / c);
+    (c * inflation).sqrt() - c.sqrt()
+}
+
+/// The weak error on `sde` falls at the claimed weak order on the solver's natural grid
+/// (tail fit over N ≤ 4096, ± 0.25).
+pub(crate) fn weak_order(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &dyn Solver,
+    sde_name: &str,
+    sde: &dyn ForwardSde,
+) {
+    let claims = solver.claims();
+    let Some(claim) = claimed_order(claims.order) else {
+        return;
+    };
+    let check = format!(
+        "weak order on {sde_name}, {} grid (single Gaussian, exact propagation)",
+        claims.natural_grid
+    );
+    let run = |on: &Target| -> Result<Vec<f64>> {
+        let model = fixture.oracle(&single_gaussian(), on, fixture.param.clone())?;
+        ORDER_STEPS
+            .iter()
+            .map(|&n| {
+                exact_weak_error(
+                    sde,
+                    solver,
+                    model.clone(),
+                    fixture.param.clone(),
+                    claims.natural_grid,
+                    n,
+                    on,
+                )
+            })
+            .collect()
+    };
+    let fit = OrderFit {
+        steps: &ORDER_STEPS,
+        claim,
+        tolerance: 0.25,
+        tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
+        what: "the weak error",
+    };
+    let scale = single_law().var(&sde.coefs(sde.t_max())).sqrt();
+    order_rows(report, &fixture.target, plugin, check, &fit, scale, run);
+}
+
+/// An SDE stopped early: `inner` with t_ε replaced, so that grids end at `t_eps`.
+#[derive(Debug)]
+struct StoppedAt<'a> {
+    inner: &'a dyn ForwardSde,
+    t_eps: f64,
+}
+
+impl ForwardSde for StoppedAt<'_> {
+    fn t_max(&self) -> f64 {
+        self.inner.t_max()
+    }
+    fn t_eps(&self) -> f64 {
+        self.t_eps
+    }
+    fn alpha(&self, t: f64) -> f64 {
+        self.inner.alpha(t)
+    }
+    fn sigma(&self, t: f64) -> f64 {
+        self.inner.sigma(t)
+    }
+    fn drift_coef(&self, t: f64) -> f64 {
+        self.inner.drift_coef(t)
+    }
+    fn diffusion_sq(&self, t: f64) -> f64 {
+        self.inner.diffusion_sq(t)
+    }
+    fn prior_std(&self) -> f64 {
+        self.inner.prior_std()
+    }
+    fn knots(&self) -> Vec<f64> {
+        self.inner.knots()
+    }
+    fn default_grid(&self) -> GridKind {
+        self.inner.default_grid()
+    }
+    fn log_snr(&self, t: f64) -> f64 {
+        self.inner.log_snr(t)
+    }
+    fn t_of_log_snr(&self, lambda: f64) -> f64 {
+        self.inner.t_of_log_snr(lambda)
+    }
+}
+
+/// The plateau of a predictor–corrector on the single Gaussian N(m, s² I). Near t_ε the
+/// corrector's relaxation per step, 2 r² σ²/v, vanishes, so the plateau is checked where it is
+/// resolved: the run stops at t★ with σ̃ = s (σ² = v/2), where the closed form gives a W2 of
+/// √d (√(v/(1 − r²/2)) − √v). The exactly propagated weak error must approach it: within 10%
+/// at N = 4096, and closer at 4096 than at 256.
+pub(crate) fn plateau(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    solver: &dyn Solver,
+    sde_name: &str,
+    sde: &dyn ForwardSde,
+    snr: f64,
+) {
+    let grid = solver.claims().natural_grid;
+    let t_star = sde.t_of_log_snr(-SINGLE_STD.ln());
+    let check = format!(
+        "plateau on {sde_name}, {grid} grid, stopped at t★ = {} where σ² = v/2 (single Gaussian, exact propagation)",
+        num(t_star)
+    );
+    let stopped = StoppedAt {
+        inner: sde,
+        t_eps: t_star,
+    };
+    let law = single_law();
+    let c = sde.coefs(t_star);
+    let d = law.mean.len() as f64;
+    let want = d.sqrt() * plateau_bias(law.var(&c), snr, c.sigma);
+    let run = || -> Result<Vec<f64>> {
+        let model = fixture.oracle(&single_gaussian(), &fixture.target, fixture.param.clone())?;
+        [256, 1024, 4096]
+            .iter()
+            .map(|&n| {
+                exact_weak_error(
+                    &stopped,
+                    solver,
+                    model.clone(),
+                    fixture.param.clone(),
+                    grid,
+                    n,
+                    &fixture.target,
+                )
+            })
+            .collect()
+    };
+    match run() {
+        Ok(errors) => {
+            let gaps: Vec<f64> = errors.iter().map(|e| (e - want).abs()).collect();
+            let pass = gaps[2] <= 0.1 * want && gaps[2] < gaps[0];
+            report.push(
+                plugin,
+                check,
+                format!(
+                    "{} at N = 4096 ({:+.1}%)",
+                    num(errors[2]),
+                    100.0 * (errors[2] - want) / want
+                ),
+                format!("plateau {}", num(want)),
+                "± 10%, approached as N grows",
+                pass,
+                format!(
+                    "the corrector does not settle at its Langevin fixed point: weak error at N = 256, 1024, 4096: {}, {}, {}",
+                    num(errors[0]),
+                    num(errors[1]),
+                    num(errors[2])
+                ),
+            );
+        }
+        Err(e) => report.error(plugin, check, e),
+    }
+}
