@@ -84,14 +84,14 @@ pub fn run(
 ) -> Result<ExitCode> {
     let target = target(device, dtype)?;
     let registry = sdeflow_plugins::registry()?;
-    if let Some(k) = &kind {
-        if !KINDS.contains(&k.as_str()) {
-            return Err(Error::invalid(
-                "conformance",
-                "--kind",
-                format!("`{k}` is not a kind; use one of {}", KINDS.join(", ")),
-            ));
-        }
+    if let Some(k) = &kind
+        && !KINDS.contains(&k.as_str())
+    {
+        return Err(Error::invalid(
+            "conformance",
+            "--kind",
+            format!("`{k}` is not a kind; use one of {}", KINDS.join(", ")),
+        ));
     }
     if let Some(p) = &plugin {
         let known: Vec<String> = registry
