@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use sdeflow_kernel::{ForwardSde, GridKind, Parameterization, Result, ScoreModel, Solver, State};
 
 use super::{
+    Case,
     fixture::{Fixture, host_vec, pipeline},
     order::{ORDER_STEPS, OrderFit, claimed_order, order_rows},
 };
@@ -62,14 +63,8 @@ pub fn exact_flow_error(
 
 /// The pathwise error on `sde` falls at the claimed ODE order on the solver's natural grid
 /// (tail fit over N ≤ 4096, ± 0.25).
-pub(crate) fn flow_order(
-    report: &mut Report,
-    fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
-) {
+pub(crate) fn flow_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>) {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let claims = solver.claims();
     let Some(claim) = claimed_order(claims.order) else {
         return;
@@ -88,13 +83,6 @@ pub(crate) fn flow_order(
             })
             .collect()
     };
-    let fit = OrderFit {
-        steps: &ORDER_STEPS,
-        claim,
-        tolerance: 0.25,
-        tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
-        what: "the pathwise error",
-    };
-    let scale = single_law().var(&sde.coefs(sde.t_max())).sqrt();
-    order_rows(report, &fixture.target, plugin, check, &fit, scale, run);
+    let fit = OrderFit::tail(claim, "the pathwise error");
+    order_rows(report, &fixture.target, plugin, &**sde, check, &fit, run);
 }

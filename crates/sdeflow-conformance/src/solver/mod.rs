@@ -35,6 +35,19 @@ pub use order::{ORDER_STEPS, ROUNDING_PER_STEP};
 pub use robust::{BATCHES, FINITE_STEPS};
 pub use weak::{exact_weak_error, plateau_bias};
 
+/// A solver under test on one SDE: what every solver contract is given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Case<'a> {
+    /// The report's plugin column, `solver/<label>`.
+    pub(crate) plugin: &'a str,
+    /// The solver.
+    pub(crate) solver: &'a Arc<dyn Solver>,
+    /// The SDE's registered name.
+    pub(crate) sde_name: &'a str,
+    /// The SDE.
+    pub(crate) sde: &'a Arc<dyn ForwardSde>,
+}
+
 /// The plugin label of `name` with the parameter set `params_ron`, as a config writes it:
 /// `ddim` for the defaults, `ddim(eta: 1.0)` for a variant.
 pub fn label(name: &str, params_ron: &str) -> String {
@@ -63,13 +76,19 @@ pub fn check(
     let claims = solver.claims();
     let on = &sdes[..policy.sde_count(params_ron, sdes.len())];
     for (i, (sde_name, sde)) in on.iter().enumerate() {
+        let case = Case {
+            plugin: &plugin,
+            solver: &solver,
+            sde_name,
+            sde,
+        };
         if claims.stochastic {
             if claims.affine {
                 match claims.order {
                     Order::Plateau { snr } => {
-                        weak::plateau(report, fixture, &plugin, &*solver, sde_name, &**sde, snr);
+                        weak::plateau(report, fixture, case, snr);
                     }
-                    _ => weak::weak_order(report, fixture, &plugin, &*solver, sde_name, &**sde),
+                    _ => weak::weak_order(report, fixture, case),
                 }
             }
             // As for ODE orders, strong orders are claimed on smooth SDEs only: across
@@ -78,18 +97,16 @@ pub fn check(
             // while ddpm and reverse_diffusion, which step through α_{t|s}, read 0.99 and 0.92.
             let measured = policy.strong_order(i) && sde.knots().is_empty();
             if let (Order::Sde { strong, .. }, true) = (claims.order, measured) {
-                strong::strong_order(report, fixture, &plugin, &solver, sde_name, sde, strong);
+                strong::strong_order(report, fixture, case, strong);
             }
         } else {
             // A schedule with knots has a drift that jumps: no Runge–Kutta method keeps an order
             // above 1 across them, so orders are claimed on smooth SDEs only.
             if sde.knots().is_empty() {
-                flow::flow_order(report, fixture, &plugin, &solver, sde_name, sde);
+                flow::flow_order(report, fixture, case);
             }
             for spec in policy.paired_mixtures(i) {
-                if let Err(e) =
-                    quality::paired_error(report, fixture, &plugin, &solver, sde_name, sde, &spec)
-                {
+                if let Err(e) = quality::paired_error(report, fixture, case, &spec) {
                     report.error(
                         &plugin,
                         format!("paired error on {} ({sde_name}) at default", spec.name),
@@ -110,17 +127,7 @@ pub fn check(
                 ],
             };
         for (param_name, param) in ring_params {
-            let run = quality::sw2_at_default(
-                report,
-                fixture,
-                &plugin,
-                &solver,
-                sde_name,
-                sde,
-                &ring(),
-                param_name,
-                param,
-            );
+            let run = quality::sw2_at_default(report, fixture, case, &ring(), param_name, param);
             if let Err(e) = run {
                 report.error(
                     &plugin,
@@ -131,9 +138,7 @@ pub fn check(
         }
         for spec in policy.sw2_other_mixtures() {
             let param = fixture.param.clone();
-            if let Err(e) = quality::sw2_at_default(
-                report, fixture, &plugin, &solver, sde_name, sde, &spec, "", param,
-            ) {
+            if let Err(e) = quality::sw2_at_default(report, fixture, case, &spec, "", param) {
                 report.error(
                     &plugin,
                     format!("SW2 on {} ({sde_name}) at default", spec.name),
@@ -141,8 +146,8 @@ pub fn check(
                 );
             }
         }
-        robust::finite_everywhere(report, fixture, &plugin, &solver, sde_name, sde);
-        if let Err(e) = robust::bit_identical(report, fixture, &plugin, &solver, sde_name, sde) {
+        robust::finite_everywhere(report, fixture, case);
+        if let Err(e) = robust::bit_identical(report, fixture, case) {
             report.error(
                 &plugin,
                 format!("bit-identical across batches ({sde_name})"),

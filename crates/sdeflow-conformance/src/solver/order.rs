@@ -4,10 +4,11 @@
 //! curve is the host's f64 curve up to rounding (f32 rounding floors a fourth-order method's
 //! error within two doublings of its asymptotic range, so orders are fitted in f64).
 
-use sdeflow_kernel::{Order, Result, testing::tail_order};
+use sdeflow_kernel::{ForwardSde, Order, Result, testing::tail_order};
 
 use crate::{
     Target,
+    mixtures::single_law,
     report::{Report, num},
 };
 
@@ -37,6 +38,20 @@ pub(crate) struct OrderFit<'a> {
     pub tolerance_text: &'a str,
     /// What falls, for the failure message ("the weak error").
     pub what: &'a str,
+}
+
+impl<'a> OrderFit<'a> {
+    /// The weak and pathwise fits: over [`ORDER_STEPS`], within ± 0.25 of `claim`; `what`
+    /// names what falls.
+    pub(crate) fn tail(claim: f64, what: &'a str) -> Self {
+        Self {
+            steps: &ORDER_STEPS,
+            claim,
+            tolerance: 0.25,
+            tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
+            what,
+        }
+    }
 }
 
 /// Fits the tail order of `errors` over `fit.steps` and reports it against the claim (or the
@@ -86,20 +101,22 @@ fn push_order(
     );
 }
 
-/// The rows of an order check. On the reference target (the CPU in f64) the order fitted on
-/// the error curve `run(target)`. Elsewhere the order is fitted on the host's f64 curve, and
-/// a second row checks that the target's curve is that curve up to its rounding,
-/// |e_target(N) − e_f64(N)| ≤ [`ROUNDING_PER_STEP`] · N ε · scale at every N, `scale` the
-/// magnitude of the values stepped.
+/// The rows of an order check of a run on the single Gaussian under `sde`. On the reference
+/// target (the CPU in f64) the order fitted on the error curve `run(target)`. Elsewhere the
+/// order is fitted on the host's f64 curve, and a second row checks that the target's curve
+/// is that curve up to its rounding, |e_target(N) − e_f64(N)| ≤ [`ROUNDING_PER_STEP`] · N ε ·
+/// scale at every N, `scale` the magnitude of the values stepped: the single Gaussian's
+/// marginal std at T.
 pub(crate) fn order_rows(
     report: &mut Report,
     target: &Target,
     plugin: &str,
+    sde: &dyn ForwardSde,
     check: String,
     fit: &OrderFit<'_>,
-    scale: f64,
     run: impl Fn(&Target) -> Result<Vec<f64>>,
 ) {
+    let scale = single_law().var(&sde.coefs(sde.t_max())).sqrt();
     if target.is_reference() {
         return push_order(report, plugin, check, fit, run(target));
     }

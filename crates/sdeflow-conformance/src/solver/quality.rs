@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use sdeflow_kernel::{ForwardSde, Order, Parameterization, Result, Solver, State};
+use sdeflow_kernel::{Order, Parameterization, Result, State};
 
 use super::{
+    Case,
     fixture::{Fixture, PAIRED_SAMPLES, exact_start, host_vec},
     weak::plateau_bias,
 };
@@ -30,12 +31,10 @@ use crate::{
 pub(crate) fn paired_error(
     report: &mut Report,
     fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
+    case: Case<'_>,
     spec: &MixtureSpec,
 ) -> Result<()> {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let reference = fixture.paired_reference(spec, sde_name, sde)?;
     let target = &fixture.target;
     let pipeline = fixture.pipeline(sde, solver, spec, target)?.build()?;
@@ -78,14 +77,12 @@ pub(crate) fn paired_error(
 pub(crate) fn sw2_at_default(
     report: &mut Report,
     fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
+    case: Case<'_>,
     spec: &MixtureSpec,
     param_name: &str,
     param: Arc<dyn Parameterization>,
 ) -> Result<()> {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let target = &fixture.target;
     let pipeline = fixture
         .pipeline_through(param, sde, solver, spec, target)?

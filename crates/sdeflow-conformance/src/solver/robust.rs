@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use sdeflow_kernel::{ForwardSde, Pipeline, Result, Solver};
 
-use super::fixture::Fixture;
+use super::{Case, fixture::Fixture};
 use crate::{Target, mixtures::ring, report::Report};
 
 /// "Finite at every step count" (DESIGN.md "Decisions").
@@ -34,14 +34,8 @@ fn small_run(
 }
 
 /// Finite samples, with NFE as claimed, at every step count of [`FINITE_STEPS`].
-pub(crate) fn finite_everywhere(
-    report: &mut Report,
-    fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
-) {
+pub(crate) fn finite_everywhere(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>) {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let mut failures = Vec::new();
     for steps in FINITE_STEPS {
         let outcome =
@@ -72,11 +66,9 @@ pub(crate) fn finite_everywhere(
 pub(crate) fn bit_identical(
     report: &mut Report,
     fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
+    case: Case<'_>,
 ) -> Result<()> {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let steps = solver.default_discretization(&**sde).steps;
     let pipeline = small_run(fixture, solver, sde, steps, DType::F32)?;
     let bits = |n: usize| -> Result<Vec<Vec<u32>>> {

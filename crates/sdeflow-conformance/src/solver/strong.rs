@@ -6,17 +6,14 @@
 
 use std::sync::Arc;
 
-use sdeflow_kernel::{ForwardSde, Result, Solver, State, noise::BrownianNoise};
+use sdeflow_kernel::{Result, State, noise::BrownianNoise};
 
 use super::{
+    Case,
     fixture::{Fixture, exact_start, host_vec},
     order::{OrderFit, order_rows},
 };
-use crate::{
-    Target,
-    mixtures::{single_gaussian, single_law},
-    report::Report,
-};
+use crate::{Target, mixtures::single_gaussian, report::Report};
 
 /// Step counts of the strong-order fit.
 const STRONG_STEPS: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
@@ -27,15 +24,8 @@ const STRONG_SAMPLES: usize = 128;
 
 /// The strong order on a shared Brownian path (`BrownianNoise`): the RMS distance at t_ε to
 /// the same solver with 2^14 steps, fitted on the tail over N ≤ 2048, within ± 0.3 of `claim`.
-pub(crate) fn strong_order(
-    report: &mut Report,
-    fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &Arc<dyn Solver>,
-    sde_name: &str,
-    sde: &Arc<dyn ForwardSde>,
-    claim: f64,
-) {
+pub(crate) fn strong_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>, claim: f64) {
+    let (plugin, solver, sde_name, sde) = (case.plugin, case.solver, case.sde_name, case.sde);
     let grid = solver.claims().natural_grid;
     let check = format!("strong order on {sde_name}, {grid} grid (shared Brownian path)");
     let run = |target: &Target| -> Result<Vec<f64>> {
@@ -76,6 +66,5 @@ pub(crate) fn strong_order(
         tolerance_text: "± 0.3 (tail fit, N ≤ 2048, reference 2^14 steps)",
         what: "the pathwise error on a shared Brownian path",
     };
-    let scale = single_law().var(&sde.coefs(sde.t_max())).sqrt();
-    order_rows(report, &fixture.target, plugin, check, &fit, scale, run);
+    order_rows(report, &fixture.target, plugin, &**sde, check, &fit, run);
 }

@@ -15,6 +15,7 @@ use sdeflow_kernel::{
 };
 
 use super::{
+    Case,
     fixture::{Fixture, RUN_SEED, rows_f64},
     order::{ORDER_STEPS, OrderFit, claimed_order, order_rows},
 };
@@ -137,14 +138,9 @@ pub fn plateau_bias(c: f64, snr: f64, sigma: f64) -> f64 {
 
 /// The weak error on `sde` falls at the claimed weak order on the solver's natural grid
 /// (tail fit over N ≤ 4096, ± 0.25).
-pub(crate) fn weak_order(
-    report: &mut Report,
-    fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &dyn Solver,
-    sde_name: &str,
-    sde: &dyn ForwardSde,
-) {
+pub(crate) fn weak_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>) {
+    let (plugin, sde_name) = (case.plugin, case.sde_name);
+    let (solver, sde) = (&**case.solver, &**case.sde);
     let claims = solver.claims();
     let Some(claim) = claimed_order(claims.order) else {
         return;
@@ -170,15 +166,8 @@ pub(crate) fn weak_order(
             })
             .collect()
     };
-    let fit = OrderFit {
-        steps: &ORDER_STEPS,
-        claim,
-        tolerance: 0.25,
-        tolerance_text: "± 0.25 (tail fit, N ≤ 4096)",
-        what: "the weak error",
-    };
-    let scale = single_law().var(&sde.coefs(sde.t_max())).sqrt();
-    order_rows(report, &fixture.target, plugin, check, &fit, scale, run);
+    let fit = OrderFit::tail(claim, "the weak error");
+    order_rows(report, &fixture.target, plugin, sde, check, &fit, run);
 }
 
 /// An SDE stopped early: `inner` with t_ε replaced, so that grids end at `t_eps`.
@@ -229,15 +218,9 @@ impl ForwardSde for StoppedAt<'_> {
 /// resolved: the run stops at t★ with σ̃ = s (σ² = v/2), where the closed form gives a W2 of
 /// √d (√(v/(1 − r²/2)) − √v). The exactly propagated weak error must approach it: within 10%
 /// at N = 4096, and closer at 4096 than at 256.
-pub(crate) fn plateau(
-    report: &mut Report,
-    fixture: &Fixture<'_>,
-    plugin: &str,
-    solver: &dyn Solver,
-    sde_name: &str,
-    sde: &dyn ForwardSde,
-    snr: f64,
-) {
+pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>, snr: f64) {
+    let (plugin, sde_name) = (case.plugin, case.sde_name);
+    let (solver, sde) = (&**case.solver, &**case.sde);
     let grid = solver.claims().natural_grid;
     let t_star = sde.t_of_log_snr(-SINGLE_STD.ln());
     let check = format!(

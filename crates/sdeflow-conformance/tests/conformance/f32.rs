@@ -4,25 +4,18 @@
 //! Tolerances come from f32's epsilon; the truths compared against stay in f64 on the host.
 
 use candle_core::{DType, Device};
-use sdeflow_conformance::{Mode, Options, Target, run};
+use sdeflow_conformance::{Options, Target};
 use sdeflow_kernel::Result;
 
 fn pass(kind: &str, plugin: Option<&str>) -> Result<()> {
-    let registry = sdeflow_plugins::registry()?;
-    let report = run(
-        registry,
-        &Options {
-            mode: Mode::Quick,
-            kind: Some(kind.into()),
+    super::quick_pass(
+        kind,
+        Options {
             plugin: plugin.map(Into::into),
             target: Target::new(Device::Cpu, DType::F32),
             ..Options::default()
         },
-    );
-    println!("{report}");
-    assert!(!report.rows.is_empty(), "conformance ran no check");
-    assert!(report.all_passed(), "f32 conformance failures:\n{report}");
-    Ok(())
+    )
 }
 
 #[test]

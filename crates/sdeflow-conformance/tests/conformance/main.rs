@@ -4,3 +4,23 @@
 
 mod f32;
 mod quick;
+
+use sdeflow_conformance::{Mode, Options, run};
+use sdeflow_kernel::Result;
+
+/// Runs the quick pass of the `kind` plugins as `options` narrows it, prints the table, and
+/// fails unless it ran checks and every one passed.
+fn quick_pass(kind: &str, options: Options) -> Result<()> {
+    let report = run(
+        sdeflow_plugins::registry()?,
+        &Options {
+            mode: Mode::Quick,
+            kind: Some(kind.into()),
+            ..options
+        },
+    );
+    println!("{report}");
+    assert!(!report.rows.is_empty(), "conformance ran no check");
+    assert!(report.all_passed(), "conformance failures:\n{report}");
+    Ok(())
+}
