@@ -25,7 +25,7 @@ use std::sync::{
 
 use sdeflow_kernel::{
     ForwardSde, Parameterization, Registry, Weighting,
-    registry::{Kind, ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
+    registry::{Kind, ModelKind, ParamKind, Registration, SdeKind, SolverKind, WeightingKind},
 };
 
 pub use policy::Policy;
@@ -111,46 +111,34 @@ struct Built {
     failures: Report,
 }
 
+/// Every registered plugin of kind `K` built with its default parameters, by name; a failing
+/// row in `failures` for each that does not build.
+fn defaults<K: Kind<Ctx = ()>>(
+    registry: &Registry,
+    failures: &mut Report,
+) -> Vec<(&'static str, K::Object)> {
+    let mut built = Vec::new();
+    for p in K::catalog(registry).all() {
+        let name = p.info().name;
+        match registry.build::<K>(name, "()", &()) {
+            Ok(v) => built.push((name, v)),
+            Err(e) => failures.error(
+                &format!("{}/{name}", K::NAME),
+                "builds with default parameters",
+                e,
+            ),
+        }
+    }
+    built
+}
+
 impl Built {
     fn new(registry: &Registry) -> Self {
         let mut failures = Report::default();
-        let mut sdes = Vec::new();
-        for p in registry.sdes.all() {
-            match registry.sde(p.info.name, "()") {
-                Ok(s) => sdes.push((p.info.name, s)),
-                Err(e) => failures.error(
-                    &format!("sde/{}", p.info.name),
-                    "builds with default parameters",
-                    e,
-                ),
-            }
-        }
-        let mut params = Vec::new();
-        for p in registry.params.all() {
-            match registry.param(p.info.name, "()") {
-                Ok(v) => params.push((p.info.name, v)),
-                Err(e) => failures.error(
-                    &format!("param/{}", p.info.name),
-                    "builds with default parameters",
-                    e,
-                ),
-            }
-        }
-        let mut weightings = Vec::new();
-        for p in registry.weightings.all() {
-            match registry.weighting(p.info.name, "()") {
-                Ok(v) => weightings.push((p.info.name, v)),
-                Err(e) => failures.error(
-                    &format!("weighting/{}", p.info.name),
-                    "builds with default parameters",
-                    e,
-                ),
-            }
-        }
         Self {
-            sdes,
-            params,
-            weightings,
+            sdes: defaults::<SdeKind>(registry, &mut failures),
+            params: defaults::<ParamKind>(registry, &mut failures),
+            weightings: defaults::<WeightingKind>(registry, &mut failures),
             failures,
         }
     }
