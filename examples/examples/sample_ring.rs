@@ -10,9 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
-    let param = registry.param("eps", "()")?;
     let ctx = ModelContext {
-        param: param.clone(),
         device: Device::Cpu,
         dtype: DType::F64,
     };
@@ -20,7 +18,6 @@ fn main() -> Result<()> {
     let spec = ring();
     let pipeline = Pipeline::builder()
         .sde(sde.clone())
-        .param(param)
         .model(registry.model("gmm_oracle", &spec.oracle_params(), &ctx)?)
         .solver(registry.solver("euler_maruyama", "()")?)
         .dtype(DType::F64)

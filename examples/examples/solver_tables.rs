@@ -30,12 +30,10 @@ const PAIRED: usize = 2_000;
 
 fn main() -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
-    let param = registry.param("eps", "()")?;
     let sde = registry.sde("vp", "()")?;
     let spec = ring();
     let mixture = spec.mixture()?;
     let ctx = ModelContext {
-        param: param.clone(),
         device: Device::Cpu,
         dtype: DType::F64,
     };
@@ -53,7 +51,6 @@ fn main() -> Result<()> {
      -> Result<Vec<f64>> {
         let mut b = Pipeline::builder()
             .sde(sde.clone())
-            .param(param.clone())
             .model(model.clone())
             .solver(solver)
             .steps(steps)
@@ -118,7 +115,6 @@ fn main() -> Result<()> {
                         &*sde,
                         &*solver,
                         gauss.clone(),
-                        param.clone(),
                         grid,
                         steps,
                         &Target::default(),

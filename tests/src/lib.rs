@@ -9,18 +9,15 @@ pub fn registry() -> Result<&'static Registry> {
     sdeflow_plugins::registry()
 }
 
-/// A builder for VP + ε + the `ring` oracle + `solver`, in f32 on the CPU.
+/// A builder for VP + the `ring` oracle (read as the score it predicts) + `solver`, in f32 on the CPU.
 pub fn ring_pipeline(solver: &str, steps: usize, seed: u64) -> Result<PipelineBuilder> {
     let r = registry()?;
-    let param = r.param("eps", "()")?;
     let ctx = ModelContext {
-        param: param.clone(),
         device: Device::Cpu,
         dtype: DType::F32,
     };
     Ok(Pipeline::builder()
         .sde(r.sde("vp", "()")?)
-        .param(param)
         .model(r.model("gmm_oracle", &ring().oracle_params(), &ctx)?)
         .solver(r.solver(solver, "()")?)
         .steps(steps)

@@ -7,7 +7,7 @@ use sdeflow_kernel::{Error, Result};
 /// shipped configs change.
 const BASE: &str = "(
     sde: vp(),
-    param: eps(),
+    param: score(),
     model: gmm_oracle(weights: [0.5, 0.5], means: [[0.0, 0.0], [1.0, 1.0]], covariances: [isotropic(0.5), isotropic(0.5)]),
     solver: euler_maruyama(),
     steps: 10,
@@ -58,7 +58,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("    steps: 10,", "    stpes: 10,"),
             "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
-             dtype, seed, sde, param, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs\n",
+             dtype, seed, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs\n",
         ),
         (
             edited("sde: vp()", "sde: vp(beta_mn: 0.2)"),
@@ -108,6 +108,19 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("    solver: euler_maruyama(),\n", ""),
             "error: bad.ron:7:1: missing field `solver` in `config`\n",
+        ),
+        (
+            edited("param: score()", "param: eps()"),
+            "error: bad.ron:3:5: invalid `param`: `gmm_oracle` predicts in its own target `score()`, not `eps()`; \
+             remove `param:` or write `param: score()`\n",
+        ),
+        (
+            edited(
+                "    param: score(),\n    model: gmm_oracle(weights: [0.5, 0.5], means: [[0.0, 0.0], [1.0, 1.0]], covariances: [isotropic(0.5), isotropic(0.5)]),",
+                "    model: mlp(hidden: 8, layers: 1, embed_dim: 4),",
+            ),
+            "error: bad.ron:3:5: missing field `param`: `mlp` learns the target `param:` names; add one of \
+             `param: edm()`, `param: eps()`, `param: flow()`, `param: score()`, `param: v()`, `param: x0()`\n",
         ),
     ];
     for (text, golden) in cases {
@@ -162,12 +175,63 @@ fn check_counts_the_nfe_a_run_takes() -> Result<()> {
             out.contains(&format!(", {ran} NFE per sample,")),
             "check should announce {ran} NFE:\n{out}"
         );
-        let last_row = out.lines().last().unwrap_or_default();
+        let grid = out.split("\nloss ").next().unwrap_or_default();
+        let last_row = grid
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or_default();
         assert!(
             last_row.split_whitespace().last() == Some(ran.to_string().as_str()),
             "the last grid row should reach {ran} NFE: {last_row}"
         );
     }
+    Ok(())
+}
+
+/// `check` prints the loss a training run would minimise: where the weighting's t-density
+/// puts the times, the weight there, and the weight in the model's target. EDM's weighting
+/// read in EDM's preconditioned target has w_ε/k² = 1 at every time (Karras et al.'s unit
+/// effective weight), with c_in = 1/√(σ² + σ_d²) and c_noise = ¼ ln σ on EDM's SDE.
+#[test]
+fn check_prints_the_loss_weights() -> Result<()> {
+    let text = edited(
+        "    param: score(),\n    model: gmm_oracle(weights: [0.5, 0.5], means: [[0.0, 0.0], [1.0, 1.0]], covariances: [isotropic(0.5), isotropic(0.5)]),",
+        "    param: edm(),\n    weighting: edm(),\n    model: mlp(hidden: 8, layers: 1, embed_dim: 4),",
+    )
+    .replace("sde: vp()", "sde: edm()");
+    let (code, _) = check_text("loss.ron", &text)?;
+    assert_eq!(code, 0);
+    let dir = std::env::temp_dir().join(format!("sdeflow-cli-{}", std::process::id()));
+    let (code, out, err) = run(&["check", dir.join("loss.ron").to_str().unwrap_or_default()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("loss    weighting edm(): E_t~p[w_ε(t) ‖ε̂ − ε‖²], the weighting's own t-density; in the edm() target"),
+        "{out}"
+    );
+    let table: Vec<Vec<f64>> = out
+        .split("c_noise\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .collect();
+    assert_eq!(table.len(), 9, "{out}");
+    for row in &table {
+        let (t, w_target, c_in, c_noise) = (row[1], row[4], row[5], row[6]);
+        assert!((w_target - 1.0).abs() < 1e-4, "{row:?}");
+        assert!(
+            (c_in - 1.0 / (t * t + 0.25).sqrt()).abs() <= 1e-4 * c_in,
+            "{row:?}"
+        );
+        assert!((c_noise - 0.25 * t.ln()).abs() <= 1e-4, "{row:?}");
+    }
+    // The density is EDM's log-normal: its median σ is e^{−1.2} (truncation barely moves it).
+    let median = table[4][1];
+    assert!((median.ln() + 1.2).abs() < 0.01, "median t = {median}");
     Ok(())
 }
 

@@ -49,7 +49,7 @@ fn a_small_sampling_job_writes_npy_png_and_json() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
     let config = dir.join("small.ron");
-    let text = "(\n  sde: vp(),\n  param: eps(),\n  model: gmm_oracle(weights: [0.5, 0.5], means: [[-2.0, 0.0], [2.0, 0.0]], \
+    let text = "(\n  sde: vp(),\n  model: gmm_oracle(weights: [0.5, 0.5], means: [[-2.0, 0.0], [2.0, 0.0]], \
                 covariances: [isotropic(0.3), isotropic(0.3)]),\n  solver: euler_maruyama(),\n  steps: 50,\n  samples: 500,\n)\n";
     std::fs::write(&config, text).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
     let out_dir = dir.join("out");
@@ -88,7 +88,7 @@ fn the_final_denoising_step_costs_one_nfe_and_trajectories_keep_every_step() -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
     let config = dir.join("traj.ron");
-    let text = "(\n  sde: vp(),\n  param: eps(),\n  model: gmm_oracle(weights: [1.0], means: [[1.0, -1.0]], \
+    let text = "(\n  sde: vp(),\n  model: gmm_oracle(weights: [1.0], means: [[1.0, -1.0]], \
                 covariances: [isotropic(0.3)]),\n  solver: euler_maruyama(),\n  steps: 30,\n  samples: 200,\n  \
                 denoise_final: true,\n  outputs: (trajectory: true),\n)\n";
     std::fs::write(&config, text).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;

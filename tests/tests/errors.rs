@@ -66,9 +66,7 @@ fn an_invalid_value_names_plugin_field_and_reason() -> Result<()> {
 #[test]
 fn an_invalid_mixture_is_rejected() -> Result<()> {
     let r = registry()?;
-    let param = r.param("eps", "()")?;
     let ctx = sdeflow_kernel::ModelContext {
-        param,
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
     };

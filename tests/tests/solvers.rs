@@ -17,9 +17,7 @@ use sdeflow_kernel::{GridKind, ModelContext, Pipeline, Result, State};
 #[test]
 fn ddpm_is_ddim_at_eta_one() -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
-    let param = registry.param("eps", "()")?;
     let ctx = ModelContext {
-        param: param.clone(),
         device: Device::Cpu,
         dtype: DType::F64,
     };
@@ -43,7 +41,6 @@ fn ddpm_is_ddim_at_eta_one() -> Result<()> {
                 )?;
                 Ok(Pipeline::builder()
                     .sde(sde.clone())
-                    .param(param.clone())
                     .model(model.clone())
                     .solver(solver)
                     .steps(50)
@@ -70,7 +67,7 @@ fn ddpm_is_ddim_at_eta_one() -> Result<()> {
             for steps in [1, 10, 100] {
                 let w = |s: &Arc<dyn sdeflow_kernel::Solver>| {
                     let cpu = Target::default();
-                    exact_weak_error(&*sde, &**s, gauss.clone(), param.clone(), grid, steps, &cpu)
+                    exact_weak_error(&*sde, &**s, gauss.clone(), grid, steps, &cpu)
                 };
                 let (wa, wb) = (w(&ddpm)?, w(&ddim)?);
                 assert!(

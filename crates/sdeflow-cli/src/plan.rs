@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use sdeflow_kernel::{Config, Error, KINDS, Order, Registry, Result, SolverClaims};
+use sdeflow_kernel::{Config, Dsm, Error, KINDS, Order, Registry, Result, SolverClaims};
 
 /// The registered plugins by kind; as a Markdown table with `markdown`.
 pub fn list(registry: &Registry, markdown: bool) -> String {
@@ -139,7 +139,12 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         sde.t_eps(),
         sde.prior_std()
     );
-    let _ = writeln!(s, "param   {}", config.param.name);
+    let predicts = if config.model.plugin.target().is_some() {
+        format!("{}() (the model's own target)", config.target_name())
+    } else {
+        format!("{}() (what the network learns)", config.target_name())
+    };
+    let _ = writeln!(s, "param   {predicts}");
     let shape = pipeline.model().sample_shape();
     let exact = if pipeline.model().exact_law().is_some() {
         ", exact law known"
@@ -204,5 +209,58 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             c.alpha, c.sigma, c.lambda
         );
     }
+    if let Some(w) = &config.weighting {
+        loss_plan(&mut s, config, &pipeline, w);
+    }
     Ok(s)
+}
+
+/// The denoising loss a training run of this config minimises: where its t-density puts the
+/// times (quantiles), the density there, the weight on ‖ε̂ − ε‖², and what the model's target
+/// and its preconditioning make of them.
+fn loss_plan(
+    s: &mut String,
+    config: &Config,
+    pipeline: &sdeflow_kernel::Pipeline,
+    w: &sdeflow_kernel::Entry<sdeflow_kernel::registry::WeightingKind>,
+) {
+    let sde = pipeline.sde();
+    let param = pipeline.param();
+    let dsm = Dsm::new(config.sde.plugin.clone(), w.plugin.clone());
+    let density = if w
+        .plugin
+        .t_density(sde, &sde.coefs(0.5 * (sde.t_eps() + sde.t_max())))
+        .is_some()
+    {
+        "the weighting's own t-density"
+    } else {
+        "t uniform on [t_ε, T]"
+    };
+    let _ = writeln!(
+        s,
+        "\nloss    weighting {}(): E_t~p[w_ε(t) ‖ε̂ − ε‖²], {density}; in the {}() target \
+         w_ε/k² on ‖out − target‖²",
+        w.name,
+        config.target_name()
+    );
+    let _ = writeln!(
+        s,
+        "\n{:>8} {:>13} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "quantile", "t", "p(t)", "w_ε", "w_ε/k²", "c_in", "c_noise"
+    );
+    for u in [0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999] {
+        let c = sde.coefs(dsm.t_at(u));
+        let k = param.eps_loss_scale(&c);
+        let we = w.plugin.eps_weight(&c);
+        let _ = writeln!(
+            s,
+            "{u:>8} {:13.6e} {:11.4e} {:11.4e} {:11.4e} {:11.4e} {:9.4}",
+            c.t,
+            dsm.t_density(&c),
+            we,
+            we / (k * k),
+            param.c_in(&c),
+            param.c_noise(&c)
+        );
+    }
 }

@@ -275,7 +275,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let mut summary = Summary {
         config: config.file.clone(),
         sde: config.sde.name.to_string(),
-        param: config.param.name.to_string(),
+        param: config.target_name().to_string(),
         model: config.model.name.to_string(),
         solver: config.solver.name.to_string(),
         grid: schedule.grid.to_string(),

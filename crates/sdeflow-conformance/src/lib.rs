@@ -1,12 +1,14 @@
 //! # sdeflow-conformance
 //!
 //! Contract suites that run every registered plugin against exact answers: the SDE
-//! identities, parameterization round trips, weightings, and solvers' orders, NFE,
+//! identities, parameterization round trips, the denoising loss, weightings, and solvers'
+//! orders, NFE,
 //! finiteness, batch invariance and sliced W2 on the fixed mixtures (DESIGN.md
 //! "Conformance"). A plugin is tested the moment it is registered.
 //!
 //! The crate names no plugin: the binary that calls [`run`] links them (`sdeflow-plugins`).
 
+pub mod loss;
 pub mod mixtures;
 pub mod model;
 pub mod param;
@@ -241,25 +243,46 @@ impl Context<'_> {
         let sdes: Vec<(&str, Arc<dyn ForwardSde>)> =
             built.sdes.iter().map(|(n, s)| (*n, s.clone())).collect();
         match unit {
-            Unit::Sde(i) => sde::check(&mut report, named_sdes[i].0, named_sdes[i].1),
-            Unit::Param(i) => param::check(
-                &mut report,
-                param_refs[i].0,
-                param_refs[i].1,
-                &param_refs,
-                &weighting_refs,
-                &sde_refs,
-                self.target,
-            ),
+            Unit::Sde(i) => {
+                sde::check(&mut report, named_sdes[i].0, named_sdes[i].1);
+                let (name, sde) = &sdes[i];
+                loss::closed_form(&mut report, self.registry, name, sde, self.target);
+            }
+            Unit::Param(i) => {
+                param::check(
+                    &mut report,
+                    param_refs[i].0,
+                    param_refs[i].1,
+                    &param_refs,
+                    &weighting_refs,
+                    &sde_refs,
+                    self.target,
+                );
+                let weightings: Vec<(&str, Arc<dyn Weighting>)> = built
+                    .weightings
+                    .iter()
+                    .map(|(n, w)| (*n, w.clone()))
+                    .collect();
+                let (name, p) = &built.params[i];
+                loss::check_param(
+                    &mut report,
+                    self.registry,
+                    name,
+                    p,
+                    &weightings,
+                    &sdes,
+                    self.target,
+                );
+            }
             Unit::Weighting(i) => weighting::check(
                 &mut report,
                 weighting_refs[i].0,
                 weighting_refs[i].1,
                 &named_sdes,
             ),
-            Unit::Model(name) => match (built.run_param(), named_sdes.first()) {
+            Unit::Model(name) => match (built.run_param(), sdes.first()) {
                 (Some(param), Some((_, sde))) => {
-                    model::check(&mut report, self.registry, name, param, *sde, self.target);
+                    model::check(&mut report, self.registry, name, param, sde, self.target);
                 }
                 _ => report.error(
                     &format!("model/{name}"),

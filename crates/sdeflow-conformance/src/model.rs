@@ -1,14 +1,17 @@
 //! Score-model contracts (DESIGN.md "Conformance"): output shape equals input shape and is
-//! finite at batch sizes 1, 7 and 1,030 across the SDE's time range; save then load into a
-//! model whose variables were overwritten reproduces the outputs bit for bit; a squared-output
-//! loss sends a non-zero gradient to every trainable variable. A model without trainable
-//! variables (an oracle) reports so and skips the last two.
+//! finite at batch sizes 1, 7 and 1,030 across the SDE's time range; each row at its own time
+//! gives what a call at that time gives it (per-row time, MATH.md §9); save then load into a
+//! model whose variables were overwritten reproduces the outputs bit for bit; the kernel's
+//! denoising score-matching loss, with a time per row, sends a non-zero gradient to every
+//! trainable variable. A model without trainable variables (an oracle) reports so and skips the
+//! last two. A model that fixes its target (the oracle: the score) is read in it; a network in
+//! the run parameterization.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    At, ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
@@ -26,12 +29,11 @@ pub fn check(
     registry: &Registry,
     name: &str,
     param: Arc<dyn Parameterization>,
-    sde: &dyn ForwardSde,
+    sde: &Arc<dyn ForwardSde>,
     target: &Target,
 ) {
     let plugin = format!("model/{name}");
     let ctx = ModelContext {
-        param,
         device: target.device.clone(),
         dtype: target.dtype,
     };
@@ -41,11 +43,32 @@ pub fn check(
         Err(e) => return report.error(&plugin, "builds with default parameters", e),
     };
     let (a, b) = (sde.t_eps(), sde.t_max());
-    let times: Vec<TimeCoefs> = [0.0, 0.1, 0.5, 1.0]
+    let param = model.target().map_or(param, |t| t.plugin);
+    let times: Vec<(TimeCoefs, At)> = [0.0, 0.1, 0.5, 1.0]
         .iter()
-        .map(|u| sde.coefs(a + (b - a) * u))
+        .map(|u| {
+            let c = sde.coefs(a + (b - a) * u);
+            (c, At::new(c.into(), &*param))
+        })
         .collect();
     shapes(report, &plugin, &*model, &times, target);
+    let coefs: Vec<TimeCoefs> = times.iter().map(|(c, _)| *c).collect();
+    let check = "each row at its own time = a call at that time (7 rows, 4 times)";
+    let tol = target.tol(1e-12, 1e3);
+    match input(&*model, 7, target)
+        .and_then(|x| crate::loss::rows_match_calls(&*model, &*param, &coefs, &x))
+    {
+        Ok(e) => report.push(
+            &plugin,
+            check,
+            num(e),
+            "0",
+            format!("≤ {tol:e} (norm-relative per row)"),
+            e <= tol,
+            "the per-row path of forward differs from the per-call path",
+        ),
+        Err(e) => report.error(&plugin, check, e),
+    }
     if model.varmap().is_none() {
         report.push(
             &plugin,
@@ -61,7 +84,7 @@ pub fn check(
     if let Err(e) = round_trip(report, &plugin, &*model, &build, &times, target) {
         report.error(&plugin, "save then load reproduces the outputs", e);
     }
-    if let Err(e) = gradients(report, &plugin, &*model, &times, target) {
+    if let Err(e) = gradients(report, &plugin, &model, param, sde, target) {
         report.error(&plugin, "gradients reach every parameter", e);
     }
 }
@@ -85,14 +108,14 @@ fn shapes(
     report: &mut Report,
     plugin: &str,
     model: &dyn ScoreModel,
-    times: &[TimeCoefs],
+    times: &[(TimeCoefs, At)],
     target: &Target,
 ) {
     let mut failures = Vec::new();
     for n in BATCHES {
-        for c in times {
+        for (c, at) in times {
             let outcome = input(model, n, target).and_then(|x| {
-                let y = model.forward(&x, c, None)?;
+                let y = model.forward(&x, at, None)?;
                 let finite = Target::host(&y.flatten_all()?)?
                     .to_vec1::<f64>()?
                     .iter()
@@ -127,11 +150,11 @@ fn shapes(
 }
 
 /// The outputs' bits (exact in f64 whatever the run's dtype).
-fn outputs(model: &dyn ScoreModel, times: &[TimeCoefs], target: &Target) -> Result<Vec<u64>> {
+fn outputs(model: &dyn ScoreModel, times: &[(TimeCoefs, At)], target: &Target) -> Result<Vec<u64>> {
     let x = input(model, 7, target)?;
     let mut bits = Vec::new();
-    for c in times {
-        let y = Target::host(&model.forward(&x, c, None)?.flatten_all()?)?.to_vec1::<f64>()?;
+    for (_, at) in times {
+        let y = Target::host(&model.forward(&x, at, None)?.flatten_all()?)?.to_vec1::<f64>()?;
         bits.extend(y.iter().map(|v| v.to_bits()));
     }
     Ok(bits)
@@ -142,7 +165,7 @@ fn round_trip(
     plugin: &str,
     model: &dyn ScoreModel,
     build: &dyn Fn() -> Result<Arc<dyn ScoreModel>>,
-    times: &[TimeCoefs],
+    times: &[(TimeCoefs, At)],
     target: &Target,
 ) -> Result<()> {
     let want = outputs(model, times, target)?;
@@ -184,18 +207,16 @@ fn round_trip(
 fn gradients(
     report: &mut Report,
     plugin: &str,
-    model: &dyn ScoreModel,
-    times: &[TimeCoefs],
+    model: &Arc<dyn ScoreModel>,
+    param: Arc<dyn Parameterization>,
+    sde: &Arc<dyn ForwardSde>,
     target: &Target,
 ) -> Result<()> {
     let Some(vm) = model.varmap() else {
         return Ok(());
     };
-    let x = input(model, 16, target)?;
-    let mut loss = Tensor::zeros((), target.dtype, &target.device)?;
-    for c in times {
-        loss = (loss + model.forward(&x, c, None)?.sqr()?.sum_all()?)?;
-    }
+    let x0 = input(&**model, 64, target)?;
+    let loss = crate::loss::model_loss(model.clone(), param, sde, &x0)?;
     let grads = loss.backward()?;
     let vars = vm.all_vars();
     let mut missing = 0;
@@ -210,7 +231,7 @@ fn gradients(
     }
     report.push(
         plugin,
-        "gradients reach every parameter (loss Σ‖out‖² at 4 times)",
+        "gradients reach every parameter (the DSM loss, 64 rows at their own times)",
         format!("{}/{}", vars.len() - missing, vars.len()),
         format!("{}/{}", vars.len(), vars.len()),
         "non-zero gradient on each variable",

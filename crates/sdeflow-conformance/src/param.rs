@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    ForwardSde, Parameterization, Result, TimeCoefs, Weighting, convert,
+    Conversions, ForwardSde, Parameterization, Result, Time, TimeCoefs, Weighting, convert,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
@@ -62,7 +62,8 @@ fn round_trip(
     let (x0, eps) = (normals(1, target)?, normals(2, target)?);
     let mut worst: f64 = 0.0;
     for sde in sdes {
-        for c in interior(*sde) {
+        for tc in interior(*sde) {
+            let c = Time::Call(tc);
             let x = convert::noisy(&x0, &eps, &c)?;
             let out_p = p.from_eps(&eps, &x, &c)?;
             let out_q = q.from_eps(&p.to_eps(&out_p, &x, &c)?, &x, &c)?;
@@ -87,9 +88,13 @@ fn target_matches(
     let (x0, eps) = (normals(3, target)?, normals(4, target)?);
     let mut worst: f64 = 0.0;
     for sde in sdes {
-        for c in interior(*sde) {
+        for tc in interior(*sde) {
+            let c = Time::Call(tc);
             let x = convert::noisy(&x0, &eps, &c)?;
-            worst = worst.max(rel(&p.target(&x0, &eps, &c)?, &p.from_eps(&eps, &x, &c)?)?);
+            worst = worst.max(rel(
+                &p.target_of(&x0, &eps, &c)?,
+                &p.from_eps(&eps, &x, &c)?,
+            )?);
         }
     }
     Ok(worst)
@@ -111,12 +116,13 @@ fn matched_loss(
     let eps_hat = (&eps + delta.affine(0.1, 0.0)?)?;
     let mut worst: f64 = 0.0;
     for sde in sdes {
-        for c in interior(*sde) {
+        for tc in interior(*sde) {
+            let c = Time::Call(tc);
             let x = convert::noisy(&x0, &eps, &c)?;
-            let eps_loss = w.eps_weight(&c) * sum_sq(&(&eps_hat - &eps)?)?;
+            let eps_loss = w.eps_weight(&tc) * sum_sq(&(&eps_hat - &eps)?)?;
             let pred = p.from_eps(&eps_hat, &x, &c)?;
-            let sq = sum_sq(&(&pred - p.target(&x0, &eps, &c)?)?)?;
-            let target_loss = w.target_weight(&c, p.eps_loss_scale(&c)) * sq;
+            let sq = sum_sq(&(&pred - p.target_of(&x0, &eps, &c)?)?)?;
+            let target_loss = w.target_weight(&tc, p.eps_loss_scale(&tc)) * sq;
             worst =
                 worst.max((target_loss - eps_loss).abs() / eps_loss.abs().max(f64::MIN_POSITIVE));
         }

@@ -101,3 +101,160 @@ impl Transition {
         self.var.sqrt()
     }
 }
+
+/// One value for a whole model call, or one per row of its batch (MATH.md §9): sampling
+/// evaluates every row at one time, training draws a time per row.
+///
+/// Per-row values are shared, so cloning and [`narrow`](Self::narrow)ing are cheap.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PerRow<T> {
+    /// One value for every row.
+    Call(T),
+    /// One value per row.
+    Rows(Rows<T>),
+}
+
+/// The time coefficients of a model call: per call or per row.
+pub type Time = PerRow<TimeCoefs>;
+
+/// Values, one per row: a window `start..start + len` of a shared slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows<T> {
+    all: std::sync::Arc<[T]>,
+    start: usize,
+    len: usize,
+}
+
+impl<T> Rows<T> {
+    /// One value per row.
+    pub fn new(values: Vec<T>) -> Self {
+        let len = values.len();
+        Self {
+            all: values.into(),
+            start: 0,
+            len,
+        }
+    }
+
+    /// The values, row by row.
+    pub fn values(&self) -> &[T] {
+        &self.all[self.start..self.start + self.len]
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Rows<TimeCoefs> {
+    /// The coefficients of `sde` at each row's time.
+    pub fn at(sde: &dyn crate::ForwardSde, ts: &[f64]) -> Self {
+        Self::new(ts.iter().map(|&t| sde.coefs(t)).collect())
+    }
+}
+
+impl<T: Clone> PerRow<T> {
+    /// The number of rows it is for: `None` for one value per call.
+    pub fn rows(&self) -> Option<usize> {
+        match self {
+            Self::Call(_) => None,
+            Self::Rows(r) => Some(r.len),
+        }
+    }
+
+    /// `f` of each value: per call stays per call.
+    pub fn map<U>(&self, f: impl Fn(&T) -> U) -> PerRow<U> {
+        match self {
+            Self::Call(v) => PerRow::Call(f(v)),
+            Self::Rows(r) => PerRow::Rows(Rows::new(r.values().iter().map(f).collect())),
+        }
+    }
+
+    /// Rows `start..start + len` (a per-call value is every row's).
+    pub fn narrow(&self, start: usize, len: usize) -> crate::Result<Self> {
+        match self {
+            Self::Call(_) => Ok(self.clone()),
+            Self::Rows(r) if start + len <= r.len => Ok(Self::Rows(Rows {
+                all: r.all.clone(),
+                start: r.start + start,
+                len,
+            })),
+            Self::Rows(r) => Err(crate::Error::Shape(format!(
+                "rows {start}..{} of {} per-row values",
+                start + len,
+                r.len
+            ))),
+        }
+    }
+
+    /// `pad` more rows repeating the last (padding rows' outputs are dropped; they need only
+    /// be finite).
+    pub fn padded(&self, pad: usize) -> Self {
+        match self {
+            Self::Call(_) => self.clone(),
+            Self::Rows(r) => {
+                let v = r.values();
+                let mut all = v.to_vec();
+                if let Some(last) = v.last() {
+                    all.extend(std::iter::repeat_n(last.clone(), pad));
+                }
+                Self::Rows(Rows::new(all))
+            }
+        }
+    }
+
+    /// Checks that per-row values are for `n` rows, naming `what` otherwise.
+    pub fn expect_rows(&self, n: usize, what: &str) -> crate::Result<()> {
+        match self.rows() {
+            Some(m) if m != n => Err(crate::Error::Shape(format!(
+                "{what}: {m} per-row times for a batch of {n} rows"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl PerRow<f64> {
+    /// The per-row values as a column `[n, 1, …, 1]` of rank `rank` (to broadcast over each
+    /// sample's dimensions) in `dtype` on `device`; `None` for a per-call value.
+    pub fn column(
+        &self,
+        rank: usize,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> crate::Result<Option<candle_core::Tensor>> {
+        let Self::Rows(r) = self else {
+            return Ok(None);
+        };
+        let mut shape = vec![1; rank.max(1)];
+        shape[0] = r.len;
+        let col = candle_core::Tensor::from_slice(r.values(), r.len, device)?
+            .to_dtype(dtype)?
+            .reshape(shape)?;
+        Ok(Some(col))
+    }
+}
+
+impl From<TimeCoefs> for Time {
+    fn from(c: TimeCoefs) -> Self {
+        Self::Call(c)
+    }
+}
+
+impl From<&TimeCoefs> for Time {
+    fn from(c: &TimeCoefs) -> Self {
+        Self::Call(*c)
+    }
+}
+
+impl From<Rows<TimeCoefs>> for Time {
+    fn from(r: Rows<TimeCoefs>) -> Self {
+        Self::Rows(r)
+    }
+}

@@ -5,9 +5,11 @@
 //! new section a derived sub-struct like [`Outputs`]. Every error keeps the file, line and
 //! column.
 //!
-//! The model is built in the parameterization it is read in, on the config's device, so a
-//! config is read twice: a first pass takes `device`, `dtype` and `param` and skips the rest;
-//! the second reads everything with the model's context in scope.
+//! A model is built on the config's device in its dtype, so a first pass reads `device` and
+//! `dtype` (and skips the rest); the second reads everything with the model's context in
+//! scope. What the model predicts is not part of that context: an exact model fixes its own
+//! target, a network learns the one `param:` names, and [`Config::parse`] checks that the two
+//! agree.
 
 use std::{fmt, path::PathBuf};
 
@@ -17,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::{
     Error, GridKind, ModelContext, Pipeline, PipelineBuilder, Registry, Result,
     de::{Entry, locate_field, ron_options, spanned},
-    registry::{ModelKind, ParamKind, SdeKind, SolverKind},
+    registry::{ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
 };
 
 /// Where to run: `cpu`, `cuda(N)` or `metal(N)`.
@@ -140,8 +142,14 @@ pub struct Config {
     pub seed: u64,
     /// The forward SDE.
     pub sde: Entry<SdeKind>,
-    /// The parameterization.
-    pub param: Entry<ParamKind>,
+    /// The parameterization a network learns (and is read in). A model that fixes its own
+    /// target (the oracle: the score) needs none; if given it must name that target.
+    #[serde(default, deserialize_with = "some")]
+    pub param: Option<Entry<ParamKind>>,
+    /// The time weighting of the denoising loss, with its t-density; [`Config::parse`] fills in
+    /// `simple()` ([`DEFAULT_WEIGHTING`]) when the file names none.
+    #[serde(default, deserialize_with = "some")]
+    pub weighting: Option<Entry<WeightingKind>>,
     /// The score model.
     pub model: Entry<ModelKind>,
     /// The solver.
@@ -222,8 +230,10 @@ struct Prelude {
     device: DeviceSpec,
     #[serde(default)]
     dtype: DTypeSpec,
-    param: Entry<ParamKind>,
 }
+
+/// The weighting a config without `weighting:` trains with: DDPM's w_ε = 1.
+pub const DEFAULT_WEIGHTING: &str = "simple";
 
 impl Config {
     /// Parses `text` (from `file`, for messages), reading every plugin through `registry`.
@@ -236,20 +246,21 @@ impl Config {
         device: &dyn Fn(DeviceSpec) -> Result<Device>,
     ) -> Result<Self> {
         let at = |e: ron::error::SpannedError| spanned(file, text, &e);
-        let prelude: Prelude = registry
-            .reading(None, || ron_options().from_str(text))
-            .map_err(at)?;
-        let candle_device = device(prelude.device).map_err(|e| {
-            let (line, col) = locate_field(text, "device").unwrap_or((1, 1));
+        let at_field = |field: &str, msg: String| {
+            let (line, col) = locate_field(text, field).unwrap_or((1, 1));
             Error::Config {
                 file: file.to_string(),
                 line,
                 col,
-                msg: e.to_string(),
+                msg,
             }
-        })?;
+        };
+        let prelude: Prelude = registry
+            .reading(None, || ron_options().from_str(text))
+            .map_err(at)?;
+        let candle_device =
+            device(prelude.device).map_err(|e| at_field("device", e.to_string()))?;
         let ctx = ModelContext {
-            param: prelude.param.plugin.clone(),
             device: candle_device,
             dtype: prelude.dtype.dtype(),
         };
@@ -257,9 +268,50 @@ impl Config {
             .reading(Some(ctx), || ron_options().from_str(text))
             .map_err(at)?;
         config.file = file.to_string();
-        // The model was built for the first pass's parameterization: keep that one.
-        config.param = prelude.param;
+        if config.weighting.is_none() {
+            // The default when it is registered (a registry without it has no default).
+            config.weighting = registry
+                .entry::<WeightingKind>(DEFAULT_WEIGHTING, "()", &())
+                .ok();
+        }
+        match (config.model.plugin.target(), &config.param) {
+            (Some(fixed), Some(param)) if fixed.name != param.name => {
+                return Err(at_field(
+                    "param",
+                    format!(
+                        "invalid `param`: `{}` predicts in its own target `{}()`, not `{}()`; remove `param:` or write `param: {}()`",
+                        config.model.name, fixed.name, param.name, fixed.name
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(at_field(
+                    "model",
+                    format!(
+                        "missing field `param`: `{}` learns the target `param:` names; add one of {}",
+                        config.model.name,
+                        registry
+                            .params
+                            .names()
+                            .iter()
+                            .map(|n| format!("`param: {n}()`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
         Ok(config)
+    }
+
+    /// The registered name of the target the model predicts in: the model's own, or `param:`.
+    pub fn target_name(&self) -> &'static str {
+        match (self.model.plugin.target(), &self.param) {
+            (Some(fixed), _) => fixed.name,
+            (None, Some(param)) => param.name,
+            (None, None) => "",
+        }
     }
 
     /// The pipeline this config composes, on `device`.
@@ -271,7 +323,6 @@ impl Config {
     pub fn builder(&self, device: Device) -> PipelineBuilder {
         let mut b = Pipeline::builder()
             .sde(self.sde.plugin.clone())
-            .param(self.param.plugin.clone())
             .model(self.model.plugin.clone())
             .solver(self.solver.plugin.clone())
             .seed(self.seed)
@@ -280,6 +331,11 @@ impl Config {
             .capture_trajectory(self.outputs.trajectory)
             .device(device)
             .dtype(self.dtype.dtype());
+        if self.model.plugin.target().is_none()
+            && let Some(param) = &self.param
+        {
+            b = b.param(param.plugin.clone());
+        }
         if let Some(steps) = self.steps {
             b = b.steps(steps);
         }

@@ -121,6 +121,27 @@ impl Registry {
         })
     }
 
+    /// [`build`](Self::build) as an [`Entry`]: the plugin with its registered name.
+    pub fn entry<K: Kind>(&self, name: &str, params: &str, ctx: &K::Ctx) -> Result<Entry<K>>
+    where
+        K::Ctx: ScopeContext,
+    {
+        let name = K::catalog(self).get(name)?.info().name;
+        Ok(Entry {
+            name,
+            plugin: self.build::<K>(name, params, ctx)?,
+        })
+    }
+
+    /// The registry a plugin being built reads its parts through: the one in scope while a
+    /// config or [`build`](Self::build) reads it, else [`Registry::global`].
+    pub fn current() -> Result<Registry> {
+        match current_scope() {
+            Some(scope) => Ok(scope.registry),
+            None => Ok(Registry::global()?.clone()),
+        }
+    }
+
     /// Builds the SDE `name` from RON parameters (`"()"` for the defaults).
     pub fn sde(&self, name: &str, params: &str) -> Result<Arc<dyn ForwardSde>> {
         self.build::<SdeKind>(name, params, &())
@@ -304,10 +325,7 @@ impl SolverRef {
     pub fn resolve(&self) -> Result<Arc<dyn Solver>> {
         match &self.built {
             Some(s) => Ok(s.clone()),
-            None => match current_scope() {
-                Some(scope) => scope.registry.solver(self.name, "()"),
-                None => Registry::global()?.solver(self.name, "()"),
-            },
+            None => Registry::current()?.solver(self.name, "()"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The denoiser: one model evaluation read as ε̂, x̂₀ or ŝ through the parameterization, with
-//! NFE counting and batch-invariant row chunking.
+//! the network's input preconditioned (c_in·x, c_noise), NFE counting and batch-invariant row
+//! chunking; one time per call (sampling) or one per row (training).
 //!
 //! Its outputs are detached from autograd's graph unless [`Denoiser::keep_graph`] asks
 //! otherwise: a model whose weights are `Var`s (every trainable one) returns tracked tensors,
@@ -14,13 +15,13 @@ use std::sync::{
 
 use candle_core::Tensor;
 
-use crate::{Parameterization, Result, ScoreModel, TimeCoefs};
+use crate::{At, Conversions, Parameterization, Result, ScoreModel, Time, TimeCoefs};
 
 /// The default chunk: the model always sees this many rows (the last chunk zero-padded), so a
 /// sample's bits do not depend on its batch (DESIGN.md "pipeline").
 pub const DEFAULT_CHUNK_ROWS: usize = 1024;
 
-/// A model and the parameterization its output is read in.
+/// A model and the parameterization its output is read in (the model's target).
 #[derive(Debug)]
 pub struct Denoiser {
     model: Arc<dyn ScoreModel>,
@@ -51,6 +52,21 @@ impl Denoiser {
         }
     }
 
+    /// A denoiser reading `model` through the target it fixes ([`ScoreModel::target`]); an
+    /// error for a network, which learns the target a parameterization names ([`new`](Self::new)).
+    pub fn of(
+        model: Arc<dyn ScoreModel>,
+        chunk_rows: Option<usize>,
+        cond: Option<Tensor>,
+    ) -> Result<Self> {
+        let target = model.target().ok_or_else(|| {
+            crate::Error::Msg(format!(
+                "{model:?} learns its target: read it through a parameterization (Denoiser::new)"
+            ))
+        })?;
+        Ok(Self::new(model, target.plugin, chunk_rows, cond))
+    }
+
     /// Keeps the model's outputs on autograd's graph, for callers that differentiate through
     /// the model (a vector-Jacobian product for a likelihood's trace, say). Sampling does not.
     pub fn keep_graph(mut self, on: bool) -> Self {
@@ -73,31 +89,51 @@ impl Denoiser {
         &*self.param
     }
 
-    /// Evaluates the model at `(x, c)`: one NFE.
+    /// Evaluates the model at `(x, c)`, one time for every row: one NFE.
     pub fn eval(&self, x: &Tensor, c: &TimeCoefs) -> Result<Prediction<'_>> {
+        self.eval_at(x, &Time::Call(*c))
+    }
+
+    /// Evaluates the model at `x` and `time`, per call or per row: one NFE.
+    pub fn eval_at(&self, x: &Tensor, time: &Time) -> Result<Prediction<'_>> {
+        self.eval_cond(x, time, self.cond.as_ref())
+    }
+
+    /// [`eval_at`](Self::eval_at) with this batch's conditioning `cond` (a training batch's
+    /// labels) instead of the denoiser's own.
+    pub fn eval_cond(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        cond: Option<&Tensor>,
+    ) -> Result<Prediction<'_>> {
         self.nfe.fetch_add(1, Ordering::Relaxed);
-        let out = self.forward_chunked(x, c)?;
+        time.expect_rows(x.dim(0)?, "the denoiser")?;
+        if let Some(c) = cond {
+            crate::ops::expect_rows(c, x.dim(0)?, "the conditioning")?;
+        }
+        let out = self.forward_chunked(x, time, cond)?;
         Ok(Prediction {
             out,
             x: x.clone(),
-            coefs: *c,
+            time: time.clone(),
             param: &*self.param,
         })
     }
 
-    /// One model call, detached unless the graph is kept: each chunk's activations are freed
-    /// before the next chunk runs, so its buffers are reused warm.
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
-        let out = self.model.forward(x, c, cond)?;
+    /// One model call on c_in·x with c_noise, detached unless the graph is kept: each chunk's
+    /// activations are freed before the next chunk runs, so its buffers are reused warm.
+    fn forward(&self, x: &Tensor, time: &Time, cond: Option<&Tensor>) -> Result<Tensor> {
+        let at = At::new(time.clone(), &*self.param);
+        let out = self.model.forward(&self.param.input(x, time)?, &at, cond)?;
         Ok(if self.keep_graph { out } else { out.detach() })
     }
 
-    fn forward_chunked(&self, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        let cond = self.cond.as_ref();
+    fn forward_chunked(&self, x: &Tensor, time: &Time, cond: Option<&Tensor>) -> Result<Tensor> {
         let n = x.dim(0)?;
         let chunk = match self.chunk_rows {
             Some(chunk) if !self.model.rows_independent() => chunk,
-            _ => return self.forward(x, c, cond),
+            _ => return self.forward(x, time, cond),
         };
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
@@ -105,16 +141,17 @@ impl Denoiser {
         while start < n || outs.is_empty() {
             let len = chunk.min(n - start);
             let part = x.narrow(0, start, len)?;
+            let time_part = time.narrow(start, len)?;
             let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
             if len == chunk {
-                outs.push(self.forward(&part, c, cond_part.as_ref())?);
+                outs.push(self.forward(&part, &time_part, cond_part.as_ref())?);
             } else {
                 let pad = chunk - len;
                 self.padded_rows.fetch_add(pad as u64, Ordering::Relaxed);
                 let padded = pad_rows(&part, pad)?;
                 let cond_padded = cond_part.map(|t| pad_rows(&t, pad)).transpose()?;
                 outs.push(
-                    self.forward(&padded, c, cond_padded.as_ref())?
+                    self.forward(&padded, &time_part.padded(pad), cond_padded.as_ref())?
                         .narrow(0, 0, len)?,
                 );
             }
@@ -139,7 +176,7 @@ fn pad_rows(x: &Tensor, pad: usize) -> Result<Tensor> {
 pub struct Prediction<'a> {
     out: Tensor,
     x: Tensor,
-    coefs: TimeCoefs,
+    time: Time,
     param: &'a dyn Parameterization,
 }
 
@@ -150,15 +187,15 @@ impl Prediction<'_> {
     }
     /// ε̂.
     pub fn eps(&self) -> Result<Tensor> {
-        self.param.to_eps(&self.out, &self.x, &self.coefs)
+        self.param.to_eps(&self.out, &self.x, &self.time)
     }
     /// x̂₀.
     pub fn x0(&self) -> Result<Tensor> {
-        self.param.to_x0(&self.out, &self.x, &self.coefs)
+        self.param.to_x0(&self.out, &self.x, &self.time)
     }
     /// ŝ.
     pub fn score(&self) -> Result<Tensor> {
-        self.param.to_score(&self.out, &self.x, &self.coefs)
+        self.param.to_score(&self.out, &self.x, &self.time)
     }
 }
 

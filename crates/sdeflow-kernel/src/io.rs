@@ -74,3 +74,61 @@ pub fn load_varmap(vm: &VarMap, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The safetensors metadata key under which sdeflow records the target a network was trained
+/// to predict (the registered name of its parameterization, `eps`, `v`, `edm`, …).
+pub const TARGET_KEY: &str = "sdeflow.target";
+
+/// Saves a trained network's variables as safetensors with the `target` it learned recorded in
+/// the file's metadata, atomically: a checkpoint says what its network predicts.
+pub fn save_trained(vm: &VarMap, target: &str, path: &Path) -> Result<()> {
+    let tensors: Vec<(String, candle_core::Tensor)> = {
+        let vars = vm
+            .data()
+            .lock()
+            .map_err(|_| Error::Msg("the model's variables are poisoned by a panic".into()))?;
+        let mut v: Vec<_> = vars
+            .iter()
+            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let meta = std::collections::HashMap::from([(TARGET_KEY.to_string(), target.to_string())]);
+    write_atomic(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(meta), tmp)
+            .map_err(|e| Error::Msg(format!("{}: cannot write safetensors: {e}", path.display())))
+    })
+}
+
+/// The target recorded in a safetensors file by [`save_trained`], if any.
+pub fn recorded_target(path: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(TARGET_KEY).cloned()))
+}
+
+/// Loads a trained network saved by [`save_trained`] into `vm` ([`load_varmap`]: all or
+/// nothing), after checking that it was trained to predict `target`: a network read in another
+/// target than it learned would sample garbage silently, so a mismatch, or a file that records
+/// no target, is an error naming the file and both targets.
+pub fn load_trained(vm: &VarMap, target: &str, path: &Path) -> Result<()> {
+    match recorded_target(path)? {
+        Some(t) if t == target => load_varmap(vm, path),
+        Some(t) => Err(Error::Msg(format!(
+            "{}: the network was trained to predict `{t}()`, but it is read as `{target}()`; write `param: {t}()`",
+            path.display()
+        ))),
+        None => Err(Error::Msg(format!(
+            "{}: records no target (`{TARGET_KEY}` metadata): it was not written by sdeflow's save_trained, so what the network predicts is unknown",
+            path.display()
+        ))),
+    }
+}

@@ -199,6 +199,43 @@ impl GaussianMixture {
     }
 }
 
+impl GaussianMixture {
+    /// The score of every row of `x` (row-major, `n × d`) at its own (α, σ): row i under the
+    /// marginal at `coefs[i]`. Consecutive rows at equal coefficients share one marginal;
+    /// rows are spread over threads from 4,096 values on.
+    pub fn score_rows(&self, coefs: &[(f64, f64)], x: &[f64]) -> Result<Vec<f64>> {
+        let d = self.dim();
+        if coefs.len() * d != x.len() {
+            return Err(Error::Shape(format!(
+                "{} per-row (α, σ) for {} values of dimension {d}",
+                coefs.len(),
+                x.len()
+            )));
+        }
+        // Runs of equal coefficients: one marginal each.
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=coefs.len() {
+            if i == coefs.len() || coefs[i] != coefs[start] {
+                runs.push(start..i);
+                start = i;
+            }
+        }
+        let score_run = |r: &std::ops::Range<usize>| -> Result<Vec<f64>> {
+            let (alpha, sigma) = coefs[r.start];
+            Ok(self
+                .marginal(alpha, sigma)?
+                .score(&x[r.start * d..r.end * d]))
+        };
+        let parts: Vec<Vec<f64>> = if x.len() >= 4096 && runs.len() > 1 {
+            runs.par_iter().map(score_run).collect::<Result<_>>()?
+        } else {
+            runs.iter().map(score_run).collect::<Result<_>>()?
+        };
+        Ok(parts.concat())
+    }
+}
+
 fn cumulative(w: &[f64]) -> Vec<f64> {
     w.iter()
         .scan(0.0, |acc, v| {

@@ -5,29 +5,72 @@ use std::{fmt::Debug, path::Path, sync::Arc};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::{Parameterization, Result, TimeCoefs};
+use crate::{Conversions, Entry, Parameterization, PerRow, Result, Time, registry::ParamKind};
 
-/// What a score model is built with: the parameterization its output is read in, and where
-/// and in what precision it runs.
+/// What a score model is built with: where and in what precision it runs.
 #[derive(Debug, Clone)]
 pub struct ModelContext {
-    /// The parameterization the pipeline reads the output in. A trained network ignores it
-    /// (it predicts what it was trained on); an oracle reports its exact answer in it.
-    pub param: Arc<dyn Parameterization>,
     /// The device.
     pub device: Device,
     /// The floating-point type of inputs and outputs.
     pub dtype: DType,
 }
 
-/// A model of the score, evaluated in row batches `x: [n, ...]` at one time.
+/// A parameterization with the name it is registered under: what a model predicts.
+pub type ParamEntry = Entry<ParamKind>;
+
+/// Where a model is evaluated: the time of the call or of each row (the SDE's coefficients),
+/// and the noise-level input c_noise the parameterization gives a network (MATH.md §9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct At {
+    /// The time coefficients, per call or per row.
+    pub time: Time,
+    /// c_noise, per call or per row.
+    pub c_noise: PerRow<f64>,
+}
+
+impl At {
+    /// The one time of a per-call evaluation, or an error naming `model` for per-row times (for
+    /// models that only take one time per call, such as test fixtures).
+    pub fn call(&self, model: &str) -> Result<&crate::TimeCoefs> {
+        match &self.time {
+            PerRow::Call(c) => Ok(c),
+            PerRow::Rows(_) => Err(crate::Error::Msg(format!(
+                "{model} takes one time per call, not one per row"
+            ))),
+        }
+    }
+
+    /// `time` with the noise-level input `param` gives the network.
+    pub fn new(time: Time, param: &dyn Parameterization) -> Self {
+        Self {
+            c_noise: param.noise_level(&time),
+            time,
+        }
+    }
+}
+
+/// A model of the score, evaluated in row batches `x: [n, ...]` at one time per call or one
+/// per row.
+///
+/// A model predicts in its own target: an exact model fixes it ([`target`](Self::target): the
+/// oracle predicts the score), a network learns the one the pipeline's parameterization names.
+/// Either way the [`Denoiser`](crate::Denoiser) reads the output through that one
+/// parameterization, which also preconditions what the network sees (c_in·x and c_noise).
 pub trait ScoreModel: Send + Sync + Debug {
     /// The shape of one sample, without the batch dimension.
     fn sample_shape(&self) -> Vec<usize>;
 
-    /// The model output at `x` and time coefficients `c`, in the target of the pipeline's
-    /// parameterization. `cond` is optional conditioning (reserved for guidance).
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor>;
+    /// The model output at the network input `x` (c_in·x_t) and `at`, in the model's target.
+    /// `cond` is optional conditioning (class labels), one row per row of `x`.
+    fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor>;
+
+    /// The target this model predicts in when the model fixes it (an exact model, a network
+    /// loaded with what it was trained on); `None` for a network that learns the target the
+    /// pipeline's parameterization names.
+    fn target(&self) -> Option<ParamEntry> {
+        None
+    }
 
     /// Whether row i of the output depends on row i of the input alone, bit for bit, at any
     /// batch size. The pipeline then skips zero-padded chunking. Networks built on matmul
@@ -63,5 +106,62 @@ pub trait ScoreModel: Send + Sync + Debug {
             Some(vm) => crate::io::load_varmap(vm, path),
             None => Ok(()),
         }
+    }
+}
+
+/// A model with a fixed target reported in another one: its output read as ε̂ through its
+/// own parameterization, then written in `to`'s target (MATH.md §3). Conformance reads the
+/// oracle's exact score this way in every target, so every conversion is tested on an exact
+/// answer; a user can do the same (an exact teacher in a student's target).
+#[derive(Debug, Clone)]
+pub struct Retarget {
+    inner: Arc<dyn ScoreModel>,
+    from: ParamEntry,
+    to: ParamEntry,
+}
+
+impl Retarget {
+    /// `inner`, which must fix its target, reported in `to`.
+    pub fn new(inner: Arc<dyn ScoreModel>, to: ParamEntry) -> Result<Self> {
+        let from = inner.target().ok_or_else(|| {
+            crate::Error::Msg(format!(
+                "cannot retarget {inner:?}: it learns its target instead of fixing one"
+            ))
+        })?;
+        Ok(Self { inner, from, to })
+    }
+
+    /// The model inside.
+    pub fn inner(&self) -> &Arc<dyn ScoreModel> {
+        &self.inner
+    }
+}
+
+impl ScoreModel for Retarget {
+    fn sample_shape(&self) -> Vec<usize> {
+        self.inner.sample_shape()
+    }
+
+    fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
+        let (to, from) = (&*self.to.plugin, &*self.from.plugin);
+        let x = to.undo_input(x, &at.time)?;
+        let inner_at = At::new(at.time.clone(), from);
+        let out = self
+            .inner
+            .forward(&from.input(&x, &at.time)?, &inner_at, cond)?;
+        let eps = from.to_eps(&out, &x, &at.time)?;
+        to.from_eps(&eps, &x, &at.time)
+    }
+
+    fn target(&self) -> Option<ParamEntry> {
+        Some(self.to.clone())
+    }
+
+    fn rows_independent(&self) -> bool {
+        self.inner.rows_independent()
+    }
+
+    fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {
+        self.inner.exact_law()
     }
 }

@@ -44,6 +44,14 @@ pub fn philox_key(seed: u64, stream: Stream) -> [u32; 2] {
     [k as u32, (k >> 32) as u32]
 }
 
+/// A Philox key for `seed` and `stream` at step `step` of a run that draws afresh at every
+/// step (training: t, ε and label dropout keyed by (seed, step, row)).
+pub fn philox_step_key(seed: u64, stream: Stream, step: u64) -> [u32; 2] {
+    let [lo, hi] = philox_key(seed, stream);
+    let k = splitmix64((u64::from(hi) << 32 | u64::from(lo)) ^ splitmix64(step));
+    [k as u32, (k >> 32) as u32]
+}
+
 #[inline]
 fn block(key: [u32; 2], sample: u64, block: u64) -> [u32; 4] {
     philox4x32_10(

@@ -49,7 +49,8 @@ impl PipelineBuilder {
         self.sde = Some(sde);
         self
     }
-    /// The parameterization the model's output is read in.
+    /// The parameterization a network learns, its output read in. A model that fixes its own
+    /// target (the oracle's is the score) takes none.
     pub fn param(mut self, param: Arc<dyn Parameterization>) -> Self {
         self.param = Some(param);
         self
@@ -122,8 +123,28 @@ impl PipelineBuilder {
         let missing =
             |field: &str| Error::invalid("pipeline", field, "is required; set it on the builder");
         let sde = self.sde.ok_or_else(|| missing("sde"))?;
-        let param = self.param.ok_or_else(|| missing("param"))?;
         let model = self.model.ok_or_else(|| missing("model"))?;
+        let param = match (model.target(), self.param) {
+            (Some(fixed), None) => fixed.plugin,
+            (None, Some(param)) => param,
+            (Some(fixed), Some(_)) => {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "param",
+                    format!(
+                        "the model predicts in its own target `{}()`: set no parameterization",
+                        fixed.name
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "param",
+                    "the model learns the target a parameterization names: set one",
+                ));
+            }
+        };
         let solver = self.solver.ok_or_else(|| missing("solver"))?;
         let default = solver.default_discretization(&*sde);
         let schedule = Discretization {
@@ -220,6 +241,10 @@ impl Pipeline {
     pub fn claimed_nfe(&self) -> u64 {
         (self.solver.claims().nfe_per_step * self.schedule.steps) as u64
             + u64::from(self.denoise_final)
+    }
+    /// The parameterization the model's output is read in (its target).
+    pub fn param(&self) -> &dyn Parameterization {
+        &*self.param
     }
     /// The score model.
     pub fn model(&self) -> &dyn ScoreModel {

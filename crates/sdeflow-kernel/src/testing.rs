@@ -7,8 +7,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::{
-    Denoiser, Error, ForwardSde, Parameterization, Result, RunContext, ScoreModel, Solver, State,
-    StepSpan, TimeCoefs,
+    At, Denoiser, Error, ForwardSde, Lin, Parameterization, PerRow, Result, RunContext, ScoreModel,
+    Solver, State, StepSpan, TargetLin, TimeCoefs,
     noise::{NoiseRequest, NoiseSource, Stream, philox_key, philox_normal_tensor},
 };
 
@@ -54,17 +54,11 @@ impl ForwardSde for Ou {
 pub struct EpsParam;
 
 impl Parameterization for EpsParam {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
+    fn eps(&self, _c: &TimeCoefs) -> Lin {
+        Lin { out: 1.0, x: 0.0 }
     }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
+    fn target(&self, _c: &TimeCoefs) -> TargetLin {
+        TargetLin { x0: 0.0, eps: 1.0 }
     }
 }
 
@@ -140,10 +134,24 @@ impl ScoreModel for Gaussian {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.mean.len()]
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         let m = Tensor::new(self.mean.as_slice(), x.device())?.to_dtype(x.dtype())?;
-        let centred = x.broadcast_sub(&m.affine(c.alpha, 0.0)?)?;
-        Ok(centred.affine(c.sigma / self.var(c), 0.0)?)
+        match &at.time {
+            PerRow::Call(c) => {
+                let centred = x.broadcast_sub(&m.affine(c.alpha, 0.0)?)?;
+                Ok(centred.affine(c.sigma / self.var(c), 0.0)?)
+            }
+            time => {
+                let col = |f: &dyn Fn(&TimeCoefs) -> f64| -> Result<Tensor> {
+                    time.map(f)
+                        .column(2, x.dtype(), x.device())?
+                        .ok_or_else(|| Error::Msg("per-row time without rows".into()))
+                };
+                let mean = col(&|c| c.alpha)?.broadcast_mul(&m.unsqueeze(0)?)?;
+                let scale = col(&|c| c.sigma / self.var(c))?;
+                Ok((x - mean)?.broadcast_mul(&scale)?)
+            }
+        }
     }
     fn rows_independent(&self) -> bool {
         true

@@ -16,8 +16,9 @@ pub trait Weighting: Send + Sync + Debug {
         self.eps_weight(c) / (k * k)
     }
 
-    /// The density p(t) on [t_ε, T] the weighting samples t from, if it has its own (the
-    /// loss then uses w/p(t)); `None` means uniform on [t_ε, T].
+    /// The density p(t) on [t_ε, T] the loss draws t from, if the weighting has its own;
+    /// `None` means uniform on [t_ε, T]. The density is part of the objective (MATH.md §9):
+    /// the loss is E_{t~p}[w_ε(t) ‖ε̂ − ε‖²], with no division by p(t).
     fn t_density(&self, _sde: &dyn ForwardSde, _c: &TimeCoefs) -> Option<f64> {
         None
     }
@@ -26,15 +27,5 @@ pub trait Weighting: Send + Sync + Debug {
     /// `None` when the density is uniform.
     fn sample_t(&self, _sde: &dyn ForwardSde, _u: f64) -> Option<f64> {
         None
-    }
-
-    /// The factor a sample t drawn from this weighting's density carries in a Monte Carlo
-    /// estimate of the time-averaged loss (1/(T − t_ε)) ∫ w(t) L(t) dt: w(t) / (p(t) (T − t_ε)),
-    /// or w(t) when t is uniform.
-    fn loss_factor(&self, sde: &dyn ForwardSde, c: &TimeCoefs) -> f64 {
-        match self.t_density(sde, c) {
-            Some(p) => self.eps_weight(c) / (p * (sde.t_max() - sde.t_eps())),
-            None => self.eps_weight(c),
-        }
     }
 }

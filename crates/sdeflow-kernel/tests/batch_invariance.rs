@@ -11,7 +11,7 @@ use common::{
     EpsParam, ExpSde, GaussianEps, LinearEps, NoisyEuler, RecordingModel, bits_f32, flat,
 };
 use sdeflow_kernel::{
-    Denoiser, ForwardSde, GridKind, Pipeline, Result, ScoreModel, denoiser::DEFAULT_CHUNK_ROWS,
+    At, Denoiser, ForwardSde, GridKind, Pipeline, Result, ScoreModel, denoiser::DEFAULT_CHUNK_ROWS,
 };
 
 fn pipeline(model: Arc<dyn ScoreModel>, chunk_rows: Option<Option<usize>>) -> Result<Pipeline> {
@@ -171,7 +171,9 @@ fn sampling_detaches_a_trainable_models_outputs() -> Result<()> {
     let x = sdeflow_kernel::testing::normals(5, 1500, 2)?.to_dtype(DType::F32)?;
     let c = ExpSde::new().coefs(0.4);
     assert!(
-        trainable.forward(&x, &c, None)?.track_op(),
+        trainable
+            .forward(&x, &At::new(c.into(), &EpsParam), None)?
+            .track_op(),
         "the model's own output is tracked"
     );
 

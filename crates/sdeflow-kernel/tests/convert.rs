@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use common::{EdmSde, EpsParam, ExpSde, GaussianEps, VParam, flat, normals, rel_err};
 use sdeflow_kernel::{
-    Denoiser, ForwardSde, Parameterization, Result, TimeCoefs, Weighting, convert, ops::lin2,
+    Conversions, Denoiser, ForwardSde, Parameterization, Result, TimeCoefs, Weighting, convert,
+    ops::lin2,
 };
 
 /// Coefficients away from α = 0 and σ = 0 on the VP test SDE (α² + σ² = 1) and on EDM's
@@ -31,10 +32,10 @@ fn eps_x0_eps_round_trip() -> Result<()> {
     let x = normals(1, 64, 3)?;
     let eps = normals(2, 64, 3)?;
     for c in coefs() {
-        let x0 = convert::x0_from_eps(&x, &eps, &c)?;
-        let back = convert::eps_from_x0(&x, &x0, &c)?;
+        let x0 = convert::x0_from_eps(&x, &eps, &c.into())?;
+        let back = convert::eps_from_x0(&x, &x0, &c.into())?;
         assert!(rel_err(&back, &eps)? <= TOL, "t = {}", c.t);
-        let again = convert::x0_from_eps(&x, &back, &c)?;
+        let again = convert::x0_from_eps(&x, &back, &c.into())?;
         assert!(rel_err(&again, &x0)? <= TOL, "t = {}", c.t);
     }
     Ok(())
@@ -44,8 +45,8 @@ fn eps_x0_eps_round_trip() -> Result<()> {
 fn eps_score_eps_round_trip() -> Result<()> {
     let eps = normals(3, 64, 3)?;
     for c in coefs() {
-        let score = convert::score_from_eps(&eps, &c)?;
-        let back = convert::eps_from_score(&score, &c)?;
+        let score = convert::score_from_eps(&eps, &c.into())?;
+        let back = convert::eps_from_score(&score, &c.into())?;
         assert!(rel_err(&back, &eps)? <= TOL, "t = {}", c.t);
         // ŝ = −ε̂/σ entry by entry.
         for (s, e) in flat(&score)?.iter().zip(flat(&eps)?) {
@@ -61,16 +62,16 @@ fn noisy_sample_inverts_to_its_parts() -> Result<()> {
     let x0 = normals(4, 50, 2)?;
     let eps = normals(5, 50, 2)?;
     for c in coefs() {
-        let x = convert::noisy(&x0, &eps, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
         let by_hand = lin2(c.alpha, &x0, c.sigma, &eps)?;
         assert!(rel_err(&x, &by_hand)? <= 1e-15);
         assert!(
-            rel_err(&convert::x0_from_eps(&x, &eps, &c)?, &x0)? <= TOL,
+            rel_err(&convert::x0_from_eps(&x, &eps, &c.into())?, &x0)? <= TOL,
             "t = {}",
             c.t
         );
         assert!(
-            rel_err(&convert::eps_from_x0(&x, &x0, &c)?, &eps)? <= TOL,
+            rel_err(&convert::eps_from_x0(&x, &x0, &c.into())?, &eps)? <= TOL,
             "t = {}",
             c.t
         );
@@ -115,20 +116,28 @@ fn provided_conversions_of_a_v_parameterization() -> Result<()> {
     let eps = normals(8, 30, 2)?;
     let p = VParam;
     for c in coefs() {
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let v = p.target(&x0, &eps, &c)?;
-        assert!(rel_err(&p.to_eps(&v, &x, &c)?, &eps)? <= TOL, "t = {}", c.t);
-        let n = c.alpha * c.alpha + c.sigma * c.sigma;
-        let want_x0 = lin2(c.alpha / n, &x, -c.sigma / n, &v)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let v = p.target_of(&x0, &eps, &c.into())?;
         assert!(
-            rel_err(&p.to_x0(&v, &x, &c)?, &want_x0)? <= TOL,
+            rel_err(&p.to_eps(&v, &x, &c.into())?, &eps)? <= TOL,
             "t = {}",
             c.t
         );
-        assert!(rel_err(&p.to_x0(&v, &x, &c)?, &x0)? <= TOL, "t = {}", c.t);
+        let n = c.alpha * c.alpha + c.sigma * c.sigma;
+        let want_x0 = lin2(c.alpha / n, &x, -c.sigma / n, &v)?;
+        assert!(
+            rel_err(&p.to_x0(&v, &x, &c.into())?, &want_x0)? <= TOL,
+            "t = {}",
+            c.t
+        );
+        assert!(
+            rel_err(&p.to_x0(&v, &x, &c.into())?, &x0)? <= TOL,
+            "t = {}",
+            c.t
+        );
         let want_score = eps.affine(-1.0 / c.sigma, 0.0)?;
-        assert!(rel_err(&p.to_score(&v, &x, &c)?, &want_score)? <= TOL);
-        let out = p.from_eps(&eps, &x, &c)?;
+        assert!(rel_err(&p.to_score(&v, &x, &c.into())?, &want_score)? <= TOL);
+        let out = p.from_eps(&eps, &x, &c.into())?;
         assert!(rel_err(&out, &v)? <= TOL, "t = {}", c.t);
     }
     Ok(())
@@ -147,11 +156,11 @@ fn prediction_reads_one_output_in_every_target() -> Result<()> {
         let pred = d.eval(&x, &c)?;
         let eps = pred.eps()?;
         assert!(rel_err(&eps, pred.output())? <= 1e-15);
-        assert!(rel_err(&pred.x0()?, &convert::x0_from_eps(&x, &eps, &c)?)? <= TOL);
-        assert!(rel_err(&pred.score()?, &convert::score_from_eps(&eps, &c)?)? <= TOL);
+        assert!(rel_err(&pred.x0()?, &convert::x0_from_eps(&x, &eps, &c.into())?)? <= TOL);
+        assert!(rel_err(&pred.score()?, &convert::score_from_eps(&eps, &c.into())?)? <= TOL);
         // The same numbers through v: report ε̂ as v, read it back.
-        let v = VParam.from_eps(&eps, &x, &c)?;
-        assert!(rel_err(&VParam.to_score(&v, &x, &c)?, &pred.score()?)? <= TOL);
+        let v = VParam.from_eps(&eps, &x, &c.into())?;
+        assert!(rel_err(&VParam.to_score(&v, &x, &c.into())?, &pred.score()?)? <= TOL);
     }
     Ok(())
 }
@@ -176,14 +185,14 @@ fn target_weight_makes_losses_agree_across_targets() -> Result<()> {
     for t in [0.01, 0.2, 0.9] {
         let c = sde.coefs(t);
         assert_eq!(Likelihood.t_density(&sde, &c), None);
-        let x = convert::noisy(&x0, &eps, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
         let sq = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> Result<f64> {
             Ok(flat(&(a - b)?)?.iter().map(|v| v * v).sum())
         };
         let loss_eps = Likelihood.eps_weight(&c) * sq(&eps_hat, &eps)?;
         for p in [&EpsParam as &dyn Parameterization, &VParam] {
-            let out = p.from_eps(&eps_hat, &x, &c)?;
-            let target = p.target(&x0, &eps, &c)?;
+            let out = p.from_eps(&eps_hat, &x, &c.into())?;
+            let target = p.target_of(&x0, &eps, &c.into())?;
             let w = Likelihood.target_weight(&c, p.eps_loss_scale(&c));
             let loss = w * sq(&out, &target)?;
             assert!(

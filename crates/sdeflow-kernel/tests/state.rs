@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{TempDir, flat, normals};
-use sdeflow_kernel::{Error, HistoryEntry, Result, ScoreModel, State, TimeCoefs, io::write_atomic};
+use sdeflow_kernel::{At, Error, HistoryEntry, Result, ScoreModel, State, io::write_atomic};
 
 fn full_state() -> Result<State> {
     let dev = Device::Cpu;
@@ -176,7 +176,7 @@ impl ScoreModel for WithVars {
     fn sample_shape(&self) -> Vec<usize> {
         vec![2]
     }
-    fn forward(&self, x: &Tensor, _c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         Ok(x.clone())
     }
     fn varmap(&self) -> Option<&VarMap> {
@@ -313,5 +313,40 @@ fn loading_a_malformed_state_names_the_entry() -> Result<()> {
             "{msg}"
         );
     }
+    Ok(())
+}
+
+/// A trained network's file records the target it learned: loading it as that target works,
+/// as another target is an error naming both (and loads nothing), and a file without the
+/// record (a plain `save`) is refused by `load_trained`.
+#[test]
+fn a_trained_checkpoint_records_its_target() -> Result<()> {
+    use sdeflow_kernel::io::{load_trained, recorded_target, save_trained};
+    let dir = TempDir::new("trained")?;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    vb.get_with_hints((2, 2), "w", candle_nn::Init::Const(0.5))?;
+    let path = dir.join("model.safetensors");
+    save_trained(&vm, "v", &path)?;
+    assert_eq!(recorded_target(&path)?.as_deref(), Some("v"));
+    let vm2 = VarMap::new();
+    let w2 = VarBuilder::from_varmap(&vm2, DType::F32, &Device::Cpu).get_with_hints(
+        (2, 2),
+        "w",
+        candle_nn::Init::Const(0.0),
+    )?;
+    let err = load_trained(&vm2, "eps", &path).expect_err("trained as v, read as eps");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("trained to predict `v()`") && msg.contains("read as `eps()`"),
+        "{msg}"
+    );
+    assert_eq!(flat(&w2)?, vec![0.0; 4], "a refused load changes nothing");
+    load_trained(&vm2, "v", &path)?;
+    assert_eq!(flat(&w2)?, vec![0.5; 4]);
+    let plain = dir.join("plain.safetensors");
+    WithVars(Some(vm)).save(&plain)?;
+    assert_eq!(recorded_target(&plain)?, None);
+    assert!(load_trained(&vm2, "v", &plain).is_err());
     Ok(())
 }

@@ -8,6 +8,7 @@
 use sdeflow_kernel::{Registry, Result};
 
 // One line per built-in plugin crate.
+use sdeflow_param_edm as _;
 use sdeflow_param_eps as _;
 use sdeflow_param_flow as _;
 use sdeflow_param_score as _;
@@ -39,6 +40,7 @@ use sdeflow_weighting_snr as _;
 
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
+    ("param", "edm", "sdeflow-param-edm"),
     ("model", "gmm_oracle", "sdeflow-score-gmm-oracle"),
     ("model", "mlp", "sdeflow-score-mlp"),
     ("param", "eps", "sdeflow-param-eps"),

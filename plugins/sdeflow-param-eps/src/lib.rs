@@ -15,8 +15,7 @@
 //! # References
 //! Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020, eq. (11)–(14).
 
-use candle_core::Tensor;
-use sdeflow_kernel::{Parameterization, Result, TimeCoefs, register_param};
+use sdeflow_kernel::{Lin, Parameterization, TargetLin, TimeCoefs, register_param};
 use serde::{Deserialize, Serialize};
 
 /// ε-prediction has no parameters.
@@ -29,17 +28,11 @@ pub struct Params {}
 pub struct Eps;
 
 impl Parameterization for Eps {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
+    fn eps(&self, _c: &TimeCoefs) -> Lin {
+        Lin { out: 1.0, x: 0.0 }
     }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(eps.clone())
-    }
-    fn eps_loss_scale(&self, _c: &TimeCoefs) -> f64 {
-        1.0
+    fn target(&self, _c: &TimeCoefs) -> TargetLin {
+        TargetLin { x0: 0.0, eps: 1.0 }
     }
 }
 

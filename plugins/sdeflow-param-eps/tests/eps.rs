@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Parameterization, Registry, Result, TimeCoefs,
+    Conversions, Parameterization, Registry, Result, TimeCoefs,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 use sdeflow_param_eps::{Eps, Params};
@@ -73,10 +73,10 @@ fn target_is_the_noise() -> Result<()> {
     let x0 = normals(1, 8, 5)?;
     let eps = normals(2, 8, 5)?;
     for c in all_coefs() {
-        let target = Eps.target(&x0, &eps, &c)?;
+        let target = Eps.target_of(&x0, &eps, &c.into())?;
         assert_eq!(flat(&target)?, flat(&eps)?, "t = {}", c.t);
         let xt = ((&x0 * c.alpha)? + (&eps * c.sigma)?)?;
-        assert_eq!(flat(&Eps.from_eps(&eps, &xt, &c)?)?, flat(&target)?);
+        assert_eq!(flat(&Eps.from_eps(&eps, &xt, &c.into())?)?, flat(&target)?);
     }
     Ok(())
 }
@@ -89,12 +89,12 @@ fn to_eps_and_from_eps_are_the_identity() -> Result<()> {
     for c in all_coefs() {
         for dtype in [DType::F64, DType::F32] {
             let (x, out) = (x.to_dtype(dtype)?, out.to_dtype(dtype)?);
-            let e = Eps.to_eps(&out, &x, &c)?;
-            let o = Eps.from_eps(&out, &x, &c)?;
+            let e = Eps.to_eps(&out, &x, &c.into())?;
+            let o = Eps.from_eps(&out, &x, &c.into())?;
             assert_eq!((e.dtype(), o.dtype()), (dtype, dtype));
             assert_eq!(flat(&e)?, flat(&out)?);
             assert_eq!(flat(&o)?, flat(&out)?);
-            let round = Eps.to_eps(&Eps.from_eps(&out, &x, &c)?, &x, &c)?;
+            let round = Eps.to_eps(&Eps.from_eps(&out, &x, &c.into())?, &x, &c.into())?;
             assert_eq!(flat(&round)?, flat(&out)?);
         }
     }
@@ -111,8 +111,8 @@ fn x0_and_score_follow_the_closed_forms() -> Result<()> {
     let out = normals(6, 16, 3)?;
     let (xs, es) = (flat(&x)?, flat(&out)?);
     for c in all_coefs() {
-        let x0 = flat(&Eps.to_x0(&out, &x, &c)?)?;
-        let score = flat(&Eps.to_score(&out, &x, &c)?)?;
+        let x0 = flat(&Eps.to_x0(&out, &x, &c.into())?)?;
+        let score = flat(&Eps.to_score(&out, &x, &c.into())?)?;
         for i in 0..xs.len() {
             let want = (xs[i] - c.sigma * es[i]) / c.alpha;
             let scale = (xs[i].abs() + c.sigma * es[i].abs()) / c.alpha;
@@ -142,14 +142,14 @@ fn round_trips_through_x0_and_score() -> Result<()> {
     let out = normals(8, 32, 4)?;
     let (xs, es) = (flat(&x)?, flat(&out)?);
     for c in all_coefs() {
-        let x0 = flat(&Eps.to_x0(&out, &x, &c)?)?;
+        let x0 = flat(&Eps.to_x0(&out, &x, &c.into())?)?;
         let eps_back: Vec<f64> = xs
             .iter()
             .zip(&x0)
             .map(|(x, x0)| (x - c.alpha * x0) / c.sigma)
             .collect();
         assert!(norm_rel(&eps_back, &es) <= 1e-10, "t = {}: via x̂₀", c.t);
-        let score = flat(&Eps.to_score(&out, &x, &c)?)?;
+        let score = flat(&Eps.to_score(&out, &x, &c.into())?)?;
         let eps_back: Vec<f64> = score.iter().map(|s| -c.sigma * s).collect();
         assert!(norm_rel(&eps_back, &es) <= 1e-10, "t = {}: via ŝ", c.t);
     }
@@ -173,11 +173,11 @@ fn f32_inputs_stay_f32() -> Result<()> {
     let out = normals(10, 8, 3)?;
     let (x32, out32) = (x.to_dtype(DType::F32)?, out.to_dtype(DType::F32)?);
     for c in all_coefs() {
-        let x0 = Eps.to_x0(&out32, &x32, &c)?;
-        let s = Eps.to_score(&out32, &x32, &c)?;
+        let x0 = Eps.to_x0(&out32, &x32, &c.into())?;
+        let s = Eps.to_score(&out32, &x32, &c.into())?;
         assert_eq!((x0.dtype(), s.dtype()), (DType::F32, DType::F32));
-        let x0_64 = flat(&Eps.to_x0(&out, &x, &c)?)?;
-        let s64 = flat(&Eps.to_score(&out, &x, &c)?)?;
+        let x0_64 = flat(&Eps.to_x0(&out, &x, &c.into())?)?;
+        let s64 = flat(&Eps.to_score(&out, &x, &c.into())?)?;
         assert!(norm_rel(&flat(&x0)?, &x0_64) <= 1e-5, "t = {}", c.t);
         assert!(norm_rel(&flat(&s)?, &s64) <= 1e-6, "t = {}", c.t);
     }

@@ -32,8 +32,7 @@
 //! Learning to Generate and Transfer Data with Rectified Flow", ICLR 2023; Song et al., ICLR
 //! 2021, eq. (13) (the probability-flow ODE).
 
-use candle_core::Tensor;
-use sdeflow_kernel::{Parameterization, Result, TimeCoefs, ops::lin2, register_param};
+use sdeflow_kernel::{Lin, Parameterization, TargetLin, TimeCoefs, register_param};
 use serde::{Deserialize, Serialize};
 
 /// The flow velocity has no parameters.
@@ -50,32 +49,51 @@ fn alpha_vanishes(c: &TimeCoefs) -> bool {
     c.alpha.abs() <= f64::EPSILON * c.sigma
 }
 
+/// k = g²/(2σ) = σ′ − f σ.
+fn k(c: &TimeCoefs) -> f64 {
+    0.5 * c.g2 / c.sigma
+}
+
 impl Parameterization for Flow {
-    fn target(&self, x0: &Tensor, eps: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        lin2(c.d_alpha(), x0, c.d_sigma(), eps)
-    }
-    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    fn eps(&self, c: &TimeCoefs) -> Lin {
         if alpha_vanishes(c) {
-            return Ok(x.affine(1.0 / c.sigma, 0.0)?);
+            return Lin {
+                out: 0.0,
+                x: 1.0 / c.sigma,
+            };
         }
-        let k = self.eps_loss_scale(c);
-        lin2(1.0 / k, out, -c.f / k, x)
+        let k = k(c);
+        Lin {
+            out: 1.0 / k,
+            x: -c.f / k,
+        }
     }
-    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        let (f, half_g2) = c.ode_coefs();
-        lin2(f, x, half_g2 / c.sigma, eps)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        0.5 * c.g2 / c.sigma
-    }
-    fn to_x0(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    fn x0(&self, c: &TimeCoefs) -> Lin {
         let d_sigma = c.d_sigma();
         if alpha_vanishes(c) {
-            let (eps_hat, d_alpha) = (self.to_eps(out, x, c)?, c.d_alpha());
-            return lin2(1.0 / d_alpha, out, -d_sigma / d_alpha, &eps_hat);
+            // x̂₀ = (û − σ′ ε̂)/α′ with ε̂ = x/σ.
+            let d_alpha = c.d_alpha();
+            return Lin {
+                out: 1.0 / d_alpha,
+                x: -d_sigma / (d_alpha * c.sigma),
+            };
         }
-        let d = c.alpha * self.eps_loss_scale(c);
-        lin2(d_sigma / d, x, -c.sigma / d, out)
+        let d = c.alpha * k(c);
+        Lin {
+            out: -c.sigma / d,
+            x: d_sigma / d,
+        }
+    }
+    fn target(&self, c: &TimeCoefs) -> TargetLin {
+        TargetLin {
+            x0: c.d_alpha(),
+            eps: c.d_sigma(),
+        }
+    }
+    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
+        // Not 1/|a|: at α = 0 the output does not determine ε̂ (a = 0), but û − u = k (ε̂ − ε)
+        // holds at every α ≠ 0 and k stays finite.
+        k(c)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Parameterization, Registry, Result, TimeCoefs, convert,
+    Conversions, Parameterization, Registry, Result, TimeCoefs, convert,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 use sdeflow_param_flow::{Flow, Params};
@@ -111,11 +111,11 @@ fn target_is_the_velocity_and_matches_from_eps() -> Result<()> {
     let (x0, eps) = (normals(1, 16, 3)?, normals(2, 16, 3)?);
     for p in all_points() {
         let c = p.c;
-        let target = Flow.target(&x0, &eps, &c)?;
+        let target = Flow.target_of(&x0, &eps, &c.into())?;
         let want = comb(p.d_alpha, &x0, p.d_sigma, &eps)?;
         assert!(rel(&target, &want)? <= TOL, "t = {}", c.t);
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let e = rel(&Flow.from_eps(&eps, &x, &c)?, &target)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let e = rel(&Flow.from_eps(&eps, &x, &c.into())?, &target)?;
         assert!(e <= TOL, "t = {}: {e:e}", c.t);
     }
     Ok(())
@@ -130,15 +130,15 @@ fn maps_follow_the_closed_forms_and_round_trip() -> Result<()> {
     for p in all_points() {
         let c = p.c;
         let d = c.alpha * p.d_sigma - c.sigma * p.d_alpha;
-        let eps_hat = Flow.to_eps(&out, &x, &c)?;
+        let eps_hat = Flow.to_eps(&out, &x, &c.into())?;
         let want = (comb(c.alpha, &out, -p.d_alpha, &x)? / d)?;
         assert!(rel(&eps_hat, &want)? <= TOL, "t = {}: to_eps", c.t);
-        let back = Flow.from_eps(&out, &x, &c)?;
+        let back = Flow.from_eps(&out, &x, &c.into())?;
         let want = comb(c.f, &x, p.d_sigma - c.f * c.sigma, &out)?;
         assert!(rel(&back, &want)? <= TOL, "t = {}: from_eps", c.t);
-        let round = Flow.from_eps(&Flow.to_eps(&out, &x, &c)?, &x, &c)?;
+        let round = Flow.from_eps(&Flow.to_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: out → ε̂ → out", c.t);
-        let round = Flow.to_eps(&Flow.from_eps(&out, &x, &c)?, &x, &c)?;
+        let round = Flow.to_eps(&Flow.from_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: ε̂ → out → ε̂", c.t);
     }
     Ok(())
@@ -152,14 +152,14 @@ fn x0_and_score_agree_with_convert() -> Result<()> {
     for p in all_points() {
         let c = p.c;
         let d = c.alpha * p.d_sigma - c.sigma * p.d_alpha;
-        let eps_hat = Flow.to_eps(&out, &x, &c)?;
-        let x0_hat = Flow.to_x0(&out, &x, &c)?;
+        let eps_hat = Flow.to_eps(&out, &x, &c.into())?;
+        let x0_hat = Flow.to_x0(&out, &x, &c.into())?;
         let closed = (comb(p.d_sigma, &x, -c.sigma, &out)? / d)?;
         assert!(rel(&x0_hat, &closed)? <= TOL, "t = {}: closed form", c.t);
-        let via_eps = convert::x0_from_eps(&x, &eps_hat, &c)?;
+        let via_eps = convert::x0_from_eps(&x, &eps_hat, &c.into())?;
         assert!(rel(&x0_hat, &via_eps)? <= TOL, "t = {}: convert", c.t);
-        let score = Flow.to_score(&out, &x, &c)?;
-        let want = convert::score_from_eps(&eps_hat, &c)?;
+        let score = Flow.to_score(&out, &x, &c.into())?;
+        let want = convert::score_from_eps(&eps_hat, &c.into())?;
         assert!(rel(&score, &want)? <= TOL, "t = {}: score", c.t);
     }
     Ok(())
@@ -175,21 +175,21 @@ fn the_true_output_gives_the_true_noise_data_and_score() -> Result<()> {
     let near_one = [1e-3, 1e-4, 1e-5].map(|d| linear_flow(1.0 - d));
     for p in all_points().into_iter().chain(near_one) {
         let c = p.c;
-        let x = convert::noisy(&x0, &eps, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
         let u = comb(p.d_alpha, &x0, p.d_sigma, &eps)?;
         assert!(
-            rel(&Flow.to_eps(&u, &x, &c)?, &eps)? <= TOL,
+            rel(&Flow.to_eps(&u, &x, &c.into())?, &eps)? <= TOL,
             "t = {}: ε",
             c.t
         );
         assert!(
-            rel(&Flow.to_x0(&u, &x, &c)?, &x0)? <= TOL,
+            rel(&Flow.to_x0(&u, &x, &c.into())?, &x0)? <= TOL,
             "t = {}: x₀",
             c.t
         );
         let score = (&eps / -c.sigma)?;
         assert!(
-            rel(&Flow.to_score(&u, &x, &c)?, &score)? <= TOL,
+            rel(&Flow.to_score(&u, &x, &c.into())?, &score)? <= TOL,
             "t = {}: ŝ",
             c.t
         );
@@ -206,16 +206,16 @@ fn velocity_is_the_probability_flow_drift() -> Result<()> {
     let eps_hat = (&eps + (&delta * 0.1)?)?;
     for p in all_points() {
         let c = p.c;
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let u_hat = Flow.from_eps(&eps_hat, &x, &c)?;
-        let score = convert::score_from_eps(&eps_hat, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let u_hat = Flow.from_eps(&eps_hat, &x, &c.into())?;
+        let score = convert::score_from_eps(&eps_hat, &c.into())?;
         let drift = comb(c.f, &x, -0.5 * c.g2, &score)?;
         assert!(rel(&u_hat, &drift)? <= TOL, "t = {}: F", c.t);
-        let x0_hat = convert::x0_from_eps(&x, &eps_hat, &c)?;
+        let x0_hat = convert::x0_from_eps(&x, &eps_hat, &c.into())?;
         let u = comb(p.d_alpha, &x0_hat, p.d_sigma, &eps_hat)?;
         assert!(rel(&u_hat, &u)? <= TOL, "t = {}: α′ x̂₀ + σ′ ε̂", c.t);
         let out = (&delta + &x0)?;
-        let drift = comb(c.f, &x, -0.5 * c.g2, &Flow.to_score(&out, &x, &c)?)?;
+        let drift = comb(c.f, &x, -0.5 * c.g2, &Flow.to_score(&out, &x, &c.into())?)?;
         assert!(rel(&drift, &out)? <= TOL, "t = {}: F(ŝ(û)) = û", c.t);
     }
     Ok(())
@@ -240,9 +240,9 @@ fn loss_scale_is_g2_over_two_sigma() -> Result<()> {
             "t = {}: {k} vs {want}",
             c.t
         );
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let out = Flow.from_eps(&eps_hat, &x, &c)?;
-        let lhs = norm(&(&out - Flow.target(&x0, &eps, &c)?)?)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let out = Flow.from_eps(&eps_hat, &x, &c.into())?;
+        let lhs = norm(&(&out - Flow.target_of(&x0, &eps, &c.into())?)?)?;
         let rhs = k * norm(&(&eps_hat - &eps)?)?;
         assert!(
             (lhs - rhs).abs() <= TOL * rhs,
@@ -267,10 +267,10 @@ fn at_alpha_zero_the_noise_is_x_over_sigma() -> Result<()> {
         lambda: f64::NEG_INFINITY,
     };
     assert_eq!(
-        Flow.to_eps(&out, &x, &c)?.to_vec2::<f64>()?,
+        Flow.to_eps(&out, &x, &c.into())?.to_vec2::<f64>()?,
         x.to_vec2::<f64>()?
     );
-    let score = Flow.to_score(&out, &x, &c)?;
+    let score = Flow.to_score(&out, &x, &c.into())?;
     assert_eq!(score.to_vec2::<f64>()?, (&x * -1.0)?.to_vec2::<f64>()?);
     Ok(())
 }
@@ -291,10 +291,10 @@ fn near_alpha_zero_x0_comes_from_the_velocity() -> Result<()> {
     );
     let c = p.c;
     assert_eq!((c.d_alpha(), c.d_sigma()), (p.d_alpha, p.d_sigma));
-    let x = convert::noisy(&x0, &eps, &c)?;
+    let x = convert::noisy(&x0, &eps, &c.into())?;
     let u = comb(p.d_alpha, &x0, p.d_sigma, &eps)?;
-    assert!(rel(&Flow.to_eps(&u, &x, &c)?, &eps)? <= TOL);
-    assert!(rel(&Flow.to_x0(&u, &x, &c)?, &x0)? <= TOL);
+    assert!(rel(&Flow.to_eps(&u, &x, &c.into())?, &eps)? <= TOL);
+    assert!(rel(&Flow.to_x0(&u, &x, &c.into())?, &x0)? <= TOL);
     Ok(())
 }
 

@@ -19,8 +19,7 @@
 //! through Stochastic Differential Equations", ICLR 2021, eq. (7) (denoising score matching);
 //! Vincent, "A Connection Between Score Matching and Denoising Autoencoders", 2011.
 
-use candle_core::Tensor;
-use sdeflow_kernel::{Parameterization, Result, TimeCoefs, convert, register_param};
+use sdeflow_kernel::{Lin, Parameterization, TargetLin, TimeCoefs, register_param};
 use serde::{Deserialize, Serialize};
 
 /// Score prediction has no parameters.
@@ -33,20 +32,17 @@ pub struct Params {}
 pub struct Score;
 
 impl Parameterization for Score {
-    fn target(&self, _x0: &Tensor, eps: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        convert::score_from_eps(eps, c)
+    fn eps(&self, c: &TimeCoefs) -> Lin {
+        Lin {
+            out: -c.sigma,
+            x: 0.0,
+        }
     }
-    fn to_eps(&self, out: &Tensor, _x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        convert::eps_from_score(out, c)
-    }
-    fn from_eps(&self, eps: &Tensor, _x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        convert::score_from_eps(eps, c)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        1.0 / c.sigma
-    }
-    fn to_score(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
+    fn target(&self, c: &TimeCoefs) -> TargetLin {
+        TargetLin {
+            x0: 0.0,
+            eps: -1.0 / c.sigma,
+        }
     }
 }
 

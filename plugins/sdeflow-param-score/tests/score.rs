@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Parameterization, Registry, Result, TimeCoefs, convert,
+    Conversions, Parameterization, Registry, Result, TimeCoefs, convert,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 use sdeflow_param_score::{Params, Score};
@@ -83,10 +83,10 @@ fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
 fn target_is_the_conditional_score_and_matches_from_eps() -> Result<()> {
     let (x0, eps) = (normals(1, 16, 3)?, normals(2, 16, 3)?);
     for c in all_coefs() {
-        let target = Score.target(&x0, &eps, &c)?;
+        let target = Score.target_of(&x0, &eps, &c.into())?;
         assert!(rel(&target, &(&eps / -c.sigma)?)? <= TOL, "t = {}", c.t);
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let e = rel(&Score.from_eps(&eps, &x, &c)?, &target)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let e = rel(&Score.from_eps(&eps, &x, &c.into())?, &target)?;
         assert!(e <= TOL, "t = {}: {e:e}", c.t);
     }
     Ok(())
@@ -98,13 +98,13 @@ fn target_is_the_conditional_score_and_matches_from_eps() -> Result<()> {
 fn maps_follow_the_closed_forms_and_round_trip() -> Result<()> {
     let (x, out) = (normals(3, 32, 4)?, normals(4, 32, 4)?);
     for c in all_coefs() {
-        let eps_hat = Score.to_eps(&out, &x, &c)?;
+        let eps_hat = Score.to_eps(&out, &x, &c.into())?;
         assert!(rel(&eps_hat, &(&out * -c.sigma)?)? <= TOL, "t = {}", c.t);
-        let back = Score.from_eps(&out, &x, &c)?;
+        let back = Score.from_eps(&out, &x, &c.into())?;
         assert!(rel(&back, &(&out / -c.sigma)?)? <= TOL, "t = {}", c.t);
-        let round = Score.from_eps(&Score.to_eps(&out, &x, &c)?, &x, &c)?;
+        let round = Score.from_eps(&Score.to_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: out → ε̂ → out", c.t);
-        let round = Score.to_eps(&Score.from_eps(&out, &x, &c)?, &x, &c)?;
+        let round = Score.to_eps(&Score.from_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: ε̂ → out → ε̂", c.t);
     }
     Ok(())
@@ -116,10 +116,10 @@ fn maps_follow_the_closed_forms_and_round_trip() -> Result<()> {
 fn x0_and_score_agree_with_convert() -> Result<()> {
     let (x, out) = (normals(5, 16, 3)?, normals(6, 16, 3)?);
     for c in all_coefs() {
-        let score = Score.to_score(&out, &x, &c)?;
+        let score = Score.to_score(&out, &x, &c.into())?;
         assert_eq!(score.to_vec2::<f64>()?, out.to_vec2::<f64>()?);
-        let x0_hat = Score.to_x0(&out, &x, &c)?;
-        let want = convert::x0_from_eps(&x, &convert::eps_from_score(&out, &c)?, &c)?;
+        let x0_hat = Score.to_x0(&out, &x, &c.into())?;
+        let want = convert::x0_from_eps(&x, &convert::eps_from_score(&out, &c.into())?, &c.into())?;
         assert!(rel(&x0_hat, &want)? <= TOL, "t = {}", c.t);
         let tweedie = ((&x + (&out * (c.sigma * c.sigma))?)? / c.alpha)?;
         assert!(rel(&x0_hat, &tweedie)? <= TOL, "t = {}: Tweedie", c.t);
@@ -132,14 +132,18 @@ fn x0_and_score_agree_with_convert() -> Result<()> {
 fn the_true_output_gives_the_true_noise_and_data() -> Result<()> {
     let (x0, eps) = (normals(7, 16, 3)?, normals(8, 16, 3)?);
     for c in all_coefs() {
-        let x = convert::noisy(&x0, &eps, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
         let out = (&eps / -c.sigma)?;
         assert!(
-            rel(&Score.to_eps(&out, &x, &c)?, &eps)? <= TOL,
+            rel(&Score.to_eps(&out, &x, &c.into())?, &eps)? <= TOL,
             "t = {}",
             c.t
         );
-        assert!(rel(&Score.to_x0(&out, &x, &c)?, &x0)? <= TOL, "t = {}", c.t);
+        assert!(
+            rel(&Score.to_x0(&out, &x, &c.into())?, &x0)? <= TOL,
+            "t = {}",
+            c.t
+        );
     }
     Ok(())
 }
@@ -153,9 +157,9 @@ fn loss_scale_is_one_over_sigma() -> Result<()> {
     for c in all_coefs() {
         let k = Score.eps_loss_scale(&c);
         assert!((k - 1.0 / c.sigma).abs() <= 2.0 * f64::EPSILON * k);
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let out = Score.from_eps(&eps_hat, &x, &c)?;
-        let lhs = norm(&(&out - Score.target(&x0, &eps, &c)?)?)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let out = Score.from_eps(&eps_hat, &x, &c.into())?;
+        let lhs = norm(&(&out - Score.target_of(&x0, &eps, &c.into())?)?)?;
         let rhs = k * norm(&(&eps_hat - &eps)?)?;
         assert!(
             (lhs - rhs).abs() <= TOL * rhs,

@@ -21,8 +21,7 @@
 //! Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models", ICLR 2022,
 //! §4 and Appendix D (v ≡ α_t ε − σ_t x, written there for α² + σ² = 1).
 
-use candle_core::Tensor;
-use sdeflow_kernel::{Parameterization, Result, TimeCoefs, ops::lin2, register_param};
+use sdeflow_kernel::{Lin, Parameterization, TargetLin, TimeCoefs, register_param};
 use serde::{Deserialize, Serialize};
 
 /// v-prediction has no parameters.
@@ -40,22 +39,25 @@ fn norm_sq(c: &TimeCoefs) -> f64 {
 }
 
 impl Parameterization for V {
-    fn target(&self, x0: &Tensor, eps: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        lin2(c.alpha, eps, -c.sigma, x0)
-    }
-    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    fn eps(&self, c: &TimeCoefs) -> Lin {
         let n = norm_sq(c);
-        lin2(c.sigma / n, x, c.alpha / n, out)
+        Lin {
+            out: c.alpha / n,
+            x: c.sigma / n,
+        }
     }
-    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        lin2(norm_sq(c) / c.alpha, eps, -c.sigma / c.alpha, x)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        norm_sq(c) / c.alpha
-    }
-    fn to_x0(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    fn x0(&self, c: &TimeCoefs) -> Lin {
         let n = norm_sq(c);
-        lin2(c.alpha / n, x, -c.sigma / n, out)
+        Lin {
+            out: -c.sigma / n,
+            x: c.alpha / n,
+        }
+    }
+    fn target(&self, c: &TimeCoefs) -> TargetLin {
+        TargetLin {
+            x0: -c.sigma,
+            eps: c.alpha,
+        }
     }
 }
 

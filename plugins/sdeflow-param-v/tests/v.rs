@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Parameterization, Registry, Result, TimeCoefs, convert,
+    Conversions, Parameterization, Registry, Result, TimeCoefs, convert,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 use sdeflow_param_v::{Params, V};
@@ -91,11 +91,11 @@ fn fixtures_leave_the_unit_circle() -> Result<()> {
     assert!(cs.iter().any(|c| n(c) >= 10.0) && cs.iter().any(|c| n(c) <= 0.5));
     let (x0, eps) = (normals(12, 16, 3)?, normals(13, 16, 3)?);
     let c = coefs(1.0, 1.0, 3.0, 0.0, 2.0);
-    let x = convert::noisy(&x0, &eps, &c)?;
-    let v = V.target(&x0, &eps, &c)?;
+    let x = convert::noisy(&x0, &eps, &c.into())?;
+    let v = V.target_of(&x0, &eps, &c.into())?;
     let vp_only = ((&x * c.sigma)? + (&v * c.alpha)?)?;
     assert!(rel(&vp_only, &eps)? > 1.0);
-    assert!(rel(&V.to_eps(&v, &x, &c)?, &eps)? <= TOL);
+    assert!(rel(&V.to_eps(&v, &x, &c.into())?, &eps)? <= TOL);
     Ok(())
 }
 
@@ -105,11 +105,11 @@ fn fixtures_leave_the_unit_circle() -> Result<()> {
 fn target_is_v_and_matches_from_eps() -> Result<()> {
     let (x0, eps) = (normals(1, 16, 3)?, normals(2, 16, 3)?);
     for c in all_coefs() {
-        let target = V.target(&x0, &eps, &c)?;
+        let target = V.target_of(&x0, &eps, &c.into())?;
         let want = ((&eps * c.alpha)? - (&x0 * c.sigma)?)?;
         assert!(rel(&target, &want)? <= TOL, "t = {}", c.t);
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let e = rel(&V.from_eps(&eps, &x, &c)?, &target)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let e = rel(&V.from_eps(&eps, &x, &c.into())?, &target)?;
         assert!(e <= TOL, "t = {}: {e:e}", c.t);
     }
     Ok(())
@@ -121,15 +121,15 @@ fn target_is_v_and_matches_from_eps() -> Result<()> {
 fn maps_follow_the_closed_forms_and_round_trip() -> Result<()> {
     let (x, out) = (normals(3, 32, 4)?, normals(4, 32, 4)?);
     for c in all_coefs() {
-        let eps_hat = V.to_eps(&out, &x, &c)?;
+        let eps_hat = V.to_eps(&out, &x, &c.into())?;
         let want = (((&x * c.sigma)? + (&out * c.alpha)?)? / n(&c))?;
         assert!(rel(&eps_hat, &want)? <= TOL, "t = {}: to_eps", c.t);
-        let back = V.from_eps(&out, &x, &c)?;
+        let back = V.from_eps(&out, &x, &c.into())?;
         let want = (((&out * n(&c))? - (&x * c.sigma)?)? / c.alpha)?;
         assert!(rel(&back, &want)? <= TOL, "t = {}: from_eps", c.t);
-        let round = V.from_eps(&V.to_eps(&out, &x, &c)?, &x, &c)?;
+        let round = V.from_eps(&V.to_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: out → ε̂ → out", c.t);
-        let round = V.to_eps(&V.from_eps(&out, &x, &c)?, &x, &c)?;
+        let round = V.to_eps(&V.from_eps(&out, &x, &c.into())?, &x, &c.into())?;
         assert!(rel(&round, &out)? <= TOL, "t = {}: ε̂ → out → ε̂", c.t);
     }
     Ok(())
@@ -141,14 +141,14 @@ fn maps_follow_the_closed_forms_and_round_trip() -> Result<()> {
 fn x0_and_score_agree_with_convert() -> Result<()> {
     let (x, out) = (normals(5, 16, 3)?, normals(6, 16, 3)?);
     for c in all_coefs() {
-        let eps_hat = V.to_eps(&out, &x, &c)?;
-        let x0_hat = V.to_x0(&out, &x, &c)?;
+        let eps_hat = V.to_eps(&out, &x, &c.into())?;
+        let x0_hat = V.to_x0(&out, &x, &c.into())?;
         let closed = (((&x * c.alpha)? - (&out * c.sigma)?)? / n(&c))?;
         assert!(rel(&x0_hat, &closed)? <= TOL, "t = {}: closed form", c.t);
-        let via_eps = convert::x0_from_eps(&x, &eps_hat, &c)?;
+        let via_eps = convert::x0_from_eps(&x, &eps_hat, &c.into())?;
         assert!(rel(&x0_hat, &via_eps)? <= TOL, "t = {}: convert", c.t);
-        let score = V.to_score(&out, &x, &c)?;
-        let want = convert::score_from_eps(&eps_hat, &c)?;
+        let score = V.to_score(&out, &x, &c.into())?;
+        let want = convert::score_from_eps(&eps_hat, &c.into())?;
         assert!(rel(&score, &want)? <= TOL, "t = {}: score", c.t);
     }
     Ok(())
@@ -159,12 +159,24 @@ fn x0_and_score_agree_with_convert() -> Result<()> {
 fn the_true_output_gives_the_true_noise_data_and_score() -> Result<()> {
     let (x0, eps) = (normals(7, 16, 3)?, normals(8, 16, 3)?);
     for c in all_coefs() {
-        let x = convert::noisy(&x0, &eps, &c)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
         let v = ((&eps * c.alpha)? - (&x0 * c.sigma)?)?;
-        assert!(rel(&V.to_eps(&v, &x, &c)?, &eps)? <= TOL, "t = {}", c.t);
-        assert!(rel(&V.to_x0(&v, &x, &c)?, &x0)? <= TOL, "t = {}", c.t);
+        assert!(
+            rel(&V.to_eps(&v, &x, &c.into())?, &eps)? <= TOL,
+            "t = {}",
+            c.t
+        );
+        assert!(
+            rel(&V.to_x0(&v, &x, &c.into())?, &x0)? <= TOL,
+            "t = {}",
+            c.t
+        );
         let score = (&eps / -c.sigma)?;
-        assert!(rel(&V.to_score(&v, &x, &c)?, &score)? <= TOL, "t = {}", c.t);
+        assert!(
+            rel(&V.to_score(&v, &x, &c.into())?, &score)? <= TOL,
+            "t = {}",
+            c.t
+        );
     }
     Ok(())
 }
@@ -178,9 +190,9 @@ fn loss_scale_is_n_over_alpha() -> Result<()> {
     for c in all_coefs() {
         let k = V.eps_loss_scale(&c);
         assert!((k - n(&c) / c.alpha).abs() <= 4.0 * f64::EPSILON * k);
-        let x = convert::noisy(&x0, &eps, &c)?;
-        let out = V.from_eps(&eps_hat, &x, &c)?;
-        let lhs = norm(&(&out - V.target(&x0, &eps, &c)?)?)?;
+        let x = convert::noisy(&x0, &eps, &c.into())?;
+        let out = V.from_eps(&eps_hat, &x, &c.into())?;
+        let lhs = norm(&(&out - V.target_of(&x0, &eps, &c.into())?)?)?;
         let rhs = k * norm(&(&eps_hat - &eps)?)?;
         assert!(
             (lhs - rhs).abs() <= TOL * rhs,

@@ -20,8 +20,7 @@
 //! Kingma, Salimans, Poole & Ho, "Variational Diffusion Models", NeurIPS 2021 (x̂_θ and the
 //! SNR view of its loss).
 
-use candle_core::Tensor;
-use sdeflow_kernel::{Parameterization, Result, TimeCoefs, convert, register_param};
+use sdeflow_kernel::{Lin, Parameterization, TargetLin, TimeCoefs, register_param};
 use serde::{Deserialize, Serialize};
 
 /// x₀-prediction has no parameters.
@@ -34,20 +33,17 @@ pub struct Params {}
 pub struct X0;
 
 impl Parameterization for X0 {
-    fn target(&self, x0: &Tensor, _eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(x0.clone())
+    fn eps(&self, c: &TimeCoefs) -> Lin {
+        Lin {
+            out: -c.alpha / c.sigma,
+            x: 1.0 / c.sigma,
+        }
     }
-    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        convert::eps_from_x0(x, out, c)
+    fn x0(&self, _c: &TimeCoefs) -> Lin {
+        Lin { out: 1.0, x: 0.0 }
     }
-    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        convert::x0_from_eps(x, eps, c)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        c.sigma / c.alpha
-    }
-    fn to_x0(&self, out: &Tensor, _x: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(out.clone())
+    fn target(&self, _c: &TimeCoefs) -> TargetLin {
+        TargetLin { x0: 1.0, eps: 0.0 }
     }
 }
 

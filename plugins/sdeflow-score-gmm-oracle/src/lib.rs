@@ -5,8 +5,10 @@
 //! p_t = Σ_k w_k N(α m_k, C_k), C_k = α² S_k + σ² I, so with responsibilities r_k(x)
 //! `ŝ = Σ_k r_k (−C_k⁻¹ (x − α m_k))` and
 //! `∇·ŝ = Σ_k r_k (‖C_k⁻¹(x − α m_k)‖² − tr C_k⁻¹) − ‖ŝ‖²`, all in f64 on the host.
-//! It reads α and σ from the [`TimeCoefs`] alone (it needs no SDE plugin) and reports the
-//! score in the pipeline's parameterization target (ε̂ = −σ ŝ, then that target's map).
+//! It reads α and σ from the [`TimeCoefs`] alone (it needs no SDE plugin), one pair per call or
+//! one per row, and predicts in its own target, the score (the registered `score`
+//! parameterization, resolved through the registry): the denoiser converts to whatever a solver
+//! reads, and `sdeflow_kernel::Retarget` reports it in any other target.
 //!
 //! # Parameters
 //! - `weights`: the mixture weights, non-negative, summing to 1. Default `[1.0]`.
@@ -15,21 +17,21 @@
 //!   or `full([[...], ...])` (symmetric positive definite). Default `[isotropic(1.0)]`.
 //!
 //! # Claims
-//! Exact to f64 rounding; rows are independent (no batch coupling), so chunking is skipped;
-//! no trainable variables. It also draws exact samples of p_t and gives log p_t (for
+//! Exact to f64 rounding, per call and per row (a row at its own time gets the score of the
+//! marginal at that time, bit for bit what a call at that time gives it); rows are
+//! independent (no batch coupling), so chunking is skipped; no trainable variables. It also draws exact samples of p_t and gives log p_t (for
 //! likelihood checks) through [`GmmOracle::marginal`].
 //!
 //! # References
 //! Song et al., ICLR 2021, §4 and Appendix D.2 (exact likelihoods); the closed form of a
 //! Gaussian convolved with a Gaussian.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Error, ModelContext, Parameterization, Result, ScoreModel, TimeCoefs, convert,
+    At, Error, ModelContext, ParamEntry, PerRow, Registry, Result, Rows, ScoreModel, TimeCoefs,
     mixture::{Covariance, GaussianMixture, Marginal},
     register_model,
+    registry::ParamKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,17 +61,29 @@ impl Default for Params {
 #[derive(Debug, Clone)]
 pub struct GmmOracle {
     mixture: GaussianMixture,
-    param: Arc<dyn Parameterization>,
+    target: ParamEntry,
 }
 
+/// The registered parameterization the oracle predicts in.
+pub const TARGET: &str = "score";
+
 impl GmmOracle {
-    /// An oracle for `mixture` reporting in `param`'s target.
-    pub fn new(mixture: GaussianMixture, param: Arc<dyn Parameterization>) -> Self {
-        Self { mixture, param }
+    /// An oracle for `mixture`, predicting the score (the `score` parameterization of the
+    /// registry in scope, or of the global one).
+    pub fn new(mixture: GaussianMixture) -> Result<Self> {
+        let target = Registry::current()?
+            .entry::<ParamKind>(TARGET, "()", &())
+            .map_err(|e| {
+                Error::Msg(format!(
+                    "gmm_oracle predicts the score through the registered `{TARGET}` parameterization: {e}"
+                ))
+            })?;
+        Ok(Self { mixture, target })
     }
 
-    /// Builds the oracle from its parameters in a pipeline context.
-    pub fn from_params(p: Params, ctx: &ModelContext) -> Result<Self> {
+    /// Builds the oracle from its parameters (the context is not needed: the oracle computes
+    /// on the host in f64 and answers in its input's dtype and device).
+    pub fn from_params(p: Params, _ctx: &ModelContext) -> Result<Self> {
         // The kernel's mixture names itself in errors; the user wrote `gmm_oracle`.
         let mixture =
             GaussianMixture::new(p.weights, p.means, p.covariances).map_err(|e| match e {
@@ -80,7 +94,7 @@ impl GmmOracle {
                 },
                 other => other,
             })?;
-        Ok(Self::new(mixture, ctx.param.clone()))
+        Self::new(mixture)
     }
 
     /// The mixture p₀.
@@ -95,11 +109,22 @@ impl GmmOracle {
 
     /// The exact score ∇ log p_t(x) as an f64 tensor on `x`'s device.
     pub fn score(&self, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        let x64 = x.to_dtype(DType::F64)?;
-        let host = x64.flatten_all()?.to_vec1::<f64>()?;
+        let host = host_rows(x)?;
         let s = self.marginal(c)?.score(&host);
         Ok(Tensor::from_vec(s, x.shape(), x.device())?)
     }
+
+    /// The exact score of each row of `x` at its own time, as an f64 tensor on `x`'s device.
+    pub fn score_rows(&self, x: &Tensor, rows: &Rows<TimeCoefs>) -> Result<Tensor> {
+        let coefs: Vec<(f64, f64)> = rows.values().iter().map(|c| (c.alpha, c.sigma)).collect();
+        let s = self.mixture.score_rows(&coefs, &host_rows(x)?)?;
+        Ok(Tensor::from_vec(s, x.shape(), x.device())?)
+    }
+}
+
+/// `x` on the host in f64, row-major.
+fn host_rows(x: &Tensor) -> Result<Vec<f64>> {
+    Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 impl ScoreModel for GmmOracle {
@@ -107,7 +132,7 @@ impl ScoreModel for GmmOracle {
         vec![self.mixture.dim()]
     }
 
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         let d = self.mixture.dim();
         if x.rank() != 2 || x.dim(1)? != d {
             return Err(Error::Shape(format!(
@@ -115,10 +140,16 @@ impl ScoreModel for GmmOracle {
                 x.dims()
             )));
         }
-        let score = self.score(x, c)?;
-        let eps = convert::eps_from_score(&score, c)?;
-        let out = self.param.from_eps(&eps, &x.to_dtype(DType::F64)?, c)?;
-        Ok(out.to_dtype(x.dtype())?)
+        at.time.expect_rows(x.dim(0)?, "gmm_oracle")?;
+        let score = match &at.time {
+            PerRow::Call(c) => self.score(x, c)?,
+            PerRow::Rows(rows) => self.score_rows(x, rows)?,
+        };
+        Ok(score.to_dtype(x.dtype())?)
+    }
+
+    fn target(&self) -> Option<ParamEntry> {
+        Some(self.target.clone())
     }
 
     fn rows_independent(&self) -> bool {

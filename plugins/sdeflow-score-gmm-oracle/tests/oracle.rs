@@ -1,52 +1,88 @@
 //! The Gaussian-mixture oracle against MATH.md §7: on one Gaussian the output is the closed
-//! form ε̂ = −σ ŝ, in an x₀ target it is Tweedie's x̂₀; on a mixture the score and divergence
-//! match central differences of the exact log-density; rows are independent; shapes, dtypes
-//! and invalid parameters are handled without panics.
+//! form score, read in an x₀ target it is Tweedie's x̂₀; on a mixture the score and divergence
+//! match central differences of the exact log-density; per-row times give each row its own
+//! marginal's score; rows are independent; shapes, dtypes and invalid parameters are handled
+//! without panics.
 //!
-//! ε-prediction is [`EpsParam`]; x₀-prediction is test-local (a plugin must not depend on
-//! another plugin crate), with MATH.md §3's formulas written beside it.
+//! The oracle predicts in the registered `score` parameterization; a plugin must not depend
+//! on another plugin crate, so this test registers its own `score` and an x₀ target, with
+//! MATH.md §3's formulas written beside them.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Error, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    At, Error, Lin, ModelContext, ParamEntry, Parameterization, PerRow, Registry, Result, Retarget,
+    Rows, ScoreModel, TargetLin, TimeCoefs,
     mixture::Covariance,
-    testing::{EpsParam, flat, normals},
+    register_param,
+    testing::{flat, normals},
 };
 use sdeflow_score_gmm_oracle::{GmmOracle, Params};
+use serde::{Deserialize, Serialize};
 
 const EPS: f64 = f64::EPSILON;
 
-/// x₀-prediction (MATH.md §3, second row): ε̂ = (x − α x̂₀)/σ, x̂₀ = (x − σ ε̂)/α.
+/// Score prediction (MATH.md §3, third row): ε̂ = −σ ŝ; the target is −ε/σ.
+#[derive(Debug)]
+struct ScoreParam;
+
+impl Parameterization for ScoreParam {
+    fn eps(&self, c: &TimeCoefs) -> Lin {
+        Lin {
+            out: -c.sigma,
+            x: 0.0,
+        }
+    }
+    fn target(&self, c: &TimeCoefs) -> TargetLin {
+        TargetLin {
+            x0: 0.0,
+            eps: -1.0 / c.sigma,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+register_param!(
+    "score",
+    "score prediction (test)",
+    NoParams,
+    |_: NoParams| Ok(ScoreParam)
+);
+
+/// x₀-prediction (MATH.md §3, second row): ε̂ = (x − α x̂₀)/σ, x̂₀ the output itself.
 #[derive(Debug)]
 struct X0Param;
 
 impl Parameterization for X0Param {
-    fn target(&self, x0: &Tensor, _eps: &Tensor, _c: &TimeCoefs) -> Result<Tensor> {
-        Ok(x0.clone())
+    fn eps(&self, c: &TimeCoefs) -> Lin {
+        Lin {
+            out: -c.alpha / c.sigma,
+            x: 1.0 / c.sigma,
+        }
     }
-    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        Ok(((x - (out * c.alpha)?)? / c.sigma)?)
-    }
-    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        Ok(((x - (eps * c.sigma)?)? / c.alpha)?)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        c.sigma / c.alpha
+    fn target(&self, _c: &TimeCoefs) -> TargetLin {
+        TargetLin { x0: 1.0, eps: 0.0 }
     }
 }
 
-fn ctx(param: Arc<dyn Parameterization>) -> ModelContext {
+fn ctx() -> ModelContext {
     ModelContext {
-        param,
         device: Device::Cpu,
         dtype: DType::F64,
     }
 }
 
 fn oracle(p: Params) -> Result<GmmOracle> {
-    GmmOracle::from_params(p, &ctx(Arc::new(EpsParam)))
+    GmmOracle::from_params(p, &ctx())
+}
+
+/// The oracle's output at one time per call.
+fn score(o: &dyn ScoreModel, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    o.forward(x, &At::new(c.into(), &ScoreParam), None)
 }
 
 /// Time coefficients with the given (α, σ); the oracle reads only α and σ, which need not
@@ -67,29 +103,29 @@ fn all_coefs() -> [TimeCoefs; 3] {
     [coefs(0.8, 0.6), coefs(0.6, 0.9), coefs(0.99995, 0.01)]
 }
 
-/// One Gaussian N(m, s² I): p_t = N(α m, (α² s² + σ²) I), so ŝ = −(x − α m)/(α² s² + σ²) and
-/// the ε output is −σ ŝ. The oracle's path (difference, Cholesky inverse, product, times σ)
-/// takes a handful of roundings of terms of size σ(|x| + α|m|)/C: 16ε of that scale.
+/// One Gaussian N(m, s² I): p_t = N(α m, (α² s² + σ²) I), so ŝ = −(x − α m)/(α² s² + σ²).
+/// The oracle's path (difference, Cholesky inverse, product) takes a handful of roundings of
+/// terms of size (|x| + α|m|)/C: 16ε of that scale. It predicts in the registered `score`.
 #[test]
-fn single_gaussian_gives_the_closed_form_eps() -> Result<()> {
+fn single_gaussian_gives_the_closed_form_score() -> Result<()> {
     let (m, s) = ([0.5, -1.0, 2.0], 0.7);
     let o = oracle(Params {
         weights: vec![1.0],
         means: vec![m.to_vec()],
         covariances: vec![Covariance::Isotropic(s)],
     })?;
+    assert_eq!(o.target().map(|t| t.name), Some("score"));
     let x = normals(1, 16, 3)?.affine(1.5, 0.0)?;
     let xs = x.to_vec2::<f64>()?;
     for c in all_coefs() {
         let (a, sg) = (c.alpha, c.sigma);
         let var = a * a * s * s + sg * sg;
-        let out = o.forward(&x, &c, None)?;
+        let out = score(&o, &x, &c)?;
         assert_eq!(out.dims(), &[16, 3]);
         for (row, got) in xs.iter().zip(out.to_vec2::<f64>()?) {
             for j in 0..3 {
-                let score = -(row[j] - a * m[j]) / var;
-                let want = -sg * score;
-                let scale = sg * (row[j].abs() + a * m[j].abs()) / var;
+                let want = -(row[j] - a * m[j]) / var;
+                let scale = (row[j].abs() + a * m[j].abs()) / var;
                 assert!(
                     (got[j] - want).abs() <= 16.0 * EPS * scale,
                     "α = {a}, σ = {sg}: {} vs {want}",
@@ -101,6 +137,34 @@ fn single_gaussian_gives_the_closed_form_eps() -> Result<()> {
     Ok(())
 }
 
+/// Each row at its own time gets its own marginal's score, bit for bit what a call at that
+/// time gives it (rows at equal times share one marginal); a per-row list of the wrong length
+/// is a shape error.
+#[test]
+fn per_row_times_give_each_row_its_marginal() -> Result<()> {
+    let o = oracle(two_components())?;
+    let cs = [
+        coefs(0.8, 0.6),
+        coefs(0.8, 0.6),
+        coefs(0.6, 0.9),
+        coefs(0.99995, 0.01),
+        coefs(0.3, 0.95),
+    ];
+    let x = normals(11, cs.len(), 2)?;
+    let time = PerRow::Rows(Rows::new(cs.to_vec()));
+    let batch = o.forward(&x, &At::new(time, &ScoreParam), None)?;
+    for (i, c) in cs.iter().enumerate() {
+        let one = score(&o, &x.narrow(0, i, 1)?, c)?;
+        assert_eq!(flat(&one)?, flat(&batch.narrow(0, i, 1)?)?, "row {i}");
+    }
+    let short = PerRow::Rows(Rows::new(cs[..2].to_vec()));
+    assert!(matches!(
+        o.forward(&x, &At::new(short, &ScoreParam), None),
+        Err(Error::Shape(_))
+    ));
+    Ok(())
+}
+
 /// In an x₀ target the oracle reports Tweedie's E[x₀ | x_t] = (x + σ² ŝ)/α (MATH.md §3); for
 /// one Gaussian that is (x + σ² (α m − x)/C)/α with C = α² s² + σ². Each of the two
 /// conversions (ε̂ = −σŝ, then x̂₀ = (x − σ ε̂)/α) adds a few roundings: 32ε of the scale
@@ -108,19 +172,23 @@ fn single_gaussian_gives_the_closed_form_eps() -> Result<()> {
 #[test]
 fn x0_target_reports_tweedie() -> Result<()> {
     let (m, s) = ([1.0, -0.5], 0.4);
-    let o = GmmOracle::from_params(
-        Params {
-            weights: vec![1.0],
-            means: vec![m.to_vec()],
-            covariances: vec![Covariance::Isotropic(s)],
-        },
-        &ctx(Arc::new(X0Param)),
-    )?;
+    let inner = oracle(Params {
+        weights: vec![1.0],
+        means: vec![m.to_vec()],
+        covariances: vec![Covariance::Isotropic(s)],
+    })?;
+    let to = ParamEntry {
+        name: "x0_test",
+        plugin: Arc::new(X0Param),
+    };
+    let o = Retarget::new(Arc::new(inner), to)?;
     let x = normals(2, 8, 2)?;
     for c in all_coefs() {
         let (a, sg) = (c.alpha, c.sigma);
         let var = a * a * s * s + sg * sg;
-        let out = o.forward(&x, &c, None)?.to_vec2::<f64>()?;
+        let out = o
+            .forward(&x, &At::new(c.into(), &X0Param), None)?
+            .to_vec2::<f64>()?;
         for (row, got) in x.to_vec2::<f64>()?.iter().zip(out) {
             for j in 0..2 {
                 let want = (row[j] + sg * sg * (a * m[j] - row[j]) / var) / a;
@@ -149,7 +217,7 @@ fn two_components() -> Params {
     }
 }
 
-/// On the mixture, ŝ = −ε̂/σ from `forward` equals the gradient of log p_t taken by central
+/// On the mixture, ŝ from `forward` equals the gradient of log p_t taken by central
 /// differences of `marginal(c).eval_row(..).log_prob` with h = 1e-5: truncation h²/6·|∂³ log p|
 /// ≈ 1e-10 × O(10) and rounding ε|log p|/h ≈ 1e-10, so 1e-6 is the bar. The divergence that
 /// `eval_row` reports matches central differences of its score to the same bar.
@@ -160,8 +228,8 @@ fn mixture_score_matches_central_differences_of_log_density() -> Result<()> {
     let h = 1e-5;
     for c in all_coefs().into_iter().take(2).chain([coefs(0.3, 0.95)]) {
         let marginal = o.marginal(&c)?;
-        let eps_hat = o.forward(&x, &c, None)?.to_vec2::<f64>()?;
-        for (row, e) in x.to_vec2::<f64>()?.iter().zip(eps_hat) {
+        let scores = score(&o, &x, &c)?.to_vec2::<f64>()?;
+        for (row, e) in x.to_vec2::<f64>()?.iter().zip(scores) {
             let exact = marginal.eval_row(row, true);
             let mut div_fd = 0.0;
             for j in 0..2 {
@@ -173,7 +241,7 @@ fn mixture_score_matches_central_differences_of_log_density() -> Result<()> {
                     marginal.eval_row(&down, false),
                 );
                 let grad = (ru.log_prob - rd.log_prob) / (2.0 * h);
-                let score = -e[j] / c.sigma;
+                let score = e[j];
                 assert!(
                     (score - grad).abs() <= 1e-6,
                     "α = {}, x = {row:?}: ŝ_{j} = {score}, finite difference {grad}",
@@ -228,9 +296,9 @@ fn rows_are_independent() -> Result<()> {
     assert!(o.rows_independent());
     let x = normals(5, 7, 2)?.affine(2.0, 0.0)?;
     let c = coefs(0.8, 0.6);
-    let batch = o.forward(&x, &c, None)?;
+    let batch = score(&o, &x, &c)?;
     for i in 0..7 {
-        let one = o.forward(&x.narrow(0, i, 1)?, &c, None)?;
+        let one = score(&o, &x.narrow(0, i, 1)?, &c)?;
         assert_eq!(flat(&one)?, flat(&batch.narrow(0, i, 1)?)?, "row {i}");
     }
     Ok(())
@@ -248,7 +316,7 @@ fn wrong_input_shape_is_a_shape_error() -> Result<()> {
         Tensor::zeros(4, DType::F64, &dev)?,
         Tensor::zeros((4, 2, 1), DType::F64, &dev)?,
     ] {
-        match o.forward(&bad, &c, None) {
+        match score(&o, &bad, &c) {
             Err(Error::Shape(msg)) => assert!(msg.contains("2-dimensional"), "{msg}"),
             other => panic!(
                 "input {:?}: expected a shape error, got {other:?}",
@@ -257,7 +325,7 @@ fn wrong_input_shape_is_a_shape_error() -> Result<()> {
         }
     }
     // An empty batch of the right width is fine.
-    let empty = o.forward(&Tensor::zeros((0, 2), DType::F64, &dev)?, &c, None)?;
+    let empty = score(&o, &Tensor::zeros((0, 2), DType::F64, &dev)?, &c)?;
     assert_eq!(empty.dims(), &[0, 2]);
     Ok(())
 }
@@ -269,18 +337,18 @@ fn f32_inputs_give_f32_outputs() -> Result<()> {
     let o = oracle(two_components())?;
     let c = coefs(0.6, 0.9);
     let x32 = normals(6, 10, 2)?.to_dtype(DType::F32)?;
-    let out32 = o.forward(&x32, &c, None)?;
+    let out32 = score(&o, &x32, &c)?;
     assert_eq!(out32.dtype(), DType::F32);
     assert_eq!(out32.dims(), &[10, 2]);
-    let out64 = flat(&o.forward(&x32.to_dtype(DType::F64)?, &c, None)?)?;
+    let out64 = flat(&score(&o, &x32.to_dtype(DType::F64)?, &c)?)?;
     for (a, b) in flat(&out32)?.iter().zip(&out64) {
         assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
     }
     Ok(())
 }
 
-/// One sample is a d-vector; the default is the documented N(0, I) in d = 2, whose ε output
-/// is σ x/(α² + σ²) by the single-Gaussian closed form.
+/// One sample is a d-vector; the default is the documented N(0, I) in d = 2, whose score is
+/// −x/(α² + σ²) by the single-Gaussian closed form.
 #[test]
 fn sample_shape_and_defaults() -> Result<()> {
     assert_eq!(oracle(two_components())?.sample_shape(), vec![2]);
@@ -301,9 +369,9 @@ fn sample_shape_and_defaults() -> Result<()> {
     assert!(o.varmap().is_none());
     let c = coefs(0.6, 0.9);
     let x = normals(7, 5, 2)?;
-    let out = flat(&o.forward(&x, &c, None)?)?;
+    let out = flat(&score(&o, &x, &c)?)?;
     for (xi, got) in flat(&x)?.iter().zip(out) {
-        let want = c.sigma * xi / (c.alpha * c.alpha + c.sigma * c.sigma);
+        let want = -xi / (c.alpha * c.alpha + c.sigma * c.sigma);
         assert!((got - want).abs() <= 16.0 * EPS * (1.0 + want.abs()));
     }
     Ok(())
@@ -398,7 +466,7 @@ fn invalid_params_are_rejected() -> Result<()> {
 #[test]
 fn registration_reads_documented_ron() -> Result<()> {
     let reg = Registry::global()?;
-    let cx = ctx(Arc::new(EpsParam));
+    let cx = ctx();
     let m = reg.model("gmm_oracle", "()", &cx)?;
     assert_eq!(m.sample_shape(), vec![2]);
     let m = reg.model(
@@ -410,10 +478,7 @@ fn registration_reads_documented_ron() -> Result<()> {
     let direct = oracle(two_components())?;
     let x = normals(8, 6, 2)?;
     let c = coefs(0.8, 0.6);
-    assert_eq!(
-        flat(&m.forward(&x, &c, None)?)?,
-        flat(&direct.forward(&x, &c, None)?)?
-    );
+    assert_eq!(flat(&score(&*m, &x, &c)?)?, flat(&score(&direct, &x, &c)?)?);
     let m = reg.model(
         "gmm_oracle",
         "(means: [[0.0, 0.0, 0.0]], covariances: [isotropic(2.0)])",

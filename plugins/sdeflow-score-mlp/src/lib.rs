@@ -1,14 +1,16 @@
 //! A multilayer perceptron score network on candle-nn.
 //!
 //! # Formula
-//! The network conditions on the half log-SNR λ = log(α/σ) of the [`TimeCoefs`] (MATH.md §1),
-//! which does not depend on how an SDE parameterizes time, through a sinusoidal embedding of
-//! E dimensions: `e(λ) = [sin(λ ω_k), cos(λ ω_k)]`, `ω_k = P^{−k/(E/2)}`, k = 0 … E/2 − 1
+//! The network conditions on the noise-level input c_noise the parameterization gives it
+//! (MATH.md §9; the half log-SNR λ = log(α/σ) by default, which does not depend on how an SDE
+//! parameterizes time; EDM's ¼ ln σ̃ under `edm`), through a sinusoidal embedding of E
+//! dimensions: `e(c) = [sin(c ω_k), cos(c ω_k)]`, `ω_k = P^{−k/(E/2)}`, k = 0 … E/2 − 1
 //! (Vaswani et al.'s frequencies with maximal period P). Then, with SiLU(u) = u/(1 + e^{−u}),
-//! `h₁ = SiLU(W₁ [x; e(λ)] + b₁)`, `h_{i+1} = SiLU(W_{i+1} h_i + b_{i+1})` for the hidden
-//! layers, and `out = W_o h_L + b_o`, read in the parameterization the model was trained for.
-//! The first layer is evaluated as `W₁ˣ x + (W₁ᵉ e(λ) + b₁)`: the embedding's product is one
-//! row per call (λ is one number per call), not one per sample. Weights start as PyTorch's
+//! `h₁ = SiLU(W₁ [x; e(c)] + b₁)`, `h_{i+1} = SiLU(W_{i+1} h_i + b_{i+1})` for the hidden
+//! layers, and `out = W_o h_L + b_o`: the target `param:` names, which the network learns.
+//! The first layer is evaluated as `W₁ˣ x + (W₁ᵉ e(c) + b₁)`: with one time per call (sampling)
+//! the embedding's product is one row, not one per sample; with one time per row (training) it
+//! is one row per sample. Weights start as PyTorch's
 //! `nn.Linear` default, uniform in ±1/√fan_in, drawn from Philox with `seed` (the same seed
 //! gives the same network on every machine).
 //!
@@ -21,7 +23,8 @@
 //! - `seed`: the initial weights' seed. Default 0.
 //!
 //! # Claims
-//! Output shape = input shape [n, d] at any n; finite for finite λ; rows are not independent
+//! Output shape = input shape [n, d] at any n, per call and per row; finite for finite c_noise;
+//! a row at its own time gives what a call at that time gives it (to rounding); rows are not independent
 //! bit for bit (candle's matmul changes kernels with the batch size), so the pipeline chunks;
 //! every parameter receives a gradient; save then load reproduces the outputs bit for bit.
 //!
@@ -36,7 +39,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use sdeflow_kernel::{
-    Error, ModelContext, Result, ScoreModel, TimeCoefs,
+    At, Error, ModelContext, PerRow, Result, ScoreModel,
     noise::{Stream, philox_key, uniform_f64},
     register_model,
 };
@@ -207,14 +210,23 @@ impl Mlp {
         &self.params
     }
 
-    /// The sinusoidal embedding e(λ) as a [1, E] row.
-    fn embedding(&self, lambda: f64) -> Result<Tensor> {
+    /// The sinusoidal embeddings e(c) of `levels`, one [E] row each.
+    fn embedding(&self, levels: &[f64]) -> Result<Tensor> {
         let half = self.params.embed_dim / 2;
         let ln_p = self.params.max_period.ln();
-        let freqs = (0..half).map(|k| (-ln_p * k as f64 / half as f64).exp());
-        let (sin, cos): (Vec<f64>, Vec<f64>) = freqs.map(|w| (lambda * w).sin_cos()).unzip();
-        let e = [sin, cos].concat();
-        Ok(Tensor::from_vec(e, (1, self.params.embed_dim), &self.device)?.to_dtype(self.dtype)?)
+        let freqs: Vec<f64> = (0..half)
+            .map(|k| (-ln_p * k as f64 / half as f64).exp())
+            .collect();
+        let mut e = Vec::with_capacity(levels.len() * self.params.embed_dim);
+        for &c in levels {
+            let (sin, cos): (Vec<f64>, Vec<f64>) = freqs.iter().map(|w| (c * w).sin_cos()).unzip();
+            e.extend(sin);
+            e.extend(cos);
+        }
+        Ok(
+            Tensor::from_vec(e, (levels.len(), self.params.embed_dim), &self.device)?
+                .to_dtype(self.dtype)?,
+        )
     }
 }
 
@@ -223,7 +235,7 @@ impl ScoreModel for Mlp {
         vec![self.params.dim]
     }
 
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         let d = self.params.dim;
         if x.rank() != 2 || x.dim(D::Minus1)? != d {
             return Err(Error::Shape(format!(
@@ -231,18 +243,26 @@ impl ScoreModel for Mlp {
                 x.dims()
             )));
         }
-        if !c.lambda.is_finite() {
+        at.c_noise.expect_rows(x.dim(0)?, "mlp")?;
+        let levels = match &at.c_noise {
+            PerRow::Call(c) => std::slice::from_ref(c),
+            PerRow::Rows(r) => r.values(),
+        };
+        if let Some(bad) = levels.iter().position(|c| !c.is_finite()) {
             return Err(Error::invalid(
                 "mlp",
                 "t",
-                format!("λ = {} at t = {} is not finite", c.lambda, c.t),
+                format!(
+                    "the noise-level input {} of row {bad} is not finite",
+                    levels[bad]
+                ),
             ));
         }
-        // W₁ [x; e] + b₁ = W₁ˣ x + (W₁ᵉ e + b₁): the embedding's part is one row. The two
-        // column blocks of W₁ are copied contiguous first: cuBLAS (candle's CUDA matmul)
+        // W₁ [x; e] + b₁ = W₁ˣ x + (W₁ᵉ e + b₁): per call, the embedding's part is one row. The
+        // two column blocks of W₁ are copied contiguous first: cuBLAS (candle's CUDA matmul)
         // refuses the transposed view of a column slice, which the CPU's gemm accepts.
         let shift = self
-            .embedding(c.lambda)?
+            .embedding(levels)?
             .matmul(&self.first_e.contiguous()?.t()?)?
             .broadcast_add(&self.first_b)?;
         let mut h = x

@@ -2,18 +2,15 @@
 //! sinusoidal embedding of λ, the split first layer, SiLU, the output layer; seeded and bounded
 //! initialization; parameter and input validation; the registration.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Error, ModelContext, Result, ScoreModel, TimeCoefs,
+    At, Error, ModelContext, Result, Rows, ScoreModel, Time, TimeCoefs,
     testing::{EpsParam, normals, rows},
 };
 use sdeflow_score_mlp::{Mlp, Params};
 
 fn ctx(dtype: DType) -> ModelContext {
     ModelContext {
-        param: Arc::new(EpsParam),
         device: Device::Cpu,
         dtype,
     }
@@ -39,6 +36,11 @@ fn coefs(lambda: f64) -> TimeCoefs {
         g2: 2.0,
         lambda,
     }
+}
+
+/// One time per call at half log-SNR `lambda`, read by ε-prediction (c_noise = λ).
+fn at(lambda: f64) -> At {
+    At::new(coefs(lambda).into(), &EpsParam)
 }
 
 /// A variable of the model's map as a row-major matrix.
@@ -71,7 +73,7 @@ fn forward_matches_the_formula() -> Result<()> {
     let m = Mlp::new(p.clone(), &ctx(DType::F64))?;
     let x = normals(1, 6, 2)?;
     for lambda in [-7.5, -0.3, 0.0, 2.0, 11.0] {
-        let got = rows(&m.forward(&x, &coefs(lambda), None)?)?;
+        let got = rows(&m.forward(&x, &at(lambda), None)?)?;
         let half = p.embed_dim / 2;
         let w: Vec<f64> = (0..half)
             .map(|k| p.max_period.powf(-(k as f64) / half as f64))
@@ -134,8 +136,8 @@ fn f32_follows_f64() -> Result<()> {
         Mlp::new(Params::default(), &ctx(DType::F32))?,
     );
     let x = normals(2, 9, 2)?;
-    let y64 = rows(&m64.forward(&x, &coefs(1.5), None)?)?;
-    let y32 = rows(&m32.forward(&x.to_dtype(DType::F32)?, &coefs(1.5), None)?)?;
+    let y64 = rows(&m64.forward(&x, &at(1.5), None)?)?;
+    let y32 = rows(&m32.forward(&x.to_dtype(DType::F32)?, &at(1.5), None)?)?;
     for (a, b) in y32.iter().flatten().zip(y64.iter().flatten()) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
@@ -170,11 +172,11 @@ fn bad_input_is_an_error() -> Result<()> {
     let m = Mlp::new(d(), &ctx(DType::F64))?;
     let wrong = Tensor::zeros((4, 3), DType::F64, &Device::Cpu)?;
     assert!(matches!(
-        m.forward(&wrong, &coefs(0.0), None),
+        m.forward(&wrong, &at(0.0), None),
         Err(Error::Shape(_))
     ));
     let x = Tensor::zeros((4, 2), DType::F64, &Device::Cpu)?;
-    assert!(m.forward(&x, &coefs(f64::INFINITY), None).is_err());
+    assert!(m.forward(&x, &at(f64::INFINITY), None).is_err());
     Ok(())
 }
 
@@ -186,5 +188,29 @@ fn registration() -> Result<()> {
     assert_eq!(m.sample_shape(), vec![3]);
     assert_eq!(m.varmap().map(|v| v.all_vars().len()), Some(8));
     assert!(reg.model("mlp", "(width: 8)", &ctx(DType::F32)).is_err());
+    Ok(())
+}
+
+/// With one time per row, row i is what a call at row i's time gives it: the embedding is one
+/// row per sample instead of one per call (f64, to 1e-13 relative); a per-row time list of the
+/// wrong length is an error.
+#[test]
+fn per_row_times_match_per_call_rows() -> Result<()> {
+    let m = Mlp::new(small(5), &ctx(DType::F64))?;
+    let lambdas = [-6.0, -1.5, 0.0, 0.7, 3.0, 9.5];
+    let x = normals(4, lambdas.len(), 2)?;
+    let time = Time::Rows(Rows::new(lambdas.iter().map(|&l| coefs(l)).collect()));
+    let batch = rows(&m.forward(&x, &At::new(time, &EpsParam), None)?)?;
+    for (i, &l) in lambdas.iter().enumerate() {
+        let one = rows(&m.forward(&x.narrow(0, i, 1)?, &at(l), None)?)?;
+        for (a, b) in batch[i].iter().zip(&one[0]) {
+            assert!(
+                (a - b).abs() <= 1e-13 * (1.0 + b.abs()),
+                "row {i}: {a} vs {b}"
+            );
+        }
+    }
+    let short = Time::Rows(Rows::new(vec![coefs(0.0); 2]));
+    assert!(m.forward(&x, &At::new(short, &EpsParam), None).is_err());
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Denoiser, Discretization, Equation, ForwardSde, GridKind, Order, Result, RunContext,
-    ScoreModel, Solver, SolverClaims, State, StepSpan, TimeCoefs,
+    At, Denoiser, Discretization, Equation, ForwardSde, GridKind, Order, Result, RunContext,
+    ScoreModel, Solver, SolverClaims, State, StepSpan,
     noise::{ConstantNoise, NoiseSource, PhiloxNoise},
     testing::{EpsParam, flat, normals},
 };
@@ -59,8 +59,8 @@ impl ScoreModel for AffineScore {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.d]
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
-        Ok(x.affine(c.sigma / self.v, 0.0)?)
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
+        Ok(x.affine(at.call("AffineScore")?.sigma / self.v, 0.0)?)
     }
     fn rows_independent(&self) -> bool {
         true

@@ -14,8 +14,11 @@
 //! and 0 outside [t_ε, T]. Inverse-CDF sampling: z = Φ⁻¹(Φ(z_min) + u Z),
 //! ln σ̃ = p_mean + p_std z, t = t(λ = −ln σ̃) by the SDE's `t_of_log_snr`. When both ends lie
 //! in the upper tail (z_min > 0) the same is done with the survival function Φ(−z), so no
-//! digit is lost to 1 − Φ. The loss then carries w/(p(t)(T − t_ε)) (the kernel's
-//! `loss_factor`). Φ and Φ⁻¹ come from `statrs`.
+//! digit is lost to 1 − Φ. Φ and Φ⁻¹ come from `statrs`.
+//!
+//! The density is part of the objective, as in EDM: the kernel's loss draws t from it and
+//! weighs ‖ε̂ − ε‖² by w_ε alone, E_{t~p}[w_ε ‖ε̂ − ε‖²] (MATH.md §9). (Dividing by p(t) would
+//! make it a t-uniform loss with weights up to ~4e9 at σ̃ = 80: not EDM's.)
 //!
 //! # Parameters
 //! - `sigma_data`: σ_d, the data's standard deviation, finite and > 0, default 0.5.

@@ -155,7 +155,6 @@ fn finite_positive_and_uniform_in_t() -> Result<()> {
         let w = Likelihood.eps_weight(&c);
         assert!(w.is_finite() && w > 0.0, "t = {}: {w}", c.t);
         assert_eq!(Likelihood.t_density(&Vp, &c), None);
-        assert_eq!(Likelihood.loss_factor(&Vp, &c), w);
     }
     assert_eq!(Likelihood.sample_t(&Vp, 0.5), None);
     Ok(())

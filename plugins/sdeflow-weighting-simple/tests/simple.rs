@@ -115,13 +115,12 @@ impl ForwardSde for Vp {
     }
 }
 
-/// Times are uniform on [t_ε, T]: no density of its own, and a sample's loss factor is w = 1.
+/// Times are uniform on [t_ε, T]: no density of its own.
 #[test]
 fn t_density_is_none() -> Result<()> {
     for c in all_coefs() {
         assert_eq!(Simple.t_density(&Vp, &c), None, "{c:?}");
         assert_eq!(Simple.sample_t(&Vp, 0.5), None);
-        assert_eq!(Simple.loss_factor(&Vp, &c), 1.0);
     }
     Ok(())
 }

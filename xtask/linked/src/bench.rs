@@ -36,7 +36,7 @@ use std::{
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Error, ModelContext, Pipeline, Result, ScoreModel, TimeCoefs,
+    At, Error, ModelContext, Pipeline, Result, ScoreModel,
     denoiser::DEFAULT_CHUNK_ROWS,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
@@ -97,7 +97,7 @@ impl ScoreModel for Free {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.0]
     }
-    fn forward(&self, x: &Tensor, _c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         Ok(x.zeros_like()?)
     }
 }
@@ -132,13 +132,13 @@ impl ScoreModel for Clocked {
     fn sample_shape(&self) -> Vec<usize> {
         self.inner.sample_shape()
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
         let start = Instant::now();
-        let out = self.inner.forward(x, c, cond)?;
+        let out = self.inner.forward(x, at, cond)?;
         self.inside.fetch_add(nanos_since(start), Ordering::Relaxed);
         let start = Instant::now();
         // Detached as it comes, as the denoiser does with the pipeline's own output.
-        drop(self.inner.forward(x, c, cond)?.detach());
+        drop(self.inner.forward(x, at, cond)?.detach());
         self.twin.fetch_add(nanos_since(start), Ordering::Relaxed);
         Ok(out)
     }
@@ -194,7 +194,6 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let param = registry.param("eps", "()")?;
     let sde = registry.sde("vp", "()")?;
     let ctx = ModelContext {
-        param: param.clone(),
         device: Device::Cpu,
         dtype: DType::F32,
     };
@@ -220,7 +219,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let parts: Vec<Tensor> = (0..chunks)
         .map(|i| x.narrow(0, i * chunk, chunk))
         .collect::<candle_core::Result<_>>()?;
-    let c = sde.coefs(0.5);
+    let c = At::new(sde.coefs(0.5).into(), &*param);
     for p in &parts {
         mlp.forward(p, &c, None)?; // warm-up
     }

@@ -11,8 +11,8 @@ use std::{
 
 use candle_core::{Device, Tensor};
 use sdeflow_kernel::{
-    ForwardSde, GridKind, ModelContext, Parameterization, Pipeline, PipelineBuilder, Registry,
-    Result, ScoreModel, Solver, State,
+    ForwardSde, GridKind, ModelContext, ParamEntry, Parameterization, Pipeline, PipelineBuilder,
+    Registry, Result, Retarget, ScoreModel, Solver, State,
 };
 
 use crate::{
@@ -42,19 +42,17 @@ pub struct Fixture<'a> {
     pub target: Target,
 }
 
-/// The pipeline every contract runs: `solver` on `sde`, reading `model` through `param`, on
-/// `on`, seeded with the run seed. Callers add only what differs (steps, grid, chunking,
-/// noise).
+/// The pipeline every contract runs: `solver` on `sde`, reading `model` (the oracle in some
+/// target) through its target, on `on`, seeded with the run seed. Callers add only what
+/// differs (steps, grid, chunking, noise).
 pub(crate) fn pipeline(
     sde: &Arc<dyn ForwardSde>,
-    param: Arc<dyn Parameterization>,
     model: Arc<dyn ScoreModel>,
     solver: &Arc<dyn Solver>,
     on: &Target,
 ) -> PipelineBuilder {
     Pipeline::builder()
         .sde(sde.clone())
-        .param(param)
         .model(model)
         .solver(solver.clone())
         .seed(RUN_SEED)
@@ -72,7 +70,8 @@ impl<'a> Fixture<'a> {
         }
     }
 
-    /// The oracle of `spec` on `on`, reporting through `param`.
+    /// The oracle of `spec` on `on`, reporting in `param`'s target (the oracle predicts the
+    /// score; [`Retarget`] writes it in any target, so every conversion runs on an exact answer).
     pub(crate) fn oracle(
         &self,
         spec: &MixtureSpec,
@@ -80,12 +79,17 @@ impl<'a> Fixture<'a> {
         param: Arc<dyn Parameterization>,
     ) -> Result<Arc<dyn ScoreModel>> {
         let ctx = ModelContext {
-            param,
             device: on.device.clone(),
             dtype: on.dtype,
         };
-        self.registry
-            .model("gmm_oracle", &spec.oracle_params(), &ctx)
+        let oracle = self
+            .registry
+            .model("gmm_oracle", &spec.oracle_params(), &ctx)?;
+        let to = ParamEntry {
+            name: "the run parameterization",
+            plugin: param,
+        };
+        Ok(Arc::new(Retarget::new(oracle, to)?))
     }
 
     /// [`pipeline`] of `solver` on `sde` reading the oracle of `spec` through the run
@@ -109,8 +113,8 @@ impl<'a> Fixture<'a> {
         spec: &MixtureSpec,
         on: &Target,
     ) -> Result<PipelineBuilder> {
-        let model = self.oracle(spec, on, param.clone())?;
-        Ok(pipeline(sde, param, model, solver, on))
+        let model = self.oracle(spec, on, param)?;
+        Ok(pipeline(sde, model, solver, on))
     }
 
     /// The RK4 reference endpoints of the paired comparison on `spec` under `sde` (named

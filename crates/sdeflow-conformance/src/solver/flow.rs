@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use sdeflow_kernel::{ForwardSde, GridKind, Parameterization, Result, ScoreModel, Solver, State};
+use sdeflow_kernel::{ForwardSde, GridKind, Result, ScoreModel, Solver, State};
 
 use super::{
     Case,
@@ -29,7 +29,6 @@ pub fn exact_flow_error(
     sde: &Arc<dyn ForwardSde>,
     solver: &Arc<dyn Solver>,
     model: Arc<dyn ScoreModel>,
-    param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
     target: &Target,
@@ -47,7 +46,7 @@ pub fn exact_flow_error(
         (FLOW_STARTS.len(), d),
         &Device::Cpu,
     )?)?;
-    let out = pipeline(sde, param, model, solver, target)
+    let out = pipeline(sde, model, solver, target)
         .steps(steps)
         .grid(grid)
         .chunk_rows(None)
@@ -77,10 +76,7 @@ pub(crate) fn flow_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<
         let model = fixture.oracle(&single_gaussian(), on, fixture.param.clone())?;
         ORDER_STEPS
             .iter()
-            .map(|&n| {
-                let param = fixture.param.clone();
-                exact_flow_error(sde, solver, model.clone(), param, grid, n, on)
-            })
+            .map(|&n| exact_flow_error(sde, solver, model.clone(), grid, n, on))
             .collect()
     };
     let fit = OrderFit::tail(claim, "the pathwise error");

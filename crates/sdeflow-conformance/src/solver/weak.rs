@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Denoiser, ForwardSde, GridKind, Parameterization, Result, RunContext, ScoreModel, Solver,
-    State, StepSpan, TimeCoefs, bail,
+    Denoiser, ForwardSde, GridKind, Result, RunContext, ScoreModel, Solver, State, StepSpan,
+    TimeCoefs, bail,
     noise::{ConstantNoise, NoiseRequest, NoiseSource},
 };
 
@@ -49,7 +49,6 @@ fn propagate_exactly(
     sde: &dyn ForwardSde,
     solver: &dyn Solver,
     model: Arc<dyn ScoreModel>,
-    param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
     target: &Target,
@@ -57,7 +56,7 @@ fn propagate_exactly(
     let law = single_law();
     let d = law.mean.len();
     let times = grid.times(sde, steps)?;
-    let denoiser = Denoiser::new(model, param, None, None);
+    let denoiser = Denoiser::of(model, None, None)?;
     let zero = ConstantNoise(0.0);
     let probe = target.put(&Tensor::from_vec(
         [vec![0.0; d], vec![1.0; d]].concat(),
@@ -120,12 +119,11 @@ pub fn exact_weak_error(
     sde: &dyn ForwardSde,
     solver: &dyn Solver,
     model: Arc<dyn ScoreModel>,
-    param: Arc<dyn Parameterization>,
     grid: GridKind,
     steps: usize,
     target: &Target,
 ) -> Result<f64> {
-    let (mean, var, c) = propagate_exactly(sde, solver, model, param, grid, steps, target)?;
+    let (mean, var, c) = propagate_exactly(sde, solver, model, grid, steps, target)?;
     Ok(single_law().w2_to_marginal(&mean, &var, &c))
 }
 
@@ -153,17 +151,7 @@ pub(crate) fn weak_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<
         let model = fixture.oracle(&single_gaussian(), on, fixture.param.clone())?;
         ORDER_STEPS
             .iter()
-            .map(|&n| {
-                exact_weak_error(
-                    sde,
-                    solver,
-                    model.clone(),
-                    fixture.param.clone(),
-                    claims.natural_grid,
-                    n,
-                    on,
-                )
-            })
+            .map(|&n| exact_weak_error(sde, solver, model.clone(), claims.natural_grid, n, on))
             .collect()
     };
     let fit = OrderFit::tail(claim, "the weak error");
@@ -239,17 +227,7 @@ pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>
         let model = fixture.oracle(&single_gaussian(), &fixture.target, fixture.param.clone())?;
         [256, 1024, 4096]
             .iter()
-            .map(|&n| {
-                exact_weak_error(
-                    &stopped,
-                    solver,
-                    model.clone(),
-                    fixture.param.clone(),
-                    grid,
-                    n,
-                    &fixture.target,
-                )
-            })
+            .map(|&n| exact_weak_error(&stopped, solver, model.clone(), grid, n, &fixture.target))
             .collect()
     };
     match run() {

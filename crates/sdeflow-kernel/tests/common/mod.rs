@@ -17,8 +17,9 @@ use std::{
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module};
 use sdeflow_kernel::{
-    Discretization, Equation, ForwardSde, GridKind, Order, Parameterization, Result, ScoreModel,
-    Solver, SolverClaims, State, Step, StepContext, TimeCoefs, convert,
+    At, Discretization, Equation, ForwardSde, GridKind, Lin, Order, Parameterization, PerRow,
+    Result, ScoreModel, Solver, SolverClaims, State, Step, StepContext, TargetLin, TimeCoefs,
+    convert,
     noise::{NoiseRequest, NoiseSource},
     ops::{lin2, lin3},
     testing::Ou,
@@ -167,27 +168,26 @@ fn default_t_of_log_snr(sde: &ExpSde, lambda: f64) -> f64 {
     DefaultInverse(sde).t_of_log_snr(lambda)
 }
 
-/// v-prediction (Salimans & Ho 2022), MATH.md §3 last row, written only through `to_eps` and
-/// `from_eps` so that the trait's provided `to_x0`/`to_score` are what a test exercises:
-/// v = α ε − σ x₀, ε̂ = (σ x + α v)/(α² + σ²), and from x = α x₀ + σ ε,
-/// v = ((α² + σ²) ε − σ x)/α. ‖v̂ − v‖ = ((α² + σ²)/α) ‖ε̂ − ε‖ (MATH.md §4).
+/// v-prediction (Salimans & Ho 2022), MATH.md §3 last row, stated only through its ε̂ pair
+/// and its target so that the kernel's default x̂₀ pair and loss scale are what a test
+/// exercises: v = α ε − σ x₀, ε̂ = (σ x + α v)/(α² + σ²). ‖v̂ − v‖ = ((α² + σ²)/α) ‖ε̂ − ε‖
+/// (MATH.md §4).
 #[derive(Debug, Clone, Copy)]
 pub struct VParam;
 
 impl Parameterization for VParam {
-    fn target(&self, x0: &Tensor, eps: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        lin2(c.alpha, eps, -c.sigma, x0)
-    }
-    fn to_eps(&self, out: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
+    fn eps(&self, c: &TimeCoefs) -> Lin {
         let n = c.alpha * c.alpha + c.sigma * c.sigma;
-        lin2(c.sigma / n, x, c.alpha / n, out)
+        Lin {
+            out: c.alpha / n,
+            x: c.sigma / n,
+        }
     }
-    fn from_eps(&self, eps: &Tensor, x: &Tensor, c: &TimeCoefs) -> Result<Tensor> {
-        let n = c.alpha * c.alpha + c.sigma * c.sigma;
-        lin2(n / c.alpha, eps, -c.sigma / c.alpha, x)
-    }
-    fn eps_loss_scale(&self, c: &TimeCoefs) -> f64 {
-        (c.alpha * c.alpha + c.sigma * c.sigma) / c.alpha
+    fn target(&self, c: &TimeCoefs) -> TargetLin {
+        TargetLin {
+            x0: -c.sigma,
+            eps: c.alpha,
+        }
     }
 }
 
@@ -205,13 +205,14 @@ impl ScoreModel for GaussianEps {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.mean.len()]
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
+        let c = at.call("GaussianEps")?;
         let var = c.alpha * c.alpha * self.std * self.std + c.sigma * c.sigma;
         let m = Tensor::new(self.mean.as_slice(), x.device())?
             .to_dtype(x.dtype())?
             .affine(c.alpha, 0.0)?;
         let score = x.broadcast_sub(&m)?.affine(-1.0 / var, 0.0)?;
-        convert::eps_from_score(&score, c)
+        convert::eps_from_score(&score, &at.time)
     }
     fn rows_independent(&self) -> bool {
         true
@@ -275,9 +276,15 @@ impl ScoreModel for LinearEps {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.dim]
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let t = Tensor::full(c.t, (n, 1), x.device())?.to_dtype(x.dtype())?;
+        let t = match &at.time {
+            PerRow::Call(c) => Tensor::full(c.t, (n, 1), x.device())?.to_dtype(x.dtype())?,
+            time => time
+                .map(|c| c.t)
+                .column(2, x.dtype(), x.device())?
+                .expect("per-row times"),
+        };
         let h = self.l1.forward(&Tensor::cat(&[x, &t], 1)?)?.tanh()?;
         Ok(self.l2.forward(&h)?)
     }
@@ -296,8 +303,8 @@ impl ScoreModel for BreaksBelow {
     fn sample_shape(&self) -> Vec<usize> {
         vec![2]
     }
-    fn forward(&self, x: &Tensor, c: &TimeCoefs, _cond: Option<&Tensor>) -> Result<Tensor> {
-        if c.t < self.below_t {
+    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
+        if at.call("BreaksBelow")?.t < self.below_t {
             Ok(Tensor::full(self.value, x.shape(), x.device())?.to_dtype(x.dtype())?)
         } else {
             Ok(x.zeros_like()?)
@@ -323,7 +330,7 @@ impl ScoreModel for RecordingModel {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.dim]
     }
-    fn forward(&self, x: &Tensor, _c: &TimeCoefs, cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
         self.calls.lock().expect("lock").push(x.dim(0)?);
         match cond {
             Some(cond) => Ok((x + cond)?),
