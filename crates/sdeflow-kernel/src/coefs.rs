@@ -258,3 +258,63 @@ impl From<Rows<TimeCoefs>> for Time {
         Self::Rows(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    fn c(t: f64) -> TimeCoefs {
+        TimeCoefs {
+            t,
+            alpha: 1.0,
+            sigma: t,
+            f: 0.0,
+            g2: 2.0 * t,
+            lambda: -t.ln(),
+        }
+    }
+
+    /// Narrowing keeps the window, padding repeats the last row, a window past the end is a
+    /// shape error, and a per-call value is every row's.
+    #[test]
+    fn per_row_values_narrow_and_pad() -> crate::Result<()> {
+        let rows: Time = PerRow::Rows(Rows::new(vec![c(0.1), c(0.2), c(0.3), c(0.4)]));
+        let mid = rows.narrow(1, 2)?;
+        assert_eq!(mid.rows(), Some(2));
+        let ts = |p: &Time| match p {
+            PerRow::Rows(r) => r.values().iter().map(|c| c.t).collect::<Vec<_>>(),
+            PerRow::Call(c) => vec![c.t],
+        };
+        assert_eq!(ts(&mid), vec![0.2, 0.3]);
+        assert_eq!(ts(&mid.padded(2)), vec![0.2, 0.3, 0.3, 0.3]);
+        assert!(rows.narrow(3, 2).is_err());
+        assert!(rows.expect_rows(5, "x").is_err());
+        let call: Time = c(0.5).into();
+        assert_eq!(call.narrow(7, 9)?, call);
+        assert_eq!(call.padded(3), call);
+        assert!(call.expect_rows(123, "x").is_ok());
+        Ok(())
+    }
+
+    /// A per-row column is [n, 1, …, 1] of the requested rank and dtype; per call there is none.
+    #[test]
+    fn columns_broadcast_over_samples() -> crate::Result<()> {
+        let rows: Time = PerRow::Rows(Rows::new(vec![c(0.5), c(2.0)]));
+        let col = rows
+            .map(|c| c.sigma)
+            .column(4, DType::F32, &Device::Cpu)?
+            .expect("rows");
+        assert_eq!(col.dims(), &[2, 1, 1, 1]);
+        assert_eq!(col.dtype(), DType::F32);
+        assert_eq!(col.flatten_all()?.to_vec1::<f32>()?, vec![0.5, 2.0]);
+        let call: Time = c(0.5).into();
+        assert!(
+            call.map(|c| c.t)
+                .column(2, DType::F64, &Device::Cpu)?
+                .is_none()
+        );
+        Ok(())
+    }
+}

@@ -244,3 +244,32 @@ fn the_gradient_reaches_every_weight() -> Result<()> {
     }
     Ok(())
 }
+
+/// A batch's labels reach the model with its rows (`cond`, chunked with them), and a label
+/// tensor whose row count is not the batch's is an error.
+#[test]
+fn labels_travel_with_the_batch() -> Result<()> {
+    let model = Arc::new(common::RecordingModel {
+        independent: false,
+        dim: 2,
+        ..Default::default()
+    });
+    let d = Denoiser::new(model.clone(), Arc::new(EpsParam), Some(16), None);
+    let loss = dsm(Simple);
+    let n = 40;
+    let x0 = data(&Gaussian::default(), n)?;
+    let draws = loss.draw(6, 0, 0, n, &[2], DType::F64, &Device::Cpu)?;
+    let none = host(&loss.row_losses(&d, &x0, None, &draws)?)?;
+    let zeros = Tensor::zeros((n, 2), DType::F64, &Device::Cpu)?;
+    assert_eq!(
+        host(&loss.row_losses(&d, &x0, Some(&zeros), &draws)?)?,
+        none
+    );
+    let ones = zeros.ones_like()?;
+    assert_ne!(host(&loss.row_losses(&d, &x0, Some(&ones), &draws)?)?, none);
+    // Three padded chunks of 16 rows per evaluation.
+    assert!(model.calls.lock().expect("lock").iter().all(|&r| r == 16));
+    let short = Tensor::zeros((n - 1, 2), DType::F64, &Device::Cpu)?;
+    assert!(loss.row_losses(&d, &x0, Some(&short), &draws).is_err());
+    Ok(())
+}

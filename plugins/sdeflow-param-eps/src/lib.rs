@@ -5,6 +5,10 @@
 //! kernel's conversions. The training target is ε and ‖ε̂ − ε‖ is the loss itself, so the loss
 //! scale k(t) = 1 (MATH.md §4).
 //!
+//! The plugin states these as coefficient pairs (MATH.md §9: ε̂ and x̂₀ as a·out + b·x, the
+//! target as c·x₀ + d·ε); the kernel applies them per call or per row, and derives ŝ, the
+//! inverse map and the loss scale k = 1/|a| from the ε̂ pair.
+//!
 //! # Parameters
 //! None: `eps()`.
 //!

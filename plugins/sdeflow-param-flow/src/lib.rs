@@ -9,13 +9,18 @@
 //!   by α. With ŝ = −ε̂/σ this is û = f x − ½ g² ŝ = F, the PF-ODE drift (MATH.md §2, §3);
 //! - to ε̂: with D = α σ′ − σ α′ = α g²/(2σ) = α k, ε̂ = (α û − α′ x)/D = (û − f x)/k (α
 //!   cancels); x̂₀ = (σ′ x − σ û)/D, read from û directly rather than through ε̂;
-//!   ŝ = −ε̂/σ through the kernel's `convert`;
+//!   ŝ = −ε̂/σ derived by the kernel;
 //! - at α = 0 (|α| ≤ ε_mach σ, where x/σ equals ε to within α|x₀|/σ): ε̂ = x/σ and
 //!   x̂₀ = (û − σ′ ε̂)/α′. That x̂₀ is finite only where the coefficients give a finite α′ = f α
 //!   ≠ 0; at an SDE's own α = 0 (linear_flow at t = 1) f α is 0·∞ and x̂₀ is NaN, which the
 //!   kernel's finiteness check reports.
 //!
 //! At a fixed x, û − u = k (ε̂ − ε), so the loss scale is k(t) = g²/(2σ) (MATH.md §4).
+//!
+//! The plugin states these as coefficient pairs (MATH.md §9: ε̂ and x̂₀ as a·out + b·x, the
+//! target as c·x₀ + d·ε); the kernel applies them per call or per row, and derives ŝ, the
+//! inverse map and the loss scale k = 1/|a| from the ε̂ pair (the flow states k itself, which stays
+//! finite where a = 0).
 //!
 //! # Parameters
 //! None: `flow()`.

@@ -2,9 +2,13 @@
 //!
 //! # Formula
 //! MATH.md §3, third row: the output is ŝ; ε̂ = −σ ŝ, x̂₀ = (x + σ² ŝ)/α (through ε̂ and the
-//! kernel's `convert`), and the inverse map from ε̂ is ŝ = −ε̂/σ. The training target is the
+//! kernel's default x̂₀ pair), and the inverse map from ε̂ is ŝ = −ε̂/σ. The training target is the
 //! conditional score ∇ log p(x_t | x₀) = −ε/σ, and since ŝ − s = −(ε̂ − ε)/σ the loss scale is
 //! k(t) = 1/σ (MATH.md §4: ‖ŝ − s‖² = ‖ε̂ − ε‖²/σ²).
+//!
+//! The plugin states these as coefficient pairs (MATH.md §9: ε̂ and x̂₀ as a·out + b·x, the
+//! target as c·x₀ + d·ε); the kernel applies them per call or per row, and derives ŝ, the
+//! inverse map and the loss scale k = 1/|a| from the ε̂ pair.
 //!
 //! # Parameters
 //! None: `score()`.

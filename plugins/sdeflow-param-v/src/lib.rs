@@ -3,10 +3,14 @@
 //! # Formula
 //! MATH.md §3, fourth row, with n = α² + σ² (n = 1 only on VP-type SDEs; nothing here assumes
 //! it): from x = α x₀ + σ ε and v = α ε − σ x₀,
-//! ε̂ = (σ x + α v̂)/n, x̂₀ = (α x − σ v̂)/n, ŝ = −ε̂/σ (the kernel's `convert`),
+//! ε̂ = (σ x + α v̂)/n, x̂₀ = (α x − σ v̂)/n, ŝ = −ε̂/σ (derived by the kernel),
 //! and the inverse map v̂ = α ε̂ − σ x̂₀(ε̂) = (n ε̂ − σ x)/α. The training target is α ε − σ x₀.
 //! At a fixed x, v̂ − v = (α + σ²/α)(ε̂ − ε), so the loss scale is k(t) = n/α
 //! (MATH.md §4: ‖v̂ − v‖² = ((α² + σ²)/α)² ‖ε̂ − ε‖²).
+//!
+//! The plugin states these as coefficient pairs (MATH.md §9: ε̂ and x̂₀ as a·out + b·x, the
+//! target as c·x₀ + d·ε); the kernel applies them per call or per row, and derives ŝ, the
+//! inverse map and the loss scale k = 1/|a| from the ε̂ pair.
 //!
 //! # Parameters
 //! None: `v()`.

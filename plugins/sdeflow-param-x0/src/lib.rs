@@ -2,9 +2,13 @@
 //!
 //! # Formula
 //! MATH.md §3, second row: the output is x̂₀; ε̂ = (x − α x̂₀)/σ, ŝ = −ε̂/σ = −(x − α x̂₀)/σ²,
-//! and the inverse map from ε̂ is x̂₀ = (x − σ ε̂)/α, all through the kernel's `convert`. The
+//! and the inverse map from ε̂ is x̂₀ = (x − σ ε̂)/α, all derived by the kernel from the ε̂ pair. The
 //! training target is x₀, and since x̂₀ − x₀ = −(σ/α)(ε̂ − ε) at a fixed x, the loss scale is
 //! k(t) = σ/α = σ̃ (MATH.md §4: ‖x̂₀ − x₀‖² = (σ/α)² ‖ε̂ − ε‖²).
+//!
+//! The plugin states these as coefficient pairs (MATH.md §9: ε̂ and x̂₀ as a·out + b·x, the
+//! target as c·x₀ + d·ε); the kernel applies them per call or per row, and derives ŝ, the
+//! inverse map and the loss scale k = 1/|a| from the ε̂ pair.
 //!
 //! # Parameters
 //! None: `x0()`.
