@@ -35,7 +35,7 @@ register_solver!(
     |_: Params| RkSolver::new(&RALSTON, 250)
 );
 
-const CONFIG: &str = "(sde: vp(), param: eps(), solver: ralston(), samples: 2000, dtype: f64,
+const CONFIG: &str = "(sde: vp(), solver: ralston(), samples: 2000, dtype: f64,
     model: gmm_oracle(weights: [0.5, 0.5], means: [[-2.0, 0.0], [2.0, 0.0]],
                       covariances: [isotropic(0.3), isotropic(0.3)]))";
 

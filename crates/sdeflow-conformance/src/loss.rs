@@ -178,15 +178,6 @@ pub fn closed_form(
     }
 }
 
-/// Interior times of `sde`, clear of α = 0 and σ = 0.
-fn interior(sde: &dyn ForwardSde) -> Vec<TimeCoefs> {
-    let (a, b) = (sde.t_eps(), sde.t_max());
-    [0.1, 0.5, 0.9]
-        .iter()
-        .map(|u| sde.coefs(a + (b - a) * u))
-        .collect()
-}
-
 /// The worst relative gap between the loss of the oracle written in `p`'s target and in its
 /// own, under `w`, over `sdes`, on the ring with per-row draws from `w`'s density.
 fn equal_losses(
@@ -240,7 +231,7 @@ fn per_row_agrees(
     };
     let mut worst: f64 = 0.0;
     for (_, sde) in sdes {
-        for c in interior(&**sde) {
+        for c in crate::param::interior(&**sde) {
             let call = Time::Call(c);
             let rows = Time::Rows(Rows::new(vec![c; ROWS]));
             let x = convert::noisy(&x0, &eps, &call)?;

@@ -45,7 +45,7 @@ fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 /// Interior coefficients of `sde`, clear of α = 0 and σ = 0.
-fn interior(sde: &dyn ForwardSde) -> Vec<TimeCoefs> {
+pub(crate) fn interior(sde: &dyn ForwardSde) -> Vec<TimeCoefs> {
     let (a, b) = (sde.t_eps(), sde.t_max());
     (1..10)
         .map(|i| sde.coefs(a + (b - a) * i as f64 / 10.0))
