@@ -131,21 +131,16 @@ impl Dsm {
         let out = denoiser.eval_cond(&x, time, cond)?.output().clone();
         let param = denoiser.param();
         let target = param.target_of(x0, &draws.eps, time)?;
-        let factor = time.map(|c| {
-            let k = param.eps_loss_scale(c);
-            self.weighting.eps_weight(c) / (k * k)
-        });
         let n = x0.dim(0)?;
         let sq = (out - target)?.sqr()?.reshape((n, ()))?.sum(1)?;
-        Ok(match factor {
-            PerRow::Call(f) => sq.affine(f, 0.0)?,
-            rows => {
-                let col = rows
-                    .column(1, sq.dtype(), sq.device())?
-                    .ok_or_else(|| crate::Error::Msg("per-row factors without rows".into()))?;
-                (sq * col)?
-            }
-        })
+        crate::param::scale(
+            time,
+            |c| {
+                let k = param.eps_loss_scale(c);
+                self.weighting.eps_weight(c) / (k * k)
+            },
+            &sq,
+        )
     }
 
     /// The loss L = mean of [`row_losses`](Self::row_losses): the scalar a training step

@@ -118,7 +118,7 @@ fn apply(time: &Time, lin: impl Fn(&TimeCoefs) -> Lin, u: &Tensor, x: &Tensor) -
 }
 
 /// Scales `x` by `f(c)` per call or per row (identity where `f` is 1 for a call).
-fn scale(time: &Time, f: impl Fn(&TimeCoefs) -> f64, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn scale(time: &Time, f: impl Fn(&TimeCoefs) -> f64, x: &Tensor) -> Result<Tensor> {
     match time {
         PerRow::Call(c) => {
             let s = f(c);

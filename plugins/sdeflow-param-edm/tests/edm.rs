@@ -3,10 +3,10 @@
 //! c_out F(c_in x̃; c_noise) must be the x̂₀ the kernel reads, for any (α, σ); the network's
 //! input has unit variance when the data has variance σ_d²; bad σ_d is refused.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
     Conversions, Error, Parameterization, Registry, Result, Time, TimeCoefs, convert,
-    noise::{Stream, philox_key, philox_normal_tensor},
+    testing::normals,
 };
 use sdeflow_param_edm::{Edm, Params};
 
@@ -30,18 +30,6 @@ fn all_coefs() -> Vec<TimeCoefs> {
         coefs(0.6, 0.8),
         coefs(0.9, 3.0),
     ]
-}
-
-fn normals(seed: u64, rows: usize, cols: usize) -> Result<Tensor> {
-    philox_normal_tensor(
-        philox_key(seed, Stream::Exact),
-        0,
-        rows,
-        cols,
-        0,
-        DType::F64,
-        &Device::Cpu,
-    )
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> Result<f64> {
