@@ -11,8 +11,8 @@ use std::{
 
 use candle_core::{Device, Tensor};
 use sdeflow_kernel::{
-    ForwardSde, GridKind, ModelContext, ParamEntry, Parameterization, Pipeline, PipelineBuilder,
-    Registry, Result, Retarget, ScoreModel, Solver, State,
+    ForwardSde, GridKind, ParamEntry, Parameterization, Pipeline, PipelineBuilder, Registry,
+    Result, Retarget, ScoreModel, Solver, State,
 };
 
 use crate::{
@@ -78,13 +78,7 @@ impl<'a> Fixture<'a> {
         on: &Target,
         param: Arc<dyn Parameterization>,
     ) -> Result<Arc<dyn ScoreModel>> {
-        let ctx = ModelContext {
-            device: on.device.clone(),
-            dtype: on.dtype,
-        };
-        let oracle = self
-            .registry
-            .model("gmm_oracle", &spec.oracle_params(), &ctx)?;
+        let oracle = crate::loss::oracle(self.registry, spec, on)?;
         let to = ParamEntry {
             name: "the run parameterization",
             plugin: param,
