@@ -10,10 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F64,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F64);
     let sde = registry.sde("vp", "()")?;
     let spec = ring();
     let pipeline = Pipeline::builder()

@@ -33,10 +33,7 @@ fn main() -> Result<()> {
     let sde = registry.sde("vp", "()")?;
     let spec = ring();
     let mixture = spec.mixture()?;
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F64,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F64);
     let model = registry.model("gmm_oracle", &spec.oracle_params(), &ctx)?;
     let (ct, ce) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
     let start = |n: usize| -> Result<Tensor> {

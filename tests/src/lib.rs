@@ -12,10 +12,7 @@ pub fn registry() -> Result<&'static Registry> {
 /// A builder for VP + the `ring` oracle (read as the score it predicts) + `solver`, in f32 on the CPU.
 pub fn ring_pipeline(solver: &str, steps: usize, seed: u64) -> Result<PipelineBuilder> {
     let r = registry()?;
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F32);
     Ok(Pipeline::builder()
         .sde(r.sde("vp", "()")?)
         .model(r.model("gmm_oracle", &ring().oracle_params(), &ctx)?)

@@ -58,7 +58,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("    steps: 10,", "    stpes: 10,"),
             "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
-             dtype, seed, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs\n",
+             dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs\n",
         ),
         (
             edited("sde: vp()", "sde: vp(beta_mn: 0.2)"),
@@ -121,6 +121,33 @@ fn golden_error_messages() -> Result<()> {
             ),
             "error: bad.ron:3:5: missing field `param`: `mlp` learns the target `param:` names; add one of \
              `param: edm()`, `param: eps()`, `param: flow()`, `param: score()`, `param: v()`, `param: x0()`\n",
+        ),
+        (
+            edited("    sde: vp(),", "    sde: vp(),\n    data: mnist(),"),
+            "error: bad.ron:3:11: unknown data plugin `mnist`; registered data plugins: checkerboard, digits, gmm, \
+             idx, moons, npy, spirals, swiss_roll\n",
+        ),
+        (
+            edited("    sde: vp(),", "    sde: vp(),\n    data: gmm(),"),
+            "error: bad.ron:5:23: gmm_oracle: invalid `weights`: the mixture is named twice: the oracle reads the \
+             law of `data: gmm(...)`; write `model: gmm_oracle()`\n",
+        ),
+        (
+            "(\n    sde: vp(),\n    model: gmm_oracle(),\n    solver: euler(),\n)\n".into(),
+            "error: bad.ron:3:23: gmm_oracle: invalid `weights`: no mixture: write `data: gmm(weights: ..., \
+             means: ..., covariances: ...)` and `model: gmm_oracle()`, or give the mixture here\n",
+        ),
+        (
+            "(\n    sde: vp(),\n    data: moons(),\n    model: gmm_oracle(),\n    solver: euler(),\n)\n".into(),
+            "error: bad.ron:4:23: gmm_oracle: invalid `weights`: the config's data has no exact law to read; use \
+             `data: gmm(...)` (a Gaussian mixture), or a trained model\n",
+        ),
+        (
+            "(\n    sde: vp(),\n    data: gmm(means: [[0.0, 0.0, 0.0]]),\n    param: eps(),\n    \
+             model: mlp(hidden: 8, layers: 1, embed_dim: 4),\n    solver: euler(),\n)\n"
+                .into(),
+            "error: bad.ron:5:5: invalid `model`: `mlp` takes rows of shape [2] but data `gmm` has rows of shape [3]; \
+             make the model's shape match the data\n",
         ),
     ];
     for (text, golden) in cases {
@@ -316,5 +343,71 @@ fn the_readme_plugin_table_is_current() -> Result<()> {
         table,
         "README's plugin table is stale: paste `sdeflow list --markdown` between its markers"
     );
+    Ok(())
+}
+
+/// The PNG's width and height, read from its IHDR chunk (bytes 16..24).
+fn png_size(path: &std::path::Path) -> Result<(u32, u32)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Msg(e.to_string()))?;
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{path:?} is not a PNG"
+    );
+    let be =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    Ok((be(16), be(20)))
+}
+
+/// `check` prints the config's data (shape, size, split, labels, range, levels) and draws it:
+/// 2-D rows as a scatter; images as a grid (here the 64 first digits, 8 to a line, each
+/// 8 × 8 image scaled 8× with a 2-pixel border: 8 · (64 + 2) + 2 = 530 pixels a side). A
+/// config without data has nothing to draw.
+#[test]
+fn check_prints_and_draws_the_data() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-cli-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Msg(e.to_string()))?;
+    let config = dir.join("moons.ron");
+    std::fs::write(
+        &config,
+        "(\n    sde: vp(),\n    data: moons(noise: 0.1),\n    param: eps(),\n    model: mlp(hidden: 8, layers: 1, embed_dim: 4),\n    solver: euler(),\n)\n",
+    )
+    .map_err(|e| Error::Msg(e.to_string()))?;
+    let png = dir.join("moons.png");
+    let (code, out, err) = run(&[
+        "check",
+        config.to_str().unwrap_or_default(),
+        "--data-png",
+        png.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("data    moons: rows of shape [2], unbounded draws (train and held-out: independent streams), 2 classes"),
+        "{out}"
+    );
+    let (w, h) = png_size(&png)?;
+    assert!(w >= 600 && h >= 600, "{w} × {h}");
+
+    let digits = sdeflow_tests::registry()?.data("digits", "()")?;
+    let text = sdeflow_cli::plan::data_text("digits", &digits);
+    assert_eq!(
+        text,
+        "digits: rows of shape [1, 8, 8], 1797 stored rows (1617 train, 180 held out, fixed), 10 classes, \
+         values in [-1, 1], 17 levels (bits/dim offset 3.0875)"
+    );
+    let grid = dir.join("digits.png");
+    sdeflow_cli::plan::draw_data("digits", &digits, 0, &grid)?;
+    assert_eq!(png_size(&grid)?, (530, 530));
+
+    let no_data = dir.join("no-data.ron");
+    std::fs::write(&no_data, BASE).map_err(|e| Error::Msg(e.to_string()))?;
+    let (code, _, err) = run(&[
+        "check",
+        no_data.to_str().unwrap_or_default(),
+        "--data-png",
+        dir.join("none.png").to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("names no `data:` to draw"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

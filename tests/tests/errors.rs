@@ -66,10 +66,7 @@ fn an_invalid_value_names_plugin_field_and_reason() -> Result<()> {
 #[test]
 fn an_invalid_mixture_is_rejected() -> Result<()> {
     let r = registry()?;
-    let ctx = sdeflow_kernel::ModelContext {
-        device: candle_core::Device::Cpu,
-        dtype: candle_core::DType::F32,
-    };
+    let ctx = sdeflow_kernel::ModelContext::new(candle_core::Device::Cpu, candle_core::DType::F32);
     let bad_weights = "(weights: [0.7, 0.7], means: [[0.0], [1.0]], covariances: [isotropic(1.0), isotropic(1.0)])";
     let err = r
         .model("gmm_oracle", bad_weights, &ctx)

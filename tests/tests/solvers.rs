@@ -17,10 +17,7 @@ use sdeflow_kernel::{GridKind, ModelContext, Pipeline, Result, State};
 #[test]
 fn ddpm_is_ddim_at_eta_one() -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F64,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F64);
     let spec = ring();
     let model = registry.model("gmm_oracle", &spec.oracle_params(), &ctx)?;
     let gauss = registry.model("gmm_oracle", &single_gaussian().oracle_params(), &ctx)?;

@@ -5,7 +5,8 @@
 //! The templates are working plugins: a solver is Euler's method on the probability-flow ODE
 //! (order 1); an SDE is the variance-preserving SDE with constant β; a parameterization is
 //! ε-prediction; a weighting is the constant one; a model is a linear map of x and the
-//! log-SNR with trainable weights. Each comes with a contract test.
+//! log-SNR with trainable weights; a data source draws points uniform on a square. Each comes
+//! with a contract test.
 
 use std::path::Path;
 
@@ -150,7 +151,12 @@ pub fn new_plugin(root: &Path, kind: &str, name: &str) -> Result<Created, Scaffo
 /// The templates of each kind, sorted by kind, `xtask/templates/<kind>/{lib,test}.rs.template`: (kind, the
 /// crate's `src/lib.rs`, its `tests/<name>.rs`), with `{{name}}`, `{{crate}}`, `{{ident}}`
 /// and `{{Type}}` filled in.
-const TEMPLATES: [(&str, &str, &str); 5] = [
+const TEMPLATES: [(&str, &str, &str); 6] = [
+    (
+        "data",
+        include_str!("../templates/data/lib.rs.template"),
+        include_str!("../templates/data/test.rs.template"),
+    ),
     (
         "model",
         include_str!("../templates/model/lib.rs.template"),

@@ -10,9 +10,10 @@
 //!    `# Claims`, `# References`;
 //! 4. no plugin draws noise itself: a plugin's `src/` never names the noise generators
 //!    (`PhiloxNoise`, `BrownianNoise`, `philox_normal_tensor`, `fill_normals_*`,
-//!    `Stream::Sampling`, candle's `randn`/`rand_like`, the `rand` crate); noise comes from
-//!    `StepContext::standard_normal`, keyed by (seed, sample, draw). (Seeded weight
-//!    initialization through `Stream::Init` is not noise and is allowed.)
+//!    `Stream::Sampling`, candle's `randn`/`rand_like`, the `rand` crate, `RowNoise::new`);
+//!    noise comes from `StepContext::standard_normal`, keyed by (seed, sample, draw), and a
+//!    data source's from the `RowNoise` the kernel hands it, keyed by (seed, split, row).
+//!    (Seeded weight initialization through `Stream::Init` is not noise and is allowed.)
 //! 5. no plugin depends on another plugin (nor dev-depends on `sdeflow-plugins`): a plugin's
 //!    manifest names no `sdeflow-*` crate but `sdeflow-kernel`.
 
@@ -24,7 +25,7 @@ use std::{
 /// One registration, as a plugin's source declares it and the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// `sde`, `param`, `model`, `solver` or `weighting`.
+    /// `data`, `sde`, `param`, `model`, `solver` or `weighting`.
     pub kind: String,
     /// The registered name.
     pub name: String,
@@ -53,7 +54,7 @@ impl fmt::Display for Violation {
 pub const HEADINGS: [&str; 4] = ["# Formula", "# Parameters", "# Claims", "# References"];
 
 /// What a plugin's source must not name (rule 4).
-pub const NOISE_TOKENS: [&str; 9] = [
+pub const NOISE_TOKENS: [&str; 10] = [
     "PhiloxNoise",
     "BrownianNoise",
     "philox_normal_tensor",
@@ -63,6 +64,7 @@ pub const NOISE_TOKENS: [&str; 9] = [
     "randn",
     "rand_like",
     "rand::",
+    "RowNoise::new",
 ];
 
 /// The crate prefix of a plugin kind.
@@ -208,7 +210,7 @@ pub fn check(root: &Path, registrations: &[Registration]) -> Vec<Violation> {
                         rule: 4,
                         place: format!("{}:{}", file.display(), i + 1),
                         message: format!(
-                            "names `{tok}`: a plugin draws noise only through `ctx.standard_normal(state)`, so that samples are keyed by (seed, sample, draw)"
+                            "names `{tok}`: a plugin draws noise only through `ctx.standard_normal(state)` (a data source: the `RowNoise` of `RowRef::Draw`), so that samples are keyed by (seed, sample, draw)"
                         ),
                     });
                 }

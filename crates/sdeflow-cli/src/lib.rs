@@ -51,13 +51,16 @@ enum Command {
         /// KIND/NAME, e.g. `sde/vp`.
         plugin: String,
     },
-    /// Print the plan (grid, t, α, σ, λ per step, NFE) without calling the model.
+    /// Print the plan (data, grid, t, α, σ, λ per step, NFE, loss weights) without calling the model.
     Check {
         /// The config (default: the embedded configs/default.ron).
         file: Option<PathBuf>,
         /// Print every step, not the first and last ten.
         #[arg(long)]
         all: bool,
+        /// Draw the config's data to this PNG (a scatter of 2-D rows, a grid of images).
+        #[arg(long, value_name = "PNG")]
+        data_png: Option<PathBuf>,
     },
     /// Sample and write .npy, a PNG (2-D) and a JSON summary.
     Sample {
@@ -130,9 +133,25 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Describe { plugin } => {
             write!(out, "{}", plan::describe(registry, &plugin)?).map_err(io)
         }
-        Command::Check { file, all } => {
+        Command::Check {
+            file,
+            all,
+            data_png,
+        } => {
             let config = load(registry, file.as_ref(), device_override)?;
-            write!(out, "{}", plan::plan(&config, all)?).map_err(io)
+            write!(out, "{}", plan::plan(&config, all)?).map_err(io)?;
+            if let Some(path) = data_png {
+                let Some(data) = &config.data else {
+                    return Err(Error::invalid(
+                        "check",
+                        "--data-png",
+                        format!("{} names no `data:` to draw", config.file),
+                    ));
+                };
+                plan::draw_data(data.name, &data.plugin, config.seed, &path)?;
+                writeln!(out, "\ndata drawn to {}", path.display()).map_err(io)?;
+            }
+            Ok(())
         }
         Command::Sample { file, out: dir } | Command::Run { file, out: dir } => {
             let config = load(registry, file.as_ref(), device_override)?;

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use sdeflow_kernel::{Config, Dsm, Error, KINDS, Order, Registry, Result, SolverClaims};
+use sdeflow_kernel::{
+    Config, Data, Dsm, Error, KINDS, Order, Registry, Result, SolverClaims, Split,
+};
 
 /// The registered plugins by kind; as a Markdown table with `markdown`.
 pub fn list(registry: &Registry, markdown: bool) -> String {
@@ -111,6 +113,15 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
                 sde.default_grid()
             );
         }
+        "data" => {
+            let _ = match registry.data(name, "()") {
+                Ok(data) => writeln!(s, "\n## At the defaults\n{}", data_text(name, &data)),
+                Err(e) => writeln!(
+                    s,
+                    "\n## At the defaults\nnot buildable without parameters: {e}"
+                ),
+            };
+        }
         _ => {}
     }
     Ok(s)
@@ -131,6 +142,9 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
     let schedule = pipeline.discretization();
     let mut s = String::new();
     let _ = writeln!(s, "config  {}", config.file);
+    if let Some(data) = &config.data {
+        let _ = writeln!(s, "data    {}", data_text(data.name, &data.plugin));
+    }
     let _ = writeln!(
         s,
         "sde     {} (T = {}, t_ε = {:e}, prior N(0, {}² I))",
@@ -213,6 +227,79 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         loss_plan(&mut s, config, &pipeline, w);
     }
     Ok(s)
+}
+
+/// What a data source gives: its shape, size and split, labels, range and levels, and
+/// whether its law is known.
+pub fn data_text(name: &str, data: &Data) -> String {
+    let src = data.source();
+    let size = match (data.len(Split::Train), data.len(Split::Heldout)) {
+        (Some(tr), Some(he)) => {
+            format!("{} stored rows ({tr} train, {he} held out, fixed)", tr + he)
+        }
+        _ => "unbounded draws (train and held-out: independent streams)".into(),
+    };
+    let labels = src
+        .classes()
+        .map_or("no labels".into(), |c| format!("{c} classes"));
+    let range = src.range().map_or("unbounded values".into(), |(lo, hi)| {
+        format!("values in [{lo}, {hi}]")
+    });
+    let levels = data.levels().map_or(String::new(), |l| {
+        format!(
+            ", {} levels (bits/dim offset {:.4})",
+            l.levels,
+            l.bits_offset()
+        )
+    });
+    let law = if src.exact_law().is_some() {
+        ", exact law known"
+    } else if src.moments().is_some() {
+        ", exact moments known"
+    } else {
+        ""
+    };
+    format!(
+        "{name}: rows of shape {:?}, {size}, {labels}, {range}{levels}{law}",
+        data.sample_shape()
+    )
+}
+
+/// Draws `data`'s first train rows (seed `seed`) to `path`: a scatter of 5,000 rows for 2-D
+/// rows, a grid of 64 images for image rows.
+pub fn draw_data(name: &str, data: &Data, seed: u64, path: &std::path::Path) -> Result<()> {
+    let shape = data.sample_shape();
+    let title = format!("data {name}: {}", data_text(name, data));
+    if shape == [2] {
+        let rows = data.batch(Split::Train, seed, 0, 5_000)?;
+        return crate::plot::scatter(
+            path,
+            "train rows",
+            &rows.values,
+            rows.labels.as_deref(),
+            &format!("data {name}"),
+        );
+    }
+    if matches!(shape.len(), 2 | 3) {
+        let rows = data.batch(Split::Train, seed, 0, crate::plot::GRID_ROWS)?;
+        let range = data.source().range().unwrap_or_else(|| {
+            let lo = rows.values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rows
+                .values
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        });
+        return crate::plot::image_grid(path, &rows.values, &shape, range, 8);
+    }
+    Err(Error::invalid(
+        "check",
+        "--data-png",
+        format!(
+            "cannot draw {title}: only 2-D rows (a scatter) and images ([c, h, w] or [h, w]) are drawn"
+        ),
+    ))
 }
 
 /// The denoising loss a training run of this config minimises: where its t-density puts the

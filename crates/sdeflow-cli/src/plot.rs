@@ -26,6 +26,14 @@ struct Panel {
     name: &'static str,
     points: Vec<(f64, f64)>,
     color: RGBColor,
+    /// One class per point, coloured from a palette instead of `color`.
+    classes: Option<Vec<u32>>,
+}
+
+/// Every `stride`-th label, matching [`points`].
+fn point_classes(labels: &[u32]) -> Vec<u32> {
+    let stride = labels.len().div_ceil(MAX_POINTS).max(1);
+    labels.iter().step_by(stride).copied().collect()
 }
 
 fn points(rows: &[f64]) -> Vec<(f64, f64)> {
@@ -48,18 +56,43 @@ pub fn scatter_beside(
     exact: Option<&[f64]>,
     title: &str,
 ) -> Result<()> {
-    register_font();
     let panels: Vec<Panel> = std::iter::once(Panel {
         name: "samples",
         points: points(samples),
         color: RGBColor(31, 119, 180),
+        classes: None,
     })
     .chain(exact.map(|e| Panel {
         name: "exact p(t_ε)",
         points: points(e),
         color: RGBColor(214, 39, 40),
+        classes: None,
     }))
     .collect();
+    draw_panels(path, &panels, title)
+}
+
+/// Writes one scatter of `rows` (row-major n × 2), its panel called `name`, each point
+/// coloured by its class when `labels` are given.
+pub fn scatter(
+    path: &Path,
+    name: &'static str,
+    rows: &[f64],
+    labels: Option<&[u32]>,
+    title: &str,
+) -> Result<()> {
+    let panel = Panel {
+        name,
+        points: points(rows),
+        color: RGBColor(31, 119, 180),
+        classes: labels.map(point_classes),
+    };
+    draw_panels(path, &[panel], title)
+}
+
+/// Panels side by side on shared axes.
+fn draw_panels(path: &Path, panels: &[Panel], title: &str) -> Result<()> {
+    register_font();
     let all = panels.iter().flat_map(|p| p.points.iter());
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in all {
@@ -86,8 +119,9 @@ pub fn scatter_beside(
                     name,
                     points: pts,
                     color,
+                    classes,
                 },
-            ) in areas.iter().zip(&panels)
+            ) in areas.iter().zip(panels)
             {
                 let mut chart = ChartBuilder::on(area)
                     .caption(format!("{name} ({} shown)", pts.len()), ("sans-serif", 18))
@@ -102,10 +136,13 @@ pub fn scatter_beside(
                     .draw()
                     .map_err(plot_err)?;
                 chart
-                    .draw_series(
-                        pts.iter()
-                            .map(|&(x, y)| Circle::new((x, y), 1, color.mix(0.5).filled())),
-                    )
+                    .draw_series(pts.iter().enumerate().map(|(i, &(x, y))| {
+                        let style = match classes {
+                            Some(c) => Palette99::pick(c[i] as usize).mix(0.6).filled(),
+                            None => color.mix(0.5).filled(),
+                        };
+                        Circle::new((x, y), 1, style)
+                    }))
                     .map_err(plot_err)?;
             }
             root.present().map_err(plot_err)?;
@@ -176,5 +213,71 @@ pub fn paths(path: &Path, frames: &[Vec<f64>], title: &str) -> Result<()> {
             path: tmp.to_path_buf(),
             source,
         })
+    })
+}
+
+/// Rows of an image grid at most.
+pub const GRID_ROWS: usize = 64;
+
+/// Writes the first rows of `values` (each a `[c, h, w]` image, c = 1 or 3, or `[h, w]`) as a
+/// grid of at most [`GRID_ROWS`] images, `cols` to a line, each pixel scaled up so an image is
+/// at least 64 pixels wide, values mapped linearly from `range` to 0–255 (clamped), with a
+/// 2-pixel white border between images.
+pub fn image_grid(
+    path: &Path,
+    values: &[f64],
+    shape: &[usize],
+    range: (f64, f64),
+    cols: usize,
+) -> Result<()> {
+    let (c, h, w) = match *shape {
+        [c @ (1 | 3), h, w] => (c, h, w),
+        [h, w] => (1, h, w),
+        _ => {
+            return Err(Error::Msg(format!(
+                "cannot draw rows of shape {shape:?} as images: use [c, h, w] with c = 1 or 3, or [h, w]"
+            )));
+        }
+    };
+    let d = c * h * w;
+    let n = (values.len() / d).min(GRID_ROWS);
+    if n == 0 {
+        return Err(plot_err("no rows to draw"));
+    }
+    let cols = cols.clamp(1, n);
+    let lines = n.div_ceil(cols);
+    let zoom = 64usize.div_ceil(w).max(1);
+    let (tile_w, tile_h, border) = (w * zoom, h * zoom, 2);
+    let width = cols * (tile_w + border) + border;
+    let height = lines * (tile_h + border) + border;
+    let (lo, hi) = range;
+    let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
+    let byte = |v: f64| ((v - lo) * scale).round().clamp(0.0, 255.0) as u8;
+    let img = image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        let (col, px) = (
+            (x.saturating_sub(border)) / (tile_w + border),
+            x.saturating_sub(border) % (tile_w + border),
+        );
+        let (line, py) = (
+            (y.saturating_sub(border)) / (tile_h + border),
+            y.saturating_sub(border) % (tile_h + border),
+        );
+        let i = line * cols + col;
+        if x < border || y < border || px >= tile_w || py >= tile_h || i >= n {
+            return image::Rgb([255, 255, 255]);
+        }
+        let (r, q) = (py / zoom, px / zoom);
+        let at = |ch: usize| byte(values[i * d + ch * h * w + r * w + q]);
+        if c == 3 {
+            image::Rgb([at(0), at(1), at(2)])
+        } else {
+            let g = at(0);
+            image::Rgb([g, g, g])
+        }
+    });
+    write_atomic(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(plot_err)
     })
 }

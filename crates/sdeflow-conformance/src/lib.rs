@@ -1,13 +1,14 @@
 //! # sdeflow-conformance
 //!
-//! Contract suites that run every registered plugin against exact answers: the SDE
-//! identities, parameterization round trips, the denoising loss, weightings, and solvers'
+//! Contract suites that run every registered plugin against exact answers: data sources'
+//! rows, splits and moments, the SDE identities, parameterization round trips, the denoising loss, weightings, and solvers'
 //! orders, NFE,
 //! finiteness, batch invariance and sliced W2 on the fixed mixtures (DESIGN.md
 //! "Conformance"). A plugin is tested the moment it is registered.
 //!
 //! The crate names no plugin: the binary that calls [`run`] links them (`sdeflow-plugins`).
 
+pub mod data;
 pub mod loss;
 pub mod mixtures;
 pub mod model;
@@ -27,7 +28,9 @@ use std::sync::{
 
 use sdeflow_kernel::{
     ForwardSde, Parameterization, Registry, Weighting,
-    registry::{Kind, ModelKind, ParamKind, Registration, SdeKind, SolverKind, WeightingKind},
+    registry::{
+        DataKind, Kind, ModelKind, ParamKind, Registration, SdeKind, SolverKind, WeightingKind,
+    },
 };
 
 pub use policy::Policy;
@@ -76,7 +79,7 @@ impl Part {
 pub struct Options {
     /// Quick or full.
     pub mode: Mode,
-    /// Only this kind (`sde`, `param`, `solver`, `weighting`, `model`).
+    /// Only this kind (`data`, `sde`, `param`, `solver`, `weighting`, `model`).
     pub kind: Option<String>,
     /// Only this plugin name.
     pub plugin: Option<String>,
@@ -157,6 +160,7 @@ impl Built {
 /// One independent piece of a run, reported on its own.
 #[derive(Debug, Clone, Copy)]
 enum Unit {
+    Data(&'static str),
     Sde(usize),
     Param(usize),
     Weighting(usize),
@@ -169,10 +173,16 @@ enum Unit {
     },
 }
 
-/// The units `opts` selects, in the order of a sequential run: SDEs, parameterizations,
-/// weightings, models, then each solver with its defaults and each registered variant.
+/// The units `opts` selects, in the order of a sequential run: data sources, SDEs,
+/// parameterizations, weightings, models, then each solver with its defaults and each
+/// registered variant.
 fn units(registry: &Registry, built: &Built, opts: &Options) -> Vec<Unit> {
     let mut units = Vec::new();
+    for p in registry.data.all() {
+        if opts.runs(DataKind::NAME, p.info.name) {
+            units.push(Unit::Data(p.info.name));
+        }
+    }
     for (i, (name, _)) in built.sdes.iter().enumerate() {
         if opts.runs(SdeKind::NAME, name) {
             units.push(Unit::Sde(i));
@@ -243,6 +253,7 @@ impl Context<'_> {
         let sdes: Vec<(&str, Arc<dyn ForwardSde>)> =
             built.sdes.iter().map(|(n, s)| (*n, s.clone())).collect();
         match unit {
+            Unit::Data(name) => data::check(&mut report, self.registry, name),
             Unit::Sde(i) => {
                 sde::check(&mut report, named_sdes[i].0, named_sdes[i].1);
                 let (name, sde) = &sdes[i];

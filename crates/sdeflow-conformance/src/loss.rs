@@ -46,10 +46,7 @@ const DELTA: f64 = 0.05;
 
 /// The oracle of `spec` on `on` (it predicts the score).
 pub fn oracle(registry: &Registry, spec: &MixtureSpec, on: &Target) -> Result<Arc<dyn ScoreModel>> {
-    let ctx = ModelContext {
-        device: on.device.clone(),
-        dtype: on.dtype,
-    };
+    let ctx = ModelContext::new(on.device.clone(), on.dtype);
     registry.model("gmm_oracle", &spec.oracle_params(), &ctx)
 }
 

@@ -1,4 +1,5 @@
-//! Score-model contracts (DESIGN.md "Conformance"): output shape equals input shape and is
+//! Score-model contracts (DESIGN.md "Conformance"), each model built with its defaults in a
+//! context whose data is the `ring` mixture: output shape equals input shape and is
 //! finite at batch sizes 1, 7 and 1,030 across the SDE's time range; each row at its own time
 //! gives what a call at that time gives it (per-row time, MATH.md §9); save then load into a
 //! model whose variables were overwritten reproduces the outputs bit for bit; the kernel's
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    At, ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    At, Data, ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, TimeCoefs,
+    data::MixtureData,
     noise::{Stream, philox_key, philox_normal_tensor},
 };
 
@@ -33,9 +35,14 @@ pub fn check(
     target: &Target,
 ) {
     let plugin = format!("model/{name}");
-    let ctx = ModelContext {
-        device: target.device.clone(),
-        dtype: target.dtype,
+    // Built as in a config whose data is the `ring` mixture (an oracle reads its law).
+    let ctx = match crate::mixtures::ring()
+        .mixture()
+        .and_then(|law| MixtureData::new(law, false))
+        .and_then(|d| Data::new(Arc::new(d)))
+    {
+        Ok(data) => ModelContext::new(target.device.clone(), target.dtype).with_data(data),
+        Err(e) => return report.error(&plugin, "builds the ring data", e),
     };
     let build = || registry.model(name, "()", &ctx);
     let model = match build() {

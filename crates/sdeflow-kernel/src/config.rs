@@ -5,9 +5,9 @@
 //! new section a derived sub-struct like [`Outputs`]. Every error keeps the file, line and
 //! column.
 //!
-//! A model is built on the config's device in its dtype, so a first pass reads `device` and
-//! `dtype` (and skips the rest); the second reads everything with the model's context in
-//! scope. What the model predicts is not part of that context: an exact model fixes its own
+//! A model is built on the config's device in its dtype, with the config's data (an oracle
+//! reads its exact law), so a first pass reads `device`, `dtype` and `data` (and skips the
+//! rest); the second reads everything else with the model's context in scope. What the model predicts is not part of that context: an exact model fixes its own
 //! target, a network learns the one `param:` names, and [`Config::parse`] checks that the two
 //! agree.
 
@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::{
     Error, GridKind, ModelContext, Pipeline, PipelineBuilder, Registry, Result,
     de::{Entry, locate_field, ron_options, spanned},
-    registry::{ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
+    registry::{DataKind, ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
 };
 
 /// Where to run: `cpu`, `cuda(N)` or `metal(N)`.
@@ -140,6 +140,10 @@ pub struct Config {
     /// The seed of every draw.
     #[serde(default)]
     pub seed: u64,
+    /// What the model learns from and is evaluated on (read in the first pass, before the
+    /// model: see the module docs).
+    #[serde(default, deserialize_with = "read_in_first_pass")]
+    pub data: Option<Entry<DataKind>>,
     /// The forward SDE.
     pub sde: Entry<SdeKind>,
     /// The parameterization a network learns (and is read in). A model that fixes its own
@@ -230,6 +234,15 @@ struct Prelude {
     device: DeviceSpec,
     #[serde(default)]
     dtype: DTypeSpec,
+    #[serde(default, deserialize_with = "some")]
+    data: Option<Entry<DataKind>>,
+}
+
+/// The second pass skips `data:`, which the first pass built (a file is read once).
+fn read_in_first_pass<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Entry<DataKind>>, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| None)
 }
 
 /// The weighting a config without `weighting:` trains with: DDPM's w_ε = 1.
@@ -260,14 +273,30 @@ impl Config {
             .map_err(at)?;
         let candle_device =
             device(prelude.device).map_err(|e| at_field("device", e.to_string()))?;
-        let ctx = ModelContext {
-            device: candle_device,
-            dtype: prelude.dtype.dtype(),
-        };
+        let mut ctx = ModelContext::new(candle_device, prelude.dtype.dtype());
+        if let Some(data) = &prelude.data {
+            ctx = ctx.with_data(data.plugin.clone());
+        }
         let mut config: Config = registry
             .reading(Some(ctx), || ron_options().from_str(text))
             .map_err(at)?;
         config.file = file.to_string();
+        config.data = prelude.data;
+        if let Some(data) = &config.data {
+            let (model, rows) = (
+                config.model.plugin.sample_shape(),
+                data.plugin.sample_shape(),
+            );
+            if model != rows {
+                return Err(at_field(
+                    "model",
+                    format!(
+                        "invalid `model`: `{}` takes rows of shape {model:?} but data `{}` has rows of shape {rows:?}; make the model's shape match the data",
+                        config.model.name, data.name
+                    ),
+                ));
+            }
+        }
         if config.weighting.is_none() {
             // The default when it is registered (a registry without it has no default).
             config.weighting = registry

@@ -23,8 +23,9 @@ use serde::{
 use crate::{
     Error, ForwardSde, ModelContext, Parameterization, Registry, Result, ScoreModel, Solver,
     Weighting,
+    data::Data,
     registry::{
-        Catalog, ErasedDe, Kind, ModelKind, ParamKind, Registration, SdeKind, SolverKind,
+        Catalog, DataKind, ErasedDe, Kind, ModelKind, ParamKind, Registration, SdeKind, SolverKind,
         WeightingKind,
     },
 };
@@ -142,6 +143,10 @@ impl Registry {
         }
     }
 
+    /// Builds the data source `name` from RON parameters (`"()"` for the defaults).
+    pub fn data(&self, name: &str, params: &str) -> Result<Data> {
+        self.build::<DataKind>(name, params, &())
+    }
     /// Builds the SDE `name` from RON parameters (`"()"` for the defaults).
     pub fn sde(&self, name: &str, params: &str) -> Result<Arc<dyn ForwardSde>> {
         self.build::<SdeKind>(name, params, &())

@@ -18,6 +18,7 @@
 
 pub mod coefs;
 pub mod config;
+pub mod data;
 pub mod de;
 pub mod denoiser;
 pub mod error;
@@ -41,6 +42,7 @@ pub mod weighting;
 
 pub use coefs::{PerRow, Rows, Time, TimeCoefs, Transition};
 pub use config::{Config, DeviceSpec};
+pub use data::{Data, DataSource, Split};
 pub use de::{Entry, SolverRef};
 pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};

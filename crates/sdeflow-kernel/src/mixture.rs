@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
-    noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
+    noise::{RowNoise, Stream, philox_key},
 };
 
 /// A component's covariance.
@@ -345,25 +345,31 @@ impl Marginal {
     }
 
     /// Exact samples `offset..offset + n` of p_t (row-major), keyed by `seed` in the exact
-    /// stream: a component from one uniform, then μ_k + L_k z.
+    /// stream: a component from one uniform, then μ_k + L_k z ([`draw`](Self::draw)).
     pub fn sample(&self, seed: u64, offset: u64, n: usize) -> Vec<f64> {
-        let d = self.d;
         let key = philox_key(seed, Stream::Exact);
-        let mut out = vec![0.0; n * d];
-        out.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-            let s = offset + i as u64;
-            let u = uniform_f64(key, s, 0);
-            let k = self
-                .cum_weights
-                .iter()
-                .position(|c| u < *c)
-                .unwrap_or(self.comps.len() - 1);
-            let mut z = vec![0.0; d];
-            fill_normals_f64(key, s, 0, &mut z);
-            let c = &self.comps[k];
-            let x = &c.mean + &c.chol_l * DVector::from_vec(z);
-            row.copy_from_slice(x.as_slice());
+        let mut out = vec![0.0; n * self.d];
+        out.par_chunks_mut(self.d).enumerate().for_each(|(i, row)| {
+            self.draw(&RowNoise::new(key, offset + i as u64), row);
         });
         out
+    }
+
+    /// One exact sample of p_t from one row's draws, written to `out` (d values); returns the
+    /// component it came from: the component k whose cumulative weight first exceeds the
+    /// row's uniform 0, then μ_k + L_k z with z the row's normals 0..d.
+    pub fn draw(&self, noise: &RowNoise, out: &mut [f64]) -> usize {
+        let u = noise.uniform(0);
+        let k = self
+            .cum_weights
+            .iter()
+            .position(|c| u < *c)
+            .unwrap_or(self.comps.len() - 1);
+        let mut z = vec![0.0; self.d];
+        noise.normals(0, &mut z);
+        let c = &self.comps[k];
+        let x = &c.mean + &c.chol_l * DVector::from_vec(z);
+        out.copy_from_slice(x.as_slice());
+        k
     }
 }

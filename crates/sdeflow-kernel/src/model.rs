@@ -5,15 +5,38 @@ use std::{fmt::Debug, path::Path, sync::Arc};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::{Conversions, Entry, Parameterization, PerRow, Result, Time, registry::ParamKind};
+use crate::{
+    Conversions, Entry, Parameterization, PerRow, Result, Time, data::Data, registry::ParamKind,
+};
 
-/// What a score model is built with: where and in what precision it runs.
+/// What a score model is built with: where and in what precision it runs, and the data of
+/// the config it is built in (an oracle reads its exact law: a config names a mixture once).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ModelContext {
     /// The device.
     pub device: Device,
     /// The floating-point type of inputs and outputs.
     pub dtype: DType,
+    /// The config's data, if it names one.
+    pub data: Option<Data>,
+}
+
+impl ModelContext {
+    /// A model on `device` in `dtype`, with no data.
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            data: None,
+        }
+    }
+
+    /// This context with `data`.
+    pub fn with_data(mut self, data: Data) -> Self {
+        self.data = Some(data);
+        self
+    }
 }
 
 /// A parameterization with the name it is registered under: what a model predicts.

@@ -36,6 +36,8 @@ pub enum Stream {
     Training = 4,
     /// A network's initial weights.
     Init = 5,
+    /// Synthetic data rows and the order of stored ones ([`data`](crate::data)).
+    Data = 6,
 }
 
 /// A Philox key for `seed` and `stream`.
@@ -103,6 +105,38 @@ pub fn fill_normals_f64(key: [u32; 2], sample: u64, first: u64, out: &mut [f64])
 /// Fills `out` with the standard normals of `sample` at draw indices `first..`, in f32.
 pub fn fill_normals_f32(key: [u32; 2], sample: u64, first: u64, out: &mut [f32]) {
     fill_normals(key, sample, first, out, box_muller_f32);
+}
+
+/// The draws of one row (one sample) under one key: its normals and its uniforms, each a pure
+/// function of (key, row, index). This is what a plugin that draws for itself is given — a
+/// synthetic data source's row, a component pick — so that its draws come from the kernel's
+/// source (tidy's rule 4) and never depend on the batch the row is drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowNoise {
+    key: [u32; 2],
+    row: u64,
+}
+
+impl RowNoise {
+    /// The draws of `row` under `key`.
+    pub fn new(key: [u32; 2], row: u64) -> Self {
+        Self { key, row }
+    }
+
+    /// The row's index.
+    pub fn row(&self) -> u64 {
+        self.row
+    }
+
+    /// Fills `out` with the row's standard normals at draw indices `first..first + out.len()`.
+    pub fn normals(&self, first: u64, out: &mut [f64]) {
+        fill_normals_f64(self.key, self.row, first, out);
+    }
+
+    /// The row's uniform on (0, 1) at uniform index `index` (a stream apart from the normals).
+    pub fn uniform(&self, index: u64) -> f64 {
+        uniform_f64(self.key, self.row, index)
+    }
 }
 
 /// A uniform on (0, 1) for `sample` at uniform index `index` (its own stream of words).

@@ -11,6 +11,7 @@ use std::{
 
 use crate::{
     Error, ForwardSde, ModelContext, Parameterization, Result, ScoreModel, Solver, Weighting,
+    data::Data,
 };
 
 /// What every registration says about its plugin.
@@ -30,7 +31,14 @@ pub struct PluginInfo {
     /// Parameter sets (RON) that conformance checks besides the defaults, for plugins whose
     /// parameters change their claims (`ddim`'s η > 0 is a stochastic sampler).
     pub variants: &'static [&'static str],
+    /// For a plugin whose defaults need files (a data plugin reading a user's array): writes a
+    /// small valid instance into the given directory and returns parameters (RON) that read it.
+    /// Conformance runs such a plugin on its fixture.
+    pub fixture: Option<Fixture>,
 }
+
+/// Writes a plugin's test files into a directory and returns the parameters that read them.
+pub type Fixture = fn(&std::path::Path) -> Result<String>;
 
 impl PluginInfo {
     /// The plugin's `//!` documentation.
@@ -156,6 +164,8 @@ macro_rules! kinds {
 
 // Sorted by name: `infos`, `list` and `KINDS` read in this order.
 kinds! {
+    /// A registered data source.
+    data: DataKind, DataPlugin, "data", Data, ();
     /// A registered score model.
     models: ModelKind, ModelPlugin, "model", Arc<dyn ScoreModel>, ModelContext;
     /// A registered parameterization.
@@ -250,15 +260,16 @@ impl Registry {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register {
-    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $ctx_ty:ty, [$($variant:literal),*], |$p:ident, $c:ident| $call:expr) => {
+    // `$call` builds the object (`Result<$obj>`) from the parameters `$p` in the context `$c`.
+    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $ctx_ty:ty, [$($variant:literal),*], $fixture:expr, |$p:ident, $c:ident| $call:expr) => {
         const _: () = {
             fn __sdeflow_build<'de>(
                 de: $crate::registry::ErasedDe<'_, 'de>,
                 $c: &$ctx_ty,
             ) -> ::std::result::Result<$obj, $crate::erased_serde::Error> {
                 let $p: $params = $crate::erased_serde::deserialize(de)?;
-                let built = $call.map_err(<$crate::erased_serde::Error as $crate::serde::de::Error>::custom)?;
-                Ok(::std::sync::Arc::new(built))
+                let built: $crate::Result<$obj> = $call;
+                built.map_err(<$crate::erased_serde::Error as $crate::serde::de::Error>::custom)
             }
             $crate::inventory::submit! {
                 $crate::registry::$plugin {
@@ -269,18 +280,53 @@ macro_rules! __register {
                         default_params: $crate::de::default_params_ron::<$params>,
                         source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
                         variants: &[$($variant),*],
+                        fixture: $fixture,
                     },
                     build: __sdeflow_build,
                 }
             }
         };
     };
-    // A kind built from its parameters alone.
+    // A kind built from its parameters alone, as an `Arc<dyn Trait>`.
     ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $build:expr, [$($variant:literal),*]) => {
-        $crate::__register!($plugin, $name, $summary, $params, $obj, (), [$($variant),*], |params, _ctx| {
+        $crate::__register!($plugin, $name, $summary, $params, $obj, (), [$($variant),*], None, |params, _ctx| {
             let build: fn($params) -> $crate::Result<_> = $build;
-            build(params)
+            build(params).map(|built| ::std::sync::Arc::new(built) as $obj)
         });
+    };
+}
+
+/// Registers a data source (builder: `fn(Params) -> Result<T>`, `T: DataSource`). A plugin
+/// whose defaults need files names a [`Fixture`]: `fixture: write_fixture` writes a small valid
+/// instance and returns the parameters that read it, so conformance can run the plugin.
+#[macro_export]
+macro_rules! register_data {
+    ($name:literal, $summary:literal, $params:ty, $build:expr $(, fixture: $fixture:expr)? $(,)?) => {
+        $crate::__register!(
+            DataPlugin,
+            $name,
+            $summary,
+            $params,
+            $crate::data::Data,
+            (),
+            [],
+            $crate::__fixture!($($fixture)?),
+            |params, _ctx| {
+                let build: fn($params) -> $crate::Result<_> = $build;
+                build(params).and_then(|built| $crate::data::Data::new(::std::sync::Arc::new(built)))
+            }
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fixture {
+    () => {
+        None
+    };
+    ($fixture:expr) => {
+        Some($fixture)
     };
 }
 
@@ -329,9 +375,12 @@ macro_rules! register_model {
             ::std::sync::Arc<dyn $crate::ScoreModel>,
             $crate::ModelContext,
             [],
+            None,
             |params, ctx| {
                 let build: fn($params, &$crate::ModelContext) -> $crate::Result<_> = $build;
-                build(params, ctx)
+                build(params, ctx).map(|built| {
+                    ::std::sync::Arc::new(built) as ::std::sync::Arc<dyn $crate::ScoreModel>
+                })
             }
         );
     };
@@ -396,6 +445,7 @@ mod tests {
                 default_params: no_params,
                 source: "",
                 variants: &[],
+                fixture: None,
             },
             build,
         }

@@ -181,17 +181,11 @@ fn plugins_build_from_ron() -> Result<()> {
     );
     assert_eq!(r.solver("euler_test", "()")?.claims().nfe_per_step, 1);
     assert!(r.param("eps_test", "()").is_ok());
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F64,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F64);
     let model = r.model("gauss_test", "(mean: [1.0, 2.0, 3.0])", &ctx)?;
     assert_eq!(model.sample_shape(), vec![3]);
     // The model's own check surfaces as a configuration error with its reason.
-    let ctx32 = ModelContext {
-        dtype: DType::F32,
-        ..ctx
-    };
+    let ctx32 = ModelContext::new(Device::Cpu, DType::F32);
     match r.model("gauss_test", "()", &ctx32) {
         Err(Error::Config { msg, .. }) => assert!(msg.contains("f64 only"), "{msg}"),
         other => panic!("expected a config error, got {other:?}"),

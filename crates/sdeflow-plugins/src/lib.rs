@@ -8,6 +8,14 @@
 use sdeflow_kernel::{Registry, Result};
 
 // One line per built-in plugin crate.
+use sdeflow_data_checkerboard as _;
+use sdeflow_data_digits as _;
+use sdeflow_data_gmm as _;
+use sdeflow_data_idx as _;
+use sdeflow_data_moons as _;
+use sdeflow_data_npy as _;
+use sdeflow_data_spirals as _;
+use sdeflow_data_swiss_roll as _;
 use sdeflow_param_edm as _;
 use sdeflow_param_eps as _;
 use sdeflow_param_flow as _;
@@ -40,6 +48,14 @@ use sdeflow_weighting_snr as _;
 
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
+    ("data", "gmm", "sdeflow-data-gmm"),
+    ("data", "digits", "sdeflow-data-digits"),
+    ("data", "idx", "sdeflow-data-idx"),
+    ("data", "npy", "sdeflow-data-npy"),
+    ("data", "spirals", "sdeflow-data-spirals"),
+    ("data", "checkerboard", "sdeflow-data-checkerboard"),
+    ("data", "swiss_roll", "sdeflow-data-swiss-roll"),
+    ("data", "moons", "sdeflow-data-moons"),
     ("param", "edm", "sdeflow-param-edm"),
     ("model", "gmm_oracle", "sdeflow-score-gmm-oracle"),
     ("model", "mlp", "sdeflow-score-mlp"),

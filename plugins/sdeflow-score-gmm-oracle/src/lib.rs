@@ -11,10 +11,14 @@
 //! reads, and `sdeflow_kernel::Retarget` reports it in any other target.
 //!
 //! # Parameters
-//! - `weights`: the mixture weights, non-negative, summing to 1. Default `[1.0]`.
-//! - `means`: one d-vector per component. Default `[[0.0, 0.0]]`.
+//! The mixture p₀ is the exact law of the config's data (`data: gmm(...)`, read through the
+//! model's build context), so a config names it once: `model: gmm_oracle()`. Built without
+//! such data (in code, or a config with no `data:`), the oracle takes the mixture as its own
+//! parameters, the same fields as the `gmm` data plugin; naming it in both places is an error.
+//! - `weights`: the mixture weights, non-negative, summing to 1. Default `[]` (the data's).
+//! - `means`: one d-vector per component. Default `[]` (the data's).
 //! - `covariances`: per component `isotropic(s)` (S = s² I), `diagonal([v, ...])` (variances)
-//!   or `full([[...], ...])` (symmetric positive definite). Default `[isotropic(1.0)]`.
+//!   or `full([[...], ...])` (symmetric positive definite). Default `[]` (the data's).
 //!
 //! # Claims
 //! Exact to f64 rounding, per call and per row (a row at its own time gets the score of the
@@ -35,8 +39,8 @@ use sdeflow_kernel::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The mixture p₀.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The mixture p₀, when the config's data does not give it (all empty: read the data's law).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Params {
     /// Mixture weights.
@@ -47,13 +51,10 @@ pub struct Params {
     pub covariances: Vec<Covariance>,
 }
 
-impl Default for Params {
-    fn default() -> Self {
-        Self {
-            weights: vec![1.0],
-            means: vec![vec![0.0, 0.0]],
-            covariances: vec![Covariance::Isotropic(1.0)],
-        }
+impl Params {
+    /// Whether the parameters name a mixture (any field given).
+    pub fn names_a_mixture(&self) -> bool {
+        !(self.weights.is_empty() && self.means.is_empty() && self.covariances.is_empty())
     }
 }
 
@@ -81,9 +82,32 @@ impl GmmOracle {
         Ok(Self { mixture, target })
     }
 
-    /// Builds the oracle from its parameters (the context is not needed: the oracle computes
-    /// on the host in f64 and answers in its input's dtype and device).
-    pub fn from_params(p: Params, _ctx: &ModelContext) -> Result<Self> {
+    /// Builds the oracle from its parameters, or from the exact law of the context's data
+    /// (the oracle computes on the host in f64 and answers in its input's dtype and device).
+    pub fn from_params(p: Params, ctx: &ModelContext) -> Result<Self> {
+        let law = ctx.data.as_ref().and_then(|d| d.source().exact_law());
+        if !p.names_a_mixture() {
+            return match (law, &ctx.data) {
+                (Some(law), _) => Self::new(law.clone()),
+                (None, Some(_)) => Err(Error::invalid(
+                    "gmm_oracle",
+                    "weights",
+                    "the config's data has no exact law to read; use `data: gmm(...)` (a Gaussian mixture), or a trained model",
+                )),
+                (None, None) => Err(Error::invalid(
+                    "gmm_oracle",
+                    "weights",
+                    "no mixture: write `data: gmm(weights: ..., means: ..., covariances: ...)` and `model: gmm_oracle()`, or give the mixture here",
+                )),
+            };
+        }
+        if law.is_some() {
+            return Err(Error::invalid(
+                "gmm_oracle",
+                "weights",
+                "the mixture is named twice: the oracle reads the law of `data: gmm(...)`; write `model: gmm_oracle()`",
+            ));
+        }
         // The kernel's mixture names itself in errors; the user wrote `gmm_oracle`.
         let mixture =
             GaussianMixture::new(p.weights, p.means, p.covariances).map_err(|e| match e {

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    At, Error, Lin, ModelContext, ParamEntry, Parameterization, PerRow, Registry, Result, Retarget,
-    Rows, ScoreModel, TargetLin, TimeCoefs,
-    mixture::Covariance,
+    At, Data, Error, Lin, ModelContext, ParamEntry, Parameterization, PerRow, Registry, Result,
+    Retarget, Rows, ScoreModel, TargetLin, TimeCoefs,
+    data::MixtureData,
+    mixture::{Covariance, GaussianMixture},
     register_param,
     testing::{flat, normals},
 };
@@ -70,10 +71,18 @@ impl Parameterization for X0Param {
 }
 
 fn ctx() -> ModelContext {
-    ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F64,
-    }
+    ModelContext::new(Device::Cpu, DType::F64)
+}
+
+/// A context whose data is N(0, I) in 2-D, with its exact law.
+fn standard_normal_data() -> Result<ModelContext> {
+    let law = GaussianMixture::new(
+        vec![1.0],
+        vec![vec![0.0, 0.0]],
+        vec![Covariance::Isotropic(1.0)],
+    )?;
+    let data = Data::new(Arc::new(MixtureData::new(law, false)?))?;
+    Ok(ctx().with_data(data))
 }
 
 fn oracle(p: Params) -> Result<GmmOracle> {
@@ -347,8 +356,9 @@ fn f32_inputs_give_f32_outputs() -> Result<()> {
     Ok(())
 }
 
-/// One sample is a d-vector; the default is the documented N(0, I) in d = 2, whose score is
-/// −x/(α² + σ²) by the single-Gaussian closed form.
+/// One sample is a d-vector. The defaults name no mixture: the oracle reads the law of the
+/// context's data — here N(0, I) in d = 2, whose score is −x/(α² + σ²) by the single-Gaussian
+/// closed form — and without data, or with the mixture named twice, it is an error on `weights`.
 #[test]
 fn sample_shape_and_defaults() -> Result<()> {
     assert_eq!(oracle(two_components())?.sample_shape(), vec![2]);
@@ -360,10 +370,12 @@ fn sample_shape_and_defaults() -> Result<()> {
     assert_eq!(oracle(three)?.sample_shape(), vec![3]);
 
     let p = Params::default();
-    assert_eq!(p.weights, vec![1.0]);
-    assert_eq!(p.means, vec![vec![0.0, 0.0]]);
-    assert_eq!(p.covariances, vec![Covariance::Isotropic(1.0)]);
-    let o = oracle(p)?;
+    assert!(!p.names_a_mixture());
+    let on_weights = |r: Result<GmmOracle>| matches!(r, Err(Error::InvalidParam { field, .. }) if field == "weights");
+    assert!(on_weights(oracle(p.clone())));
+    let cx = standard_normal_data()?;
+    assert!(on_weights(GmmOracle::from_params(two_components(), &cx)));
+    let o = GmmOracle::from_params(p, &cx)?;
     assert_eq!(o.sample_shape(), vec![2]);
     assert_eq!(o.mixture().components(), 1);
     assert!(o.varmap().is_none());
@@ -466,9 +478,9 @@ fn invalid_params_are_rejected() -> Result<()> {
 #[test]
 fn registration_reads_documented_ron() -> Result<()> {
     let reg = Registry::global()?;
-    let cx = ctx();
-    let m = reg.model("gmm_oracle", "()", &cx)?;
+    let m = reg.model("gmm_oracle", "()", &standard_normal_data()?)?;
     assert_eq!(m.sample_shape(), vec![2]);
+    let cx = ctx();
     let m = reg.model(
         "gmm_oracle",
         "(weights: [0.3, 0.7], means: [[-1.0, 0.5], [1.5, -0.5]], \

@@ -10,10 +10,7 @@ use sdeflow_kernel::{
 use sdeflow_score_mlp::{Mlp, Params};
 
 fn ctx(dtype: DType) -> ModelContext {
-    ModelContext {
-        device: Device::Cpu,
-        dtype,
-    }
+    ModelContext::new(Device::Cpu, dtype)
 }
 
 fn small(seed: u64) -> Params {

@@ -193,10 +193,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
     let param = registry.param("eps", "()")?;
     let sde = registry.sde("vp", "()")?;
-    let ctx = ModelContext {
-        device: Device::Cpu,
-        dtype: DType::F32,
-    };
+    let ctx = ModelContext::new(Device::Cpu, DType::F32);
     let mlp = registry.model("mlp", "()", &ctx)?;
     if let Some(name) = &args.solver {
         registry.solvers.get(name)?; // an unknown name: the error lists the registered ones

@@ -36,6 +36,11 @@ fn solver(name: &str) -> Result<()> {
 }
 
 #[test]
+fn data_sources_pass_quick_conformance() -> Result<()> {
+    quick("data", Part::Whole)
+}
+
+#[test]
 fn sdes_pass_quick_conformance() -> Result<()> {
     quick("sde", Part::Whole)
 }
