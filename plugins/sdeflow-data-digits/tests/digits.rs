@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sdeflow_data_digits::{Digits, Params, ROWS};
-use sdeflow_kernel::{Data, Error, Result, Split};
+use sdeflow_kernel::{Data, DataSource, Error, Result, Split, data::RowRef};
 
 /// 1,797 rows, 180 held out at the default (round(0.1 · 1,797)); the first image is
 /// scikit-learn's `load_digits().images[0]` (a 0), scaled to [−1, 1]; every value is on the
@@ -25,6 +25,17 @@ fn the_set_reads_as_documented() -> Result<()> {
     ];
     let digits = Digits::new(Params::default())?;
     assert_eq!(digits.counts(0), first);
+    // Stored row 0 is smartcore's first row k scaled to 2k/16 − 1, with its label (0).
+    let set = smartcore::dataset::digits::load_dataset();
+    let mut row = [0.0; 64];
+    assert_eq!(digits.row(RowRef::Stored(0), &mut row)?, Some(0));
+    let want: Vec<f64> = set.data[..64]
+        .iter()
+        .map(|&k| f64::from(k) / 8.0 - 1.0)
+        .collect();
+    assert_eq!(row.to_vec(), want);
+    assert_eq!(set.target[0], 0.0);
+    assert!(digits.row(RowRef::Stored(ROWS as u64), &mut row).is_err());
     let mut all = Vec::new();
     for split in Split::BOTH {
         let n = data.len(split).unwrap_or(0) as usize;

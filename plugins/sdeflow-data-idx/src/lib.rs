@@ -7,18 +7,24 @@
 //! (`heldout_images`, `heldout_labels`, or the `t10k` files of `dir`) the held-out split is
 //! exactly the test set, stored after the training rows; without one, a fixed pseudo-random
 //! fraction of the training file, the same for every seed. Files are plain or gzip (detected
-//! by their magic bytes, decoded in pure Rust).
+//! by the magic bytes 1f 8b, decoded in pure Rust, never past one byte beyond the size the
+//! dimensions give, which are themselves capped at deflate's 1,032-fold expansion of the file).
 //!
 //! IDX: two zero bytes, a type byte (0x08: unsigned byte, the only one read here), the rank r,
 //! r big-endian u32 dimensions, then the values in C order.
 //!
-//! Debian's `dataset-fashion-mnist` package installs the real Fashion-MNIST files, gzipped,
-//! in `/usr/share/datasets/fashion-mnist/`: `data: idx(dir: "/usr/share/datasets/fashion-mnist")`.
+//! Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`) installs
+//! the real Fashion-MNIST files, gzipped, as `/usr/share/datasets/fashion-mnist/`
+//! `{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz` (60,000 training and 10,000 test images of
+//! 28 × 28, 10 classes): `data: idx(dir: "/usr/share/datasets/fashion-mnist")`, or
+//! `data: idx(images: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
+//! labels: "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")` to hold out a
+//! fraction of the training set instead.
 //!
 //! # Parameters
-//! - `dir`: a directory with `train-images-idx3-ubyte`, `train-labels-idx1-ubyte` and the test
-//!   pair `t10k-…`, each plain or `.gz`. Default `""` (none); give `dir` or `images` and
-//!   `labels`.
+//! - `dir`: a directory with `train-images-idx3-ubyte`, `train-labels-idx1-ubyte` and, when
+//!   `t10k-images-idx3-ubyte` is there, the test pair `t10k-…`, each plain or `.gz`. Default
+//!   `""` (none); give `dir` or `images` and `labels`.
 //! - `images`, `labels`: the training files. Default `""`.
 //! - `heldout_images`, `heldout_labels`: the test pair (both or neither). Default `""` (none).
 //! - `heldout`: the fraction of the training file held out when there is no test pair, in
@@ -27,14 +33,16 @@
 //! # Claims
 //! Rows of shape [1, h, w], labels 0 … max label; every value on the 256-level grid of
 //! [−1, 1]; a file with the wrong magic, type, rank or size, truncated or followed by extra
-//! bytes, or images and labels of different counts, is an error naming the file and the
-//! problem, before anything is allocated for a size the file cannot hold.
+//! bytes, holding no images, or images and labels of different counts, is an error naming the
+//! file and the problem, before anything is allocated for a size the file cannot hold; so is
+//! a test pair whose images differ in size from the training images.
 //!
 //! # References
 //! LeCun, Cortes & Burges, "The MNIST database of handwritten digits" (the IDX format);
 //! Xiao, Rasul & Vollgraf, "Fashion-MNIST", arXiv:1708.07747, 2017.
 
 use std::{
+    cmp::Ordering,
     io::Read,
     path::{Path, PathBuf},
 };
@@ -95,118 +103,106 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
 /// The deflate format expands at most ~1,032-fold: a gzip file cannot hold more.
 const MAX_GZIP_RATIO: u64 = 1032;
 
-/// The dimensions and values of the unsigned-byte IDX file at `path`, of rank `rank`.
+/// The dimensions and values of the unsigned-byte IDX file at `path`, of rank `rank`. Nothing
+/// is allocated beyond what the file's size allows, and a gzip stream is decoded only up to
+/// one byte past the size its dimensions give (so a gzip bomb stops there).
 pub fn read_idx(path: &Path, rank: usize, field: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |what: String| invalid(field, format!("{}: {what}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let gz = bytes.starts_with(&[0x1f, 0x8b]);
-    let limit = if gz {
-        (bytes.len() as u64).saturating_mul(MAX_GZIP_RATIO)
-    } else {
-        bytes.len() as u64
-    };
-    let mut reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(&bytes[..]))
-    } else {
-        Box::new(&bytes[..])
-    };
-    let mut read = |buf: &mut [u8], what: &str| {
-        reader.read_exact(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad(format!("truncated in its {what}")),
-            _ => bad(format!("cannot decode its {what}: {e}")),
-        })
+    let limit = (bytes.len() as u64).saturating_mul(if gz { MAX_GZIP_RATIO } else { 1 });
+    let (mut plain, mut unzip) = (&bytes[..], flate2::bufread::GzDecoder::new(&bytes[..]));
+    let reader: &mut dyn Read = if gz { &mut unzip } else { &mut plain };
+    let failed = |e: std::io::Error, what: &str| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad(format!("truncated in its {what}")),
+        _ => bad(format!("cannot decode its {what}: {e}")),
     };
     let mut head = [0u8; 4];
-    read(&mut head, "header")?;
-    if head[0] != 0 || head[1] != 0 {
+    reader
+        .read_exact(&mut head)
+        .map_err(|e| failed(e, "header"))?;
+    if head[..2] != [0, 0] {
+        let (a, b) = (head[0], head[1]);
         return Err(bad(format!(
-            "not an IDX file (magic {:02x} {:02x}, expected 00 00)",
-            head[0], head[1]
+            "not an IDX file (magic {a:02x} {b:02x}, expected 00 00)"
         )));
     }
     if head[2] != 0x08 {
+        let only = "only unsigned bytes (0x08)";
         return Err(bad(format!(
-            "type 0x{:02x} is not supported: only unsigned bytes (0x08)",
+            "type 0x{:02x} is not supported: {only}",
             head[2]
         )));
     }
-    if head[3] as usize != rank {
-        return Err(bad(format!(
-            "rank {}, expected {rank} ({})",
-            head[3],
-            if rank == 3 { "n, height, width" } else { "n" }
-        )));
+    if usize::from(head[3]) != rank {
+        let axes = if rank == 3 { "n, height, width" } else { "n" };
+        return Err(bad(format!("rank {}, expected {rank} ({axes})", head[3])));
     }
     let mut dims = vec![0u8; 4 * rank];
-    read(&mut dims, "dimensions")?;
+    reader
+        .read_exact(&mut dims)
+        .map_err(|e| failed(e, "dimensions"))?;
     let dims: Vec<usize> = dims
         .chunks(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
     let count = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-    let count = match count {
-        Some(c) if c <= limit => c as usize,
-        _ => {
-            return Err(bad(format!(
-                "truncated: dimensions {dims:?} need more bytes than the file can hold"
-            )));
-        }
+    let Some(count) = count.filter(|&c| c <= limit).map(|c| c as usize) else {
+        let what = "need more bytes than the file can hold";
+        return Err(bad(format!("truncated: dimensions {dims:?} {what}")));
     };
-    let mut values = vec![0u8; count];
-    read(&mut values, "data")?;
-    let mut extra = [0u8; 1];
-    match reader.read(&mut extra) {
-        Ok(0) => Ok((dims, values)),
-        Ok(_) => Err(bad(format!(
+    let mut values = Vec::with_capacity(count.min(bytes.len().saturating_mul(8)));
+    Read::take(reader, count as u64 + 1)
+        .read_to_end(&mut values)
+        .map_err(|e| failed(e, "data"))?;
+    // A gzip stream read to its end leaves what follows it (a plain file's extra bytes are read).
+    let after = if gz { unzip.get_ref().len() } else { 0 };
+    match values.len().cmp(&count) {
+        Ordering::Equal if after == 0 => Ok((dims, values)),
+        Ordering::Equal => Err(bad(format!(
+            "{after} extra bytes after its gzip stream (only one stream is read)"
+        ))),
+        Ordering::Less => Err(bad(format!(
+            "truncated in its data: dimensions {dims:?} need {count} bytes, it holds {}",
+            values.len()
+        ))),
+        Ordering::Greater => Err(bad(format!(
             "extra bytes after the {count} values its dimensions {dims:?} describe"
         ))),
-        Err(e) => Err(bad(format!("cannot decode: {e}"))),
     }
 }
 
-/// Images (rank 3) and labels (rank 1) of equal count.
+/// Images (rank 3, at least one, of at least 1 × 1 pixels) and labels (rank 1) of equal count.
 fn read_pair(
     images: &Path,
     labels: &Path,
-    fields: (&str, &str),
+    fields: [&str; 2],
 ) -> Result<(Vec<usize>, Vec<u8>, Vec<u8>)> {
-    let (dims, pixels) = read_idx(images, 3, fields.0)?;
-    let (ldims, labs) = read_idx(labels, 1, fields.1)?;
-    if dims[0] != ldims[0] {
-        return Err(invalid(
-            fields.1,
-            format!(
-                "{} holds {} labels but {} holds {} images",
-                labels.display(),
-                ldims[0],
-                images.display(),
-                dims[0]
-            ),
-        ));
+    let (dims, pixels) = read_idx(images, 3, fields[0])?;
+    let (n, shown) = (dims[0], images.display());
+    if dims.contains(&0) {
+        let (h, w) = (dims[1], dims[2]);
+        let what = format!("{shown}: {n} images of {h} × {w} pixels: none to read");
+        return Err(invalid(fields[0], what));
     }
-    if dims[1] == 0 || dims[2] == 0 {
+    let (ldims, labs) = read_idx(labels, 1, fields[1])?;
+    if ldims[0] != n {
+        let has = format!("{} holds {} labels", labels.display(), ldims[0]);
         return Err(invalid(
-            fields.0,
-            format!(
-                "{}: images of {} × {} pixels",
-                images.display(),
-                dims[1],
-                dims[2]
-            ),
+            fields[1],
+            format!("{has} but {shown} holds {n} images"),
         ));
     }
     Ok((dims, pixels, labs))
 }
 
-/// `dir/stem`, or `dir/stem.gz` when only that exists.
-fn in_dir(dir: &Path, stem: &str) -> String {
-    let plain = dir.join(stem);
-    let path = if plain.exists() {
-        plain
-    } else {
-        dir.join(format!("{stem}.gz"))
-    };
-    path.display().to_string()
+/// `dir/stem`, or `dir/stem.gz` when only that exists (`None`: neither does).
+fn in_dir(dir: &Path, stem: &str) -> Option<String> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists())
+        .map(|path| path.display().to_string())
 }
 
 impl Idx {
@@ -221,10 +217,17 @@ impl Idx {
                 return Err(invalid("dir", "give `dir` or the files, not both"));
             }
             let dir = PathBuf::from(&p.dir);
-            p.images = in_dir(&dir, "train-images-idx3-ubyte");
-            p.labels = in_dir(&dir, "train-labels-idx1-ubyte");
-            p.heldout_images = in_dir(&dir, "t10k-images-idx3-ubyte");
-            p.heldout_labels = in_dir(&dir, "t10k-labels-idx1-ubyte");
+            let train = |stem: &str| {
+                in_dir(&dir, stem).unwrap_or_else(|| dir.join(stem).display().to_string())
+            };
+            p.images = train("train-images-idx3-ubyte");
+            p.labels = train("train-labels-idx1-ubyte");
+            // The test pair when its images are there (else a fraction of the training file).
+            if let Some(images) = in_dir(&dir, "t10k-images-idx3-ubyte") {
+                p.heldout_images = images;
+                p.heldout_labels = in_dir(&dir, "t10k-labels-idx1-ubyte")
+                    .unwrap_or_else(|| dir.join("t10k-labels-idx1-ubyte").display().to_string());
+            }
         }
         if p.images.is_empty() || p.labels.is_empty() {
             return Err(invalid(
@@ -233,7 +236,7 @@ impl Idx {
             ));
         }
         let (dims, mut pixels, mut labels) =
-            read_pair(p.images.as_ref(), p.labels.as_ref(), ("images", "labels"))?;
+            read_pair(p.images.as_ref(), p.labels.as_ref(), ["images", "labels"])?;
         let (h, w) = (dims[1], dims[2]);
         let none = |s: &String| s.is_empty();
         let holdout = match (&p.heldout_images, &p.heldout_labels) {
@@ -241,7 +244,7 @@ impl Idx {
                 let (tdims, tp, tl) = read_pair(
                     hi.as_ref(),
                     hl.as_ref(),
-                    ("heldout_images", "heldout_labels"),
+                    ["heldout_images", "heldout_labels"],
                 )?;
                 if (tdims[1], tdims[2]) != (h, w) {
                     return Err(invalid(

@@ -33,7 +33,8 @@ fn message(r: Result<Idx>, field: &str) -> String {
 }
 
 /// Three 2 × 3 images, gzipped, with their labels: each row is 2k/255 − 1 of its bytes; a test
-/// pair is held out after the training rows; `dir` finds the standard names.
+/// pair is held out after the training rows; `dir` finds the standard names, plain or `.gz`,
+/// and without the test images holds out a fraction of the training rows.
 #[test]
 fn files_read_back_exactly() -> Result<()> {
     let d = dir("roundtrip")?;
@@ -78,6 +79,17 @@ fn files_read_back_exactly() -> Result<()> {
     assert_eq!(data.stored(Split::Heldout), Some(&[3][..]));
     let held = data.batch(Split::Heldout, 0, 0, 1)?;
     assert_eq!((held.values, held.labels), (vec![1.0; 6], Some(vec![9])));
+    // Without the test images, `dir` holds out round(3 / 6) = 1 training row.
+    std::fs::remove_file(d.join("t10k-images-idx3-ubyte"))
+        .map_err(|e| Error::Msg(e.to_string()))?;
+    let data = Data::new(Arc::new(Idx::new(Params {
+        dir: d.display().to_string(),
+        ..Params::default()
+    })?))?;
+    assert_eq!(
+        (data.len(Split::Train), data.len(Split::Heldout)),
+        (Some(2), Some(1))
+    );
     let _ = std::fs::remove_dir_all(&d);
     Ok(())
 }
@@ -113,9 +125,38 @@ fn bad_files_are_errors_naming_the_file() -> Result<()> {
             "need more bytes than the file can hold",
         ),
         (
+            "huge.gz",
+            gzip(&idx_bytes(&[65_535, 65_535, 65_535], &[]))?,
+            "need more bytes than the file can hold",
+        ),
+        (
             "long",
             idx_bytes(&[2, 2, 2], &[0; 9]),
             "extra bytes after the 8 values",
+        ),
+        (
+            "cut.gz",
+            {
+                let z = gzip(&idx_bytes(&[2, 2, 2], &[7; 8]))?;
+                z[..z.len() - 6].to_vec()
+            },
+            "truncated in its data",
+        ),
+        (
+            "tail.gz",
+            [gzip(&good_images)?, b"garbage".to_vec()].concat(),
+            "7 extra bytes after its gzip stream",
+        ),
+        (
+            // A gzip bomb: 8 values, then 4 MiB of zeros; decoding stops one byte past the 8.
+            "bomb.gz",
+            gzip(&[good_images.clone(), vec![0; 4 << 20]].concat())?,
+            "extra bytes after the 8 values",
+        ),
+        (
+            "none",
+            idx_bytes(&[0, 2, 2], &[]),
+            "0 images of 2 × 2 pixels: none to read",
         ),
         (
             "corrupt.gz",
@@ -154,7 +195,9 @@ fn bad_files_are_errors_naming_the_file() -> Result<()> {
     };
     let msg = message(with(&three, &|_| {}), "labels");
     assert!(
-        msg.contains("holds 3 labels but") && msg.contains("holds 2 images"),
+        msg.contains(&format!(
+            "{three} holds 3 labels but {images} holds 2 images"
+        )),
         "{msg}"
     );
     let missing = d.join("missing").display().to_string();

@@ -5,15 +5,16 @@
 //! x_j = scale · A[j] + shift, of shape [s₁, …, s_k] ([n] arrays give rows of shape [1]). The
 //! held-out rows are a fixed pseudo-random fraction of the n, the same for every seed (the
 //! kernel's `Holdout::Fraction`, docs/math.md §10). A declared `range` (and `levels`) is checked
-//! on every value after scaling.
+//! on every value after scaling; with `levels`, a value within 10⁻⁴ of a level spacing of a
+//! level (f32 rounding) is read as that level exactly.
 //!
 //! # Parameters
 //! - `path`: the `.npy` file (relative to the working directory). Required.
 //! - `scale`: finite, non-zero. Default 1.0.
 //! - `shift`: finite. Default 0.0.
 //! - `heldout`: the fraction held out, in [0, 1). Default 0.1.
-//! - `range`: `Some([lo, hi])`: bounds every value lies in after scaling (needed for `levels`).
-//!   Default `None`.
+//! - `range`: `Some([lo, hi])`: bounds every value lies in after scaling (needed for `levels`;
+//!   a list, since sdeflow's RON reads `Some((lo, hi))` as two arguments). Default `None`.
 //! - `levels`: `Some(L)`: the data is integer, L ≥ 2 levels lo + (hi − lo) k/(L − 1) (bits per
 //!   dimension need them). Default `None`.
 //!
@@ -27,7 +28,7 @@
 //! NumPy Enhancement Proposal 1, "A simple file format for NumPy arrays" (the `.npy` format,
 //! versions 1.0–3.0).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sdeflow_kernel::{
     DataSource, Error, Result,
@@ -48,7 +49,7 @@ pub struct Params {
     pub shift: f64,
     /// The fraction of rows held out.
     pub heldout: f64,
-    /// Declared bounds `[lo, hi]` of the scaled values (a list: RON reads `Some([lo, hi])`).
+    /// Declared bounds `[lo, hi]` of the scaled values.
     pub range: Option<Vec<f64>>,
     /// Declared number of integer levels on `range`.
     pub levels: Option<u32>,
@@ -71,6 +72,8 @@ impl Default for Params {
 #[derive(Debug, Clone)]
 pub struct NpyData {
     shape: Vec<usize>,
+    rows: usize,
+    range: Option<(f64, f64)>,
     values: Vec<f64>,
     p: Params,
 }
@@ -83,94 +86,83 @@ impl NpyData {
     /// Reads and checks the file `p.path` names.
     pub fn new(p: Params) -> Result<Self> {
         if p.path.is_empty() {
-            return Err(invalid(
-                "path",
-                "give the .npy file to read: `npy(path: \"data.npy\")`",
-            ));
+            let how = "give the .npy file to read: `npy(path: \"data.npy\")`";
+            return Err(invalid("path", how));
         }
         if !(p.scale.is_finite() && p.scale != 0.0 && p.shift.is_finite()) {
+            let why = format!(
+                "scale {} and shift {} must be finite, scale non-zero",
+                p.scale, p.shift
+            );
+            return Err(invalid("scale", why));
+        }
+        if !(0.0..1.0).contains(&p.heldout) {
             return Err(invalid(
-                "scale",
-                format!(
-                    "scale {} and shift {} must be finite, scale non-zero",
-                    p.scale, p.shift
-                ),
+                "heldout",
+                format!("{} is not a fraction in [0, 1)", p.heldout),
             ));
         }
         let range = match p.range.as_deref() {
             None => None,
             Some(&[lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => Some((lo, hi)),
             Some(other) => {
-                return Err(invalid(
-                    "range",
-                    format!("{other:?} is not [lo, hi], finite with lo < hi"),
-                ));
+                let why = format!("{other:?} is not [lo, hi], finite with lo < hi");
+                return Err(invalid("range", why));
             }
         };
-        match (p.levels, range) {
-            (Some(l), _) if l < 2 => {
-                return Err(invalid("levels", format!("{l} levels: need at least 2")));
+        let levels = match (range, p.levels) {
+            (_, Some(l)) if l < 2 => {
+                return Err(invalid("levels", format!("{l}: need at least 2")));
             }
-            (Some(_), None) => {
-                return Err(invalid("levels", "levels need a `range: Some([lo, hi])`"));
+            (None, Some(_)) => {
+                return Err(invalid("levels", "levels need `range: Some([lo, hi])`"));
             }
-            _ => {}
-        }
-        let path = PathBuf::from(&p.path);
-        let (shape, raw) = read(&path)?;
-        let d: usize = shape[1..].iter().product();
-        let at = |i: usize| (i / d.max(1), i % d.max(1));
-        let levels = p
-            .levels
-            .zip(range)
-            .map(|(levels, (lo, hi))| Levels { levels, lo, hi });
-        let mut values = Vec::with_capacity(raw.len());
-        for (i, v) in raw.into_iter().enumerate() {
-            let (row, col) = at(i);
+            (Some((lo, hi)), Some(levels)) => Some(Levels { levels, lo, hi }),
+            _ => None,
+        };
+        let path = Path::new(&p.path);
+        let (shape, mut values) = read(path)?;
+        let (rows, d) = (shape[0], values.len() / shape[0]);
+        for (i, v) in values.iter_mut().enumerate() {
+            let at = |field: &str, x: f64, what: String| {
+                let (row, col) = (i / d, i % d);
+                invalid(
+                    field,
+                    format!("{}: row {row}, column {col} is {x}{what}", path.display()),
+                )
+            };
             if !v.is_finite() {
-                return Err(invalid(
-                    "path",
-                    format!(
-                        "{}: row {row}, column {col} is {v}; the data must be finite",
-                        path.display()
-                    ),
-                ));
+                return Err(at("path", *v, "; the data must be finite".into()));
             }
-            let x = p.scale * v + p.shift;
+            let mut x = p.scale * *v + p.shift;
+            if let Some(l) = levels {
+                let on = l.value(l.level(x));
+                if (x - on).abs() > 1e-4 * (l.hi - l.lo) / f64::from(l.levels - 1) {
+                    let what = format!(" after scaling, not one of the {} levels", l.levels);
+                    return Err(at("levels", x, format!("{what} on [{}, {}]", l.lo, l.hi)));
+                }
+                x = on;
+            }
             if let Some((lo, hi)) = range
                 && !(lo..=hi).contains(&x)
             {
-                return Err(invalid(
+                return Err(at(
                     "range",
-                    format!(
-                        "{}: row {row}, column {col} is {x} after scaling, outside [{lo}, {hi}]",
-                        path.display()
-                    ),
+                    x,
+                    format!(" after scaling, outside [{lo}, {hi}]"),
                 ));
             }
-            if let Some(l) = levels
-                && (x - l.value(l.level(x))).abs() > 1e-9 * (l.hi - l.lo)
-            {
-                return Err(invalid(
-                    "levels",
-                    format!(
-                        "{}: row {row}, column {col} is {x}, not one of the {} levels on [{}, {}]",
-                        path.display(),
-                        l.levels,
-                        l.lo,
-                        l.hi
-                    ),
-                ));
-            }
-            values.push(x);
+            *v = x;
         }
-        let row_shape = if shape.len() == 1 {
+        let shape = if shape.len() == 1 {
             vec![1]
         } else {
             shape[1..].to_vec()
         };
         Ok(Self {
-            shape: row_shape,
+            shape,
+            rows,
+            range,
             values,
             p,
         })
@@ -181,61 +173,73 @@ impl NpyData {
 fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let bad = |what: String| invalid("path", format!("{}: {what}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    if let Some(claimed) = claimed_elements(&bytes)
-        && claimed.is_none_or(|n| n > bytes.len() as u64)
-    {
+    // npyz allocates the length the preamble claims and multiplies the shape unchecked: check
+    // both against the file first.
+    let le = |r: std::ops::Range<usize>| -> Option<usize> {
+        Some(
+            bytes
+                .get(r)?
+                .iter()
+                .rev()
+                .fold(0, |n, &b| n << 8 | usize::from(b)),
+        )
+    };
+    let (start, len): (usize, _) = match (bytes.starts_with(b"\x93NUMPY"), bytes.get(6)) {
+        (true, Some(1)) => (10, le(8..10)),
+        (true, Some(2 | 3)) => (12, le(8..12)),
+        _ => (0, None),
+    };
+    let text = len.and_then(|len| bytes.get(start..start.checked_add(len)?));
+    let text =
+        text.ok_or_else(|| bad("not a .npy file (a version 1–3 preamble and header)".into()))?;
+    let data_len = bytes.len() - start - text.len();
+    let text = String::from_utf8_lossy(text);
+    let no_shape =
+        || bad("not a .npy file: the header has no shape (write it with numpy.save)".into());
+    let (dims, claimed) = claimed_shape(&text).ok_or_else(no_shape)?;
+    if claimed.is_none_or(|n| n > data_len as u64) {
+        let has = format!("the file has {data_len} bytes of data");
         return Err(bad(format!(
-            "truncated: the header's shape claims more values than the file's {} bytes hold",
-            bytes.len()
+            "truncated: the header says shape ({dims}), more values than {has}"
         )));
     }
     let mut rest: &[u8] = &bytes;
     let header = npyz::NpyHeader::from_reader(&mut rest)
         .map_err(|e| bad(format!("not a .npy file: {e}")))?;
-    if header.order() == npyz::Order::Fortran {
-        return Err(bad(
-            "the array is in Fortran order; save it in C order (numpy.ascontiguousarray)".into(),
-        ));
-    }
     let descr = match header.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
         other => format!("{other:?}"),
     };
     let width = match descr.as_str() {
-        "<f4" | ">f4" => 4,
+        "<f4" | ">f4" => 4usize,
         "<f8" | ">f8" => 8,
         _ => {
-            return Err(bad(format!(
-                "dtype `{descr}` is not supported; save the array as float32 or float64"
-            )));
+            let valid = "valid: <f4, >f4, <f8, >f8 (save the array as float32 or float64)";
+            return Err(bad(format!("dtype `{descr}` is not supported; {valid}")));
         }
     };
+    if header.order() == npyz::Order::Fortran {
+        let fix = "save it in C order: np.save(path, np.ascontiguousarray(a))";
+        return Err(bad(format!("the array is in Fortran order; {fix}")));
+    }
     let shape: Vec<usize> = header.shape().iter().map(|&s| s as usize).collect();
     if shape.is_empty() || shape[0] < 2 || shape.contains(&0) {
-        return Err(bad(format!(
-            "shape {shape:?}: need an array of at least 2 rows, none of its axes empty"
-        )));
+        let need = "need an array of at least 2 rows, none of its axes empty";
+        return Err(bad(format!("shape {shape:?}: {need}")));
     }
-    let need = header
-        .len()
-        .checked_mul(width)
-        .filter(|n| *n <= usize::MAX as u64)
-        .map(|n| n as usize);
-    match need {
-        Some(n) if n == rest.len() => {}
-        Some(n) if n > rest.len() => {
-            return Err(bad(format!(
-                "truncated: the header says {shape:?} ({n} bytes of data), the file has {} after its header",
-                rest.len()
-            )));
-        }
-        Some(n) => {
-            return Err(bad(format!(
-                "{} bytes after the data the header describes ({n} bytes): the file is not one array",
-                rest.len() - n
-            )));
-        }
-        None => return Err(bad(format!("shape {shape:?} is larger than any file"))),
+    let need = shape
+        .iter()
+        .try_fold(width, |n: usize, &s| n.checked_mul(s))
+        .unwrap_or(usize::MAX);
+    if need != rest.len() {
+        let (what, has) = (format!("{need} bytes of data"), rest.len());
+        return Err(bad(if need > has {
+            format!("truncated: the header says {shape:?} ({what}), the file has {has}")
+        } else {
+            format!(
+                "the header says {shape:?} ({what}), the file has {has}: extra bytes after the data"
+            )
+        }));
     }
     let file = npyz::NpyFile::with_header(header, rest);
     let values = if width == 4 {
@@ -250,31 +254,37 @@ fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     ))
 }
 
-/// The element count the header's `'shape'` claims (`Some(None)`: it overflows u64), read
-/// before the header is parsed in full so that a hostile shape cannot overflow the parser's
-/// arithmetic; `None` when the header is not readable this way (the full parser then reports
-/// it).
-fn claimed_elements(bytes: &[u8]) -> Option<Option<u64>> {
-    let (len, start): (usize, usize) = match bytes.get(6)? {
-        1 => (
-            u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?]) as usize,
-            10,
-        ),
-        2 | 3 => (
-            u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize,
-            12,
-        ),
-        _ => return None,
-    };
-    let header = std::str::from_utf8(bytes.get(start..start.checked_add(len)?)?).ok()?;
-    let after = &header[header.find("'shape'")?..];
-    let tuple = &after[after.find('(')? + 1..after.find(')')?];
-    let mut n = Some(1u64);
-    for dim in tuple.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let dim: u64 = dim.parse().ok()?;
-        n = n.and_then(|n| n.checked_mul(dim));
+/// The text of the header's `shape` and the number of values it claims (`Some(None)`: more
+/// than u64 holds). A decoy `'shape': (…)` inside a string cannot hide the real one: every
+/// match counts, the largest claim wins, and one that does not read is `None`.
+fn claimed_shape(header: &str) -> Option<(&str, Option<u64>)> {
+    let mut found: Option<(&str, Option<u64>)> = None;
+    for key in ["'shape'", "\"shape\""] {
+        for (i, _) in header.match_indices(key) {
+            let Some(rest) = header[i + key.len()..].trim_start().strip_prefix(':') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let close = [('(', ')'), ('[', ']')]
+                .into_iter()
+                .find(|&(o, _)| rest.starts_with(o))?
+                .1;
+            let dims = &rest[1..rest.find(close)?];
+            let mut n = Some(1u64);
+            for dim in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let dim: u64 = dim
+                    .trim_end_matches(['L', 'l'])
+                    .replace('_', "")
+                    .parse()
+                    .ok()?;
+                n = n.and_then(|n| n.checked_mul(dim));
+            }
+            if found.is_none_or(|(_, m)| m.is_some_and(|m| n.is_none_or(|n| n > m))) {
+                found = Some((dims, n));
+            }
+        }
     }
-    Some(n)
+    found
 }
 
 impl DataSource for NpyData {
@@ -284,16 +294,13 @@ impl DataSource for NpyData {
 
     fn extent(&self) -> Extent {
         Extent::Stored {
-            rows: (self.values.len() / self.shape.iter().product::<usize>()) as u64,
+            rows: self.rows as u64,
             heldout: Holdout::Fraction(self.p.heldout),
         }
     }
 
     fn range(&self) -> Option<(f64, f64)> {
-        match self.p.range.as_deref() {
-            Some(&[lo, hi]) => Some((lo, hi)),
-            _ => None,
-        }
+        self.range
     }
 
     fn levels(&self) -> Option<u32> {
@@ -301,13 +308,16 @@ impl DataSource for NpyData {
     }
 
     fn row(&self, at: RowRef<'_>, out: &mut [f64]) -> Result<Option<u32>> {
-        let d = out.len();
+        let d = self.values.len() / self.rows;
         match at {
-            RowRef::Stored(j) if (j as usize + 1) * d <= self.values.len() => {
-                out.copy_from_slice(&self.values[j as usize * d..(j as usize + 1) * d]);
+            RowRef::Stored(j) if j < self.rows as u64 && out.len() == d => {
+                out.copy_from_slice(&self.values[j as usize * d..][..d]);
                 Ok(None)
             }
-            other => Err(Error::Msg(format!("npy {}: no row {other:?}", self.p.path))),
+            other => Err(Error::Msg(format!(
+                "npy {}: no row {other:?} of {d} values",
+                self.p.path
+            ))),
         }
     }
 }
@@ -315,11 +325,11 @@ impl DataSource for NpyData {
 /// The bytes of a version 1.0 `.npy` file: `descr` (`<f8`, …), the order, the shape and the
 /// raw data (for fixtures and tests).
 pub fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-    let dims = if dims.len() == 1 {
-        format!("{},", dims[0])
+    let dims: String = shape.iter().map(|s| format!("{s}, ")).collect();
+    let dims = if shape.len() == 1 {
+        dims.trim_end()
     } else {
-        dims.join(", ")
+        dims.trim_end_matches(", ")
     };
     let py = if fortran { "True" } else { "False" };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': {py}, 'shape': ({dims}), }}");

@@ -19,7 +19,8 @@
 //! # Parameters
 //! - `scale`: what (t cos t, t sin t) is divided by, finite and > 0. Default 5.
 //! - `noise`: the standard deviation of the isotropic Gaussian noise, finite and ≥ 0.
-//!   Default 0.
+//!   Default 0.05 (as `moons`: with noise 0 the law lies on a curve and has no density, so
+//!   neither a score nor a likelihood exists; scikit-learn's default is 0).
 //!
 //! # Claims
 //! Rows of shape `[2]`, no labels, unbounded, finite; row i the same for any batch split, shard
@@ -56,7 +57,7 @@ impl Default for Params {
     fn default() -> Self {
         Self {
             scale: 5.0,
-            noise: 0.0,
+            noise: 0.05,
         }
     }
 }

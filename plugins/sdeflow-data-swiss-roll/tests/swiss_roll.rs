@@ -184,13 +184,11 @@ fn registration_reads_params_from_ron() -> Result<()> {
         (data.sample_shape(), data.source().classes()),
         (vec![2], None)
     );
-    // Default scale 5, noise 0.
-    assert_eq!(data.source().range(), Some((-T_MAX / 5.0, T_MAX / 5.0)));
-    assert!(
-        reg.data("swiss_roll", "(noise: 0.1)")?
-            .source()
-            .range()
-            .is_none()
+    // Default scale 5, noise 0.05: no range; noise 0 bounds the roll by T_MAX / scale.
+    assert_eq!(data.source().range(), None);
+    assert_eq!(
+        reg.data("swiss_roll", "(noise: 0.0)")?.source().range(),
+        Some((-T_MAX / 5.0, T_MAX / 5.0))
     );
     assert!(matches!(
         reg.data("swiss_roll", "(scal: 1.0)"),

@@ -493,7 +493,7 @@ fn registration_reads_documented_ron() -> Result<()> {
     assert_eq!(flat(&score(&*m, &x, &c)?)?, flat(&score(&direct, &x, &c)?)?);
     let m = reg.model(
         "gmm_oracle",
-        "(means: [[0.0, 0.0, 0.0]], covariances: [isotropic(2.0)])",
+        "(weights: [1.0], means: [[0.0, 0.0, 0.0]], covariances: [isotropic(2.0)])",
         &cx,
     )?;
     assert_eq!(m.sample_shape(), vec![3]);
