@@ -333,8 +333,7 @@ fn range(report: &mut Report, plugin: &str, data: &Data, batches: &[&Batch]) {
 }
 
 /// The mean and covariance of 20,000 train rows against the law's, entry by entry, in units of
-/// the entry's standard error (estimated from the rows: sd of x_j, or of the centred product
-/// (x_j − μ_j)(x_k − μ_k), over √n).
+/// the entry's standard error (`testing::moments_deviation`).
 fn moments(report: &mut Report, plugin: &str, data: &Data) {
     let Some(law) = data.source().moments() else {
         return;
@@ -348,45 +347,7 @@ fn moments(report: &mut Report, plugin: &str, data: &Data) {
     if law.mean.len() != d || law.covariance.len() != d {
         return report.error(plugin, check, "moments() has the wrong dimension");
     }
-    let n = MOMENT_ROWS as f64;
-    let (mut worst, mut at) = (0.0f64, String::new());
-    let mut z = |err: f64, sd: f64, what: String| {
-        let score = if !(err.is_finite() && sd.is_finite()) {
-            f64::INFINITY
-        } else if sd > 0.0 {
-            err.abs() / (sd / n.sqrt())
-        } else if err.abs() > 1e-12 {
-            f64::INFINITY
-        } else {
-            0.0
-        };
-        if score > worst {
-            worst = score;
-            at = what;
-        }
-    };
-    let col = |j: usize| rows.iter().skip(j).step_by(d).copied();
-    for j in 0..d {
-        let m = law.mean[j];
-        let mean = col(j).sum::<f64>() / n;
-        let var = col(j).map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        z(mean - m, var.sqrt(), format!("mean[{j}]"));
-    }
-    for j in 0..d {
-        for k in j..d {
-            let prods: Vec<f64> = col(j)
-                .zip(col(k))
-                .map(|(a, b)| (a - law.mean[j]) * (b - law.mean[k]))
-                .collect();
-            let c = prods.iter().sum::<f64>() / n;
-            let var = prods.iter().map(|p| (p - c).powi(2)).sum::<f64>() / (n - 1.0);
-            z(
-                c - law.covariance[j][k],
-                var.sqrt(),
-                format!("cov[{j}][{k}]"),
-            );
-        }
-    }
+    let (worst, at) = sdeflow_kernel::testing::moments_deviation(&rows, d, &law);
     report.push(
         plugin,
         check,

@@ -349,6 +349,53 @@ pub fn tail_order(steps: &[usize], errors: &[f64]) -> Option<f64> {
     Some(-sxy / sxx)
 }
 
+/// How far the rows of a source are from its law: the largest deviation of their mean and
+/// covariance from `law`'s, entry by entry, in standard errors, and which entry it is.
+/// `values` holds n rows of d values, row-major. The standard error of an entry is estimated
+/// from the rows: the sd of x_j, or of the centred product (x_j − μ_j)(x_k − μ_k) with μ the
+/// law's mean (so the covariance estimate is unbiased), over √n. A non-finite value, or a
+/// deviation where the rows show no spread, counts as infinitely many standard errors.
+pub fn moments_deviation(values: &[f64], d: usize, law: &crate::data::Moments) -> (f64, String) {
+    let n = (values.len() / d.max(1)) as f64;
+    let (mut worst, mut at) = (0.0f64, String::new());
+    let mut score = |err: f64, sd: f64, what: String| {
+        let z = if !(err.is_finite() && sd.is_finite()) {
+            f64::INFINITY
+        } else if sd > 0.0 {
+            err.abs() / (sd / n.sqrt())
+        } else if err.abs() > 1e-12 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        if z > worst || at.is_empty() {
+            (worst, at) = (z.max(worst), what);
+        }
+    };
+    let col = |j: usize| values.iter().skip(j).step_by(d).copied();
+    for j in 0..d {
+        let mean = col(j).sum::<f64>() / n;
+        let var = col(j).map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        score(mean - law.mean[j], var.sqrt(), format!("mean[{j}]"));
+    }
+    for j in 0..d {
+        for k in j..d {
+            let prods: Vec<f64> = col(j)
+                .zip(col(k))
+                .map(|(a, b)| (a - law.mean[j]) * (b - law.mean[k]))
+                .collect();
+            let c = prods.iter().sum::<f64>() / n;
+            let var = prods.iter().map(|p| (p - c).powi(2)).sum::<f64>() / (n - 1.0);
+            score(
+                c - law.covariance[j][k],
+                var.sqrt(),
+                format!("cov[{j}][{k}]"),
+            );
+        }
+    }
+    (worst, at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 use std::{f64::consts::TAU, sync::Arc};
 
 use sdeflow_data_spirals::{Params, Spirals};
-use sdeflow_kernel::{Data, DataSource, Error, Registry, Result, Split, data::RowRef};
+use sdeflow_kernel::{
+    Data, DataSource, Error, Registry, Result, Split, data::RowRef, testing::moments_deviation,
+};
 
 /// Rows of the moment check (as the conformance suite).
 const ROWS: usize = 20_000;
@@ -19,24 +21,7 @@ fn worst_standard_error(data: &Data, seed: u64) -> Result<f64> {
         .moments()
         .expect("spirals declares its moments");
     let rows = data.batch(Split::Train, seed, 0, ROWS)?.values;
-    let (d, n) = (data.dim(), ROWS as f64);
-    let col = |j: usize| rows.iter().skip(j).step_by(d).copied();
-    let mut worst = 0.0f64;
-    for j in 0..d {
-        let mean = col(j).sum::<f64>() / n;
-        let var = col(j).map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        worst = worst.max((mean - law.mean[j]).abs() / (var / n).sqrt());
-        for k in j..d {
-            let prods: Vec<f64> = col(j)
-                .zip(col(k))
-                .map(|(a, b)| (a - law.mean[j]) * (b - law.mean[k]))
-                .collect();
-            let c = prods.iter().sum::<f64>() / n;
-            let var = prods.iter().map(|p| (p - c).powi(2)).sum::<f64>() / (n - 1.0);
-            worst = worst.max((c - law.covariance[j][k]).abs() / (var / n).sqrt());
-        }
-    }
-    Ok(worst)
+    Ok(moments_deviation(&rows, data.dim(), &law).0)
 }
 
 fn spirals(arms: u32, turns: f64, scale: f64, noise: f64) -> Result<Spirals> {
