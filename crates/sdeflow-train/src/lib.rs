@@ -11,12 +11,15 @@
 //! - [`clip_global_norm`]: gradients scaled by min(1, c/‖g‖₂) over all parameters together,
 //!   a non-finite norm an error;
 //! - [`Ema`]: exponential moving averages of the weights, with score_sde's, k-diffusion's and
-//!   EDM's rate schedules.
+//!   EDM's rate schedules;
+//! - [`Trainer`]: one run's state and its step on the kernel's DSM loss.
 
 pub mod ema;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use ema::{Ema, EmaRate};
 pub use optim::{AdamW, AdamWParams, Params, clip_global_norm};
 pub use schedule::{Decay, LrSchedule};
+pub use trainer::{StepReport, TrainSpec, Trainer};

@@ -1,0 +1,124 @@
+//! The trainer learns, and resumes exactly: an `mlp` trained on a 2-D Gaussian approaches the
+//! exact model's loss on the same held-out rows and draws; a run stopped after some steps and
+//! restored (weights, optimizer moments and step, EMA) ends on the uninterrupted run's bits.
+
+use std::{collections::HashMap, sync::Arc};
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::{Data, Denoiser, Result, ScoreModel, Split, data::MixtureData};
+use sdeflow_train::{TrainSpec, Trainer};
+
+const SEED: u64 = 3;
+
+/// The data N((1, −1), 0.5² I), and its exact model (the oracle predicts the score).
+fn data() -> Result<Data> {
+    let law = sdeflow_kernel::mixture::GaussianMixture::new(
+        vec![1.0],
+        vec![vec![1.0, -1.0]],
+        vec![sdeflow_kernel::mixture::Covariance::Isotropic(0.5)],
+    )?;
+    Data::new(Arc::new(MixtureData::new(law, false)?))
+}
+
+fn trainer(spec: TrainSpec) -> Result<(Trainer, Arc<dyn ScoreModel>)> {
+    let r = sdeflow_plugins::registry()?;
+    let ctx = sdeflow_kernel::ModelContext::new(Device::Cpu, DType::F32).with_data(data()?);
+    let model = r.model("mlp", "(hidden: 64, layers: 2, embed_dim: 16)", &ctx)?;
+    let t = Trainer::new(
+        model.clone(),
+        r.param("eps", "()")?,
+        r.sde("vp", "()")?,
+        r.weighting("simple", "()")?,
+        data()?,
+        spec,
+        SEED,
+        (DType::F32, Device::Cpu),
+    )?;
+    Ok((t, model))
+}
+
+/// 400 steps of batch 256 take the held-out loss (2,048 rows) from about d = 2 at the start
+/// to within 10% of the exact model's on the same rows and draws (E‖ε̂* − ε‖², the
+/// irreducible part: MATH.md §9).
+#[test]
+fn training_approaches_the_exact_loss() -> Result<()> {
+    let spec = TrainSpec {
+        steps: 400,
+        batch: 256,
+        lr: 3e-3,
+        warmup: 20,
+        ..TrainSpec::default()
+    };
+    let (mut t, _) = trainer(spec)?;
+    let r = sdeflow_plugins::registry()?;
+    let ctx = sdeflow_kernel::ModelContext::new(Device::Cpu, DType::F32).with_data(data()?);
+    let exact = Denoiser::of(r.model("gmm_oracle", "()", &ctx)?, None, None)?;
+    let floor = t.loss_with(&exact, Split::Heldout, 2048, 0)?;
+    let before = t.loss_on(Split::Heldout, 2048, 0)?;
+    for _ in 0..400 {
+        let s = t.step()?;
+        assert!(s.loss.is_finite() && s.grad_norm.is_finite());
+    }
+    let after = t.loss_on(Split::Heldout, 2048, 0)?;
+    println!("held-out loss: {before:.4} before, {after:.4} after, exact model {floor:.4}");
+    assert!(
+        after < before && after <= 1.10 * floor,
+        "{before} → {after}, floor {floor}"
+    );
+    Ok(())
+}
+
+/// 12 steps straight, or 7 steps, the state handed to a fresh run on a fresh model, then 5:
+/// the same weights, bit for bit.
+#[test]
+fn a_restored_run_ends_on_the_same_bits() -> Result<()> {
+    let spec = TrainSpec {
+        steps: 12,
+        batch: 64,
+        warmup: 3,
+        ..TrainSpec::default()
+    };
+    let (mut straight, _) = trainer(spec.clone())?;
+    for _ in 0..12 {
+        straight.step()?;
+    }
+    let (mut first, _) = trainer(spec.clone())?;
+    for _ in 0..7 {
+        first.step()?;
+    }
+    let (mut second, _) = trainer(spec)?;
+    for ((_, to), (_, from)) in second.params().vars().iter().zip(first.params().vars()) {
+        to.set(from.as_tensor())?;
+    }
+    let (tensors, step) = first.optimizer_mut().state();
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+    second.optimizer_mut().load_state(&tensors, step)?;
+    let ema = first.ema().weights().to_vec();
+    second.ema_mut().set_weights(ema)?;
+    for _ in 0..5 {
+        second.step()?;
+    }
+    let bits = |t: &Trainer| -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for (_, v) in t.params().vars() {
+            out.extend(
+                v.as_tensor()
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|x| x.to_bits()),
+            );
+        }
+        for w in t.ema().weights() {
+            out.extend(
+                w.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|x| x.to_bits()),
+            );
+        }
+        Ok(out)
+    };
+    assert_eq!(bits(&straight)?, bits(&second)?);
+    Ok(())
+}
