@@ -7,7 +7,9 @@ use candle_nn::VarMap;
 
 use crate::{Error, Result};
 
-/// Runs `write` on a temporary file beside `path`, then renames it into place.
+/// Runs `write` on a temporary file beside `path`, flushes it to the disk (fsync), renames it
+/// into place and flushes the directory, so that a crash at any instant leaves either the old
+/// file or the whole new one, and a completed call survives a power loss.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -22,11 +24,50 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     tmp.set_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+    let result = write(&tmp)
+        .and_then(|()| sync_file(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io))
+        .and_then(|()| sync_dir(path.parent()));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flushes the file at `path` to the disk.
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Flushes a directory's entries (a rename into it) to the disk; `None` or `""` is the
+/// working directory. Where a directory cannot be opened for syncing (not Unix), nothing is
+/// done.
+pub fn sync_dir(dir: Option<&Path>) -> Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::File::open(dir) {
+        Ok(f) => f.sync_all().or_else(|e| {
+            // Some file systems refuse to sync a directory handle; the rename stands.
+            if e.kind() == std::io::ErrorKind::InvalidInput
+                || e.kind() == std::io::ErrorKind::Unsupported
+            {
+                Ok(())
+            } else {
+                Err(Error::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })
+            }
+        }),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Saves a `VarMap` as safetensors, atomically.

@@ -12,8 +12,10 @@
 //!   a non-finite norm an error;
 //! - [`Ema`]: exponential moving averages of the weights, with score_sde's, k-diffusion's and
 //!   EDM's rate schedules;
-//! - [`Trainer`]: one run's state and its step on the kernel's DSM loss.
+//! - [`Trainer`]: one run's state and its step on the kernel's DSM loss;
+//! - [`checkpoint`]: that state on disk, crash-safe, restored bit for bit.
 
+pub mod checkpoint;
 pub mod ema;
 pub mod optim;
 pub mod schedule;
