@@ -77,7 +77,10 @@ pub struct Trainer {
     schedule: LrSchedule,
     seed: u64,
     dsm: Dsm,
+    /// The model as training differentiates it (its outputs on autograd's graph).
     denoiser: Denoiser,
+    /// The same model for evaluation: outputs detached, so no graph outlives a call.
+    eval: Denoiser,
     data: Data,
     params: Params,
     opt: AdamW,
@@ -135,6 +138,7 @@ impl Trainer {
             schedule,
             seed,
             dsm: Dsm::new(sde, weighting),
+            eval: Denoiser::new(model.clone(), param.clone(), None, None),
             denoiser: Denoiser::new(model, param, None, None).keep_graph(true),
             data,
             params,
@@ -174,7 +178,7 @@ impl Trainer {
     /// The loss of `n` rows of `split` with the current weights (the held-out loss: the same
     /// rows and draws, keyed by `key`, at every evaluation of a run).
     pub fn loss_on(&self, split: Split, n: usize, key: u64) -> Result<f64> {
-        self.loss_with(&self.denoiser, split, n, key)
+        self.loss_with(&self.eval, split, n, key)
     }
 
     /// [`loss_on`](Self::loss_on) for another denoiser (an exact model's loss on the same rows
