@@ -58,7 +58,8 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("    steps: 10,", "    stpes: 10,"),
             "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
-             dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs\n",
+             dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs, \
+             train, checkpoint\n",
         ),
         (
             edited("sde: vp()", "sde: vp(beta_mn: 0.2)"),
@@ -148,6 +149,22 @@ fn golden_error_messages() -> Result<()> {
                 .into(),
             "error: bad.ron:5:5: invalid `model`: `mlp` takes rows of shape [2] but data `gmm` has rows of shape [3]; \
              make the model's shape match the data\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    train: (steps: 10, lr: -1.0),"),
+            "error: bad.ron:8:24: train: invalid `lr`: -1 is not a positive finite rate\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    train: (steps: 10, ema: [warmup(beta: 1.5)]),"),
+            "error: bad.ron:8:24: train: invalid `ema`: beta 1.5 is not in [0, 1)\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    train: (stpes: 10),"),
+            "error: bad.ron:8:13: unknown field `stpes` in `train` (did you mean `steps`?); valid fields: steps, batch, accumulate, lr, warmup, decay, optimizer, clip, ema, log_every, eval, checkpoint\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    train: (steps: 10, eval: (evry: 5)),"),
+            "error: bad.ron:8:31: unknown field `evry` in `eval` (did you mean `every`?); valid fields: every, rows, samples, steps\n",
         ),
     ];
     for (text, golden) in cases {

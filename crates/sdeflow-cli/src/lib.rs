@@ -3,7 +3,8 @@
 //! The host binary `sdeflow`: it composes a pipeline from a RON file (or the embedded
 //! `configs/default.ron`) and runs it on candle's CPU, CUDA or Metal device.
 //!
-//! `list` · `describe KIND/NAME` · `check [FILE]` · `sample [FILE]` · `run [FILE]`, with
+//! `list` · `describe KIND/NAME` · `check [FILE]` · `sample [FILE]` · `train [FILE]` ·
+//! `run [FILE]`, with
 //! `--device cpu|cuda:N|metal:N`. User errors (a bad config, an unknown plugin, a device
 //! whose feature is off) print one message naming the fix and exit 2; they never panic.
 //!
@@ -13,11 +14,12 @@ pub mod device;
 pub mod plan;
 pub mod plot;
 pub mod sample;
+pub mod train;
 
 use std::{io::Write, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-use sdeflow_kernel::{Config, DeviceSpec, Error, Registry, Result};
+use sdeflow_kernel::{Config, DeviceSpec, Error, Registry, Result, config::Job};
 
 /// The default config, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.ron");
@@ -70,6 +72,16 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Train the config's network by denoising score matching: checkpoints, metrics.jsonl, loss.png.
+    Train {
+        /// The config.
+        file: Option<PathBuf>,
+        /// Output directory (default: the config's, else out/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        resume: ResumeArgs,
+    },
     /// Run every job the config names.
     Run {
         /// The config (default: the embedded configs/default.ron).
@@ -77,7 +89,32 @@ enum Command {
         /// Output directory (default: the config's, else out/<config name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        resume: ResumeArgs,
     },
+}
+
+/// What `train` does with checkpoints already in the output directory (default: continue
+/// those of the same config, start when there are none).
+#[derive(Debug, clap::Args)]
+#[group(multiple = false)]
+struct ResumeArgs {
+    /// Continue the latest checkpoint; an error if there is none.
+    #[arg(long)]
+    resume: bool,
+    /// Remove the output directory's checkpoints and start afresh.
+    #[arg(long)]
+    fresh: bool,
+}
+
+impl ResumeArgs {
+    fn mode(&self) -> train::Resume {
+        match (self.resume, self.fresh) {
+            (true, _) => train::Resume::Require,
+            (_, true) => train::Resume::Fresh,
+            _ => train::Resume::Auto,
+        }
+    }
 }
 
 /// Whether an error is the user's to fix (exit 2) rather than a failure of the run (exit 1).
@@ -153,13 +190,38 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { file, out: dir } | Command::Run { file, out: dir } => {
+        Command::Sample { file, out: dir } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            let summary = sample::sample(&config, device, dir)?;
+            write!(out, "{summary}").map_err(io)
+        }
+        Command::Train {
+            file,
+            out: dir,
+            resume,
+        } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            let summary = train::train(&config, device, dir, resume.mode())?;
+            write!(out, "{summary}").map_err(io)
+        }
+        Command::Run {
+            file,
+            out: dir,
+            resume,
+        } => {
             let config = load(registry, file.as_ref(), device_override)?;
             let device = device::resolve(device_override.unwrap_or(config.device))?;
             for job in &config.jobs {
                 match job {
-                    sdeflow_kernel::config::Job::Sample => {
+                    Job::Sample => {
                         let summary = sample::sample(&config, device.clone(), dir.clone())?;
+                        write!(out, "{summary}").map_err(io)?;
+                    }
+                    Job::Train => {
+                        let summary =
+                            train::train(&config, device.clone(), dir.clone(), resume.mode())?;
                         write!(out, "{summary}").map_err(io)?;
                     }
                 }

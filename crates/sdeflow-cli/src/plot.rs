@@ -281,3 +281,88 @@ pub fn image_grid(
             .map_err(plot_err)
     })
 }
+
+/// One curve of [`curves`]: its legend, its (x, y) points and its colour.
+pub struct Curve<'a> {
+    /// The legend.
+    pub name: &'a str,
+    /// The points, x increasing.
+    pub points: Vec<(f64, f64)>,
+    /// Drawn as markers (sparse evaluations) rather than a line.
+    pub markers: bool,
+}
+
+/// Writes curves on shared axes with a log-scaled y axis (losses span decades), x labelled
+/// `x_label`; non-finite or non-positive points are left out.
+pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> Result<()> {
+    register_font();
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite() && p.1 > 0.0;
+    let all: Vec<(f64, f64)> = curves
+        .iter()
+        .flat_map(|c| c.points.iter().filter(finite).copied())
+        .collect();
+    if all.is_empty() {
+        return Err(plot_err("no finite positive points"));
+    }
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
+    let x_range = x0..(x1.max(x0 + 1.0));
+    let y_range = (y0 / 1.2)..(y1 * 1.2);
+    write_atomic(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (900, 540)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x_range.clone(), y_range.clone().log_scale())
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_desc("loss")
+                .draw()
+                .map_err(plot_err)?;
+            for (i, c) in curves.iter().enumerate() {
+                let color = Palette99::pick(i);
+                let pts: Vec<(f64, f64)> = c.points.iter().filter(finite).copied().collect();
+                let legend = if c.markers {
+                    chart.draw_series(
+                        pts.iter()
+                            .map(|&p| Circle::new(p, 4, color.filled()))
+                            .collect::<Vec<_>>(),
+                    )
+                } else {
+                    chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                }
+                .map_err(plot_err)?;
+                legend.label(c.name).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
+                });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(plot_err)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })
+}

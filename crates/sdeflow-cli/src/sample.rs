@@ -24,6 +24,12 @@ pub struct ExactMetrics {
     pub sliced_w2_floor_sd: f64,
     /// Whether SW2 ≤ floor mean + 3 sd.
     pub within_floor: bool,
+    /// Each mixture component's share of the samples (most probable component per sample).
+    pub mode_shares: Vec<f64>,
+    /// The components' weights.
+    pub mode_weights: Vec<f64>,
+    /// max_k |share_k / weight_k − 1|.
+    pub worst_mode_deviation: f64,
 }
 
 /// What `sample` reports and writes as `summary.json`.
@@ -55,7 +61,9 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Samples per second.
     pub samples_per_second: f64,
-    /// Against the exact law, when the model is an oracle.
+    /// The trained weights sampled with, for a network.
+    pub checkpoint: Option<String>,
+    /// Against the exact law: the oracle's, or the data's.
     pub exact: Option<ExactMetrics>,
     /// Files written.
     pub files: Vec<String>,
@@ -63,6 +71,9 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.checkpoint {
+            writeln!(f, "weights from {c}")?;
+        }
         writeln!(
             f,
             "sampled {} × {} with {} on {} ({} steps, {} grid, {} NFE) in {:.2} s ({:.0} samples/s)",
@@ -95,6 +106,12 @@ impl fmt::Display for Summary {
                     "ABOVE the floor"
                 }
             )?;
+            writeln!(
+                f,
+                "mode shares within {:.1}% of their weights ({} modes)",
+                100.0 * m.worst_mode_deviation,
+                m.mode_weights.len()
+            )?;
         }
         for file in &self.files {
             writeln!(f, "wrote {file}")?;
@@ -103,7 +120,8 @@ impl fmt::Display for Summary {
     }
 }
 
-fn device_name(device: &Device) -> String {
+/// The device's command-line name.
+pub fn device_name(device: &Device) -> String {
     match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
@@ -142,8 +160,26 @@ fn moments(rows: &[f64], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     (mean, cov)
 }
 
-/// Runs the config's sampling job on `device` and writes its outputs.
+/// The time whose exact law the samples follow: t_ε, or t = 0 after the final denoising step.
+pub fn target_coefs(pipeline: &sdeflow_kernel::Pipeline) -> TimeCoefs {
+    let sde = pipeline.sde();
+    if pipeline.denoises_final() {
+        TimeCoefs {
+            t: 0.0,
+            alpha: 1.0,
+            sigma: 0.0,
+            ..sde.coefs(sde.t_eps())
+        }
+    } else {
+        sde.coefs(sde.t_eps())
+    }
+}
+
+/// Runs the config's sampling job on `device` and writes its outputs; a network samples with
+/// the weights of its checkpoint ([`crate::train::load_for_sampling`]).
 pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<Summary> {
+    let dir = output_dir(config, out);
+    let checkpoint = crate::train::load_for_sampling(config, &dir)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -172,7 +208,6 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let n = config.samples;
     let d = x.elem_count() / n;
     let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let dir = output_dir(config, out);
     let mut files = Vec::new();
     if config.outputs.npy {
         let path = dir.join("samples.npy");
@@ -204,20 +239,15 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         }
     }
 
-    let sde = pipeline.sde();
-    // The exact law the samples should follow: p_{t_ε}, or p₀ after the final denoising step.
-    let c = if pipeline.denoises_final() {
-        TimeCoefs {
-            t: 0.0,
-            alpha: 1.0,
-            sigma: 0.0,
-            ..sde.coefs(sde.t_eps())
-        }
-    } else {
-        sde.coefs(sde.t_eps())
-    };
+    let c = target_coefs(&pipeline);
     let mut exact_rows = None;
-    let exact = match pipeline.model().exact_law() {
+    let law = pipeline.model().exact_law().or_else(|| {
+        config
+            .data
+            .as_ref()
+            .and_then(|data| data.plugin.source().exact_law())
+    });
+    let exact = match law {
         Some(law) if law.dim() == d => {
             let target = law.marginal(c.alpha, c.sigma)?;
             let (mean, cov) = moments(&host, d);
@@ -240,7 +270,11 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             let (sw, floor) = reference_and_floor(&target, n)?;
             let sliced_w2 = sw.distance(&host)?;
             exact_rows = Some(target.sample(REFERENCE_SEED, 0, n));
+            let (mode_shares, worst_mode_deviation) = crate::train::mode_shares(&target, &host);
             Some(ExactMetrics {
+                mode_shares,
+                mode_weights: target.weights(),
+                worst_mode_deviation,
                 mean_error,
                 covariance_error: cov_sq.sqrt(),
                 sliced_w2,
@@ -286,6 +320,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         device: device_name(&device),
         wall_seconds: wall,
         samples_per_second: n as f64 / wall,
+        checkpoint: checkpoint.map(|p| p.display().to_string()),
         exact,
         files,
     };

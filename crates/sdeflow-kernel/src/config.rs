@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
-    Error, GridKind, ModelContext, Pipeline, PipelineBuilder, Registry, Result,
+    Error, GridKind, ModelContext, Pipeline, PipelineBuilder, Registry, Result, TrainSpec,
     de::{Entry, locate_field, ron_options, spanned},
     registry::{DataKind, ModelKind, ParamKind, SdeKind, SolverKind, WeightingKind},
 };
@@ -122,6 +122,32 @@ impl Default for Outputs {
 pub enum Job {
     /// Sample from the prior to t_ε and measure against the exact law when there is one.
     Sample,
+    /// Train the model by denoising score matching as `train:` says.
+    Train,
+}
+
+/// Which weights of a checkpoint a job reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weights {
+    /// The first EMA's (the default: what score_sde, k-diffusion and EDM sample with).
+    #[default]
+    Ema,
+    /// The trained weights themselves.
+    Model,
+}
+
+/// The checkpoint a trained network is read from by `sample`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename = "checkpoint", deny_unknown_fields, default)]
+pub struct CheckpointRef {
+    /// The run's checkpoint root (default: `checkpoints` in the output directory, where
+    /// `train` writes them).
+    pub dir: Option<PathBuf>,
+    /// The step (default: the one `latest` names).
+    pub step: Option<u64>,
+    /// Which weights.
+    pub weights: Weights,
 }
 
 /// A parsed, validated config: the plugins built, the rest typed.
@@ -179,6 +205,16 @@ pub struct Config {
     /// The jobs `run` performs, in order.
     #[serde(default = "default_jobs")]
     pub jobs: Vec<Job>,
+    /// How `train` trains (default: [`TrainSpec::default`]).
+    #[serde(default, deserialize_with = "train")]
+    pub train: Option<TrainSpec>,
+    /// Where `sample` reads a trained network from (default: the run's own checkpoints).
+    #[serde(default, deserialize_with = "some")]
+    pub checkpoint: Option<CheckpointRef>,
+    /// A hash of the config's text: a checkpoint records it, and a resume from another config
+    /// is an error.
+    #[serde(skip)]
+    pub hash: String,
 }
 
 /// The default sample count.
@@ -220,6 +256,12 @@ fn samples<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Err
     at_least_one("samples", usize::deserialize(d)?)
 }
 
+fn train<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<TrainSpec>, D::Error> {
+    let spec = TrainSpec::deserialize(d)?;
+    spec.validate().map_err(serde::de::Error::custom)?;
+    Ok(Some(spec))
+}
+
 fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     Option::<usize>::deserialize(d)?
         .map(|c| at_least_one("chunk_rows", c))
@@ -243,6 +285,15 @@ fn read_in_first_pass<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Entry<DataKind>>, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| None)
+}
+
+/// The first 16 bytes of the SHA-256 of `text`, in hex.
+pub fn text_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The weighting a config without `weighting:` trains with: DDPM's w_ε = 1.
@@ -281,6 +332,7 @@ impl Config {
             .reading(Some(ctx), || ron_options().from_str(text))
             .map_err(at)?;
         config.file = file.to_string();
+        config.hash = text_hash(text);
         config.data = prelude.data;
         if let Some(data) = &config.data {
             let (model, rows) = (

@@ -25,13 +25,76 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .unwrap_or_default();
     tmp.set_file_name(format!(".{name}.tmp{}", std::process::id()));
     let result = write(&tmp)
-        .and_then(|()| sync_file(&tmp))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io))
-        .and_then(|()| sync_dir(path.parent()));
+        .and_then(|()| {
+            // A crash here leaves a torn temporary file: cut it to half before aborting.
+            fault_point_then(&format!("write {name}: temporary written"), || {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&tmp) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = f.set_len(len / 2);
+                }
+            });
+            sync_file(&tmp)
+        })
+        .and_then(|()| {
+            fault_point(&format!("write {name}: synced"));
+            std::fs::rename(&tmp, path).map_err(io)
+        })
+        .and_then(|()| {
+            fault_point(&format!("write {name}: renamed"));
+            sync_dir(path.parent())
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The environment variable of the fault hook ([`fault_point`]).
+pub const FAULT_ENV: &str = "SDEFLOW_FAULT";
+
+/// A deterministic crash for kill tests. Code that must survive a crash at any instant calls
+/// this at each point between its durable effects (every [`write_atomic`] has three; a
+/// training run one per step and around each checkpoint). With `SDEFLOW_FAULT=n` the process
+/// aborts, as a kill would, at the n-th point it reaches (counting from 1); with
+/// `SDEFLOW_FAULT=list` each point prints `fault point N: NAME` to stderr; unset, it costs one
+/// relaxed atomic load.
+pub fn fault_point(name: &str) {
+    fault_point_then(name, || {});
+}
+
+/// [`fault_point`], running `before_abort` (to leave a torn file, say) when it aborts.
+pub fn fault_point_then(name: &str, before_abort: impl FnOnce()) {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    enum Mode {
+        Off,
+        List,
+        At(u64),
+    }
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let mode = MODE.get_or_init(|| match std::env::var(FAULT_ENV).as_deref() {
+        Ok("list") => Mode::List,
+        Ok(n) => n.trim().parse().map(Mode::At).unwrap_or(Mode::Off),
+        Err(_) => Mode::Off,
+    });
+    match mode {
+        Mode::Off => {}
+        Mode::List => {
+            let n = REACHED.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!("fault point {n}: {name}");
+        }
+        Mode::At(at) => {
+            let n = REACHED.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == *at {
+                before_abort();
+                eprintln!("fault injected at point {n}: {name}");
+                std::process::abort();
+            }
+        }
+    }
 }
 
 /// Flushes the file at `path` to the disk.
@@ -128,16 +191,25 @@ pub fn save_trained(vm: &VarMap, target: &str, path: &Path) -> Result<()> {
             .data()
             .lock()
             .map_err(|_| Error::Msg("the model's variables are poisoned by a panic".into()))?;
-        let mut v: Vec<_> = vars
-            .iter()
+        vars.iter()
             .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+            .collect()
     };
-    let meta = std::collections::HashMap::from([(TARGET_KEY.to_string(), target.to_string())]);
+    save_tensors(path, tensors, Some(target))
+}
+
+/// Saves named tensors as safetensors, sorted by name, atomically; with `target`, recorded in
+/// the metadata as [`save_trained`] does (weights), without it plain (optimizer moments).
+pub fn save_tensors(
+    path: &Path,
+    mut tensors: Vec<(String, candle_core::Tensor)>,
+    target: Option<&str>,
+) -> Result<()> {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta =
+        target.map(|t| std::collections::HashMap::from([(TARGET_KEY.to_string(), t.to_string())]));
     write_atomic(path, |tmp| {
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), Some(meta), tmp)
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), meta, tmp)
             .map_err(|e| Error::Msg(format!("{}: cannot write safetensors: {e}", path.display())))
     })
 }

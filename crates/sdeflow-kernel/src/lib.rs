@@ -38,6 +38,7 @@ pub mod sde;
 pub mod solver;
 pub mod state;
 pub mod testing;
+pub mod train;
 pub mod weighting;
 
 pub use coefs::{PerRow, Rows, Time, TimeCoefs, Transition};
@@ -57,6 +58,7 @@ pub use solver::{
     Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,
 };
 pub use state::{HistoryEntry, State};
+pub use train::TrainSpec;
 pub use weighting::Weighting;
 
 // Re-exported for the `register_*!` macros, so plugins need not name these crates.

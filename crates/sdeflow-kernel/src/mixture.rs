@@ -337,6 +337,36 @@ impl Marginal {
         out
     }
 
+    /// The most probable component of every row of `x` (row-major, `n × d`): the argmax of
+    /// the posterior responsibilities r_k(x) ∝ w_k N(x; μ_k, C_k).
+    pub fn assign(&self, x: &[f64]) -> Vec<usize> {
+        let d = self.d;
+        x.par_chunks(d)
+            .map(|xi| {
+                let mut best = (f64::NEG_INFINITY, 0);
+                for (k, c) in self.comps.iter().enumerate() {
+                    let diff =
+                        DVector::from_iterator(d, xi.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
+                    let y = if self.diagonal {
+                        diff.component_mul(&c.inv_diag)
+                    } else {
+                        &c.inv * &diff
+                    };
+                    let logit = c.log_w + c.log_norm - 0.5 * diff.dot(&y);
+                    if logit > best.0 {
+                        best = (logit, k);
+                    }
+                }
+                best.1
+            })
+            .collect()
+    }
+
+    /// The components' weights.
+    pub fn weights(&self) -> Vec<f64> {
+        self.comps.iter().map(|c| c.log_w.exp()).collect()
+    }
+
     /// Score, divergence and log-density of every row.
     pub fn eval(&self, x: &[f64]) -> Vec<RowEval> {
         x.par_chunks(self.d)

@@ -2,86 +2,8 @@
 
 use candle_core::Tensor;
 use sdeflow_kernel::{Error, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::Params;
-
-/// How β_n depends on the step n = 1, 2, ….
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmaRate {
-    /// score_sde: β_n = min(β, (1 + n)/(10 + n)), β = 0.9999 there (the warm-up keeps the early
-    /// average from remembering the initial weights).
-    Warmup {
-        /// β.
-        beta: f64,
-    },
-    /// k-diffusion's `EMAWarmup`: β_n = min(β_max, 1 − (1 + n/γ)^(−p)), γ = 1, p = 2/3 and
-    /// β_max = 0.9999 by default.
-    Power {
-        /// γ > 0.
-        gamma: f64,
-        /// p > 0.
-        power: f64,
-        /// β_max.
-        max: f64,
-    },
-    /// EDM: a half-life of h samples at b samples per step, β = 0.5^(b/h) (0.5 M images at
-    /// batch 512 there), with k-diffusion's warm-up ratio r: h_n = min(h, r · n · b).
-    HalfLife {
-        /// h, in samples.
-        samples: f64,
-        /// r, the warm-up ratio (EDM: 0.05; 0 turns the warm-up off).
-        warmup_ratio: f64,
-    },
-}
-
-impl EmaRate {
-    /// β_n after step n with `batch` samples per step.
-    pub fn beta(&self, n: u64, batch: usize) -> f64 {
-        let n = n as f64;
-        match *self {
-            EmaRate::Warmup { beta } => beta.min((1.0 + n) / (10.0 + n)),
-            EmaRate::Power { gamma, power, max } => {
-                max.min(1.0 - (1.0 + n / gamma).powf(-power)).max(0.0)
-            }
-            EmaRate::HalfLife {
-                samples,
-                warmup_ratio,
-            } => {
-                let h = if warmup_ratio > 0.0 {
-                    samples.min(warmup_ratio * n * batch as f64)
-                } else {
-                    samples
-                };
-                0.5f64.powf(batch as f64 / h.max(f64::MIN_POSITIVE))
-            }
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |what: String| Err(Error::invalid("train", "ema", what));
-        match *self {
-            EmaRate::Warmup { beta } if !(0.0..1.0).contains(&beta) => {
-                bad(format!("beta {beta} is not in [0, 1)"))
-            }
-            EmaRate::Power { gamma, power, max }
-                if !(gamma > 0.0 && power > 0.0 && (0.0..1.0).contains(&max)) =>
-            {
-                bad(format!(
-                    "gamma {gamma} and power {power} must be > 0, max {max} in [0, 1)"
-                ))
-            }
-            EmaRate::HalfLife {
-                samples,
-                warmup_ratio,
-            } if !(samples > 0.0 && warmup_ratio >= 0.0) => bad(format!(
-                "half-life {samples} must be > 0 and warm-up ratio {warmup_ratio} ≥ 0"
-            )),
-            _ => Ok(()),
-        }
-    }
-}
+use crate::{EmaRate, Params};
 
 /// One moving average of every variable, in name order.
 #[derive(Debug, Clone)]

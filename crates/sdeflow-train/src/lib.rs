@@ -1,13 +1,13 @@
 //! # sdeflow-train
 //!
-//! What a training run steps with (MATH.md §9, "Optimiser and EMA"), as the framework's own
+//! What a training run steps with (its settings, the `train:` section, are the kernel's
+//! [`TrainSpec`], re-exported here) (MATH.md §9, "Optimiser and EMA"), as the framework's own
 //! code so that every piece of state can be checkpointed and a resumed run ends where an
 //! uninterrupted one does (candle-nn's AdamW keeps its moments private):
 //! - [`Params`]: the trainable variables of a model by name, in name order (every sum over
 //!   them — the global gradient norm — has one order, so the same run gives the same bits);
 //! - [`AdamW`]: Adam with bias correction and decoupled weight decay (Loshchilov & Hutter
 //!   2019), its moments and step count exposed for checkpoints;
-//! - [`LrSchedule`]: linear warm-up, then constant or cosine decay;
 //! - [`clip_global_norm`]: gradients scaled by min(1, c/‖g‖₂) over all parameters together,
 //!   a non-finite norm an error;
 //! - [`Ema`]: exponential moving averages of the weights, with score_sde's, k-diffusion's and
@@ -18,10 +18,11 @@
 pub mod checkpoint;
 pub mod ema;
 pub mod optim;
-pub mod schedule;
 pub mod trainer;
 
-pub use ema::{Ema, EmaRate};
-pub use optim::{AdamW, AdamWParams, Params, clip_global_norm};
-pub use schedule::{Decay, LrSchedule};
-pub use trainer::{StepReport, TrainSpec, Trainer};
+pub use ema::Ema;
+pub use optim::{AdamW, Params, clip_global_norm};
+pub use sdeflow_kernel::train::{
+    AdamWParams, CheckpointSpec, Decay, EmaRate, EvalSpec, LrSchedule, TrainSpec,
+};
+pub use trainer::{StepReport, Trainer};

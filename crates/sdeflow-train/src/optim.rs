@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
-use sdeflow_kernel::{Error, Result};
-use serde::{Deserialize, Serialize};
+use sdeflow_kernel::{Error, Result, train::AdamWParams};
 
 /// A model's trainable variables by name, in name order.
 #[derive(Debug, Clone)]
@@ -76,33 +75,6 @@ pub fn clip_global_norm(params: &Params, grads: &mut [Tensor], max_norm: f64) ->
     Ok(norm)
 }
 
-/// AdamW's hyperparameters (the learning rate comes from the schedule, per step).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdamWParams {
-    /// β₁, the first moment's decay.
-    pub beta1: f64,
-    /// β₂, the second moment's decay.
-    pub beta2: f64,
-    /// ε in the denominator.
-    pub eps: f64,
-    /// The decoupled weight decay (0: Adam).
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWParams {
-    /// PyTorch's `torch.optim.AdamW` defaults, which k-diffusion uses: β = (0.9, 0.999),
-    /// ε = 1e-8, weight decay 0.01.
-    fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
-    }
-}
-
 /// AdamW (Loshchilov & Hutter 2019, Algorithm 2, as PyTorch computes it): with gradient g at
 /// step n = 1, 2, …, m ← β₁ m + (1 − β₁) g, v ← β₂ v + (1 − β₂) g²,
 /// θ ← θ − lr (m̂/(√v̂ + ε) + wd θ), m̂ = m/(1 − β₁ⁿ), v̂ = v/(1 − β₂ⁿ). The moments and n are
@@ -120,21 +92,7 @@ impl AdamW {
     /// An optimizer for `params` with zero moments at step 0; an error for hyperparameters
     /// outside their ranges (β in [0, 1), ε > 0, weight decay ≥ 0).
     pub fn new(params: Params, hp: AdamWParams) -> Result<Self> {
-        let bad = |field: &str, v: f64, valid: &str| {
-            Error::invalid("adamw", field, format!("{v} is not {valid}"))
-        };
-        if !(0.0..1.0).contains(&hp.beta1) {
-            return Err(bad("beta1", hp.beta1, "in [0, 1)"));
-        }
-        if !(0.0..1.0).contains(&hp.beta2) {
-            return Err(bad("beta2", hp.beta2, "in [0, 1)"));
-        }
-        if !(hp.eps > 0.0 && hp.eps.is_finite()) {
-            return Err(bad("eps", hp.eps, "a positive finite number"));
-        }
-        if !(hp.weight_decay >= 0.0 && hp.weight_decay.is_finite()) {
-            return Err(bad("weight_decay", hp.weight_decay, "a finite number ≥ 0"));
-        }
+        hp.validate()?;
         let zeros = |(_, v): &(String, Var)| v.as_tensor().zeros_like();
         let m = params
             .vars

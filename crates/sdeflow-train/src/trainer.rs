@@ -5,57 +5,18 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
+use sdeflow_kernel::train::{LrSchedule, TrainSpec};
 use sdeflow_kernel::{
     Denoiser, Dsm, Error, ForwardSde, Parameterization, Result, ScoreModel, Weighting,
     data::{Data, Split},
 };
-use serde::{Deserialize, Serialize};
 
-use crate::{AdamW, AdamWParams, Decay, Ema, EmaRate, LrSchedule, Params, clip_global_norm};
+use crate::{AdamW, Ema, Params, clip_global_norm};
 
 /// Evaluation draws are the training stream's under this seed offset: apart from every
 /// training step's, and the same at every evaluation.
 const EVAL_SEED: u64 = 0x5eed_0e7a1;
-
-/// How a run trains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainSpec {
-    /// Optimizer steps.
-    pub steps: u64,
-    /// Rows per step.
-    pub batch: usize,
-    /// The peak learning rate.
-    pub lr: f64,
-    /// Linear warm-up steps.
-    pub warmup: u64,
-    /// What follows the warm-up.
-    pub decay: Decay,
-    /// AdamW's β₁, β₂, ε and weight decay.
-    pub optimizer: AdamWParams,
-    /// The global gradient norm bound (`None`: no clipping).
-    pub clip: Option<f64>,
-    /// The EMA's rate schedule.
-    pub ema: EmaRate,
-}
-
-impl Default for TrainSpec {
-    /// AdamW at 1e-3 after 100 warm-up steps, clipped at 1.0 (score_sde), EMA 0.999 with
-    /// score_sde's warm-up.
-    fn default() -> Self {
-        Self {
-            steps: 2_000,
-            batch: 512,
-            lr: 1e-3,
-            warmup: 100,
-            decay: Decay::Constant,
-            optimizer: AdamWParams::default(),
-            clip: Some(1.0),
-            ema: EmaRate::Warmup { beta: 0.999 },
-        }
-    }
-}
 
 /// What one step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +45,7 @@ pub struct Trainer {
     data: Data,
     params: Params,
     opt: AdamW,
-    ema: Ema,
+    emas: Vec<Ema>,
     dtype: DType,
     device: Device,
 }
@@ -106,34 +67,18 @@ impl Trainer {
         seed: u64,
         (dtype, device): (DType, Device),
     ) -> Result<Self> {
-        if spec.steps == 0 || spec.batch == 0 {
-            return Err(Error::invalid(
-                "train",
-                "steps",
-                "steps and batch must be at least 1",
-            ));
-        }
-        if let Some(c) = spec.clip
-            && !(c > 0.0 && c.is_finite())
-        {
-            return Err(Error::invalid(
-                "train",
-                "clip",
-                format!("{c} is not a positive finite norm"),
-            ));
-        }
+        spec.validate()?;
         let vm = model
             .varmap()
             .ok_or_else(|| Error::Msg(format!("{model:?} has no trainable variables")))?;
         let params = Params::new(vm)?;
-        let schedule = LrSchedule {
-            peak: spec.lr,
-            warmup: spec.warmup,
-            decay: spec.decay,
-        };
-        schedule.validate()?;
+        let schedule = spec.schedule();
         let opt = AdamW::new(params.clone(), spec.optimizer)?;
-        let ema = Ema::new(spec.ema, &params)?;
+        let emas = spec
+            .ema
+            .iter()
+            .map(|&rate| Ema::new(rate, &params))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             schedule,
             seed,
@@ -143,7 +88,7 @@ impl Trainer {
             data,
             params,
             opt,
-            ema,
+            emas,
             dtype,
             device,
             spec,
@@ -160,14 +105,59 @@ impl Trainer {
         &self.params
     }
 
-    /// The EMA.
-    pub fn ema(&self) -> &Ema {
-        &self.ema
+    /// How the run trains.
+    pub fn spec(&self) -> &TrainSpec {
+        &self.spec
     }
 
-    /// The EMA, to restore it.
-    pub fn ema_mut(&mut self) -> &mut Ema {
-        &mut self.ema
+    /// The run's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The data it trains on.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// The EMAs, in the order of the spec's rates (the first is the one evaluated).
+    pub fn emas(&self) -> &[Ema] {
+        &self.emas
+    }
+
+    /// The EMAs, to restore them.
+    pub fn emas_mut(&mut self) -> &mut [Ema] {
+        &mut self.emas
+    }
+
+    /// Runs `f` with the model's variables set to `weights` (in name order: an EMA's), then
+    /// puts the trained weights back exactly.
+    pub fn with_weights<T>(&self, weights: &[Tensor], f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let vars = self.params.vars();
+        if weights.len() != vars.len() {
+            return Err(Error::Shape(format!(
+                "{} weights for {} variables",
+                weights.len(),
+                vars.len()
+            )));
+        }
+        let saved = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for ((_, v), w) in vars.iter().zip(weights) {
+            v.set(w)?;
+        }
+        let out = f();
+        for ((_, v), w) in vars.iter().zip(&saved) {
+            v.set(w)?;
+        }
+        out
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
     }
 
     /// The optimizer, to save or restore its state.
@@ -202,29 +192,59 @@ impl Trainer {
     }
 
     /// One step: rows (n − 1)·B … n·B − 1 of the train split and the draws of step n, the
-    /// loss, its gradient clipped, AdamW at lr(n), the EMA. A non-finite loss or gradient is
-    /// an error naming the step and the range of t in the batch, before anything is updated.
+    /// loss, its gradient clipped, AdamW at lr(n), the EMAs. With `accumulate` = a the batch
+    /// is taken as a micro-batches whose losses are weighted by their share of the rows, so
+    /// the loss and gradient are the whole batch's. A non-finite loss or gradient is an error
+    /// naming the step and the range of t in the batch, before anything is updated.
     pub fn step(&mut self) -> Result<StepReport> {
         let n = self.opt.step_count() + 1;
         let b = self.spec.batch;
-        let batch = self
-            .data
-            .batch(Split::Train, self.seed, (n - 1) * b as u64, b)?;
-        let (x0, labels) = batch.tensors(self.dtype, &self.device)?;
-        let draws = self
-            .dsm
-            .draw(self.seed, n, 0, b, &batch.shape, self.dtype, &self.device)?;
-        let loss = self
-            .dsm
-            .loss(&self.denoiser, &x0, labels.as_ref(), &draws)?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let parts = self.spec.accumulate;
+        let mut value = 0.0;
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut times = Vec::with_capacity(b);
+        for k in 0..parts {
+            let (lo, hi) = (k * b / parts, (k + 1) * b / parts);
+            let batch = self.data.batch(
+                Split::Train,
+                self.seed,
+                (n - 1) * b as u64 + lo as u64,
+                hi - lo,
+            )?;
+            let (x0, labels) = batch.tensors(self.dtype, &self.device)?;
+            let draws = self.dsm.draw(
+                self.seed,
+                n,
+                lo as u64,
+                hi - lo,
+                &batch.shape,
+                self.dtype,
+                &self.device,
+            )?;
+            match &draws.time {
+                sdeflow_kernel::PerRow::Rows(r) => times.extend(r.values().iter().map(|c| c.t)),
+                sdeflow_kernel::PerRow::Call(c) => times.push(c.t),
+            }
+            let mut loss = self
+                .dsm
+                .loss(&self.denoiser, &x0, labels.as_ref(), &draws)?;
+            if parts > 1 {
+                loss = loss.affine((hi - lo) as f64 / b as f64, 0.0)?;
+            }
+            value += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let g = self.params.grads(&loss.backward()?)?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a.add(b))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            });
+        }
         let t_range = || {
-            let ts: Vec<f64> = match &draws.time {
-                sdeflow_kernel::PerRow::Rows(r) => r.values().iter().map(|c| c.t).collect(),
-                sdeflow_kernel::PerRow::Call(c) => vec![c.t],
-            };
-            let lo = ts.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lo = times.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = times.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             format!("t in [{lo:e}, {hi:e}]")
         };
         if !value.is_finite() {
@@ -233,7 +253,7 @@ impl Trainer {
                 t_range()
             )));
         }
-        let mut grads = self.params.grads(&loss.backward()?)?;
+        let mut grads = grads.unwrap_or_default();
         let grad_norm = match self.spec.clip {
             Some(c) => clip_global_norm(&self.params, &mut grads, c),
             None => clip_global_norm(&self.params, &mut grads, f64::INFINITY),
@@ -246,7 +266,9 @@ impl Trainer {
         })?;
         let lr = self.schedule.lr(n, self.spec.steps);
         self.opt.step(&grads, lr)?;
-        self.ema.update(&self.params, n, b)?;
+        for ema in &mut self.emas {
+            ema.update(&self.params, n, b)?;
+        }
         Ok(StepReport {
             step: n,
             loss: value,

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{Data, Denoiser, Result, ScoreModel, Split, data::MixtureData};
-use sdeflow_train::{TrainSpec, Trainer};
+use sdeflow_train::{EmaRate, TrainSpec, Trainer};
 
 const SEED: u64 = 3;
 
@@ -29,7 +29,9 @@ fn bits(t: &Trainer, ema: bool) -> Result<Vec<u32>> {
         .map(|(_, v)| v.as_tensor().clone())
         .collect();
     if ema {
-        tensors.extend(t.ema().weights().iter().cloned());
+        for ema in t.emas() {
+            tensors.extend(ema.weights().iter().cloned());
+        }
     }
     let mut out = Vec::new();
     for w in tensors {
@@ -116,8 +118,8 @@ fn a_restored_run_ends_on_the_same_bits() -> Result<()> {
     let (tensors, step) = first.optimizer_mut().state();
     let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
     second.optimizer_mut().load_state(&tensors, step)?;
-    let ema = first.ema().weights().to_vec();
-    second.ema_mut().set_weights(ema)?;
+    let ema = first.emas()[0].weights().to_vec();
+    second.emas_mut()[0].set_weights(ema)?;
     for _ in 0..5 {
         second.step()?;
     }
@@ -137,6 +139,13 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
         steps: 12,
         batch: 32,
         warmup: 2,
+        ema: vec![
+            EmaRate::Warmup { beta: 0.999 },
+            EmaRate::HalfLife {
+                samples: 100.0,
+                warmup_ratio: 0.05,
+            },
+        ],
         ..TrainSpec::default()
     };
     let manifest = |step| Manifest {
@@ -144,6 +153,7 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
         seed: SEED,
         config_hash: "test".into(),
         target: "eps".into(),
+        emas: 2,
     };
     let (mut straight, _) = trainer(spec.clone())?;
     for _ in 0..3 {
@@ -151,7 +161,7 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
             straight.step()?;
         }
         let m = manifest(straight.step_count());
-        checkpoint::save(&root, &mut straight, &m, 2)?;
+        checkpoint::save(&root, &straight, &m, 2)?;
     }
     for _ in 0..3 {
         straight.step()?;
@@ -164,7 +174,7 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
         .ok_or_else(|| sdeflow_kernel::Error::Msg("no checkpoint".into()))?;
     assert_eq!(m, manifest(9));
     let (mut resumed, _) = trainer(spec.clone())?;
-    checkpoint::restore(&dir, &mut resumed, &m)?;
+    assert_eq!(checkpoint::restore(&dir, &mut resumed)?, m);
     for _ in 0..3 {
         resumed.step()?;
     }
@@ -177,7 +187,7 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
     candle_core::safetensors::save(&ema, &ema_path)?;
     let (mut broken, _) = trainer(spec)?;
     let before = bits(&broken, true)?;
-    let msg = checkpoint::restore(&dir, &mut broken, &m)
+    let msg = checkpoint::restore(&dir, &mut broken)
         .map(|_| ())
         .expect_err("missing")
         .to_string();
@@ -187,5 +197,36 @@ fn a_run_restored_from_its_checkpoint_ends_on_the_same_bits() -> Result<()> {
     );
     assert_eq!(bits(&broken, true)?, before);
     let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Gradient accumulation takes the same rows and draws as one batch: the loss and the
+/// updated weights of 3 micro-batches match one batch of 96 up to summation order.
+#[test]
+fn accumulated_micro_batches_are_the_whole_batch() -> Result<()> {
+    let spec = TrainSpec {
+        steps: 3,
+        batch: 96,
+        warmup: 0,
+        ..TrainSpec::default()
+    };
+    let (mut whole, _) = trainer(spec.clone())?;
+    let (mut parts, _) = trainer(TrainSpec {
+        accumulate: 3,
+        ..spec
+    })?;
+    for _ in 0..3 {
+        let (a, b) = (whole.step()?, parts.step()?);
+        assert!((a.loss - b.loss).abs() <= 1e-5 * a.loss, "{a:?} vs {b:?}");
+        assert!((a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm);
+    }
+    for ((_, a), (_, b)) in whole.params().vars().iter().zip(parts.params().vars()) {
+        let gap = (a.as_tensor() - b.as_tensor())?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(gap < 1e-5, "weights differ by {gap}");
+    }
     Ok(())
 }
