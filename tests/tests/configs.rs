@@ -40,6 +40,16 @@ fn the_embedded_default_is_configs_default_ron() -> Result<()> {
     let (code, out, err) = run(&["check"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("config  configs/default.ron"), "{out}");
+    // The default job spells out the training defaults, so the file documents them.
+    let config = sdeflow_cli::load(sdeflow_plugins::registry()?, None, None)?;
+    assert_eq!(config.train, Some(sdeflow_kernel::TrainSpec::default()));
+    assert_eq!(
+        config.jobs,
+        [
+            sdeflow_kernel::config::Job::Train,
+            sdeflow_kernel::config::Job::Sample
+        ]
+    );
     Ok(())
 }
 

@@ -192,6 +192,19 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             .chunk_rows
             .map_or("off".into(), |c| format!("of {c} rows")),
     );
+    if config.jobs.contains(&sdeflow_kernel::config::Job::Train) || config.train.is_some() {
+        let _ = writeln!(
+            s,
+            "train   {}",
+            train_text(&config.train.clone().unwrap_or_default())
+        );
+    }
+    let jobs: Vec<String> = config
+        .jobs
+        .iter()
+        .map(|j| format!("{j:?}").to_lowercase())
+        .collect();
+    let _ = writeln!(s, "jobs    {}", jobs.join(", "));
     let _ = writeln!(
         s,
         "\n{:>6} {:>13} {:>13} {:>13} {:>10} {:>13} {:>6}",
@@ -350,4 +363,51 @@ fn loss_plan(
             param.c_noise(&c)
         );
     }
+}
+
+/// One line saying how a run trains.
+pub fn train_text(t: &sdeflow_kernel::TrainSpec) -> String {
+    use sdeflow_kernel::train::{Decay, EmaRate};
+    let decay = match t.decay {
+        Decay::Constant => "then constant".to_string(),
+        Decay::Cosine { final_fraction } => format!("then cosine to {final_fraction}×"),
+    };
+    let emas: Vec<String> = t
+        .ema
+        .iter()
+        .map(|r| match r {
+            EmaRate::Warmup { beta } => format!("min({beta}, (1+n)/(10+n))"),
+            EmaRate::Power { gamma, power, max } => {
+                format!("min({max}, 1 − (1 + n/{gamma})^−{power})")
+            }
+            EmaRate::HalfLife {
+                samples,
+                warmup_ratio,
+            } => format!("half-life {samples} samples (warm-up ratio {warmup_ratio})"),
+        })
+        .collect();
+    let o = &t.optimizer;
+    format!(
+        "{} steps × {} rows{}, AdamW(β = ({}, {}), ε = {:e}, decay {}) at lr {:e} (warm-up {} steps, {decay}), clip {}, EMA {}; eval every {} ({} held-out rows, {} samples), checkpoint every {} (keep {})",
+        t.steps,
+        t.batch,
+        if t.accumulate > 1 {
+            format!(" in {} micro-batches", t.accumulate)
+        } else {
+            String::new()
+        },
+        o.beta1,
+        o.beta2,
+        o.eps,
+        o.weight_decay,
+        t.lr,
+        t.warmup,
+        t.clip.map_or("off".into(), |c| c.to_string()),
+        emas.join(" and "),
+        t.eval.every,
+        t.eval.rows,
+        t.eval.samples,
+        t.checkpoint.every,
+        t.checkpoint.keep
+    )
 }

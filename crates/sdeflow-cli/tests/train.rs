@@ -147,7 +147,11 @@ fn kills_leave_a_consistent_checkpoint_and_resume_to_the_same_bytes() {
             "--out",
             out.to_str().expect("utf-8"),
         ];
-        println!("kill {trial}: point {at} of {}: {}", points.len(), points[at as usize - 1]);
+        println!(
+            "kill {trial}: point {at} of {}: {}",
+            points.len(),
+            points[at as usize - 1]
+        );
         let killed = sdeflow(&args, Some(&at.to_string()));
         assert!(
             !killed.status.success(),
