@@ -7,7 +7,7 @@
 //!   [--device cpu|cuda|metal] [--dtype f32|f64] [--jobs N]`: runs every registered plugin
 //!   through the contracts of its kind, N units side by side, prints the table, exits 1 on a
 //!   failure.
-//! - `cargo xtask bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
+//! - `cargo xtask bench [--train] [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's overhead
 //!   beside the model for every solver, samples/s, and the solver's own time per step.
 //! - `cargo xtask tidy`: the plugin rules ([`xtask::tidy`]); exits 1 naming each violation.
 //! - `cargo xtask new-plugin KIND NAME`: a working plugin crate in the house shape, linked.
@@ -50,6 +50,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Train the default job's network in every parameterization over seeds and print the
+    /// table of final sliced W2 and held-out loss (in xtask-linked; `--help` for options).
+    #[command(disable_help_flag = true)]
+    TrainTable {
+        /// Passed on to `xtask-linked train-table`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
         Command::Tidy => tidy(),
         Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
         Command::Bench { args } => linked("bench", &args),
+        Command::TrainTable { args } => linked("train-table", &args),
     };
     match result {
         Ok(code) => code,

@@ -230,3 +230,41 @@ fn accumulated_micro_batches_are_the_whole_batch() -> Result<()> {
     }
     Ok(())
 }
+
+/// A run that diverges (a learning rate of 1e30 throws the weights to ~1e30 in one step)
+/// stops at the first non-finite loss or gradient with the step and the range of t, and the
+/// failing step changes nothing: weights, EMA and step count stay as they were.
+#[test]
+fn a_non_finite_step_is_an_error_that_changes_nothing() -> Result<()> {
+    let spec = TrainSpec {
+        steps: 10,
+        batch: 32,
+        lr: 1e30,
+        warmup: 0,
+        clip: None,
+        ..TrainSpec::default()
+    };
+    let (mut t, _) = trainer(spec)?;
+    let mut failure = None;
+    for _ in 0..10 {
+        let before = (bits(&t, true)?, t.step_count());
+        match t.step() {
+            Ok(_) => continue,
+            Err(e) => {
+                assert_eq!((bits(&t, true)?, t.step_count()), before);
+                failure = Some((e.to_string(), before.1 + 1));
+                break;
+            }
+        }
+    }
+    let (msg, step) = failure.expect("a learning rate of 1e30 diverges");
+    assert!(
+        msg.contains(&format!("training step {step}")) && msg.contains("t in ["),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the loss is") || msg.contains("the gradient of `"),
+        "names the loss or the tensor: {msg}"
+    );
+    Ok(())
+}

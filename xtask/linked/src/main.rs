@@ -9,7 +9,10 @@
 //!   failure.
 //! - `bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's
 //!   overhead beside the model for every solver, samples/s, and the solver's own time per
-//!   step.
+//!   step. `bench --train [--threads N]`: training steps/s of the mlp at batch 512 and
+//!   4,096, on 1 and 2 threads.
+//! - `train-table [--seeds N] [--steps N]`: the default job's training in every
+//!   parameterization, final SW2 and held-out loss over seeds.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -17,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod conformance;
+mod train_bench;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -68,15 +72,35 @@ enum Command {
         /// Samples per run.
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
-        /// Threads for candle and the noise (RAYON_NUM_THREADS).
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
+        /// Threads for candle and the noise (RAYON_NUM_THREADS); default 1, and with
+        /// `--train` both 1 and 2.
+        #[arg(long)]
+        threads: Option<usize>,
         /// Runs per timing: the overhead ratio is the median of as many pairs.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Only this solver (and its registered variants).
         #[arg(long)]
         solver: Option<String>,
+        /// Training steps/s of the mlp at batch 512 and 4,096 instead.
+        #[arg(long)]
+        train: bool,
+    },
+    /// Train the default job's network in every parameterization (its usual weighting; VP,
+    /// and EDM's SDE for `edm`) over seeds; print final SW2 and held-out loss, mean ± sd.
+    TrainTable {
+        /// Seeds per parameterization.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Training steps (default: the default job's).
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Threads (RAYON_NUM_THREADS).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Where the runs write.
+        #[arg(long, default_value = "target/train-table")]
+        out: PathBuf,
     },
 }
 
@@ -100,16 +124,29 @@ fn main() -> ExitCode {
             jobs,
         } => conformance::run(quick, kind, plugin, json, device, dtype, jobs),
         Command::Bench {
+            threads,
+            repeats,
+            train: true,
+            ..
+        } => train_bench::run(threads, repeats),
+        Command::Bench {
             batch,
             threads,
             repeats,
             solver,
+            train: false,
         } => bench::run(bench::BenchArgs {
             batch,
-            threads,
+            threads: threads.unwrap_or(1),
             repeats,
             solver,
         }),
+        Command::TrainTable {
+            seeds,
+            steps,
+            threads,
+            out,
+        } => train_bench::table(seeds, steps, threads, out),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,238 @@
+//! `cargo xtask bench --train`: training steps per second of the `mlp` (3 × 256, SiLU, the
+//! default) on the 8-mode ring, AdamW with clipping and one EMA — a whole
+//! [`sdeflow_train::Trainer`] step (rows, draws, DSM loss, backward, clip, update, EMA) — at
+//! batch 512 and 4,096, on 1 and 2 threads (each thread count in its own process, pinned
+//! with RAYON_NUM_THREADS, in a release build).
+//!
+//! `cargo xtask train-table`: the default job's training (configs/default.ron) with the network
+//! in each parameterization under its usual weighting, on VP (and EDM's SDE for `edm`), over
+//! seeds; prints the final sliced W2 (2,000 EMA samples, dpmpp_2m, 50 steps) against its
+//! floor and the held-out loss, mean ± sd, as a Markdown table.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use candle_core::{DType, Device};
+use sdeflow_kernel::{Error, ModelContext, Result, TrainSpec, data::Data};
+use sdeflow_train::Trainer;
+
+/// Re-runs `args` (an `xtask-linked` command line) in a release build with the thread count
+/// pinned, unless this is already that process.
+fn pinned(threads: usize, args: &[String]) -> Result<Option<ExitCode>> {
+    let is_pinned = std::env::var("RAYON_NUM_THREADS").ok() == Some(threads.to_string());
+    if !cfg!(debug_assertions) && is_pinned {
+        return Ok(None);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "xtask-linked",
+            "--",
+        ])
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .status()
+        .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
+    Ok(Some(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }))
+}
+
+/// The ring of the default job, as data.
+fn ring() -> Result<Data> {
+    let config = sdeflow_cli::load(sdeflow_plugins::registry()?, None, None)?;
+    config
+        .data
+        .map(|d| d.plugin)
+        .ok_or_else(|| Error::Msg("the default config names no data".into()))
+}
+
+/// `bench --train`: steps/s at batch 512 and 4,096 for each thread count.
+pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
+    let Some(k) = threads else {
+        println!(
+            "training steps/s: mlp 3 × 256 on the ring, AdamW + clip + EMA, f32, CPU (release)"
+        );
+        println!("| threads | batch | steps/s | ms/step |");
+        println!("|---:|---:|---:|---:|");
+        for k in [1, 2] {
+            let args = [
+                "bench".to_string(),
+                "--train".into(),
+                "--threads".into(),
+                k.to_string(),
+                "--repeats".into(),
+                repeats.to_string(),
+            ];
+            if let Some(code) = pinned(k, &args)?
+                && code != ExitCode::SUCCESS
+            {
+                return Ok(code);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let args = [
+        "bench".to_string(),
+        "--train".into(),
+        "--threads".into(),
+        k.to_string(),
+        "--repeats".into(),
+        repeats.to_string(),
+    ];
+    if let Some(code) = pinned(k, &args)? {
+        return Ok(code);
+    }
+    let registry = sdeflow_plugins::registry()?;
+    for batch in [512, 4_096] {
+        let data = ring()?;
+        let ctx = ModelContext::new(Device::Cpu, DType::F32).with_data(data.clone());
+        let model = registry.model("mlp", "()", &ctx)?;
+        let spec = TrainSpec {
+            batch,
+            ..TrainSpec::default()
+        };
+        let mut trainer = Trainer::new(
+            model,
+            registry.param("eps", "()")?,
+            registry.sde("vp", "()")?,
+            registry.weighting("simple", "()")?,
+            data,
+            spec,
+            0,
+            (DType::F32, Device::Cpu),
+        )?;
+        for _ in 0..5 {
+            trainer.step()?; // warm-up: allocations, caches
+        }
+        let steps = if batch > 1_000 { 20 } else { 100 };
+        let mut rates = Vec::new();
+        for _ in 0..repeats.max(1) {
+            let start = Instant::now();
+            for _ in 0..steps {
+                trainer.step()?;
+            }
+            rates.push(steps as f64 / start.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        println!("| {k} | {batch} | {median:.1} | {:.2} |", 1e3 / median);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The parameterizations of the table, each with its usual weighting and SDE.
+const ROWS: [(&str, &str, &str); 6] = [
+    ("eps", "simple()", "vp(beta_min: 0.1, beta_max: 20.0)"),
+    (
+        "x0",
+        "min_snr(gamma: 5.0)",
+        "vp(beta_min: 0.1, beta_max: 20.0)",
+    ),
+    (
+        "v",
+        "min_snr(gamma: 5.0)",
+        "vp(beta_min: 0.1, beta_max: 20.0)",
+    ),
+    ("score", "simple()", "vp(beta_min: 0.1, beta_max: 20.0)"),
+    ("flow", "simple()", "vp(beta_min: 0.1, beta_max: 20.0)"),
+    ("edm", "edm()", "edm()"),
+];
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// `train-table`: every row × `seeds` seeds, `steps` training steps each (default: the
+/// default job's).
+pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Result<ExitCode> {
+    let mut args = vec![
+        "train-table".to_string(),
+        "--seeds".into(),
+        seeds.to_string(),
+        "--threads".into(),
+        threads.to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    if let Some(s) = steps {
+        args.extend(["--steps".into(), s.to_string()]);
+    }
+    if let Some(code) = pinned(threads, &args)? {
+        return Ok(code);
+    }
+    let registry = sdeflow_plugins::registry()?;
+    let base = sdeflow_cli::DEFAULT_CONFIG;
+    println!(
+        "| parameterization | weighting | SDE | final SW2 (× floor mean) | held-out loss | steps/s |"
+    );
+    println!("|---|---|---|---|---|---:|");
+    for (param, weighting, sde) in ROWS {
+        let (mut sws, mut ratios, mut losses, mut speeds) = (vec![], vec![], vec![], vec![]);
+        for seed in 0..seeds {
+            let mut text = base
+                .replace("seed: 0,", &format!("seed: {seed},"))
+                .replace(
+                    "param: eps(),",
+                    &format!("param: {param}(),\n    weighting: {weighting},"),
+                )
+                .replace(
+                    "sde: vp(beta_min: 0.1, beta_max: 20.0),",
+                    &format!("sde: {sde},"),
+                )
+                .replace("jobs: [train, sample],", "jobs: [train],");
+            if let Some(s) = steps {
+                text = text.replace("steps: 3000,", &format!("steps: {s},"));
+            }
+            let name = format!("train-table-{param}-seed{seed}.ron");
+            let config =
+                sdeflow_kernel::Config::parse(&name, &text, registry, &|_| Ok(Device::Cpu))?;
+            let dir = out.join(format!("{param}-seed{seed}"));
+            let summary = sdeflow_cli::train::train(
+                &config,
+                Device::Cpu,
+                Some(dir),
+                sdeflow_cli::train::Resume::Fresh,
+            )?;
+            let last = summary
+                .last
+                .ok_or_else(|| Error::Msg("no final evaluation".into()))?;
+            let (sw, floor) = (
+                last.sliced_w2.unwrap_or(f64::NAN),
+                last.sliced_w2_floor_mean.unwrap_or(f64::NAN),
+            );
+            eprintln!(
+                "{param} seed {seed}: SW2 {sw:.4} (floor {floor:.4}), held-out loss {:.4}, {:.1} steps/s",
+                last.heldout_loss, summary.steps_per_second
+            );
+            sws.push(sw);
+            ratios.push(sw / floor);
+            losses.push(last.heldout_loss);
+            speeds.push(summary.steps_per_second);
+        }
+        let (sw, sw_sd) = mean_sd(&sws);
+        let (r, r_sd) = mean_sd(&ratios);
+        let (l, l_sd) = mean_sd(&losses);
+        let (s, _) = mean_sd(&speeds);
+        println!(
+            "| {param} | {weighting} | {sde} | {sw:.4} ± {sw_sd:.4} ({r:.2} ± {r_sd:.2}) | {l:.4} ± {l_sd:.4} | {s:.0} |"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
