@@ -190,45 +190,63 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { file, out: dir } => {
-            let config = load(registry, file.as_ref(), device_override)?;
-            let device = device::resolve(device_override.unwrap_or(config.device))?;
-            let summary = sample::sample(&config, device, dir)?;
-            write!(out, "{summary}").map_err(io)
-        }
+        Command::Sample { file, out: dir } => jobs(
+            registry,
+            file,
+            device_override,
+            (dir, Some(Job::Sample), train::Resume::Auto),
+            out,
+        ),
         Command::Train {
             file,
             out: dir,
             resume,
-        } => {
-            let config = load(registry, file.as_ref(), device_override)?;
-            let device = device::resolve(device_override.unwrap_or(config.device))?;
-            let summary = train::train(&config, device, dir, resume.mode())?;
-            write!(out, "{summary}").map_err(io)
-        }
+        } => jobs(
+            registry,
+            file,
+            device_override,
+            (dir, Some(Job::Train), resume.mode()),
+            out,
+        ),
         Command::Run {
             file,
             out: dir,
             resume,
-        } => {
-            let config = load(registry, file.as_ref(), device_override)?;
-            let device = device::resolve(device_override.unwrap_or(config.device))?;
-            for job in &config.jobs {
-                match job {
-                    Job::Sample => {
-                        let summary = sample::sample(&config, device.clone(), dir.clone())?;
-                        write!(out, "{summary}").map_err(io)?;
-                    }
-                    Job::Train => {
-                        let summary =
-                            train::train(&config, device.clone(), dir.clone(), resume.mode())?;
-                        write!(out, "{summary}").map_err(io)?;
-                    }
-                }
+        } => jobs(
+            registry,
+            file,
+            device_override,
+            (dir, None, resume.mode()),
+            out,
+        ),
+    }
+}
+
+/// Runs `only` (or every job the config names) into `dir`, printing each job's summary.
+fn jobs(
+    registry: &Registry,
+    file: Option<PathBuf>,
+    device_override: Option<DeviceSpec>,
+    (dir, only, resume): (Option<PathBuf>, Option<Job>, train::Resume),
+    out: &mut dyn Write,
+) -> Result<()> {
+    let config = load(registry, file.as_ref(), device_override)?;
+    let device = device::resolve(device_override.unwrap_or(config.device))?;
+    let io = |e: std::io::Error| Error::Msg(format!("cannot write output: {e}"));
+    let jobs = only.map_or_else(|| config.jobs.clone(), |j| vec![j]);
+    for job in jobs {
+        match job {
+            Job::Sample => {
+                let summary = sample::sample(&config, device.clone(), dir.clone())?;
+                write!(out, "{summary}").map_err(io)?;
             }
-            Ok(())
+            Job::Train => {
+                let summary = train::train(&config, device.clone(), dir.clone(), resume)?;
+                write!(out, "{summary}").map_err(io)?;
+            }
         }
     }
+    Ok(())
 }
 
 /// Reads and parses a config (the embedded default when `file` is `None`), resolving its

@@ -59,34 +59,51 @@ pub struct BenchArgs {
 
 /// Re-runs in release when built without optimizations, with the thread count pinned.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let pinned = std::env::var("RAYON_NUM_THREADS").ok() == Some(args.threads.to_string());
-    if cfg!(debug_assertions) || !pinned {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "--package",
-                "xtask-linked",
-                "--",
-                "bench",
-            ])
-            .args(["--batch", &args.batch.to_string()])
-            .args(["--threads", &args.threads.to_string()])
-            .args(["--repeats", &args.repeats.to_string()])
-            .args(args.solver.iter().flat_map(|s| ["--solver", s]))
-            .env("RAYON_NUM_THREADS", args.threads.to_string())
-            .status()
-            .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
-        return Ok(if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+    let mut line = vec![
+        "bench".to_string(),
+        "--batch".into(),
+        args.batch.to_string(),
+        "--threads".into(),
+        args.threads.to_string(),
+        "--repeats".into(),
+        args.repeats.to_string(),
+    ];
+    if let Some(s) = &args.solver {
+        line.extend(["--solver".into(), s.clone()]);
+    }
+    if let Some(code) = pinned(args.threads, &line)? {
+        return Ok(code);
     }
     measure(&args)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-runs `args` (an `xtask-linked` command line) in a release build with RAYON_NUM_THREADS
+/// pinned to `threads`, unless this is already that process (then `None`).
+pub fn pinned(threads: usize, args: &[String]) -> Result<Option<ExitCode>> {
+    let is_pinned = std::env::var("RAYON_NUM_THREADS").ok() == Some(threads.to_string());
+    if !cfg!(debug_assertions) && is_pinned {
+        return Ok(None);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "xtask-linked",
+            "--",
+        ])
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .status()
+        .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
+    Ok(Some(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }))
 }
 
 /// A model that costs nothing: zeros out.

@@ -9,43 +9,13 @@
 //! seeds; prints the final sliced W2 (2,000 EMA samples, dpmpp_2m, 50 steps) against its
 //! floor and the held-out loss, mean ± sd, as a Markdown table.
 
-use std::{
-    path::PathBuf,
-    process::{Command, ExitCode},
-    time::Instant,
-};
+use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use candle_core::{DType, Device};
 use sdeflow_kernel::{Error, ModelContext, Result, TrainSpec, data::Data};
 use sdeflow_train::Trainer;
 
-/// Re-runs `args` (an `xtask-linked` command line) in a release build with the thread count
-/// pinned, unless this is already that process.
-fn pinned(threads: usize, args: &[String]) -> Result<Option<ExitCode>> {
-    let is_pinned = std::env::var("RAYON_NUM_THREADS").ok() == Some(threads.to_string());
-    if !cfg!(debug_assertions) && is_pinned {
-        return Ok(None);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "xtask-linked",
-            "--",
-        ])
-        .args(args)
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .status()
-        .map_err(|e| Error::Msg(format!("cannot run cargo for the release build: {e}")))?;
-    Ok(Some(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }))
-}
+use crate::bench::pinned;
 
 /// The ring of the default job, as data.
 fn ring() -> Result<Data> {
