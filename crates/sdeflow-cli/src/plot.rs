@@ -49,11 +49,12 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Msg(format!("cannot draw the scatter plot: {e}"))
 }
 
-/// Writes `samples` (row-major n × 2) and, beside them, `exact` samples, on shared axes.
+/// Writes `samples` (row-major n × 2) and, beside them, the reference rows (exact samples or
+/// held-out data) under their panel name, on shared axes.
 pub fn scatter_beside(
     path: &Path,
     samples: &[f64],
-    exact: Option<&[f64]>,
+    exact: Option<(&'static str, &[f64])>,
     title: &str,
 ) -> Result<()> {
     let panels: Vec<Panel> = std::iter::once(Panel {
@@ -62,8 +63,8 @@ pub fn scatter_beside(
         color: RGBColor(31, 119, 180),
         classes: None,
     })
-    .chain(exact.map(|e| Panel {
-        name: "exact p(t_ε)",
+    .chain(exact.map(|(name, e)| Panel {
+        name,
         points: points(e),
         color: RGBColor(214, 39, 40),
         classes: None,

@@ -32,6 +32,17 @@ pub struct ExactMetrics {
     pub worst_mode_deviation: f64,
 }
 
+/// Metrics against held-out data, for 2-D data without an exact law.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldoutMetrics {
+    /// Sliced W2 against as many held-out rows as samples.
+    pub sliced_w2: f64,
+    /// Mean SW2 of 20 sets of training rows against the same held-out rows.
+    pub sliced_w2_floor_mean: f64,
+    /// Their standard deviation.
+    pub sliced_w2_floor_sd: f64,
+}
+
 /// What `sample` reports and writes as `summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -65,6 +76,8 @@ pub struct Summary {
     pub checkpoint: Option<String>,
     /// Against the exact law: the oracle's, or the data's.
     pub exact: Option<ExactMetrics>,
+    /// For 2-D data without an exact law: against its held-out rows.
+    pub heldout: Option<HeldoutMetrics>,
     /// Files written.
     pub files: Vec<String>,
 }
@@ -111,6 +124,16 @@ impl fmt::Display for Summary {
                 "mode shares within {:.1}% of their weights ({} modes)",
                 100.0 * m.worst_mode_deviation,
                 m.mode_weights.len()
+            )?;
+        }
+        if let Some(m) = &self.heldout {
+            writeln!(
+                f,
+                "sliced W2 against held-out data {:.4} (training-data floor {:.4} ± {:.4}, {:.2}× its mean)",
+                m.sliced_w2,
+                m.sliced_w2_floor_mean,
+                m.sliced_w2_floor_sd,
+                m.sliced_w2 / m.sliced_w2_floor_mean
             )?;
         }
         for file in &self.files {
@@ -269,7 +292,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             }
             let (sw, floor) = reference_and_floor(&target, n)?;
             let sliced_w2 = sw.distance(&host)?;
-            exact_rows = Some(target.sample(REFERENCE_SEED, 0, n));
+            exact_rows = Some(("exact p(t_ε)", target.sample(REFERENCE_SEED, 0, n)));
             let (mode_shares, worst_mode_deviation) = crate::train::mode_shares(&target, &host);
             Some(ExactMetrics {
                 mode_shares,
@@ -296,13 +319,35 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         None => None,
     };
 
+    let mut heldout = None;
+    if exact.is_none()
+        && d == 2
+        && n >= 2
+        && let Some(data) = &config.data
+    {
+        let (sw, floor, rows) = crate::train::heldout_reference(&data.plugin, config.seed, n)?;
+        heldout = Some(HeldoutMetrics {
+            sliced_w2: sw.distance(&host)?,
+            sliced_w2_floor_mean: floor.mean,
+            sliced_w2_floor_sd: floor.sd,
+        });
+        exact_rows = Some(("held-out data", rows));
+    }
+
     if config.outputs.png && d == 2 {
         let path = dir.join("samples.png");
         let title = format!(
             "{} · {} · {} steps",
             config.solver.name, config.sde.name, schedule.steps
         );
-        crate::plot::scatter_beside(&path, &host, exact_rows.as_deref(), &title)?;
+        crate::plot::scatter_beside(
+            &path,
+            &host,
+            exact_rows
+                .as_ref()
+                .map(|(name, rows)| (*name, rows.as_slice())),
+            &title,
+        )?;
         files.push(path.display().to_string());
     }
 
@@ -322,6 +367,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         samples_per_second: n as f64 / wall,
         checkpoint: checkpoint.map(|p| p.display().to_string()),
         exact,
+        heldout,
         files,
     };
     if config.outputs.json {

@@ -213,25 +213,38 @@ fn reference(
     if d != 2 {
         return Ok(None);
     }
-    // No exact law: held-out rows are the reference; sets of training rows give the floor.
-    let seed = config.seed;
+    let (sw, floor, rows) = heldout_reference(data, config.seed, n)?;
+    Ok(Some(Reference {
+        sw,
+        floor,
+        law: None,
+        rows,
+        n,
+    }))
+}
+
+/// For data without an exact law: `n` held-out rows as the SW2 reference, and the floor from
+/// 20 sets of `n` training rows against them.
+pub fn heldout_reference(
+    data: &sdeflow_kernel::Data,
+    seed: u64,
+    n: usize,
+) -> Result<(SlicedW2, Floor, Vec<f64>)> {
     let rows = data.batch(Split::Heldout, seed, 0, n)?.values;
-    let sw = SlicedW2::new(&rows, d);
+    let sw = SlicedW2::new(&rows, data.dim());
     let vals = (0..FLOOR_SETS as u64)
         .map(|k| sw.distance(&data.batch(Split::Train, seed, k * n as u64, n)?.values))
         .collect::<Result<Vec<f64>>>()?;
     let mean = vals.iter().sum::<f64>() / vals.len() as f64;
     let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
-    Ok(Some(Reference {
+    Ok((
         sw,
-        floor: Floor {
+        Floor {
             mean,
             sd: var.sqrt(),
         },
-        law: None,
         rows,
-        n,
-    }))
+    ))
 }
 
 /// Each component's share of `samples` under `law`, and the worst relative deviation from
@@ -522,7 +535,14 @@ pub fn train(
         crate::plot::scatter_beside(
             &png,
             samples,
-            Some(&r.rows),
+            Some((
+                if r.law.is_some() {
+                    "exact p(t_ε)"
+                } else {
+                    "held-out data"
+                },
+                &r.rows,
+            )),
             &format!("EMA samples after {} steps", spec.steps),
         )?;
         files.push(png.display().to_string());

@@ -6,7 +6,7 @@
 //!
 //! `cargo xtask train-table`: the default job's training (configs/default.ron) with the network
 //! in each parameterization under its usual weighting, on VP (and EDM's SDE for `edm`), over
-//! seeds; prints the final sliced W2 (2,000 EMA samples, dpmpp_2m, 50 steps) against its
+//! seeds (of the run and of the network's initial weights); prints the final sliced W2 (2,000 EMA samples, dpmpp_2m, 50 steps) against its
 //! floor and the held-out loss, mean ± sd, as a Markdown table.
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
@@ -166,6 +166,7 @@ pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Re
                     "sde: vp(beta_min: 0.1, beta_max: 20.0),",
                     &format!("sde: {sde},"),
                 )
+                .replace("model: mlp(),", &format!("model: mlp(seed: {seed}),"))
                 .replace("jobs: [train, sample],", "jobs: [train],");
             if let Some(s) = steps {
                 text = text.replace("steps: 3000,", &format!("steps: {s},"));
