@@ -388,3 +388,61 @@ fn final_bytes_at(out: &Path, step: u64) -> Vec<u8> {
     }
     all
 }
+
+/// Data without an exact law (moons): training evaluates and `sample` measures against the
+/// held-out rows, with the floor of training rows beside them.
+#[test]
+fn data_without_a_law_is_measured_against_held_out_rows() {
+    let base = scratch("moons");
+    let config = write_config(
+        &base,
+        &TINY
+            .replace(
+                "data: gmm(weights: [0.5, 0.5], means: [[-1.0, 0.0], [1.0, 0.5]], covariances: [isotropic(0.3), isotropic(0.3)]),",
+                "data: moons(),",
+            )
+            .replace("steps: 24,", "steps: 12,"),
+    );
+    let out = base.join("out");
+    let o = sdeflow(
+        &[
+            "run",
+            config.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(f)).expect("summary")).expect("JSON")
+    };
+    let trained = read("train-summary.json");
+    assert!(
+        trained["last"]["sliced_w2"]
+            .as_f64()
+            .is_some_and(f64::is_finite)
+    );
+    assert!(
+        trained["last"]["sliced_w2_floor_mean"]
+            .as_f64()
+            .is_some_and(|f| f > 0.0)
+    );
+    assert!(
+        trained["last"].get("mode_shares").is_none(),
+        "no mixture, no modes"
+    );
+    let sampled = read("summary.json");
+    assert!(sampled["exact"].is_null());
+    let held = &sampled["heldout"];
+    assert!(
+        held["sliced_w2"].as_f64().is_some_and(f64::is_finite),
+        "{sampled}"
+    );
+    assert!(
+        held["sliced_w2_floor_mean"]
+            .as_f64()
+            .is_some_and(|f| f > 0.0)
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
