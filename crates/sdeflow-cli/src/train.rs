@@ -24,7 +24,7 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdeflow_conformance::sw2::{FLOOR_SETS, Floor, SlicedW2, reference_and_floor};
 use sdeflow_kernel::{
-    Config, Error, Pipeline, Result, TrainSpec,
+    Config, Denoiser, Error, ModelContext, Pipeline, Result, TrainSpec,
     config::Weights,
     data::Split,
     io::{fault_point, load_trained, write_atomic},
@@ -60,6 +60,10 @@ pub fn checkpoint_root(dir: &Path) -> PathBuf {
 pub struct Evaluation {
     /// The DSM loss on the held-out rows (the same rows and draws at every evaluation).
     pub heldout_loss: f64,
+    /// The exact model's loss on the same rows and draws, when the data has an exact law: the
+    /// irreducible part, so `heldout_loss − heldout_loss_exact` is what is left to learn.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heldout_loss_exact: Option<f64>,
     /// Sliced W2 of fresh samples against the exact law (or held-out data).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sliced_w2: Option<f64>,
@@ -154,6 +158,9 @@ impl fmt::Display for TrainSummary {
         )?;
         if let Some(e) = &self.last {
             write!(f, "held-out loss {:.4}", e.heldout_loss)?;
+            if let Some(exact) = e.heldout_loss_exact {
+                write!(f, " (the exact model's {exact:.4})")?;
+            }
             if let (Some(sw), Some(m), Some(sd)) =
                 (e.sliced_w2, e.sliced_w2_floor_mean, e.sliced_w2_floor_sd)
             {
@@ -266,17 +273,42 @@ pub fn mode_shares(law: &Marginal, samples: &[f64]) -> (Vec<f64>, f64) {
     (shares, worst)
 }
 
+/// The exact model's held-out loss on the rows and draws every evaluation uses, for data with
+/// an exact law (the `gmm_oracle` plugin reading it).
+fn exact_loss(config: &Config, trainer: &Trainer, spec: &TrainSpec) -> Result<Option<f64>> {
+    let data = trainer.data();
+    if data.source().exact_law().is_none() {
+        return Ok(None);
+    }
+    let registry = sdeflow_plugins::registry()?;
+    if registry.models.get("gmm_oracle").is_err() {
+        return Ok(None);
+    }
+    let device = trainer.device().clone();
+    let ctx = ModelContext::new(device, config.dtype.dtype()).with_data(data.clone());
+    let oracle = registry.model("gmm_oracle", "()", &ctx)?;
+    let exact = Denoiser::of(oracle, config.chunk_rows, None)?;
+    Ok(Some(trainer.loss_with(
+        &exact,
+        Split::Heldout,
+        spec.eval.rows,
+        0,
+    )?))
+}
+
 fn evaluate(
     trainer: &Trainer,
     spec: &TrainSpec,
     pipeline: &Pipeline,
     reference: Option<&Reference>,
+    heldout_loss_exact: Option<f64>,
 ) -> Result<(Evaluation, Option<Vec<f64>>)> {
     let ema = trainer.emas()[0].weights();
     trainer.with_weights(ema, || {
         let heldout_loss = trainer.loss_on(Split::Heldout, spec.eval.rows, 0)?;
         let mut eval = Evaluation {
             heldout_loss,
+            heldout_loss_exact,
             sliced_w2: None,
             sliced_w2_floor_mean: None,
             sliced_w2_floor_sd: None,
@@ -437,6 +469,7 @@ pub fn train(
     }
     let pipeline = builder.build()?;
     let reference = reference(config, &pipeline, &trainer, spec.eval.samples)?;
+    let loss_floor = exact_loss(config, &trainer, &spec)?;
 
     let bar = ProgressBar::new(spec.steps);
     bar.set_style(
@@ -465,7 +498,8 @@ pub fn train(
         let eval_now = last || every(spec.eval.every, n);
         if eval_now || last || every(spec.log_every, n) {
             let eval = if eval_now {
-                let (e, samples) = evaluate(&trainer, &spec, &pipeline, reference.as_ref())?;
+                let (e, samples) =
+                    evaluate(&trainer, &spec, &pipeline, reference.as_ref(), loss_floor)?;
                 tracing::info!(step = n, heldout = e.heldout_loss, sliced_w2 = ?e.sliced_w2, "evaluated");
                 last_samples = samples;
                 Some(e)

@@ -115,6 +115,11 @@ impl Trainer {
         self.seed
     }
 
+    /// The device it trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The data it trains on.
     pub fn data(&self) -> &Data {
         &self.data

@@ -150,11 +150,12 @@ pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Re
     let registry = sdeflow_plugins::registry()?;
     let base = sdeflow_cli::DEFAULT_CONFIG;
     println!(
-        "| parameterization | weighting | SDE | final SW2 (× floor mean) | held-out loss | steps/s |"
+        "| parameterization | weighting | SDE | final SW2 (× floor mean) | held-out loss | exact model's | excess | steps/s |"
     );
-    println!("|---|---|---|---|---|---:|");
+    println!("|---|---|---|---|---|---|---|---:|");
     for (param, weighting, sde) in ROWS {
         let (mut sws, mut ratios, mut losses, mut speeds) = (vec![], vec![], vec![], vec![]);
+        let (mut exacts, mut excess) = (vec![], vec![]);
         for seed in 0..seeds {
             let mut text = base
                 .replace("seed: 0,", &format!("seed: {seed},"))
@@ -195,14 +196,19 @@ pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Re
             sws.push(sw);
             ratios.push(sw / floor);
             losses.push(last.heldout_loss);
+            let exact = last.heldout_loss_exact.unwrap_or(f64::NAN);
+            exacts.push(exact);
+            excess.push(last.heldout_loss - exact);
             speeds.push(summary.steps_per_second);
         }
         let (sw, sw_sd) = mean_sd(&sws);
         let (r, r_sd) = mean_sd(&ratios);
         let (l, l_sd) = mean_sd(&losses);
         let (s, _) = mean_sd(&speeds);
+        let (e, e_sd) = mean_sd(&exacts);
+        let (x, x_sd) = mean_sd(&excess);
         println!(
-            "| {param} | {weighting} | {sde} | {sw:.4} ± {sw_sd:.4} ({r:.2} ± {r_sd:.2}) | {l:.4} ± {l_sd:.4} | {s:.0} |"
+            "| {param} | {weighting} | {sde} | {sw:.4} ± {sw_sd:.4} ({r:.2} ± {r_sd:.2}) | {l:.4} ± {l_sd:.4} | {e:.4} ± {e_sd:.4} | {x:.4} ± {x_sd:.4} | {s:.0} |"
         );
     }
     Ok(ExitCode::SUCCESS)
