@@ -89,6 +89,31 @@ impl Denoiser {
         &*self.param
     }
 
+    /// The model.
+    pub fn model(&self) -> &dyn ScoreModel {
+        &*self.model
+    }
+
+    /// Counts one model evaluation made outside [`eval`](Self::eval) (a closed-form score and
+    /// divergence, say).
+    pub fn count_eval(&self) {
+        self.nfe.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`eval_at`](Self::eval_at) with the output on autograd's graph whatever
+    /// [`keep_graph`](Self::keep_graph) says (a vector-Jacobian product through the model).
+    pub fn eval_tracked(&self, x: &Tensor, time: &Time) -> Result<Prediction<'_>> {
+        self.nfe.fetch_add(1, Ordering::Relaxed);
+        time.expect_rows(x.dim(0)?, "the denoiser")?;
+        let out = self.forward_chunked(x, time, self.cond.as_ref(), true)?;
+        Ok(Prediction {
+            out,
+            x: x.clone(),
+            time: time.clone(),
+            param: &*self.param,
+        })
+    }
+
     /// Evaluates the model at `(x, c)`, one time for every row: one NFE.
     pub fn eval(&self, x: &Tensor, c: &TimeCoefs) -> Result<Prediction<'_>> {
         self.eval_at(x, &Time::Call(*c))
@@ -112,7 +137,7 @@ impl Denoiser {
         if let Some(c) = cond {
             crate::ops::expect_rows(c, x.dim(0)?, "the conditioning")?;
         }
-        let out = self.forward_chunked(x, time, cond)?;
+        let out = self.forward_chunked(x, time, cond, self.keep_graph)?;
         Ok(Prediction {
             out,
             x: x.clone(),
@@ -123,17 +148,29 @@ impl Denoiser {
 
     /// One model call on c_in·x with c_noise, detached unless the graph is kept: each chunk's
     /// activations are freed before the next chunk runs, so its buffers are reused warm.
-    fn forward(&self, x: &Tensor, time: &Time, cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        cond: Option<&Tensor>,
+        keep: bool,
+    ) -> Result<Tensor> {
         let at = At::new(time.clone(), &*self.param);
         let out = self.model.forward(&self.param.input(x, time)?, &at, cond)?;
-        Ok(if self.keep_graph { out } else { out.detach() })
+        Ok(if keep { out } else { out.detach() })
     }
 
-    fn forward_chunked(&self, x: &Tensor, time: &Time, cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward_chunked(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        cond: Option<&Tensor>,
+        keep: bool,
+    ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let chunk = match self.chunk_rows {
             Some(chunk) if !self.model.rows_independent() => chunk,
-            _ => return self.forward(x, time, cond),
+            _ => return self.forward(x, time, cond, keep),
         };
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
@@ -144,14 +181,14 @@ impl Denoiser {
             let time_part = time.narrow(start, len)?;
             let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
             if len == chunk {
-                outs.push(self.forward(&part, &time_part, cond_part.as_ref())?);
+                outs.push(self.forward(&part, &time_part, cond_part.as_ref(), keep)?);
             } else {
                 let pad = chunk - len;
                 self.padded_rows.fetch_add(pad as u64, Ordering::Relaxed);
                 let padded = pad_rows(&part, pad)?;
                 let cond_padded = cond_part.map(|t| pad_rows(&t, pad)).transpose()?;
                 outs.push(
-                    self.forward(&padded, &time_part.padded(pad), cond_padded.as_ref())?
+                    self.forward(&padded, &time_part.padded(pad), cond_padded.as_ref(), keep)?
                         .narrow(0, 0, len)?,
                 );
             }

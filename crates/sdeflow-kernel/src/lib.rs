@@ -24,6 +24,7 @@ pub mod denoiser;
 pub mod error;
 pub mod grid;
 pub mod io;
+pub mod likelihood;
 pub mod loss;
 pub mod mixture;
 pub mod model;

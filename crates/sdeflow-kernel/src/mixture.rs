@@ -337,6 +337,51 @@ impl Marginal {
         out
     }
 
+    /// The score s(x) and the Jacobian-vector products J v_j of one row `x` for probes `vs`
+    /// (each of length d), J = ∂s/∂x = −Σ_k r_k C_k⁻¹ + Σ_k r_k u_k u_kᵀ − s sᵀ with
+    /// u_k = −C_k⁻¹(x − μ_k) (a symmetric matrix: the Hessian of log p); its trace is
+    /// [`eval_row`](Self::eval_row)'s divergence.
+    pub fn jvp_row(&self, x: &[f64], vs: &[&[f64]]) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let d = self.d;
+        let mut logits = Vec::with_capacity(self.comps.len());
+        let mut us: Vec<DVector<f64>> = Vec::with_capacity(self.comps.len());
+        for c in &self.comps {
+            let diff = DVector::from_iterator(d, x.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
+            let y = if self.diagonal {
+                diff.component_mul(&c.inv_diag)
+            } else {
+                &c.inv * &diff
+            };
+            logits.push(c.log_w + c.log_norm - 0.5 * diff.dot(&y));
+            us.push(-y);
+        }
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        let log_prob = max + z.ln();
+        let r: Vec<f64> = logits.iter().map(|l| (l - log_prob).exp()).collect();
+        let mut s = DVector::zeros(d);
+        for (rk, u) in r.iter().zip(&us) {
+            s += *rk * u;
+        }
+        let jvps = vs
+            .iter()
+            .map(|v| {
+                let v = DVector::from_column_slice(v);
+                let mut out = -(s.dot(&v)) * &s;
+                for ((rk, u), c) in r.iter().zip(&us).zip(&self.comps) {
+                    let cv = if self.diagonal {
+                        v.component_mul(&c.inv_diag)
+                    } else {
+                        &c.inv * &v
+                    };
+                    out += *rk * (u.dot(&v) * u - cv);
+                }
+                out.iter().copied().collect()
+            })
+            .collect();
+        (s.iter().copied().collect(), jvps)
+    }
+
     /// The most probable component of every row of `x` (row-major, `n × d`): the argmax of
     /// the posterior responsibilities r_k(x) ∝ w_k N(x; μ_k, C_k).
     pub fn assign(&self, x: &[f64]) -> Vec<usize> {

@@ -112,6 +112,26 @@ pub trait ScoreModel: Send + Sync + Debug {
         None
     }
 
+    /// For a model that knows them in closed form (the oracle): the score ŝ at the rows of
+    /// `x` — x_t itself, not the network's input — at `time`, and its divergence ∇·ŝ per row
+    /// (`[n]`, f64). `None` (the default): a network, whose divergence autograd computes
+    /// ([`crate::likelihood`]).
+    fn score_divergence(&self, _x: &Tensor, _time: &Time) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
+
+    /// For a model that knows them in closed form: the score at the rows of `x` (x_t) and its
+    /// Jacobian-vector products (∂ŝ/∂x) v for each probe of `probes` (`[k, n, ...]`), as
+    /// `[k, n, ...]` — so that Hutchinson's estimator can be checked against the exact trace.
+    fn score_jvp(
+        &self,
+        _x: &Tensor,
+        _time: &Time,
+        _probes: &Tensor,
+    ) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
+
     /// Writes the trainable variables as safetensors (a no-op for a model with none).
     fn save(&self, path: &Path) -> Result<()> {
         match self.varmap() {
@@ -186,5 +206,18 @@ impl ScoreModel for Retarget {
 
     fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {
         self.inner.exact_law()
+    }
+
+    fn score_divergence(&self, x: &Tensor, time: &Time) -> Option<Result<(Tensor, Tensor)>> {
+        self.inner.score_divergence(x, time)
+    }
+
+    fn score_jvp(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        probes: &Tensor,
+    ) -> Option<Result<(Tensor, Tensor)>> {
+        self.inner.score_jvp(x, time, probes)
     }
 }

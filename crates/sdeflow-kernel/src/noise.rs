@@ -38,6 +38,8 @@ pub enum Stream {
     Init = 5,
     /// Synthetic data rows and the order of stored ones ([`data`](crate::data)).
     Data = 6,
+    /// Hutchinson's trace probes ([`likelihood`](crate::likelihood)).
+    Hutchinson = 7,
 }
 
 /// A Philox key for `seed` and `stream`.

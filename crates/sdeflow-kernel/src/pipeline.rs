@@ -293,52 +293,21 @@ impl Pipeline {
     }
 
     /// Runs the loop from a given state at T (exact p_T samples, a resumed state).
-    pub fn run(&self, mut state: State) -> Result<SampleOutput> {
+    pub fn run(&self, state: State) -> Result<SampleOutput> {
         let denoiser = Denoiser::new(
             self.model.clone(),
             self.param.clone(),
             self.chunk_rows,
             None,
         );
-        // The next draws are computed while the model runs (the same bits: DESIGN.md "Noise").
-        let noise = Prefetch::new(self.noise.clone());
-        let steps = self.schedule.steps;
-        let first = state.step;
-        let mut trajectory = Vec::new();
-        let span = tracing::debug_span!("sample", steps, rows = state.x.dim(0)?);
+        let span = tracing::debug_span!(
+            "sample",
+            steps = self.schedule.steps,
+            rows = state.x.dim(0)?
+        );
         let _enter = span.enter();
-        let run = RunContext::new(&*self.sde, &denoiser, &noise, self.seed);
-        for i in first..steps {
-            let from = self.sde.coefs(self.times[i]);
-            let to = self.sde.coefs(self.times[i + 1]);
-            let ctx = run.step(StepSpan {
-                from,
-                to,
-                step: i,
-                steps,
-            });
-            let step = self.solver.step(&ctx, &state)?;
-            let mut next = step.state;
-            next.t = to.t;
-            next.step = i + 1;
-            next.draws = state.draws + ctx.draws_taken();
-            next.sample_offset = state.sample_offset;
-            if !all_finite(&next.x)? {
-                return Err(Error::NonFinite {
-                    what: "samples".into(),
-                    step: i,
-                    t: to.t,
-                });
-            }
-            if self.capture_trajectory {
-                trajectory.push((to.t, next.x.clone()));
-            }
-            state = next;
-            if let Some(p) = &self.progress {
-                (p.0)(i + 1, steps);
-            }
-            tracing::trace!(step = i, t = to.t, "step done");
-        }
+        let (mut state, mut trajectory) = self.steps_over(&self.times, state, &denoiser)?;
+        let steps = self.schedule.steps;
         if self.denoise_final && state.step == steps {
             let c = self.sde.coefs(self.times[steps]);
             let x0 = denoiser.eval(&state.x, &c)?.x0()?;
@@ -359,6 +328,168 @@ impl Pipeline {
             nfe: denoiser.nfe(),
             padded_rows: denoiser.padded_rows(),
             trajectory,
+        })
+    }
+
+    /// The loop: steps from `times[state.step]` through `times` (decreasing to sample,
+    /// increasing to encode), checking x and any likelihood component for NaN/Inf after every
+    /// step; returns the last state and, when capture is on, (t, x) after every step.
+    fn steps_over(
+        &self,
+        times: &[f64],
+        mut state: State,
+        denoiser: &Denoiser,
+    ) -> Result<(State, Vec<(f64, Tensor)>)> {
+        // The next draws are computed while the model runs (the same bits: DESIGN.md "Noise").
+        let noise = Prefetch::new(self.noise.clone());
+        let steps = times.len() - 1;
+        let first = state.step;
+        let mut trajectory = Vec::new();
+        let run = RunContext::new(&*self.sde, denoiser, &noise, self.seed);
+        for i in first..steps {
+            let from = self.sde.coefs(times[i]);
+            let to = self.sde.coefs(times[i + 1]);
+            let ctx = run.step(StepSpan {
+                from,
+                to,
+                step: i,
+                steps,
+            });
+            let step = self.solver.step(&ctx, &state)?;
+            let mut next = step.state;
+            next.t = to.t;
+            next.step = i + 1;
+            next.draws = state.draws + ctx.draws_taken();
+            next.sample_offset = state.sample_offset;
+            if !all_finite(&next.x)? {
+                return Err(Error::NonFinite {
+                    what: "samples".into(),
+                    step: i,
+                    t: to.t,
+                });
+            }
+            if let Some((delta, _)) = crate::likelihood::augmented(&next)
+                && !all_finite(delta)?
+            {
+                return Err(Error::NonFinite {
+                    what: "the log-density change".into(),
+                    step: i,
+                    t: to.t,
+                });
+            }
+            if self.capture_trajectory {
+                trajectory.push((to.t, next.x.clone()));
+            }
+            state = next;
+            if let Some(p) = &self.progress {
+                (p.0)(i + 1, steps);
+            }
+            tracing::trace!(step = i, t = to.t, "step done");
+        }
+        Ok((state, trajectory))
+    }
+
+    /// log p_{t_ε}(x) for the rows of `x` (samples `offset..offset + n`, keyed for the probes):
+    /// the PF-ODE with the log-density change integrated forward over this pipeline's grid
+    /// reversed (t_ε to T), plus the prior's log-density at x(T) (MATH.md §6). Only a solver
+    /// that [integrates a likelihood](Solver::integrates_likelihood) can; another is an error
+    /// naming it.
+    pub fn log_likelihood(
+        &self,
+        x: &Tensor,
+        offset: u64,
+        trace: crate::likelihood::Trace,
+    ) -> Result<crate::likelihood::Likelihood> {
+        use crate::likelihood::{DELTA_LOGP, Likelihood, PROBES, Trace, probes};
+        if !self.solver.integrates_likelihood() {
+            let claims = self.solver.claims();
+            return Err(Error::invalid(
+                "solver",
+                "nll",
+                format!(
+                    "{:?} integrates the {} {} and cannot carry the log-density change forward; use a Runge–Kutta PF-ODE solver (euler, heun, rk4)",
+                    self.solver,
+                    claims.equation,
+                    if claims.stochastic {
+                        "with noise"
+                    } else {
+                        "in its own variables"
+                    }
+                ),
+            ));
+        }
+        let n = x.dim(0)?;
+        let sample: Vec<usize> = x.dims()[1..].to_vec();
+        let x = x.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let times: Vec<f64> = self.times.iter().rev().copied().collect();
+        let mut state = State::new(x, times[0], offset);
+        let k = match trace {
+            Trace::Exact => None,
+            Trace::Hutchinson { probes: k, dist } => {
+                if k == 0 {
+                    return Err(Error::invalid("nll", "probes", "must be at least 1"));
+                }
+                let v = probes(
+                    self.seed,
+                    offset,
+                    n,
+                    &sample,
+                    k,
+                    dist,
+                    (self.dtype, &self.device),
+                )?;
+                state.extras.insert(PROBES.into(), v);
+                Some(k)
+            }
+        };
+        let delta = match k {
+            None => Tensor::zeros(n, self.dtype, &self.device)?,
+            Some(k) => Tensor::zeros((k, n), self.dtype, &self.device)?,
+        };
+        state.extras.insert(DELTA_LOGP.into(), delta);
+        let denoiser = Denoiser::new(
+            self.model.clone(),
+            self.param.clone(),
+            self.chunk_rows,
+            None,
+        );
+        let (end, _) = self.steps_over(&times, state, &denoiser)?;
+        let prior = self
+            .sde
+            .prior_log_prob(&end.x)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let delta = end
+            .extras
+            .get(DELTA_LOGP)
+            .ok_or_else(|| Error::Msg("the solver dropped the log-density change".into()))?
+            .to_dtype(DType::F64)?;
+        let (delta, probe_se) = match k {
+            None => (delta.to_vec1::<f64>()?, None),
+            Some(k) => {
+                let per = delta.to_vec2::<f64>()?;
+                let mean: Vec<f64> = (0..n)
+                    .map(|i| per.iter().map(|p| p[i]).sum::<f64>() / k as f64)
+                    .collect();
+                let se = (k > 1).then(|| {
+                    (0..n)
+                        .map(|i| {
+                            let var = per.iter().map(|p| (p[i] - mean[i]).powi(2)).sum::<f64>()
+                                / (k - 1) as f64;
+                            (var / k as f64).sqrt()
+                        })
+                        .collect()
+                });
+                (mean, se)
+            }
+        };
+        Ok(Likelihood {
+            log_p: prior.iter().zip(&delta).map(|(p, d)| p + d).collect(),
+            prior,
+            delta,
+            probe_se,
+            latent: end.x,
+            nfe: denoiser.nfe(),
         })
     }
 }

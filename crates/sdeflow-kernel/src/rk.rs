@@ -566,11 +566,37 @@ impl Solver for RkSolver {
     }
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
+        if let Some((delta, probes)) = crate::likelihood::augmented(state) {
+            let field = crate::likelihood::AugmentedPfOde { ctx, probes };
+            let out = rk_integrate(
+                self.tableau,
+                &field,
+                &[state.x.clone(), delta.clone()],
+                &ctx.from,
+                &ctx.to,
+                None,
+            )?;
+            let mut y = out.y.into_iter();
+            let (Some(x), Some(delta)) = (y.next(), y.next()) else {
+                return Err(Error::Msg("the augmented step lost a component".into()));
+            };
+            let mut next = state.with_x(x);
+            next.extras
+                .insert(crate::likelihood::DELTA_LOGP.to_string(), delta);
+            return Ok(Step {
+                state: next,
+                error_estimate: out.error.and_then(|e| e.into_iter().next()),
+            });
+        }
         let (x, error_estimate) = pf_ode_step(self.tableau, ctx, &state.x)?;
         Ok(Step {
             state: state.with_x(x),
             error_estimate,
         })
+    }
+
+    fn integrates_likelihood(&self) -> bool {
+        true
     }
 }
 

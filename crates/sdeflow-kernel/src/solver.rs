@@ -244,4 +244,11 @@ pub trait Solver: Send + Sync + Debug {
 
     /// One step.
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step>;
+
+    /// Whether [`step`](Self::step) integrates a likelihood's augmented state (the extras of
+    /// [`crate::likelihood`]) in either direction of time: a deterministic PF-ODE method in t
+    /// ([`crate::rk::RkSolver`]). The pipeline refuses a likelihood with any other solver.
+    fn integrates_likelihood(&self) -> bool {
+        false
+    }
 }

@@ -32,7 +32,8 @@
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    At, Error, ModelContext, ParamEntry, PerRow, Registry, Result, Rows, ScoreModel, TimeCoefs,
+    At, Error, ModelContext, ParamEntry, PerRow, Registry, Result, Rows, ScoreModel, Time,
+    TimeCoefs,
     mixture::{Covariance, GaussianMixture, Marginal},
     register_model,
     registry::ParamKind,
@@ -182,6 +183,105 @@ impl ScoreModel for GmmOracle {
 
     fn exact_law(&self) -> Option<&GaussianMixture> {
         Some(&self.mixture)
+    }
+
+    fn score_divergence(&self, x: &Tensor, time: &Time) -> Option<Result<(Tensor, Tensor)>> {
+        Some(self.exact_rows(x, time, |m, row, out| {
+            let e = m.eval_row(row, true);
+            out.copy_from_slice(&e.score);
+            e.divergence
+        }))
+    }
+
+    fn score_jvp(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        probes: &Tensor,
+    ) -> Option<Result<(Tensor, Tensor)>> {
+        Some(self.jvp(x, time, probes))
+    }
+}
+
+impl GmmOracle {
+    /// Per row of `x` at its time: `f(marginal, row, score_out) -> scalar`; returns the scores
+    /// (`x`'s shape, f64) and the scalars (`[n]`, f64).
+    fn exact_rows(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        f: impl Fn(&Marginal, &[f64], &mut [f64]) -> f64 + Sync,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = self.mixture.dim();
+        let n = x.dim(0)?;
+        time.expect_rows(n, "gmm_oracle")?;
+        let host = host_rows(x)?;
+        let mut score = vec![0.0; host.len()];
+        let mut scalar = vec![0.0; n];
+        let marginals = self.marginals(time, n)?;
+        for (i, (row, out)) in host.chunks(d).zip(score.chunks_mut(d)).enumerate() {
+            scalar[i] = f(&marginals[marginal_index(time, i)], row, out);
+        }
+        Ok((
+            Tensor::from_vec(score, x.shape(), x.device())?,
+            Tensor::from_vec(scalar, n, x.device())?,
+        ))
+    }
+
+    /// One marginal per call, or one per row.
+    fn marginals(&self, time: &Time, n: usize) -> Result<Vec<Marginal>> {
+        match time {
+            PerRow::Call(c) => Ok(vec![self.marginal(c)?]),
+            PerRow::Rows(rows) => (0..n)
+                .map(|i| {
+                    self.mixture
+                        .marginal(rows.values()[i].alpha, rows.values()[i].sigma)
+                })
+                .collect(),
+        }
+    }
+
+    fn jvp(&self, x: &Tensor, time: &Time, probes: &Tensor) -> Result<(Tensor, Tensor)> {
+        let d = self.mixture.dim();
+        let n = x.dim(0)?;
+        let k = probes.dim(0)?;
+        let host = host_rows(x)?;
+        let v = probes
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        if v.len() != k * n * d {
+            return Err(Error::Shape(format!(
+                "probes of shape {:?} for {n} rows of dimension {d}",
+                probes.dims()
+            )));
+        }
+        let marginals = self.marginals(time, n)?;
+        let mut score = vec![0.0; n * d];
+        let mut jv = vec![0.0; k * n * d];
+        for i in 0..n {
+            let row_probes: Vec<&[f64]> = (0..k)
+                .map(|j| &v[(j * n + i) * d..(j * n + i + 1) * d])
+                .collect();
+            let (s, jvps) =
+                marginals[marginal_index(time, i)].jvp_row(&host[i * d..(i + 1) * d], &row_probes);
+            score[i * d..(i + 1) * d].copy_from_slice(&s);
+            for (j, p) in jvps.iter().enumerate() {
+                jv[(j * n + i) * d..(j * n + i + 1) * d].copy_from_slice(p);
+            }
+        }
+        Ok((
+            Tensor::from_vec(score, x.shape(), x.device())?,
+            Tensor::from_vec(jv, probes.shape(), x.device())?,
+        ))
+    }
+}
+
+/// The index of row `i`'s marginal in [`GmmOracle::marginals`].
+fn marginal_index(time: &Time, i: usize) -> usize {
+    match time {
+        PerRow::Call(_) => 0,
+        PerRow::Rows(_) => i,
     }
 }
 

@@ -1,0 +1,222 @@
+//! Log-likelihoods through the probability-flow ODE (MATH.md §6).
+//!
+//! Along the PF-ODE dx/dt = F(x, t) = f x − ½ g² ŝ, the log-density changes by
+//! d log p_t(x(t))/dt = −∇·F, so integrating forward from t_ε to T with the augmented component
+//! Δ' = ∇·F = f D − ½ g² ∇·ŝ (D the sample's dimension), Δ(t_ε) = 0, gives
+//! log p_{t_ε}(x) = log p_T(x(T)) + Δ(T).
+//!
+//! The state carries Δ as the extra [`DELTA_LOGP`] (`[n]`, or `[k, n]` with k Hutchinson
+//! probes: one integral per probe, so their spread is the estimator's standard error) and the
+//! probes as [`PROBES`], fixed for the whole solve (or the integrand is not a smooth ODE). A
+//! solver that can integrate it ([`Solver::integrates_likelihood`](crate::Solver)) advances
+//! both through [`AugmentedPfOde`]; the pipeline's loop runs it forward
+//! ([`Pipeline::log_likelihood`](crate::Pipeline::log_likelihood)).
+//!
+//! The divergence ∇·ŝ per row is:
+//! - exact, in closed form when the model offers it ([`ScoreModel::score_divergence`]: the
+//!   oracle), else by D vector-Jacobian products through the model (autograd; for small D);
+//! - Hutchinson's estimate (1/k) Σ_j v_jᵀ (∂ŝ/∂x) v_j with Rademacher or Gaussian probes from
+//!   the kernel's noise source, through the model's closed-form Jacobian-vector products when
+//!   it offers them ([`ScoreModel::score_jvp`]), else one vector-Jacobian product per probe.
+//!
+//! Each evaluation is one NFE (the backward passes are not model evaluations, but they cost
+//! about as much: an exact trace through a network costs D of them).
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Denoiser, Error, Result, ScoreModel, State, Time, TimeCoefs,
+    noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
+    ops::lin2,
+    rk::OdeField,
+    solver::StepContext,
+};
+
+/// The state extra holding Δ, the integral of ∇·F so far: `[n]`, or `[k, n]` per probe.
+pub const DELTA_LOGP: &str = "delta_logp";
+/// The state extra holding Hutchinson's probes, `[k, n, ...]`.
+pub const PROBES: &str = "hutchinson_probes";
+
+/// The distribution of Hutchinson's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// ±1 with probability ½ each: the lower variance for a symmetric Jacobian
+    /// (2 Σ_{i≠l} J_il² against Gaussian's 2‖J‖_F²).
+    Rademacher,
+    /// Standard normal.
+    Gaussian,
+}
+
+/// How the trace ∇·ŝ is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trace {
+    /// Exactly: the model's closed form, or D vector-Jacobian products.
+    Exact,
+    /// Hutchinson's estimator with `probes` probes per sample of `dist`.
+    Hutchinson {
+        /// k ≥ 1.
+        probes: usize,
+        /// The probes' distribution.
+        dist: Probe,
+    },
+}
+
+/// k probes for rows `offset..offset + n` of shape `sample` (`[k, n, ...]`, f64 values in
+/// `dtype` on `device`), keyed by (seed, row): row i's probes are the same in any batch.
+pub fn probes(
+    seed: u64,
+    offset: u64,
+    n: usize,
+    sample: &[usize],
+    k: usize,
+    dist: Probe,
+    (dtype, device): (DType, &Device),
+) -> Result<Tensor> {
+    let d: usize = sample.iter().product();
+    let key = philox_key(seed, Stream::Hutchinson);
+    let mut v = vec![0.0f64; k * n * d];
+    for j in 0..k {
+        for i in 0..n {
+            let out = &mut v[(j * n + i) * d..(j * n + i + 1) * d];
+            let row = offset + i as u64;
+            let first = (j * d) as u64;
+            match dist {
+                Probe::Gaussian => fill_normals_f64(key, row, first, out),
+                Probe::Rademacher => {
+                    for (m, o) in out.iter_mut().enumerate() {
+                        *o = if uniform_f64(key, row, first + m as u64) < 0.5 {
+                            -1.0
+                        } else {
+                            1.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+    let mut shape = vec![k, n];
+    shape.extend_from_slice(sample);
+    Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+}
+
+/// ŝ at the rows of `x` at `time`, and ∇·ŝ per row: `[n]` exactly (`probes` = `None`), or
+/// `[k, n]`, one Hutchinson estimate v_jᵀ (∂ŝ/∂x) v_j per probe of `probes` (`[k, n, ...]`).
+/// One NFE on `denoiser`. Outputs are detached, in `x`'s dtype.
+pub fn score_divergence(
+    denoiser: &Denoiser,
+    x: &Tensor,
+    time: &Time,
+    probes: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let n = x.dim(0)?;
+    let d = x.elem_count() / n.max(1);
+    let model: &dyn ScoreModel = denoiser.model();
+    match probes {
+        None => {
+            if let Some(exact) = model.score_divergence(x, time) {
+                denoiser.count_eval();
+                let (s, div) = exact?;
+                return Ok((s.to_dtype(x.dtype())?, div.to_dtype(x.dtype())?));
+            }
+        }
+        Some(v) => {
+            if let Some(exact) = model.score_jvp(x, time, v) {
+                denoiser.count_eval();
+                let (s, jv) = exact?;
+                let k = v.dim(0)?;
+                let est = (jv.to_dtype(v.dtype())? * v)?.reshape((k, n, d))?.sum(2)?;
+                return Ok((s.to_dtype(x.dtype())?, est.to_dtype(x.dtype())?));
+            }
+        }
+    }
+    // Autograd: ŝ on the graph of a fresh leaf x, then one backward pass per direction.
+    let leaf = Var::from_tensor(&x.detach())?;
+    let s = denoiser.eval_tracked(leaf.as_tensor(), time)?.score()?;
+    let flat = s.reshape((n, d))?;
+    let grad_along = |w: &Tensor| -> Result<Tensor> {
+        let grads = (&flat * w)?.sum_all()?.backward()?;
+        let g = grads.get(leaf.as_tensor()).cloned().ok_or_else(|| {
+            Error::Msg("the score does not depend on x: no gradient reaches it".into())
+        })?;
+        Ok(g.reshape((n, d))?)
+    };
+    let div = match probes {
+        None => {
+            let mut cols = Vec::with_capacity(d);
+            for j in 0..d {
+                let mut e = vec![0.0f64; d];
+                e[j] = 1.0;
+                let w = Tensor::from_vec(e, (1, d), x.device())?
+                    .to_dtype(x.dtype())?
+                    .broadcast_as((n, d))?;
+                cols.push(grad_along(&w)?.narrow(1, j, 1)?);
+            }
+            Tensor::cat(&cols, 1)?.sum(1)?
+        }
+        Some(v) => {
+            let k = v.dim(0)?;
+            let mut ests = Vec::with_capacity(k);
+            for j in 0..k {
+                let w = v.get(j)?.reshape((n, d))?.to_dtype(x.dtype())?;
+                ests.push((grad_along(&w)? * &w)?.sum(1)?);
+            }
+            Tensor::stack(&ests, 0)?
+        }
+    };
+    Ok((s.detach(), div.detach()))
+}
+
+/// The PF-ODE augmented with the log-density change: y = (x, Δ), F = (f x − ½ g² ŝ,
+/// f D − ½ g² ∇·ŝ), with Hutchinson's `probes` (`[k, n, ...]`) or the exact trace.
+pub struct AugmentedPfOde<'c, 'a> {
+    /// The step's context (its counted model and SDE).
+    pub ctx: &'c StepContext<'a>,
+    /// The fixed probes, or `None` for the exact trace.
+    pub probes: Option<&'c Tensor>,
+}
+
+impl OdeField for AugmentedPfOde<'_, '_> {
+    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>> {
+        let x = &y[0];
+        let n = x.dim(0)?;
+        let d = (x.elem_count() / n.max(1)) as f64;
+        let (f, half_g2) = c.ode_coefs();
+        let (s, div) = score_divergence(self.ctx.denoiser, x, &Time::Call(*c), self.probes)?;
+        let dx = lin2(f, x, -half_g2, &s)?;
+        let ddelta = div.affine(-half_g2, f * d)?;
+        Ok(vec![dx, ddelta])
+    }
+
+    fn coefs(&self, t: f64) -> TimeCoefs {
+        self.ctx.coefs(t)
+    }
+}
+
+/// The augmented components of `state` for [`AugmentedPfOde`]: Δ and the probes, if it
+/// carries a likelihood (`None`: a plain sampling state).
+pub fn augmented(state: &State) -> Option<(&Tensor, Option<&Tensor>)> {
+    state
+        .extras
+        .get(DELTA_LOGP)
+        .map(|delta| (delta, state.extras.get(PROBES)))
+}
+
+/// What [`Pipeline::log_likelihood`](crate::Pipeline::log_likelihood) returns.
+#[derive(Debug, Clone)]
+pub struct Likelihood {
+    /// log p_{t_ε}(x) per row, in nats (the mean over probes for Hutchinson).
+    pub log_p: Vec<f64>,
+    /// The prior's log-density at x(T) per row.
+    pub prior: Vec<f64>,
+    /// Δ(T) per row (mean over probes).
+    pub delta: Vec<f64>,
+    /// Hutchinson's standard error over the probes per row (`None`: exact trace, or k = 1).
+    pub probe_se: Option<Vec<f64>>,
+    /// x(T): the PF-ODE's encoding of each row (its latent).
+    pub latent: Tensor,
+    /// Model evaluations.
+    pub nfe: u64,
+}
