@@ -231,7 +231,68 @@ fn a_solver_that_cannot_integrate_a_likelihood_is_refused() -> Result<()> {
             .map(|_| ())
             .expect_err("refused")
             .to_string();
-        assert!(msg.contains("rk4") && msg.contains("cannot carry"), "{solver}: {msg}");
+        assert!(
+            msg.contains("rk4") && msg.contains("cannot carry"),
+            "{solver}: {msg}"
+        );
     }
+    Ok(())
+}
+
+/// `sdeflow nll` on the oracle: the mean NLL of held-out rows equals the exact law's within
+/// 1e-3 nats/dim, with Hutchinson's probes' standard error reported, and its files written.
+#[test]
+fn sdeflow_nll_of_the_oracle_is_the_exact_nll() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-nll-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+    let spec = ring();
+    let text = |trace: &str| {
+        format!(
+            "(\n    sde: vp(),\n    data: gmm({}),\n    model: gmm_oracle(),\n    solver: euler(),\n    \
+             dtype: f64,\n    nll: (rows: 300, steps: 100, trace: {trace}),\n    jobs: [nll],\n)\n",
+            spec.oracle_params()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+        )
+    };
+    for (name, trace) in [
+        ("exact", "exact"),
+        ("hutchinson", "hutchinson(probes: 3, dist: rademacher)"),
+    ] {
+        let path = dir.join(format!("{name}.ron"));
+        std::fs::write(&path, text(trace))
+            .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+        let out = dir.join(name);
+        let (code, stdout, err) = sdeflow_tests::run_cli(&[
+            "run",
+            path.to_str().unwrap_or_default(),
+            "--out",
+            out.to_str().unwrap_or_default(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        for f in ["nll.npy", "latents.npy", "nll.png", "nll-summary.json"] {
+            assert!(out.join(f).is_file(), "{f}: {stdout}");
+        }
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("nll-summary.json"))
+                .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?,
+        )
+        .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+        let (nll, exact) = (
+            summary["nll"].as_f64().unwrap_or(f64::NAN),
+            summary["exact_nll"].as_f64().unwrap_or(f64::NAN),
+        );
+        let se = summary["nll_se_probes"].as_f64();
+        println!("{name}: NLL {nll:.6} vs exact {exact:.6}, probes' SE {se:?}");
+        match name {
+            "exact" => assert!((nll - exact).abs() / 2.0 <= 1e-3, "{stdout}"),
+            _ => {
+                let se = se.expect("Hutchinson reports its probes' standard error");
+                assert!((nll - exact).abs() <= 3.0 * se + 1e-3, "{stdout}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

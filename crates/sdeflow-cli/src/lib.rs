@@ -4,13 +4,14 @@
 //! `configs/default.ron`) and runs it on candle's CPU, CUDA or Metal device.
 //!
 //! `list` · `describe KIND/NAME` · `check [FILE]` · `sample [FILE]` · `train [FILE]` ·
-//! `run [FILE]`, with
+//! `nll [FILE]` · `run [FILE]`, with
 //! `--device cpu|cuda:N|metal:N`. User errors (a bad config, an unknown plugin, a device
 //! whose feature is off) print one message naming the fix and exit 2; they never panic.
 //!
 //! Everything runs through [`main_with`], so tests drive the command line in-process.
 
 pub mod device;
+pub mod nll;
 pub mod plan;
 pub mod plot;
 pub mod sample;
@@ -81,6 +82,14 @@ enum Command {
         out: Option<PathBuf>,
         #[command(flatten)]
         resume: ResumeArgs,
+    },
+    /// −log p(x) of data rows through the probability-flow ODE: nll.npy, latents.npy, nll.png.
+    Nll {
+        /// The config.
+        file: Option<PathBuf>,
+        /// Output directory (default: the config's, else out/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run every job the config names.
     Run {
@@ -208,6 +217,13 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             (dir, Some(Job::Train), resume.mode()),
             out,
         ),
+        Command::Nll { file, out: dir } => jobs(
+            registry,
+            file,
+            device_override,
+            (dir, Some(Job::Nll), train::Resume::Auto),
+            out,
+        ),
         Command::Run {
             file,
             out: dir,
@@ -242,6 +258,10 @@ fn jobs(
             }
             Job::Train => {
                 let summary = train::train(&config, device.clone(), dir.clone(), resume)?;
+                write!(out, "{summary}").map_err(io)?;
+            }
+            Job::Nll => {
+                let summary = nll::nll(&config, device.clone(), dir.clone())?;
                 write!(out, "{summary}").map_err(io)?;
             }
         }

@@ -367,3 +367,82 @@ pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> 
         })
     })
 }
+
+/// Writes a histogram of `values` (40 bins over their finite range), with vertical lines at
+/// the named `marks` (a mean, the exact mean), x labelled `x_label`.
+pub fn histogram(
+    path: &Path,
+    values: &[f64],
+    marks: &[(&str, f64)],
+    x_label: &str,
+    title: &str,
+) -> Result<()> {
+    register_font();
+    const BINS: usize = 40;
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.is_empty() {
+        return Err(plot_err("no finite values"));
+    }
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let width = ((hi - lo) / BINS as f64).max(1e-12);
+    let mut counts = [0usize; BINS];
+    for v in &finite {
+        let b = (((v - lo) / width) as usize).min(BINS - 1);
+        counts[b] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1) as f64 * 1.1;
+    write_atomic(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, (900, 540)).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(lo..(lo + width * BINS as f64), 0.0..top)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc("rows")
+                .draw()
+                .map_err(plot_err)?;
+            let bar = RGBColor(31, 119, 180);
+            chart
+                .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                    let x0 = lo + i as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], bar.mix(0.7).filled())
+                }))
+                .map_err(plot_err)?;
+            for (i, (name, at)) in marks.iter().enumerate() {
+                let color = Palette99::pick(i + 1);
+                chart
+                    .draw_series(LineSeries::new(
+                        [(*at, 0.0), (*at, top)],
+                        color.stroke_width(2),
+                    ))
+                    .map_err(plot_err)?
+                    .label(format!("{name} {at:.4}"))
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
+                    });
+            }
+            if !marks.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(plot_err)?;
+            }
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })
+}

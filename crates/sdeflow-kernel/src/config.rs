@@ -124,6 +124,61 @@ pub enum Job {
     Sample,
     /// Train the model by denoising score matching as `train:` says.
     Train,
+    /// log p_{t_ε} of data rows through the probability-flow ODE, as `nll:` says.
+    Nll,
+}
+
+/// Which rows `nll` evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NllSplit {
+    /// The data's held-out split (the default).
+    #[default]
+    Heldout,
+    /// The training split.
+    Train,
+}
+
+/// How `nll` computes log-likelihoods: the `nll:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename = "nll", deny_unknown_fields, default)]
+pub struct NllSpec {
+    /// Rows of the data's split (from row 0 of the config's seed).
+    pub rows: usize,
+    /// Which split.
+    pub split: NllSplit,
+    /// A `.npy` of rows `[n, ...]` to evaluate instead of the data's.
+    pub npy: Option<PathBuf>,
+    /// The trace: `exact` or `hutchinson(probes: k, dist: rademacher | gaussian)`.
+    pub trace: crate::likelihood::Trace,
+    /// The solver integrating forward (one that can: default `rk4()`).
+    #[serde(deserialize_with = "some")]
+    pub solver: Option<Entry<SolverKind>>,
+    /// Its steps (default 200).
+    pub steps: usize,
+    /// Its grid (default uniform in t).
+    pub grid: GridKind,
+    /// Integer data: add uniform noise within each level's cell before evaluating, and report
+    /// bits per dimension with the levels' offset (MATH.md §9).
+    pub dequantize: bool,
+    /// Write the PF-ODE's encodings x(T) as `latents.npy`.
+    pub latents: bool,
+}
+
+impl Default for NllSpec {
+    fn default() -> Self {
+        Self {
+            rows: 2_000,
+            split: NllSplit::Heldout,
+            npy: None,
+            trace: crate::likelihood::Trace::Exact,
+            solver: None,
+            steps: 200,
+            grid: GridKind::Uniform,
+            dequantize: true,
+            latents: true,
+        }
+    }
 }
 
 /// Which weights of a checkpoint a job reads.
@@ -208,6 +263,9 @@ pub struct Config {
     /// How `train` trains (default: [`TrainSpec::default`]).
     #[serde(default, deserialize_with = "train")]
     pub train: Option<TrainSpec>,
+    /// How `nll` evaluates (default: [`NllSpec::default`]).
+    #[serde(default, deserialize_with = "some")]
+    pub nll: Option<NllSpec>,
     /// Where `sample` reads a trained network from (default: the run's own checkpoints).
     #[serde(default, deserialize_with = "some")]
     pub checkpoint: Option<CheckpointRef>,

@@ -40,6 +40,8 @@ pub enum Stream {
     Data = 6,
     /// Hutchinson's trace probes ([`likelihood`](crate::likelihood)).
     Hutchinson = 7,
+    /// Uniform dequantization of integer data before a likelihood.
+    Dequantize = 8,
 }
 
 /// A Philox key for `seed` and `stream`.
