@@ -112,6 +112,14 @@ pub trait ScoreModel: Send + Sync + Debug {
         None
     }
 
+    /// The same model with its weights off autograd's graph, sharing their storage (so a load
+    /// into the original shows in it): a likelihood differentiates with respect to the input
+    /// only, and backward passes through tracked weights would compute their gradients too.
+    /// `None` (the default): a model without trainable weights, evaluated as it is.
+    fn frozen(&self) -> Option<Arc<dyn ScoreModel>> {
+        None
+    }
+
     /// For a model that knows them in closed form (the oracle): the score ŝ at the rows of
     /// `x` — x_t itself, not the network's input — at `time`, and its divergence ∇·ŝ per row
     /// (`[n]`, f64). `None` (the default): a network, whose divergence autograd computes
@@ -210,6 +218,16 @@ impl ScoreModel for Retarget {
 
     fn score_divergence(&self, x: &Tensor, time: &Time) -> Option<Result<(Tensor, Tensor)>> {
         self.inner.score_divergence(x, time)
+    }
+
+    fn frozen(&self) -> Option<Arc<dyn ScoreModel>> {
+        self.inner.frozen().map(|inner| {
+            Arc::new(Self {
+                inner,
+                from: self.from.clone(),
+                to: self.to.clone(),
+            }) as Arc<dyn ScoreModel>
+        })
     }
 
     fn score_jvp(

@@ -447,12 +447,9 @@ impl Pipeline {
             Some(k) => Tensor::zeros((k, n), self.dtype, &self.device)?,
         };
         state.extras.insert(DELTA_LOGP.into(), delta);
-        let denoiser = Denoiser::new(
-            self.model.clone(),
-            self.param.clone(),
-            self.chunk_rows,
-            None,
-        );
+        // Weights off the graph: the trace's backward passes then stop at the input.
+        let model = self.model.frozen().unwrap_or_else(|| self.model.clone());
+        let denoiser = Denoiser::new(model, self.param.clone(), self.chunk_rows, None);
         let (end, _) = self.steps_over(&times, state, &denoiser)?;
         let prior = self
             .sde

@@ -26,7 +26,9 @@
 //! Output shape = input shape [n, d] at any n, per call and per row; finite for finite c_noise;
 //! a row at its own time gives what a call at that time gives it (to rounding); rows are not independent
 //! bit for bit (candle's matmul changes kernels with the batch size), so the pipeline chunks;
-//! every parameter receives a gradient; save then load reproduces the outputs bit for bit.
+//! every parameter receives a gradient; save then load reproduces the outputs bit for bit; its
+//! frozen copy (weights off autograd's graph, sharing their storage, for a likelihood's trace)
+//! gives the same score and divergence.
 //!
 //! # References
 //! Vaswani et al., "Attention Is All You Need", NeurIPS 2017, §3.5 (sinusoidal embedding);
@@ -230,9 +232,32 @@ impl Mlp {
     }
 }
 
+impl Affine {
+    fn detached(&self) -> Self {
+        Self {
+            w: self.w.detach(),
+            b: self.b.detach(),
+        }
+    }
+}
+
 impl ScoreModel for Mlp {
     fn sample_shape(&self) -> Vec<usize> {
         vec![self.params.dim]
+    }
+
+    fn frozen(&self) -> Option<std::sync::Arc<dyn ScoreModel>> {
+        Some(std::sync::Arc::new(Self {
+            params: self.params.clone(),
+            varmap: self.varmap.clone(),
+            first_x: self.first_x.detach(),
+            first_e: self.first_e.detach(),
+            first_b: self.first_b.detach(),
+            hidden: self.hidden.iter().map(Affine::detached).collect(),
+            out: self.out.detached(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }))
     }
 
     fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
