@@ -45,6 +45,29 @@ fn points(rows: &[f64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Draws a `size` PNG at `path` on a white background, atomically: `draw` fills the drawing
+/// area, then the bitmap is encoded to a temporary `.png` (the backend picks the encoder from
+/// the extension) that replaces `path`.
+fn save_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    write_atomic(path, |tmp| {
+        let tmp_png = tmp.with_extension("png");
+        {
+            let root = BitMapBackend::new(&tmp_png, size).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_err)?;
+            draw(&root)?;
+            root.present().map_err(plot_err)?;
+        }
+        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })
+}
+
 fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Msg(format!("cannot draw the scatter plot: {e}"))
 }
@@ -106,52 +129,42 @@ fn draw_panels(path: &Path, panels: &[Panel], title: &str) -> Result<()> {
     let pad = 0.05 * (hi - lo).max(1e-9);
     let range = (lo - pad)..(hi + pad);
     let width = 600 * panels.len() as u32;
-    write_atomic(path, |tmp| {
-        // The bitmap backend picks the encoder from the extension.
-        let tmp_png = tmp.with_extension("png");
+    save_png(path, (width, 640), |root| {
+        let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
+        let areas = root.split_evenly((1, panels.len()));
+        for (
+            area,
+            Panel {
+                name,
+                points: pts,
+                color,
+                classes,
+            },
+        ) in areas.iter().zip(panels)
         {
-            let root = BitMapBackend::new(&tmp_png, (width, 640)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
-            let areas = root.split_evenly((1, panels.len()));
-            for (
-                area,
-                Panel {
-                    name,
-                    points: pts,
-                    color,
-                    classes,
-                },
-            ) in areas.iter().zip(panels)
-            {
-                let mut chart = ChartBuilder::on(area)
-                    .caption(format!("{name} ({} shown)", pts.len()), ("sans-serif", 18))
-                    .margin(12)
-                    .x_label_area_size(30)
-                    .y_label_area_size(40)
-                    .build_cartesian_2d(range.clone(), range.clone())
-                    .map_err(plot_err)?;
-                chart
-                    .configure_mesh()
-                    .light_line_style(WHITE.mix(0.0))
-                    .draw()
-                    .map_err(plot_err)?;
-                chart
-                    .draw_series(pts.iter().enumerate().map(|(i, &(x, y))| {
-                        let style = match classes {
-                            Some(c) => Palette99::pick(c[i] as usize).mix(0.6).filled(),
-                            None => color.mix(0.5).filled(),
-                        };
-                        Circle::new((x, y), 1, style)
-                    }))
-                    .map_err(plot_err)?;
-            }
-            root.present().map_err(plot_err)?;
+            let mut chart = ChartBuilder::on(area)
+                .caption(format!("{name} ({} shown)", pts.len()), ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(40)
+                .build_cartesian_2d(range.clone(), range.clone())
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.iter().enumerate().map(|(i, &(x, y))| {
+                    let style = match classes {
+                        Some(c) => Palette99::pick(c[i] as usize).mix(0.6).filled(),
+                        None => color.mix(0.5).filled(),
+                    };
+                    Circle::new((x, y), 1, style)
+                }))
+                .map_err(plot_err)?;
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
+        Ok(())
     })
 }
 
@@ -175,45 +188,36 @@ pub fn paths(path: &Path, frames: &[Vec<f64>], title: &str) -> Result<()> {
     }
     let pad = 0.05 * (hi - lo).max(1e-9);
     let range = (lo - pad)..(hi + pad);
-    write_atomic(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (720, 720)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(30)
-                .y_label_area_size(40)
-                .build_cartesian_2d(range.clone(), range.clone())
-                .map_err(plot_err)?;
+    save_png(path, (720, 720), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(range.clone(), range.clone())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_err)?;
+        for i in 0..n {
+            let color = Palette99::pick(i).mix(0.8);
+            let pts = frames.iter().map(|f| (f[2 * i], f[2 * i + 1]));
             chart
-                .configure_mesh()
-                .light_line_style(WHITE.mix(0.0))
-                .draw()
+                .draw_series(LineSeries::new(pts, color.stroke_width(1)))
                 .map_err(plot_err)?;
-            for i in 0..n {
-                let color = Palette99::pick(i).mix(0.8);
-                let pts = frames.iter().map(|f| (f[2 * i], f[2 * i + 1]));
+            if let Some(last) = frames.last() {
                 chart
-                    .draw_series(LineSeries::new(pts, color.stroke_width(1)))
+                    .draw_series(std::iter::once(Circle::new(
+                        (last[2 * i], last[2 * i + 1]),
+                        3,
+                        color.filled(),
+                    )))
                     .map_err(plot_err)?;
-                if let Some(last) = frames.last() {
-                    chart
-                        .draw_series(std::iter::once(Circle::new(
-                            (last[2 * i], last[2 * i + 1]),
-                            3,
-                            color.filled(),
-                        )))
-                        .map_err(plot_err)?;
-                }
             }
-            root.present().map_err(plot_err)?;
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
+        Ok(())
     })
 }
 
@@ -317,54 +321,45 @@ pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> 
         });
     let x_range = x0..(x1.max(x0 + 1.0));
     let y_range = (y0 / 1.2)..(y1 * 1.2);
-    write_atomic(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (900, 540)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x_range.clone(), y_range.clone().log_scale())
-                .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_label)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_desc("loss")
-                .draw()
-                .map_err(plot_err)?;
-            for (i, c) in curves.iter().enumerate() {
-                let color = Palette99::pick(i);
-                let pts: Vec<(f64, f64)> = c.points.iter().filter(finite).copied().collect();
-                let legend = if c.markers {
-                    chart.draw_series(
-                        pts.iter()
-                            .map(|&p| Circle::new(p, 4, color.filled()))
-                            .collect::<Vec<_>>(),
-                    )
-                } else {
-                    chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                }
-                .map_err(plot_err)?;
-                legend.label(c.name).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
-                });
+    save_png(path, (900, 540), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x_range.clone(), y_range.clone().log_scale())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("loss")
+            .draw()
+            .map_err(plot_err)?;
+        for (i, c) in curves.iter().enumerate() {
+            let color = Palette99::pick(i);
+            let pts: Vec<(f64, f64)> = c.points.iter().filter(finite).copied().collect();
+            let legend = if c.markers {
+                chart.draw_series(
+                    pts.iter()
+                        .map(|&p| Circle::new(p, 4, color.filled()))
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(plot_err)?;
-            root.present().map_err(plot_err)?;
+            .map_err(plot_err)?;
+            legend.label(c.name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
+            });
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
     })
 }
 
@@ -392,57 +387,48 @@ pub fn histogram(
         counts[b] += 1;
     }
     let top = counts.iter().copied().max().unwrap_or(1) as f64 * 1.1;
-    write_atomic(path, |tmp| {
-        let tmp_png = tmp.with_extension("png");
-        {
-            let root = BitMapBackend::new(&tmp_png, (900, 540)).into_drawing_area();
-            root.fill(&WHITE).map_err(plot_err)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(56)
-                .build_cartesian_2d(lo..(lo + width * BINS as f64), 0.0..top)
-                .map_err(plot_err)?;
+    save_png(path, (900, 540), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(lo..(lo + width * BINS as f64), 0.0..top)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("rows")
+            .draw()
+            .map_err(plot_err)?;
+        let bar = RGBColor(31, 119, 180);
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + i as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], bar.mix(0.7).filled())
+            }))
+            .map_err(plot_err)?;
+        for (i, (name, at)) in marks.iter().enumerate() {
+            let color = Palette99::pick(i + 1);
             chart
-                .configure_mesh()
-                .x_desc(x_label)
-                .y_desc("rows")
+                .draw_series(LineSeries::new(
+                    [(*at, 0.0), (*at, top)],
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label(format!("{name} {at:.4}"))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
+                });
+        }
+        if !marks.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
                 .draw()
                 .map_err(plot_err)?;
-            let bar = RGBColor(31, 119, 180);
-            chart
-                .draw_series(counts.iter().enumerate().map(|(i, &c)| {
-                    let x0 = lo + i as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], bar.mix(0.7).filled())
-                }))
-                .map_err(plot_err)?;
-            for (i, (name, at)) in marks.iter().enumerate() {
-                let color = Palette99::pick(i + 1);
-                chart
-                    .draw_series(LineSeries::new(
-                        [(*at, 0.0), (*at, top)],
-                        color.stroke_width(2),
-                    ))
-                    .map_err(plot_err)?
-                    .label(format!("{name} {at:.4}"))
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
-                    });
-            }
-            if !marks.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(plot_err)?;
-            }
-            root.present().map_err(plot_err)?;
         }
-        std::fs::rename(&tmp_png, tmp).map_err(|source| Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
+        Ok(())
     })
 }

@@ -242,16 +242,7 @@ pub fn heldout_reference(
     let vals = (0..FLOOR_SETS as u64)
         .map(|k| sw.distance(&data.batch(Split::Train, seed, k * n as u64, n)?.values))
         .collect::<Result<Vec<f64>>>()?;
-    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
-    Ok((
-        sw,
-        Floor {
-            mean,
-            sd: var.sqrt(),
-        },
-        rows,
-    ))
+    Ok((sw, Floor::of(&vals), rows))
 }
 
 /// Each component's share of `samples` under `law`, and the worst relative deviation from

@@ -101,6 +101,18 @@ pub struct Floor {
 }
 
 impl Floor {
+    /// The mean and standard deviation of the SW2 values of independent reference-law sets
+    /// (at least two).
+    pub fn of(values: &[f64]) -> Self {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        Self {
+            mean,
+            sd: var.sqrt(),
+        }
+    }
+
     /// The pass threshold, mean + 3 sd.
     pub fn threshold(&self) -> f64 {
         self.mean + 3.0 * self.sd
@@ -123,13 +135,5 @@ pub fn reference_and_floor(target: &Marginal, n: usize) -> Result<(SlicedW2, Flo
     let vals = (0..FLOOR_SETS as u64)
         .map(|k| sw.distance(&target.sample(FLOOR_SEED + k, 0, n)))
         .collect::<Result<Vec<f64>>>()?;
-    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (vals.len() - 1) as f64;
-    Ok((
-        sw,
-        Floor {
-            mean,
-            sd: var.sqrt(),
-        },
-    ))
+    Ok((sw, Floor::of(&vals)))
 }

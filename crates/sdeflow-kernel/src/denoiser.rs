@@ -103,15 +103,7 @@ impl Denoiser {
     /// [`eval_at`](Self::eval_at) with the output on autograd's graph whatever
     /// [`keep_graph`](Self::keep_graph) says (a vector-Jacobian product through the model).
     pub fn eval_tracked(&self, x: &Tensor, time: &Time) -> Result<Prediction<'_>> {
-        self.nfe.fetch_add(1, Ordering::Relaxed);
-        time.expect_rows(x.dim(0)?, "the denoiser")?;
-        let out = self.forward_chunked(x, time, self.cond.as_ref(), true)?;
-        Ok(Prediction {
-            out,
-            x: x.clone(),
-            time: time.clone(),
-            param: &*self.param,
-        })
+        self.evaluate(x, time, self.cond.as_ref(), true)
     }
 
     /// Evaluates the model at `(x, c)`, one time for every row: one NFE.
@@ -132,12 +124,23 @@ impl Denoiser {
         time: &Time,
         cond: Option<&Tensor>,
     ) -> Result<Prediction<'_>> {
+        self.evaluate(x, time, cond, self.keep_graph)
+    }
+
+    /// One counted evaluation, its output on the graph when `keep`.
+    fn evaluate(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        cond: Option<&Tensor>,
+        keep: bool,
+    ) -> Result<Prediction<'_>> {
         self.nfe.fetch_add(1, Ordering::Relaxed);
         time.expect_rows(x.dim(0)?, "the denoiser")?;
         if let Some(c) = cond {
             crate::ops::expect_rows(c, x.dim(0)?, "the conditioning")?;
         }
-        let out = self.forward_chunked(x, time, cond, self.keep_graph)?;
+        let out = self.forward_chunked(x, time, cond, keep)?;
         Ok(Prediction {
             out,
             x: x.clone(),

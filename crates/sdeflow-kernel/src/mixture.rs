@@ -236,6 +236,12 @@ impl GaussianMixture {
     }
 }
 
+/// log Σ_k e^{l_k}, stably.
+fn log_sum_exp(logits: &[f64]) -> f64 {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln()
+}
+
 fn cumulative(w: &[f64]) -> Vec<f64> {
     w.iter()
         .scan(0.0, |acc, v| {
@@ -282,13 +288,12 @@ impl Marginal {
         self.d
     }
 
-    /// Score, divergence and log-density of one row `x` (MATH.md §7):
-    /// ŝ = Σ_k r_k (−C_k⁻¹(x − μ_k)), ∇·ŝ = Σ_k r_k (‖C_k⁻¹(x − μ_k)‖² − tr C_k⁻¹) − ‖ŝ‖².
-    pub fn eval_row(&self, x: &[f64], want_div: bool) -> RowEval {
+    /// Each component's log-weighted density log w_k + log N(x; μ_k, C_k) at one row `x`, and
+    /// y_k = C_k⁻¹(x − μ_k).
+    fn logits(&self, x: &[f64]) -> (Vec<f64>, Vec<DVector<f64>>) {
         let d = self.d;
-        let k = self.comps.len();
-        let mut logits = Vec::with_capacity(k);
-        let mut ys: Vec<DVector<f64>> = Vec::with_capacity(k);
+        let mut logits = Vec::with_capacity(self.comps.len());
+        let mut ys = Vec::with_capacity(self.comps.len());
         for c in &self.comps {
             let diff = DVector::from_iterator(d, x.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
             let y = if self.diagonal {
@@ -299,9 +304,15 @@ impl Marginal {
             logits.push(c.log_w + c.log_norm - 0.5 * diff.dot(&y));
             ys.push(y);
         }
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-        let log_prob = max + z.ln();
+        (logits, ys)
+    }
+
+    /// Score, divergence and log-density of one row `x` (MATH.md §7):
+    /// ŝ = Σ_k r_k (−C_k⁻¹(x − μ_k)), ∇·ŝ = Σ_k r_k (‖C_k⁻¹(x − μ_k)‖² − tr C_k⁻¹) − ‖ŝ‖².
+    pub fn eval_row(&self, x: &[f64], want_div: bool) -> RowEval {
+        let d = self.d;
+        let (logits, ys) = self.logits(x);
+        let log_prob = log_sum_exp(&logits);
         let mut score = vec![0.0; d];
         let mut div = 0.0;
         for ((l, y), c) in logits.iter().zip(&ys).zip(&self.comps) {
@@ -343,21 +354,9 @@ impl Marginal {
     /// [`eval_row`](Self::eval_row)'s divergence.
     pub fn jvp_row(&self, x: &[f64], vs: &[&[f64]]) -> (Vec<f64>, Vec<Vec<f64>>) {
         let d = self.d;
-        let mut logits = Vec::with_capacity(self.comps.len());
-        let mut us: Vec<DVector<f64>> = Vec::with_capacity(self.comps.len());
-        for c in &self.comps {
-            let diff = DVector::from_iterator(d, x.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
-            let y = if self.diagonal {
-                diff.component_mul(&c.inv_diag)
-            } else {
-                &c.inv * &diff
-            };
-            logits.push(c.log_w + c.log_norm - 0.5 * diff.dot(&y));
-            us.push(-y);
-        }
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-        let log_prob = max + z.ln();
+        let (logits, ys) = self.logits(x);
+        let us: Vec<DVector<f64>> = ys.into_iter().map(|y| -y).collect();
+        let log_prob = log_sum_exp(&logits);
         let r: Vec<f64> = logits.iter().map(|l| (l - log_prob).exp()).collect();
         let mut s = DVector::zeros(d);
         for (rk, u) in r.iter().zip(&us) {
@@ -385,24 +384,10 @@ impl Marginal {
     /// The most probable component of every row of `x` (row-major, `n × d`): the argmax of
     /// the posterior responsibilities r_k(x) ∝ w_k N(x; μ_k, C_k).
     pub fn assign(&self, x: &[f64]) -> Vec<usize> {
-        let d = self.d;
-        x.par_chunks(d)
+        x.par_chunks(self.d)
             .map(|xi| {
-                let mut best = (f64::NEG_INFINITY, 0);
-                for (k, c) in self.comps.iter().enumerate() {
-                    let diff =
-                        DVector::from_iterator(d, xi.iter().zip(c.mean.iter()).map(|(a, b)| a - b));
-                    let y = if self.diagonal {
-                        diff.component_mul(&c.inv_diag)
-                    } else {
-                        &c.inv * &diff
-                    };
-                    let logit = c.log_w + c.log_norm - 0.5 * diff.dot(&y);
-                    if logit > best.0 {
-                        best = (logit, k);
-                    }
-                }
-                best.1
+                let (logits, _) = self.logits(xi);
+                (0..logits.len()).fold(0, |best, k| if logits[k] > logits[best] { k } else { best })
             })
             .collect()
     }
