@@ -487,7 +487,7 @@ pub fn train(
         bar.set_position(n);
         let last = n == spec.steps;
         let eval_now = last || every(spec.eval.every, n);
-        if eval_now || last || every(spec.log_every, n) {
+        if eval_now || every(spec.log_every, n) {
             let eval = if eval_now {
                 let (e, samples) =
                     evaluate(&trainer, &spec, &pipeline, reference.as_ref(), loss_floor)?;

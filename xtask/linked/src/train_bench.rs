@@ -28,6 +28,16 @@ fn ring() -> Result<Data> {
 
 /// `bench --train`: steps/s at batch 512 and 4,096 for each thread count.
 pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
+    let line = |k: usize| {
+        [
+            "bench".to_string(),
+            "--train".into(),
+            "--threads".into(),
+            k.to_string(),
+            "--repeats".into(),
+            repeats.to_string(),
+        ]
+    };
     let Some(k) = threads else {
         println!(
             "training steps/s: mlp 3 × 256 on the ring, AdamW + clip + EMA, f32, CPU (release)"
@@ -35,15 +45,7 @@ pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
         println!("| threads | batch | steps/s | ms/step |");
         println!("|---:|---:|---:|---:|");
         for k in [1, 2] {
-            let args = [
-                "bench".to_string(),
-                "--train".into(),
-                "--threads".into(),
-                k.to_string(),
-                "--repeats".into(),
-                repeats.to_string(),
-            ];
-            if let Some(code) = pinned(k, &args)?
+            if let Some(code) = pinned(k, &line(k))?
                 && code != ExitCode::SUCCESS
             {
                 return Ok(code);
@@ -51,15 +53,7 @@ pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let args = [
-        "bench".to_string(),
-        "--train".into(),
-        "--threads".into(),
-        k.to_string(),
-        "--repeats".into(),
-        repeats.to_string(),
-    ];
-    if let Some(code) = pinned(k, &args)? {
+    if let Some(code) = pinned(k, &line(k))? {
         return Ok(code);
     }
     let registry = sdeflow_plugins::registry()?;
