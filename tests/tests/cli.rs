@@ -48,7 +48,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("euler_maruyama()", "euler_maruyam()"),
             "error: bad.ron:5:13: unknown solver plugin `euler_maruyam` (did you mean `euler_maruyama`?); \
-             registered solver plugins: ddim, ddpm, dpmpp_2m, euler, euler_maruyama, heun, pc, reverse_diffusion, rk4\n",
+             registered solver plugins: bosh3, ddim, ddpm, dopri5, dpmpp_2m, euler, euler_maruyama, heun, pc, reverse_diffusion, rk4\n",
         ),
         (
             edited("sde: vp()", "sde: heat()"),
@@ -149,6 +149,25 @@ fn golden_error_messages() -> Result<()> {
                 .into(),
             "error: bad.ron:5:5: invalid `model`: `mlp` takes rows of shape [2] but data `gmm` has rows of shape [3]; \
              make the model's shape match the data\n",
+        ),
+        (
+            edited("euler_maruyama()", "dopri5()"),
+            "error: bad.ron:6:5: invalid `steps`: `dopri5` chooses every sample's steps itself (rtol 1e-5, atol 1e-5); \
+             remove `steps: 10` and set its tolerances instead, e.g. `solver: dopri5(rtol: 1e-6)`\n",
+        ),
+        (
+            edited("euler_maruyama()", "dopri5(rtol: 2.0)"),
+            "error: bad.ron:5:20: dopri5: invalid `rtol`: 2 is not in (0, 1)\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    nll: (rows: 10, steps: 50),"),
+            "error: bad.ron:8:21: nll: invalid `steps`: `dopri5` chooses every sample's steps itself; remove `steps: 50` \
+             and set its tolerances instead, e.g. `solver: dopri5(rtol: 1e-6)`\n",
+        ),
+        (
+            edited("samples: 100,", "samples: 100,\n    nll: (solver: ddim()),"),
+            "error: bad.ron:8:11: nll: invalid `solver`: `ddim` cannot carry the log-density change forward; use a \
+             Runge–Kutta PF-ODE solver (dopri5, bosh3, rk4, heun, euler)\n",
         ),
         (
             edited("samples: 100,", "samples: 100,\n    train: (steps: 10, lr: -1.0),"),

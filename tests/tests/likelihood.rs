@@ -164,10 +164,11 @@ fn a_network_divergence_by_autograd_matches_finite_differences() -> Result<()> {
         (DType::F64, &Device::Cpu),
     )?;
     let (_, est) = score_divergence(&den, &x, &time, Some(&v))?;
+    // Rows first: v is [n, k, d], the estimates [n, k].
     let vs = v.to_vec3::<f64>()?;
-    for (j, row) in est.to_vec2::<f64>()?.iter().enumerate() {
-        for (i, e) in row.iter().enumerate() {
-            let p = &vs[j][i];
+    for (i, row) in est.to_vec2::<f64>()?.iter().enumerate() {
+        for (j, e) in row.iter().enumerate() {
+            let p = &vs[i][j];
             let vjv: f64 = (0..2)
                 .map(|a| (0..2).map(|b| p[a] * jac[i][a][b] * p[b]).sum::<f64>())
                 .sum();
@@ -196,16 +197,17 @@ fn the_oracle_jacobian_products_sum_to_its_divergence() -> Result<()> {
     let xs: Vec<f64> = (0..2 * n).map(|i| (i as f64 * 0.91).cos() * 3.0).collect();
     let x = Tensor::from_vec(xs, (n, 2), &Device::Cpu)?;
     let (_, div) = score_divergence(&den, &x, &time, None)?;
-    let mut basis = vec![0.0; 2 * n * 2];
+    // Rows first, [n, k, d]: row i's probe 0 is e_1, its probe 1 is e_2.
+    let mut basis = vec![0.0; n * 2 * 2];
     for i in 0..n {
-        basis[2 * i] = 1.0; // probe 0: e_1
-        basis[2 * n + 2 * i + 1] = 1.0; // probe 1: e_2
+        basis[4 * i] = 1.0;
+        basis[4 * i + 3] = 1.0;
     }
-    let e = Tensor::from_vec(basis, (2, n, 2), &Device::Cpu)?;
+    let e = Tensor::from_vec(basis, (n, 2, 2), &Device::Cpu)?;
     let (_, est) = score_divergence(&den, &x, &time, Some(&e))?;
     let est = est.to_vec2::<f64>()?;
     for (i, d) in div.to_vec1::<f64>()?.iter().enumerate() {
-        let sum = est[0][i] + est[1][i];
+        let sum = est[i][0] + est[i][1];
         assert!(
             (d - sum).abs() < 1e-10 * (1.0 + d.abs()),
             "row {i}: {d} vs {sum}"
@@ -217,8 +219,8 @@ fn the_oracle_jacobian_products_sum_to_its_divergence() -> Result<()> {
         .score_jvp(&x, &time, &e)
         .expect("the oracle offers Jacobian-vector products")?;
     let jv = jv.to_vec3::<f64>()?;
-    for (i, (e1, e2)) in jv[0].iter().zip(&jv[1]).enumerate() {
-        let (j12, j21) = (e2[0], e1[1]);
+    for (i, row) in jv.iter().enumerate() {
+        let (j12, j21) = (row[1][0], row[0][1]);
         assert!(
             (j12 - j21).abs() < 1e-10 * (1.0 + j12.abs()),
             "row {i}: {j12} vs {j21}"
@@ -267,7 +269,7 @@ fn sdeflow_nll_of_the_oracle_is_the_exact_nll() -> Result<()> {
     let text = |trace: &str| {
         format!(
             "(\n    sde: vp(),\n    data: gmm({}),\n    model: gmm_oracle(),\n    solver: euler(),\n    \
-             dtype: f64,\n    nll: (rows: 300, steps: 100, trace: {trace}),\n    jobs: [nll],\n)\n",
+             dtype: f64,\n    nll: (rows: 300, trace: {trace}),\n    jobs: [nll],\n)\n",
             spec.oracle_params()
                 .trim_start_matches('(')
                 .trim_end_matches(')')

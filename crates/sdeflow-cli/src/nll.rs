@@ -12,8 +12,8 @@ use std::{fmt, path::PathBuf, time::Instant};
 
 use candle_core::{DType, Device, Tensor};
 use sdeflow_kernel::{
-    Config, Error, Result,
-    config::{NllSpec, NllSplit},
+    Config, Error, GridKind, Result,
+    config::{DEFAULT_NLL_SOLVER, DEFAULT_NLL_STEPS, NllSpec, NllSplit},
     data::Split,
     io::write_atomic,
     likelihood::Trace,
@@ -34,10 +34,10 @@ pub struct NllSummary {
     pub param: String,
     /// The SDE.
     pub sde: String,
-    /// The solver integrating forward, its steps and grid.
+    /// The solver integrating forward.
     pub solver: String,
-    /// Steps.
-    pub steps: usize,
+    /// Its steps: "200 uniform steps", or "adaptive, rtol …, atol …".
+    pub schedule: String,
     /// The trace: exact or Hutchinson.
     pub trace: String,
     /// Where the rows came from.
@@ -59,8 +59,10 @@ pub struct NllSummary {
     pub bits_per_dim: Option<f64>,
     /// The exact mean NLL of the same rows under the data's law at t_ε, when it has one.
     pub exact_nll: Option<f64>,
-    /// Model evaluations per row.
+    /// Model evaluations (batched calls; on a grid, every row's).
     pub nfe: u64,
+    /// An adaptive solve's NFE per row: mean, min and max.
+    pub nfe_per_row: Option<(f64, u64, u64)>,
     /// Device.
     pub device: String,
     /// Wall time, seconds.
@@ -73,13 +75,17 @@ impl fmt::Display for NllSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "nll of {} {} with {} ({}, {} steps, {} NFE, {} trace) in {:.2} s",
+            "nll of {} {} with {} ({}, {}, {} NFE{}, {} trace) in {:.2} s",
             self.rows,
             self.rows_from,
             self.model,
             self.solver,
-            self.steps,
+            self.schedule,
             self.nfe,
+            self.nfe_per_row
+                .map_or(String::new(), |(mean, lo, hi)| format!(
+                    " (per row: mean {mean:.1}, {lo}…{hi})"
+                )),
             self.trace,
             self.wall_seconds
         )?;
@@ -116,12 +122,8 @@ fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
 /// Runs the config's `nll` job on `device`.
 pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllSummary> {
     let spec: NllSpec = config.nll.clone().unwrap_or_default();
-    if spec.rows == 0 || spec.steps == 0 {
-        return Err(Error::invalid(
-            "nll",
-            if spec.rows == 0 { "rows" } else { "steps" },
-            "must be at least 1",
-        ));
+    if spec.rows == 0 {
+        return Err(Error::invalid("nll", "rows", "must be at least 1"));
     }
     let dir = output_dir(config, out);
     crate::train::load_for_sampling(config, &dir)?;
@@ -197,16 +199,23 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
     let registry = sdeflow_plugins::registry()?;
     let solver = match &spec.solver {
         Some(s) => (s.name, s.plugin.clone()),
-        None => ("rk4", registry.solver("rk4", "()")?),
+        None => (
+            DEFAULT_NLL_SOLVER,
+            registry.solver(DEFAULT_NLL_SOLVER, "()")?,
+        ),
     };
-    let pipeline = config
+    let mut builder = config
         .builder(device.clone())
-        .solver(solver.1)
-        .steps(spec.steps)
-        .grid(spec.grid)
+        .solver(solver.1.clone())
+        .solver_discretization()
         .denoise_final(false)
-        .capture_trajectory(false)
-        .build()?;
+        .capture_trajectory(false);
+    if solver.1.adaptive().is_none() {
+        builder = builder
+            .steps(spec.steps.unwrap_or(DEFAULT_NLL_STEPS))
+            .grid(spec.grid.unwrap_or(GridKind::Uniform));
+    }
+    let pipeline = builder.build()?;
     let start = Instant::now();
     let out = pipeline.log_likelihood(&x, 0, spec.trace)?;
     let wall = start.elapsed().as_secs_f64();
@@ -273,7 +282,17 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
         param: config.target_name().to_string(),
         sde: config.sde.name.to_string(),
         solver: solver.0.to_string(),
-        steps: spec.steps,
+        schedule: match solver.1.adaptive() {
+            Some(a) => format!(
+                "adaptive, rtol {:e}, atol {:e}",
+                a.tolerances.rtol, a.tolerances.atol
+            ),
+            None => format!(
+                "{} {} steps",
+                pipeline.discretization().steps,
+                pipeline.discretization().grid
+            ),
+        },
         trace,
         rows_from,
         rows: n,
@@ -286,6 +305,14 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
             .map(|l| mean / (dim as f64 * std::f64::consts::LN_2) + l.bits_offset()),
         exact_nll,
         nfe: out.nfe,
+        nfe_per_row: out.rows.as_ref().map(|r| {
+            let sum: u64 = r.nfe.iter().sum();
+            (
+                sum as f64 / r.nfe.len().max(1) as f64,
+                r.nfe.iter().copied().min().unwrap_or(0),
+                r.nfe.iter().copied().max().unwrap_or(0),
+            )
+        }),
         device: device_name(&device),
         wall_seconds: wall,
         files,

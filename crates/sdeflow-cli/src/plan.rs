@@ -57,6 +57,22 @@ pub fn claims_text(c: &SolverClaims) -> String {
     )
 }
 
+/// A solver's claims in words, and for an adaptive solver its stepping instead of a grid.
+pub fn solver_text(solver: &dyn sdeflow_kernel::Solver) -> String {
+    let c = solver.claims();
+    if solver.adaptive().is_none() {
+        return claims_text(&c);
+    }
+    let order = match c.order {
+        Order::Ode(p) => format!("order {p}"),
+        other => format!("{other:?}"),
+    };
+    format!(
+        "{order}; adaptive: each sample on its own steps, {} NFE per attempted step; deterministic; integrates the {}",
+        c.nfe_per_step, c.equation
+    )
+}
+
 /// `describe KIND/NAME`: the plugin's documentation, default parameters and claims.
 pub fn describe(registry: &Registry, what: &str) -> Result<String> {
     let (kind, name) = what.split_once('/').ok_or_else(|| {
@@ -100,7 +116,7 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
     match kind {
         "solver" => {
             let solver = registry.solver(name, "()")?;
-            let _ = writeln!(s, "\n## Declared claims\n{}", claims_text(&solver.claims()));
+            let _ = writeln!(s, "\n## Declared claims\n{}", solver_text(&*solver));
         }
         "sde" => {
             let sde = registry.sde(name, "()")?;
@@ -174,17 +190,10 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         s,
         "solver  {}: {}",
         config.solver.name,
-        claims_text(&claims)
+        solver_text(pipeline.solver())
     );
-    // The solver's evaluations, plus the final denoising step when the config asks for it.
-    let total_nfe = pipeline.claimed_nfe();
-    let _ = writeln!(
-        s,
-        "run     {} samples, {} grid, {} steps, {} NFE per sample, {} on {}, seed {}, model chunks {}",
-        config.samples,
-        schedule.grid,
-        schedule.steps,
-        total_nfe,
+    let place = format!(
+        "{} on {}, seed {}, model chunks {}",
         format!("{:?}", config.dtype).to_lowercase(),
         config.device,
         config.seed,
@@ -192,6 +201,40 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             .chunk_rows
             .map_or("off".into(), |c| format!("of {c} rows")),
     );
+    // The solver's evaluations, plus the final denoising step when the config asks for it.
+    let adaptive = pipeline.solver().adaptive();
+    match (adaptive, pipeline.claimed_nfe()) {
+        (Some(a), _) => {
+            let tol = a.tolerances;
+            let _ = writeln!(
+                s,
+                "run     {} samples, adaptive steps per sample from t = {:e} to {:e}: rtol {:e}, atol {:e}, min step {:e}, at most {} NFE per sample, first step {}; {place}",
+                config.samples,
+                pipeline.times()[0],
+                pipeline.times()[schedule.steps],
+                tol.rtol,
+                tol.atol,
+                tol.min_step,
+                tol.max_nfe,
+                tol.first_step
+                    .map_or("automatic (Hairer's, 2 NFE)".into(), |h| format!("{h:e}")),
+            );
+            let c = a.controller;
+            let _ = writeln!(
+                s,
+                "        PI controller: safety {}, β₁ {:.4}, β₂ {:.4}, step factor in [{}, {}]",
+                c.safety, c.beta1, c.beta2, c.min_factor, c.max_factor
+            );
+        }
+        (None, Some(total_nfe)) => {
+            let _ = writeln!(
+                s,
+                "run     {} samples, {} grid, {} steps, {} NFE per sample, {place}",
+                config.samples, schedule.grid, schedule.steps, total_nfe,
+            );
+        }
+        (None, None) => unreachable!("a solver on a grid claims its NFE"),
+    }
     if config.jobs.contains(&sdeflow_kernel::config::Job::Train) || config.train.is_some() {
         let _ = writeln!(
             s,
@@ -205,6 +248,13 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         .map(|j| format!("{j:?}").to_lowercase())
         .collect();
     let _ = writeln!(s, "jobs    {}", jobs.join(", "));
+    if adaptive.is_some() {
+        if let Some(w) = &config.weighting {
+            loss_plan(&mut s, config, &pipeline, w);
+        }
+        return Ok(s);
+    }
+    let total_nfe = pipeline.claimed_nfe().unwrap_or_default();
     let _ = writeln!(
         s,
         "\n{:>6} {:>13} {:>13} {:>13} {:>10} {:>13} {:>6}",

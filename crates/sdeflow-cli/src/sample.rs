@@ -56,12 +56,16 @@ pub struct Summary {
     pub model: String,
     /// Solver.
     pub solver: String,
-    /// Grid.
+    /// Grid (`adaptive` for a solver that chooses each sample's steps).
     pub grid: String,
-    /// Steps.
+    /// Steps (an adaptive solver's: the most any sample took).
     pub steps: usize,
-    /// Model evaluations per sample (counted).
+    /// The steps in words: "100 steps, uniform grid", or "adaptive, rtol …, atol …".
+    pub schedule: String,
+    /// Model evaluations (batched calls; on a grid, every sample's).
     pub nfe: u64,
+    /// An adaptive run's NFE per sample: mean, min and max.
+    pub nfe_per_sample: Option<(f64, u64, u64)>,
     /// Samples drawn.
     pub samples: usize,
     /// Seed.
@@ -89,14 +93,17 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "sampled {} × {} with {} on {} ({} steps, {} grid, {} NFE) in {:.2} s ({:.0} samples/s)",
+            "sampled {} × {} with {} on {} ({}, {} NFE{}) in {:.2} s ({:.0} samples/s)",
             self.samples,
             self.model,
             self.solver,
             self.sde,
-            self.steps,
-            self.grid,
+            self.schedule,
             self.nfe,
+            self.nfe_per_sample
+                .map_or(String::new(), |(mean, lo, hi)| format!(
+                    "; per sample mean {mean:.1}, {lo}…{hi}"
+                )),
             self.wall_seconds,
             self.samples_per_second
         )?;
@@ -220,6 +227,23 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     };
     let pipeline = config.builder(device.clone()).progress(progress).build()?;
     let schedule = pipeline.discretization();
+    let adaptive = pipeline.solver().adaptive();
+    let schedule_text = match adaptive {
+        Some(a) => format!(
+            "adaptive, rtol {:e}, atol {:e}",
+            a.tolerances.rtol, a.tolerances.atol
+        ),
+        None => format!("{} steps, {} grid", schedule.steps, schedule.grid),
+    };
+    if adaptive.is_some() {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} sampling [{bar:40}] {pos}/{len} samples done {elapsed_precise}",
+            )
+            .map_err(|e| Error::Msg(e.to_string()))?
+            .progress_chars("=> "),
+        );
+    }
     let start = Instant::now();
     let first = pipeline.prior_state(0, config.samples)?;
     let x_start = first.x.clone();
@@ -254,8 +278,8 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
                 .collect::<Result<Vec<_>>>()?;
             let path = dir.join("trajectory.png");
             let title = format!(
-                "{} · {} · {} steps: paths of the first samples",
-                config.solver.name, config.sde.name, schedule.steps
+                "{} · {} · {}: paths of the first samples",
+                config.solver.name, config.sde.name, schedule_text
             );
             crate::plot::paths(&path, &host_frames, &title)?;
             files.push(path.display().to_string());
@@ -337,8 +361,8 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     if config.outputs.png && d == 2 {
         let path = dir.join("samples.png");
         let title = format!(
-            "{} · {} · {} steps",
-            config.solver.name, config.sde.name, schedule.steps
+            "{} · {} · {}",
+            config.solver.name, config.sde.name, schedule_text
         );
         crate::plot::scatter_beside(
             &path,
@@ -357,9 +381,25 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         param: config.target_name().to_string(),
         model: config.model.name.to_string(),
         solver: config.solver.name.to_string(),
-        grid: schedule.grid.to_string(),
-        steps: schedule.steps,
+        grid: if adaptive.is_some() {
+            "adaptive".into()
+        } else {
+            schedule.grid.to_string()
+        },
+        steps: match &result.rows {
+            Some(r) => r.accepted.iter().copied().max().unwrap_or(0) as usize,
+            None => schedule.steps,
+        },
+        schedule: schedule_text.clone(),
         nfe: result.nfe,
+        nfe_per_sample: result.rows.as_ref().map(|r| {
+            let sum: u64 = r.nfe.iter().sum();
+            (
+                sum as f64 / r.nfe.len().max(1) as f64,
+                r.nfe.iter().copied().min().unwrap_or(0),
+                r.nfe.iter().copied().max().unwrap_or(0),
+            )
+        }),
         samples: n,
         seed: config.seed,
         device: device_name(&device),

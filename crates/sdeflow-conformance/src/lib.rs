@@ -389,7 +389,13 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
         .all()
         .iter()
         .map(|p| p.info.name)
-        .filter(|name| opts.wants(SolverKind::NAME, name));
+        .filter(|name| opts.wants(SolverKind::NAME, name))
+        // An adaptive solver's runs cost far more evaluations: the matrix goes to a grid solver.
+        .filter(|name| {
+            registry
+                .solver(name, policy::DEFAULTS)
+                .map_or(true, |s| s.adaptive().is_none())
+        });
     let ctx = Context {
         registry,
         built: &built,

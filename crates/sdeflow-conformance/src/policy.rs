@@ -90,6 +90,28 @@ impl Policy {
         }
     }
 
+    /// Whether an adaptive solver's tolerance sweeps (error ∝ rtol, finite at every rtol) run
+    /// on the SDE at `sde_index`: every SDE in the full pass, the first in the quick pass.
+    pub fn adaptive_sweeps(&self, sde_index: usize) -> bool {
+        self.mode == Mode::Full || sde_index == 0
+    }
+
+    /// The (mixture, registered SDE) pairs of the likelihood contract: `ring` on `vp` in the
+    /// quick pass; `ring` and `mix8` on vp, sub_vp, ve, vp_cosine and edm in the full pass.
+    pub fn likelihood_cases(&self) -> Vec<(MixtureSpec, &'static str)> {
+        match self.mode {
+            Mode::Quick => vec![(ring(), "vp")],
+            Mode::Full => [ring(), mix8()]
+                .into_iter()
+                .flat_map(|m| {
+                    ["vp", "sub_vp", "ve", "vp_cosine", "edm"]
+                        .into_iter()
+                        .map(move |s| (m.clone(), s))
+                })
+                .collect(),
+        }
+    }
+
     /// Mixtures besides `ring` with SW2 in the run parameterization: `mix8` in the full pass.
     pub fn sw2_other_mixtures(&self) -> Vec<MixtureSpec> {
         match self.mode {

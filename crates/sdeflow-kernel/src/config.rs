@@ -139,6 +139,12 @@ pub enum NllSplit {
     Train,
 }
 
+/// The solver `nll` integrates with unless `nll: (solver: ...)` names another: Dormand–Prince
+/// 5(4) at score_sde's tolerances, each sample on its own steps.
+pub const DEFAULT_NLL_SOLVER: &str = "dopri5";
+/// Steps of an `nll` solver on a grid, unless `nll: (steps: ...)` says otherwise.
+pub const DEFAULT_NLL_STEPS: usize = 200;
+
 /// How `nll` computes log-likelihoods: the `nll:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename = "nll", deny_unknown_fields, default)]
@@ -151,13 +157,16 @@ pub struct NllSpec {
     pub npy: Option<PathBuf>,
     /// The trace: `exact` or `hutchinson(probes: k, dist: rademacher | gaussian)`.
     pub trace: crate::likelihood::Trace,
-    /// The solver integrating forward (one that can: default `rk4()`).
+    /// The solver integrating forward (one that can: default [`DEFAULT_NLL_SOLVER`], adaptive
+    /// per sample).
     #[serde(deserialize_with = "some")]
     pub solver: Option<Entry<SolverKind>>,
-    /// Its steps (default 200).
-    pub steps: usize,
-    /// Its grid (default uniform in t).
-    pub grid: GridKind,
+    /// Steps of a solver on a grid (default 200); an adaptive solver takes none.
+    #[serde(deserialize_with = "steps")]
+    pub steps: Option<usize>,
+    /// The grid of a solver on a grid (default uniform in t); an adaptive solver takes none.
+    #[serde(deserialize_with = "some")]
+    pub grid: Option<GridKind>,
     /// Integer data: add uniform noise within each level's cell before evaluating, and report
     /// bits per dimension with the levels' offset (MATH.md §9).
     pub dequantize: bool,
@@ -173,8 +182,8 @@ impl Default for NllSpec {
             npy: None,
             trace: crate::likelihood::Trace::Exact,
             solver: None,
-            steps: 200,
-            grid: GridKind::Uniform,
+            steps: None,
+            grid: None,
             dequantize: true,
             latents: true,
         }
@@ -405,6 +414,81 @@ impl Config {
                         config.model.name, data.name
                     ),
                 ));
+            }
+        }
+        if let Some(a) = config.solver.plugin.adaptive() {
+            let set = [
+                ("steps", config.steps.map(|n| n.to_string())),
+                ("grid", config.grid.map(|g| g.to_string())),
+            ];
+            if config.outputs.trajectory {
+                return Err(at_field(
+                    "trajectory",
+                    format!(
+                        "invalid `trajectory`: `{}` steps each sample at its own times, so there is no common grid to record; remove `trajectory: true` or sample with a solver on a grid (rk4, dpmpp_2m)",
+                        config.solver.name
+                    ),
+                ));
+            }
+            for (field, value) in set {
+                if let Some(value) = value {
+                    return Err(at_field(
+                        field,
+                        format!(
+                            "invalid `{field}`: `{}` chooses every sample's steps itself (rtol {:e}, atol {:e}); remove `{field}: {value}` and set its tolerances instead, e.g. `solver: {}(rtol: 1e-6)`",
+                            config.solver.name,
+                            a.tolerances.rtol,
+                            a.tolerances.atol,
+                            config.solver.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(nll) = &config.nll {
+            let at_nll = |field: &str, msg: String| {
+                let (line, col) = crate::de::locate_field_in(text, "nll", field)
+                    .or_else(|| locate_field(text, "nll"))
+                    .unwrap_or((1, 1));
+                Error::Config {
+                    file: file.to_string(),
+                    line,
+                    col,
+                    msg: format!("nll: {msg}"),
+                }
+            };
+            let (name, solver) = match &nll.solver {
+                Some(s) => (s.name, Some(s.plugin.clone())),
+                None => (
+                    DEFAULT_NLL_SOLVER,
+                    registry.solver(DEFAULT_NLL_SOLVER, "()").ok(),
+                ),
+            };
+            if let Some(solver) = solver {
+                if !solver.integrates_likelihood() {
+                    return Err(at_nll(
+                        "solver",
+                        format!(
+                            "invalid `solver`: `{name}` cannot carry the log-density change forward; use a Runge–Kutta PF-ODE solver (dopri5, bosh3, rk4, heun, euler)"
+                        ),
+                    ));
+                }
+                if solver.adaptive().is_some() {
+                    let set = [
+                        ("steps", nll.steps.map(|n| n.to_string())),
+                        ("grid", nll.grid.map(|g| g.to_string())),
+                    ];
+                    for (field, value) in set {
+                        if let Some(value) = value {
+                            return Err(at_nll(
+                                field,
+                                format!(
+                                    "invalid `{field}`: `{name}` chooses every sample's steps itself; remove `{field}: {value}` and set its tolerances instead, e.g. `solver: {name}(rtol: 1e-6)`"
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
         }
         if config.weighting.is_none() {

@@ -471,6 +471,16 @@ pub fn locate_field(text: &str, field: &str) -> Option<(usize, usize)> {
     field_positions(text, field).first().map(|(at, _)| *at)
 }
 
+/// The line and column of the first `field` after the section `outer` begins (`steps` in
+/// `nll: (...)`, not the top-level one).
+pub fn locate_field_in(text: &str, outer: &str, field: &str) -> Option<(usize, usize)> {
+    let start = locate_field(text, outer)?;
+    field_positions(text, field)
+        .into_iter()
+        .map(|(at, _)| at)
+        .find(|at| *at > start)
+}
+
 fn within(outer: Option<&str>) -> String {
     outer.map_or_else(String::new, |o| format!(" in `{o}`"))
 }

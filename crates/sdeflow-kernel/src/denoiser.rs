@@ -29,6 +29,7 @@ pub struct Denoiser {
     chunk_rows: Option<usize>,
     cond: Option<Tensor>,
     nfe: AtomicU64,
+    row_evals: AtomicU64,
     padded_rows: AtomicU64,
     keep_graph: bool,
 }
@@ -47,6 +48,7 @@ impl Denoiser {
             chunk_rows,
             cond,
             nfe: AtomicU64::new(0),
+            row_evals: AtomicU64::new(0),
             padded_rows: AtomicU64::new(0),
             keep_graph: false,
         }
@@ -79,6 +81,12 @@ impl Denoiser {
         self.nfe.load(Ordering::Relaxed)
     }
 
+    /// Rows evaluated, summed over every evaluation (padding excluded): a batch of n rows
+    /// evaluated once counts n — each sample's NFE, summed.
+    pub fn row_evals(&self) -> u64 {
+        self.row_evals.load(Ordering::Relaxed)
+    }
+
     /// Zero rows added by padding so far (the waste chunking costs).
     pub fn padded_rows(&self) -> u64 {
         self.padded_rows.load(Ordering::Relaxed)
@@ -94,9 +102,10 @@ impl Denoiser {
         &*self.model
     }
 
-    /// Counts one model evaluation made outside [`eval`](Self::eval) (a closed-form score and
-    /// divergence, say).
-    pub fn count_eval(&self) {
+    /// Counts one model evaluation of `rows` rows made outside [`eval`](Self::eval) (a
+    /// closed-form score and divergence, say).
+    pub fn count_eval(&self, rows: usize) {
+        self.row_evals.fetch_add(rows as u64, Ordering::Relaxed);
         self.nfe.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -136,6 +145,8 @@ impl Denoiser {
         keep: bool,
     ) -> Result<Prediction<'_>> {
         self.nfe.fetch_add(1, Ordering::Relaxed);
+        self.row_evals
+            .fetch_add(x.dim(0)? as u64, Ordering::Relaxed);
         time.expect_rows(x.dim(0)?, "the denoiser")?;
         if let Some(c) = cond {
             crate::ops::expect_rows(c, x.dim(0)?, "the conditioning")?;

@@ -16,6 +16,7 @@
 //! assert!((c.sigma_tilde() - 0.75).abs() < 1e-15);
 //! ```
 
+pub mod adaptive;
 pub mod coefs;
 pub mod config;
 pub mod data;
@@ -42,6 +43,7 @@ pub mod testing;
 pub mod train;
 pub mod weighting;
 
+pub use adaptive::{Adaptive, AdaptiveParams, Controller, RowStats, Tolerances};
 pub use coefs::{PerRow, Rows, Time, TimeCoefs, Transition};
 pub use config::{Config, DeviceSpec};
 pub use data::{Data, DataSource, Split};

@@ -5,7 +5,7 @@
 //! Δ' = ∇·F = f D − ½ g² ∇·ŝ (D the sample's dimension), Δ(t_ε) = 0, gives
 //! log p_{t_ε}(x) = log p_T(x(T)) + Δ(T).
 //!
-//! The state carries Δ as the extra [`DELTA_LOGP`] (`[n]`, or `[k, n]` with k Hutchinson
+//! The state carries Δ as the extra [`DELTA_LOGP`] (`[n]`, or `[n, k]` with k Hutchinson
 //! probes: one integral per probe, so their spread is the estimator's standard error) and the
 //! probes as [`PROBES`], fixed for the whole solve (or the integrand is not a smooth ODE). A
 //! solver that can integrate it ([`Solver::integrates_likelihood`](crate::Solver)) advances
@@ -28,14 +28,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Denoiser, Error, Result, ScoreModel, State, Time, TimeCoefs,
     noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
-    ops::lin2,
+    ops::{lin2, lin2_rows, scale},
     rk::OdeField,
     solver::StepContext,
 };
 
-/// The state extra holding Δ, the integral of ∇·F so far: `[n]`, or `[k, n]` per probe.
+/// The state extra holding Δ, the integral of ∇·F so far: `[n]`, or `[n, k]` per probe.
 pub const DELTA_LOGP: &str = "delta_logp";
-/// The state extra holding Hutchinson's probes, `[k, n, ...]`.
+/// The state extra holding Hutchinson's probes, `[n, k, ...]` (rows first, like every extra).
 pub const PROBES: &str = "hutchinson_probes";
 
 /// The distribution of Hutchinson's probes.
@@ -64,7 +64,7 @@ pub enum Trace {
     },
 }
 
-/// k probes for rows `offset..offset + n` of shape `sample` (`[k, n, ...]`, f64 values in
+/// k probes for rows `offset..offset + n` of shape `sample` (`[n, k, ...]`, f64 values in
 /// `dtype` on `device`), keyed by (seed, row): row i's probes are the same in any batch.
 pub fn probes(
     seed: u64,
@@ -78,9 +78,9 @@ pub fn probes(
     let d: usize = sample.iter().product();
     let key = philox_key(seed, Stream::Hutchinson);
     let mut v = vec![0.0f64; k * n * d];
-    for j in 0..k {
-        for i in 0..n {
-            let out = &mut v[(j * n + i) * d..(j * n + i + 1) * d];
+    for i in 0..n {
+        for j in 0..k {
+            let out = &mut v[(i * k + j) * d..(i * k + j + 1) * d];
             let row = offset + i as u64;
             let first = (j * d) as u64;
             match dist {
@@ -97,13 +97,13 @@ pub fn probes(
             }
         }
     }
-    let mut shape = vec![k, n];
+    let mut shape = vec![n, k];
     shape.extend_from_slice(sample);
     Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
 }
 
 /// ŝ at the rows of `x` at `time`, and ∇·ŝ per row: `[n]` exactly (`probes` = `None`), or
-/// `[k, n]`, one Hutchinson estimate v_jᵀ (∂ŝ/∂x) v_j per probe of `probes` (`[k, n, ...]`).
+/// `[n, k]`, one Hutchinson estimate v_jᵀ (∂ŝ/∂x) v_j per probe of `probes` (`[n, k, ...]`).
 /// One NFE on `denoiser`. Outputs are detached, in `x`'s dtype.
 pub fn score_divergence(
     denoiser: &Denoiser,
@@ -117,17 +117,17 @@ pub fn score_divergence(
     match probes {
         None => {
             if let Some(exact) = model.score_divergence(x, time) {
-                denoiser.count_eval();
+                denoiser.count_eval(n);
                 let (s, div) = exact?;
                 return Ok((s.to_dtype(x.dtype())?, div.to_dtype(x.dtype())?));
             }
         }
         Some(v) => {
             if let Some(exact) = model.score_jvp(x, time, v) {
-                denoiser.count_eval();
+                denoiser.count_eval(n);
                 let (s, jv) = exact?;
-                let k = v.dim(0)?;
-                let est = (jv.to_dtype(v.dtype())? * v)?.reshape((k, n, d))?.sum(2)?;
+                let k = v.dim(1)?;
+                let est = (jv.to_dtype(v.dtype())? * v)?.reshape((n, k, d))?.sum(2)?;
                 return Ok((s.to_dtype(x.dtype())?, est.to_dtype(x.dtype())?));
             }
         }
@@ -157,20 +157,21 @@ pub fn score_divergence(
             Tensor::cat(&cols, 1)?.sum(1)?
         }
         Some(v) => {
-            let k = v.dim(0)?;
+            let k = v.dim(1)?;
             let mut ests = Vec::with_capacity(k);
             for j in 0..k {
-                let w = v.get(j)?.reshape((n, d))?.to_dtype(x.dtype())?;
+                let w = v.narrow(1, j, 1)?.reshape((n, d))?.to_dtype(x.dtype())?;
                 ests.push((grad_along(&w)? * &w)?.sum(1)?);
             }
-            Tensor::stack(&ests, 0)?
+            Tensor::stack(&ests, 1)?
         }
     };
     Ok((s.detach(), div.detach()))
 }
 
 /// The PF-ODE augmented with the log-density change: y = (x, Δ), F = (f x − ½ g² ŝ,
-/// f D − ½ g² ∇·ŝ), with Hutchinson's `probes` (`[k, n, ...]`) or the exact trace.
+/// f D − ½ g² ∇·ŝ), with Hutchinson's `probes` (`[n, k, ...]`) or the exact trace, at one
+/// time for every row or one per row.
 pub struct AugmentedPfOde<'c, 'a> {
     /// The step's context (its counted model and SDE).
     pub ctx: &'c StepContext<'a>,
@@ -179,20 +180,36 @@ pub struct AugmentedPfOde<'c, 'a> {
 }
 
 impl OdeField for AugmentedPfOde<'_, '_> {
-    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>> {
+    fn eval(&self, y: &[Tensor], time: &Time) -> Result<Vec<Tensor>> {
         let x = &y[0];
         let n = x.dim(0)?;
         let d = (x.elem_count() / n.max(1)) as f64;
-        let (f, half_g2) = c.ode_coefs();
-        let (s, div) = score_divergence(self.ctx.denoiser, x, &Time::Call(*c), self.probes)?;
-        let dx = lin2(f, x, -half_g2, &s)?;
-        let ddelta = div.affine(-half_g2, f * d)?;
+        let (s, div) = score_divergence(self.ctx.denoiser, x, time, self.probes)?;
+        if let Time::Call(c) = time {
+            let (f, half_g2) = c.ode_coefs();
+            let dx = lin2(f, x, -half_g2, &s)?;
+            let ddelta = div.affine(-half_g2, f * d)?;
+            return Ok(vec![dx, ddelta]);
+        }
+        let (f, half_g2) = (time.map(|c| c.f), time.map(|c| -0.5 * c.g2));
+        let dx = lin2_rows(&f, x, &half_g2, &s)?;
+        let ddelta = (scale(&half_g2, &div)? + scale(&f, &div.ones_like()?.affine(d, 0.0)?)?)?;
         Ok(vec![dx, ddelta])
     }
 
     fn coefs(&self, t: f64) -> TimeCoefs {
         self.ctx.coefs(t)
     }
+}
+
+/// The components of `state` an ODE solver integrates: x, then Δ when it carries a
+/// likelihood.
+pub fn components(state: &State) -> Vec<Tensor> {
+    let mut y = vec![state.x.clone()];
+    if let Some((delta, _)) = augmented(state) {
+        y.push(delta.clone());
+    }
+    y
 }
 
 /// The augmented components of `state` for [`AugmentedPfOde`]: Δ and the probes, if it
@@ -217,6 +234,8 @@ pub struct Likelihood {
     pub probe_se: Option<Vec<f64>>,
     /// x(T): the PF-ODE's encoding of each row (its latent).
     pub latent: Tensor,
-    /// Model evaluations.
+    /// Model evaluations (batched calls).
     pub nfe: u64,
+    /// An adaptive solve's cost per row (`None` on a grid).
+    pub rows: Option<crate::RowStats>,
 }

@@ -129,8 +129,8 @@ pub trait ScoreModel: Send + Sync + Debug {
     }
 
     /// For a model that knows them in closed form: the score at the rows of `x` (x_t) and its
-    /// Jacobian-vector products (∂ŝ/∂x) v for each probe of `probes` (`[k, n, ...]`), as
-    /// `[k, n, ...]` — so that Hutchinson's estimator can be checked against the exact trace.
+    /// Jacobian-vector products (∂ŝ/∂x) v for each probe of `probes` (`[n, k, ...]`: row i's
+    /// k probes), as `[n, k, ...]` — so that Hutchinson's estimator can be checked against the exact trace.
     fn score_jvp(
         &self,
         _x: &Tensor,

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Storage, Tensor, WithDType};
 
-use crate::{Error, Result};
+use crate::{Error, PerRow, Result};
 
 /// `a·x + b·y` for scalars `a`, `b`. On the CPU, for contiguous f32/f64 tensors outside an
 /// autograd graph, one pass and one allocation; elsewhere candle's ops. Both round
@@ -21,6 +21,26 @@ pub fn lin3(a: f64, x: &Tensor, b: f64, y: &Tensor, c: f64, z: &Tensor) -> Resul
         return Ok(out);
     }
     Ok(((x.affine(a, 0.0)? + y.affine(b, 0.0)?)? + z.affine(c, 0.0)?)?)
+}
+
+/// `a·x` with a per-call or per-row scalar: row i of `x` scaled by row i's value.
+pub fn scale(a: &PerRow<f64>, x: &Tensor) -> Result<Tensor> {
+    match a.column(x.rank(), x.dtype(), x.device())? {
+        Some(col) => Ok(x.broadcast_mul(&col)?),
+        None => match a {
+            PerRow::Call(v) => Ok(x.affine(*v, 0.0)?),
+            PerRow::Rows(_) => unreachable!("per-row values always give a column"),
+        },
+    }
+}
+
+/// `a·x + b·y` with per-call or per-row scalars: [`lin2`] when both are per call (the same
+/// bits), else each row scaled by its own values.
+pub fn lin2_rows(a: &PerRow<f64>, x: &Tensor, b: &PerRow<f64>, y: &Tensor) -> Result<Tensor> {
+    if let (PerRow::Call(a), PerRow::Call(b)) = (a, b) {
+        return lin2(*a, x, *b, y);
+    }
+    Ok((scale(a, x)? + scale(b, y)?)?)
 }
 
 /// Runs `f` on the contiguous CPU slices of `xs` in dtype `T`, or returns `None` when any is

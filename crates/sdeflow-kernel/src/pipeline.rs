@@ -75,6 +75,13 @@ impl PipelineBuilder {
         self.grid = Some(grid);
         self
     }
+    /// Forgets any step count and grid set so far: the solver's own (a config's `steps:` are
+    /// for its sampling solver, not for another solver a job swaps in).
+    pub fn solver_discretization(mut self) -> Self {
+        self.steps = None;
+        self.grid = None;
+        self
+    }
     /// The seed of every draw (default 0).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -146,6 +153,27 @@ impl PipelineBuilder {
             }
         };
         let solver = self.solver.ok_or_else(|| missing("solver"))?;
+        if let Some(a) = solver.adaptive() {
+            if let Some(steps) = self.steps {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "steps",
+                    format!(
+                        "{solver:?} chooses every sample's steps itself (rtol {:e}, atol {:e}): set no `steps: {steps}` and tighten or loosen its tolerances instead",
+                        a.tolerances.rtol, a.tolerances.atol
+                    ),
+                ));
+            }
+            if let Some(grid) = self.grid {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "grid",
+                    format!(
+                        "{solver:?} chooses every sample's steps itself: set no grid (`{grid:?}`)"
+                    ),
+                ));
+            }
+        }
         let default = solver.default_discretization(&*sde);
         let schedule = Discretization {
             steps: self.steps.unwrap_or(default.steps),
@@ -203,12 +231,17 @@ pub struct Pipeline {
 pub struct SampleOutput {
     /// The final state (its `x` holds the samples).
     pub state: State,
-    /// Model evaluations (counted, not claimed).
+    /// Model evaluations (counted batched calls, not claimed).
     pub nfe: u64,
+    /// Rows evaluated, summed over every call (each sample's NFE, summed; padding excluded).
+    pub row_evals: u64,
     /// Zero rows the chunking added.
     pub padded_rows: u64,
-    /// (t, x) after every step, when capture is on.
+    /// (t, x) after every step, when capture is on (an adaptive run's rows share no steps:
+    /// none).
     pub trajectory: Vec<(f64, Tensor)>,
+    /// An adaptive run's cost per sample (`None` on a grid).
+    pub rows: Option<crate::RowStats>,
 }
 
 impl Pipeline {
@@ -237,10 +270,15 @@ impl Pipeline {
         self.denoise_final
     }
     /// Model evaluations per sample the run costs: the solver's per step, plus the final
-    /// denoising step.
-    pub fn claimed_nfe(&self) -> u64 {
-        (self.solver.claims().nfe_per_step * self.schedule.steps) as u64
-            + u64::from(self.denoise_final)
+    /// denoising step; `None` for an adaptive solver, whose cost each run reports.
+    pub fn claimed_nfe(&self) -> Option<u64> {
+        if self.solver.adaptive().is_some() {
+            return None;
+        }
+        Some(
+            (self.solver.claims().nfe_per_step * self.schedule.steps) as u64
+                + u64::from(self.denoise_final),
+        )
     }
     /// The parameterization the model's output is read in (its target).
     pub fn param(&self) -> &dyn Parameterization {
@@ -306,9 +344,10 @@ impl Pipeline {
             rows = state.x.dim(0)?
         );
         let _enter = span.enter();
-        let (mut state, mut trajectory) = self.steps_over(&self.times, state, &denoiser)?;
+        let (mut state, mut trajectory, rows) = self.steps_over(&self.times, state, &denoiser)?;
         let steps = self.schedule.steps;
-        if self.denoise_final && state.step == steps {
+        let at_end = state.t == self.times[steps];
+        if self.denoise_final && at_end {
             let c = self.sde.coefs(self.times[steps]);
             let x0 = denoiser.eval(&state.x, &c)?.x0()?;
             if !all_finite(&x0)? {
@@ -326,26 +365,49 @@ impl Pipeline {
         Ok(SampleOutput {
             state,
             nfe: denoiser.nfe(),
+            row_evals: denoiser.row_evals(),
             padded_rows: denoiser.padded_rows(),
             trajectory,
+            rows,
         })
     }
 
     /// The loop: steps from `times[state.step]` through `times` (decreasing to sample,
     /// increasing to encode), checking x and any likelihood component for NaN/Inf after every
-    /// step; returns the last state and, when capture is on, (t, x) after every step.
+    /// step; returns the last state and, when capture is on, (t, x) after every step. An
+    /// adaptive solver goes from `times[0]` to the last time with each row on its own steps
+    /// ([`crate::adaptive`]), and its per-row cost is returned too.
+    #[allow(clippy::type_complexity)]
     fn steps_over(
         &self,
         times: &[f64],
         mut state: State,
         denoiser: &Denoiser,
-    ) -> Result<(State, Vec<(f64, Tensor)>)> {
+    ) -> Result<(State, Vec<(f64, Tensor)>, Option<crate::RowStats>)> {
         // The next draws are computed while the model runs (the same bits: DESIGN.md "Noise").
         let noise = Prefetch::new(self.noise.clone());
         let steps = times.len() - 1;
         let first = state.step;
         let mut trajectory = Vec::new();
         let run = RunContext::new(&*self.sde, denoiser, &noise, self.seed);
+        if let Some(spec) = self.solver.adaptive() {
+            let progress = |done: usize, total: usize| {
+                if let Some(p) = &self.progress {
+                    (p.0)(done, total);
+                }
+            };
+            let (end, stats) = crate::adaptive::integrate(
+                &*self.solver,
+                &spec,
+                &*self.sde,
+                &run,
+                denoiser,
+                state,
+                times[steps],
+                &progress,
+            )?;
+            return Ok((end, trajectory, Some(stats)));
+        }
         for i in first..steps {
             let from = self.sde.coefs(times[i]);
             let to = self.sde.coefs(times[i + 1]);
@@ -361,22 +423,7 @@ impl Pipeline {
             next.step = i + 1;
             next.draws = state.draws + ctx.draws_taken();
             next.sample_offset = state.sample_offset;
-            if !all_finite(&next.x)? {
-                return Err(Error::NonFinite {
-                    what: "samples".into(),
-                    step: i,
-                    t: to.t,
-                });
-            }
-            if let Some((delta, _)) = crate::likelihood::augmented(&next)
-                && !all_finite(delta)?
-            {
-                return Err(Error::NonFinite {
-                    what: "the log-density change".into(),
-                    step: i,
-                    t: to.t,
-                });
-            }
+            check_finite(&next, i, to.t)?;
             if self.capture_trajectory {
                 trajectory.push((to.t, next.x.clone()));
             }
@@ -386,7 +433,7 @@ impl Pipeline {
             }
             tracing::trace!(step = i, t = to.t, "step done");
         }
-        Ok((state, trajectory))
+        Ok((state, trajectory, None))
     }
 
     /// log p_{t_ε}(x) for the rows of `x` (samples `offset..offset + n`, keyed for the probes):
@@ -407,7 +454,7 @@ impl Pipeline {
                 "solver",
                 "nll",
                 format!(
-                    "{:?} integrates the {} {} and cannot carry the log-density change forward; use a Runge–Kutta PF-ODE solver (euler, heun, rk4)",
+                    "{:?} integrates the {} {} and cannot carry the log-density change forward; use a Runge–Kutta PF-ODE solver (euler, heun, rk4, dopri5, bosh3)",
                     self.solver,
                     claims.equation,
                     if claims.stochastic {
@@ -444,13 +491,13 @@ impl Pipeline {
         };
         let delta = match k {
             None => Tensor::zeros(n, self.dtype, &self.device)?,
-            Some(k) => Tensor::zeros((k, n), self.dtype, &self.device)?,
+            Some(k) => Tensor::zeros((n, k), self.dtype, &self.device)?,
         };
         state.extras.insert(DELTA_LOGP.into(), delta);
         // Weights off the graph: the trace's backward passes then stop at the input.
         let model = self.model.frozen().unwrap_or_else(|| self.model.clone());
         let denoiser = Denoiser::new(model, self.param.clone(), self.chunk_rows, None);
-        let (end, _) = self.steps_over(&times, state, &denoiser)?;
+        let (end, _, rows) = self.steps_over(&times, state, &denoiser)?;
         let prior = self
             .sde
             .prior_log_prob(&end.x)?
@@ -465,14 +512,16 @@ impl Pipeline {
             None => (delta.to_vec1::<f64>()?, None),
             Some(k) => {
                 let per = delta.to_vec2::<f64>()?;
-                let mean: Vec<f64> = (0..n)
-                    .map(|i| per.iter().map(|p| p[i]).sum::<f64>() / k as f64)
+                let mean: Vec<f64> = per
+                    .iter()
+                    .map(|p| p.iter().sum::<f64>() / k as f64)
                     .collect();
                 let se = (k > 1).then(|| {
-                    (0..n)
-                        .map(|i| {
-                            let var = per.iter().map(|p| (p[i] - mean[i]).powi(2)).sum::<f64>()
-                                / (k - 1) as f64;
+                    per.iter()
+                        .zip(&mean)
+                        .map(|(p, m)| {
+                            let var =
+                                p.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (k - 1) as f64;
                             (var / k as f64).sqrt()
                         })
                         .collect()
@@ -487,6 +536,29 @@ impl Pipeline {
             probe_se,
             latent: end.x,
             nfe: denoiser.nfe(),
+            rows,
         })
     }
+}
+
+/// Checks a step's result: x, and the log-density change when the state carries one, must be
+/// finite (`step` and `t` say where, for the error).
+pub(crate) fn check_finite(next: &State, step: usize, t: f64) -> Result<()> {
+    if !all_finite(&next.x)? {
+        return Err(Error::NonFinite {
+            what: "samples".into(),
+            step,
+            t,
+        });
+    }
+    if let Some((delta, _)) = crate::likelihood::augmented(next)
+        && !all_finite(delta)?
+    {
+        return Err(Error::NonFinite {
+            what: "the log-density change".into(),
+            step,
+            t,
+        });
+    }
+    Ok(())
 }

@@ -40,9 +40,10 @@
 use candle_core::Tensor;
 
 use crate::{
-    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
-    State, Step, TimeCoefs,
-    ops::{lin2, lin3},
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, PerRow, Result, Rows, Solver,
+    SolverClaims, State, Step, Time, TimeCoefs,
+    adaptive::{Adaptive, AdaptiveParams},
+    ops::{lin2, lin2_rows, lin3, scale},
     solver::StepContext,
 };
 
@@ -345,10 +346,12 @@ fn sum_and_scale(v: &[f64]) -> (f64, f64) {
 }
 
 /// The right-hand side F of an ODE dy/dt = F(y, t) whose state y is one or more tensors:
-/// x alone when sampling, x and the log-density change when computing a likelihood.
+/// x alone when sampling, x and the log-density change when computing a likelihood. Every
+/// component is rows-first (`[n, ...]`), so each row may be at its own time.
 pub trait OdeField {
-    /// F(y, t), one tensor per component of `y`, with the SDE's coefficients `c` at t.
-    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>>;
+    /// F(y, t), one tensor per component of `y`, with the SDE's coefficients at t: one time
+    /// for every row, or one per row (an adaptive solve, each sample on its own steps).
+    fn eval(&self, y: &[Tensor], time: &Time) -> Result<Vec<Tensor>>;
 
     /// The SDE's coefficients at a stage's time between the step's end points.
     fn coefs(&self, t: f64) -> TimeCoefs;
@@ -358,8 +361,15 @@ pub trait OdeField {
 pub struct PfOde<'c, 'a>(pub &'c StepContext<'a>);
 
 impl OdeField for PfOde<'_, '_> {
-    fn eval(&self, y: &[Tensor], c: &TimeCoefs) -> Result<Vec<Tensor>> {
-        Ok(vec![pf_ode_drift(self.0, &y[0], c)?])
+    fn eval(&self, y: &[Tensor], time: &Time) -> Result<Vec<Tensor>> {
+        let x = &y[0];
+        Ok(vec![match time {
+            Time::Call(c) => pf_ode_drift(self.0, x, c)?,
+            Time::Rows(_) => {
+                let score = self.0.denoiser.eval_at(x, time)?.score()?;
+                lin2_rows(&time.map(|c| c.f), x, &time.map(|c| -0.5 * c.g2), &score)?
+            }
+        }])
     }
 
     fn coefs(&self, t: f64) -> TimeCoefs {
@@ -387,11 +397,40 @@ pub struct RkStep {
     pub last_stage: Vec<Tensor>,
 }
 
-/// One explicit Runge–Kutta step of `tableau` on dy/dt = F(y, t) from `from.t` to `to.t`:
-/// with h = t_to − t_from (negative toward the data), k_i = F(y + h Σ_{j<i} a_ij k_j,
+/// The step sizes of a step: one for every row, or one per row.
+enum Sizes {
+    Call(f64),
+    Rows(PerRow<f64>),
+}
+
+impl Sizes {
+    /// h Σ_j w_j k_j[m] (`None` when every weight is zero): h folded into the weights per
+    /// call, each row scaled by its own h per row.
+    fn combination(&self, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Option<Tensor>> {
+        match self {
+            Self::Call(h) => combination(*h, w, k, m),
+            Self::Rows(h) => combination(1.0, w, k, m)?
+                .map(|sum| scale(h, &sum))
+                .transpose(),
+        }
+    }
+
+    /// y + h Σ_j w_j k_j[m].
+    fn advance(&self, y: &Tensor, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Tensor> {
+        match self.combination(w, k, m)? {
+            None => Ok(y.clone()),
+            Some(inc) => Ok((y + inc)?),
+        }
+    }
+}
+
+/// One explicit Runge–Kutta step of `tableau` on dy/dt = F(y, t) from `from` to `to`: with
+/// h = t_to − t_from (negative toward the data), k_i = F(y + h Σ_{j<i} a_ij k_j,
 /// t + c_i h) and y_end = y + h Σ_i b_i k_i, component by component.
 ///
-/// Stage i takes its coefficients from `from` when c_i = 0, from `to` when c_i = 1, and from
+/// `from` and `to` are both one time for every row or both one time per row (then each row
+/// takes its own step h_i, the rows' steps independent of each other). Stage i takes its
+/// coefficients from `from` when c_i = 0, from `to` when c_i = 1, and from
 /// [`OdeField::coefs`] otherwise. `first_stage`, when given, is F(y, t_from) — the previous
 /// step's last stage under an FSAL tableau — and saves that evaluation. `tableau` is
 /// trusted: validate it once, when the solver is built, not here.
@@ -399,11 +438,29 @@ pub fn rk_integrate(
     tableau: &ButcherTableau,
     field: &dyn OdeField,
     y: &[Tensor],
-    from: &TimeCoefs,
-    to: &TimeCoefs,
+    from: &Time,
+    to: &Time,
     mut first_stage: Option<Vec<Tensor>>,
 ) -> Result<RkStep> {
-    let h = to.t - from.t;
+    let sizes = match (from, to) {
+        (Time::Call(a), Time::Call(b)) => Sizes::Call(b.t - a.t),
+        (Time::Rows(a), Time::Rows(b)) if a.len() == b.len() => {
+            Sizes::Rows(PerRow::Rows(Rows::new(
+                a.values()
+                    .iter()
+                    .zip(b.values())
+                    .map(|(a, b)| b.t - a.t)
+                    .collect(),
+            )))
+        }
+        _ => {
+            return Err(Error::Shape(format!(
+                "a Runge–Kutta step's ends must both be per call or both per row of one batch, not {:?} and {:?} rows",
+                from.rows(),
+                to.rows()
+            )));
+        }
+    };
     // k[i][m]: stage i's derivative of component m.
     let mut k: Vec<Vec<Tensor>> = Vec::with_capacity(tableau.stages());
     for (i, (row, &ci)) in tableau.a.iter().zip(tableau.c).enumerate() {
@@ -413,20 +470,30 @@ pub fn rk_integrate(
             k.push(k0);
             continue;
         }
-        let coefs = if ci == 0.0 {
-            *from
+        let time = if ci == 0.0 {
+            from.clone()
         } else if ci == 1.0 {
-            *to
+            to.clone()
         } else {
-            field.coefs(from.t + ci * h)
+            match (from, &sizes) {
+                (Time::Call(a), Sizes::Call(h)) => Time::Call(field.coefs(a.t + ci * h)),
+                (Time::Rows(a), Sizes::Rows(PerRow::Rows(h))) => Time::Rows(Rows::new(
+                    a.values()
+                        .iter()
+                        .zip(h.values())
+                        .map(|(a, h)| field.coefs(a.t + ci * h))
+                        .collect(),
+                )),
+                _ => unreachable!("the sizes follow the ends"),
+            }
         };
         let y_stage = (0..y.len())
-            .map(|m| advance(&y[m], h, row, &k, m))
+            .map(|m| sizes.advance(&y[m], row, &k, m))
             .collect::<Result<Vec<_>>>()?;
-        k.push(field.eval(&y_stage, &coefs)?);
+        k.push(field.eval(&y_stage, &time)?);
     }
     let y_end = (0..y.len())
-        .map(|m| advance(&y[m], h, tableau.b, &k, m))
+        .map(|m| sizes.advance(&y[m], tableau.b, &k, m))
         .collect::<Result<Vec<_>>>()?;
     let error = match tableau.embedded {
         None => None,
@@ -434,7 +501,7 @@ pub fn rk_integrate(
             let diff: Vec<f64> = tableau.b.iter().zip(e.b).map(|(b, bh)| b - bh).collect();
             Some(
                 (0..y.len())
-                    .map(|m| match combination(h, &diff, &k, m)? {
+                    .map(|m| match sizes.combination(&diff, &k, m)? {
                         Some(d) => Ok(d),
                         None => Ok(y[m].zeros_like()?),
                     })
@@ -453,34 +520,15 @@ pub fn rk_integrate(
 /// One explicit Runge–Kutta step of `tableau` on the PF-ODE dx/dt = F(x, t), from
 /// `ctx.from.t` to `ctx.to.t` ([`rk_integrate`] on [`PfOde`]): one NFE per stage, no noise.
 pub fn rk_step(tableau: &ButcherTableau, ctx: &StepContext<'_>, x: &Tensor) -> Result<Tensor> {
-    Ok(pf_ode_step(tableau, ctx, x)?.0)
-}
-
-/// [`rk_integrate`] on [`PfOde`] from `ctx.from` to `ctx.to`: x at the end and, with embedded
-/// weights, its local error estimate.
-fn pf_ode_step(
-    tableau: &ButcherTableau,
-    ctx: &StepContext<'_>,
-    x: &Tensor,
-) -> Result<(Tensor, Option<Tensor>)> {
     let out = rk_integrate(
         tableau,
         &PfOde(ctx),
         std::slice::from_ref(x),
-        &ctx.from,
-        &ctx.to,
+        &Time::Call(ctx.from),
+        &Time::Call(ctx.to),
         None,
     )?;
-    let x_end = out.y.into_iter().next().unwrap_or_else(|| x.clone());
-    Ok((x_end, out.error.and_then(|e| e.into_iter().next())))
-}
-
-/// y + h Σ_j w_j k_j[m]: component m advanced by the weights `w`.
-fn advance(y: &Tensor, h: f64, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Tensor> {
-    match combination(h, w, k, m)? {
-        None => Ok(y.clone()),
-        Some(inc) => Ok((y + inc)?),
-    }
+    Ok(out.y.into_iter().next().unwrap_or_else(|| x.clone()))
 }
 
 /// h Σ_j w_j k_j[m], skipping zero weights, with the kernel's fused linear combinations
@@ -520,6 +568,7 @@ fn combination(h: f64, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Option<
 pub struct RkSolver {
     tableau: &'static ButcherTableau,
     default_steps: usize,
+    adaptive: Option<Adaptive>,
 }
 
 impl RkSolver {
@@ -537,6 +586,28 @@ impl RkSolver {
         Ok(Self {
             tableau,
             default_steps,
+            adaptive: None,
+        })
+    }
+
+    /// The adaptive solver of `tableau`, which must have embedded weights: the loop chooses
+    /// each row's steps from the embedded error estimate under `params`' tolerances and
+    /// Hairer's PI controller for the embedded order (validated here).
+    pub fn adaptive(tableau: &'static ButcherTableau, params: &AdaptiveParams) -> Result<Self> {
+        tableau.validate()?;
+        let Some(embedded) = tableau.embedded else {
+            return Err(Error::invalid(
+                tableau.name,
+                "tableau",
+                "an adaptive solver needs embedded weights for its error estimate",
+            ));
+        };
+        let adaptive = params.spec(tableau.order, embedded.order);
+        adaptive.validate(tableau.name)?;
+        Ok(Self {
+            tableau,
+            default_steps: 1,
+            adaptive: Some(adaptive),
         })
     }
 
@@ -548,11 +619,14 @@ impl RkSolver {
 
 impl Solver for RkSolver {
     fn claims(&self) -> SolverClaims {
+        let adaptive = self.adaptive.is_some();
         SolverClaims {
             order: Order::Ode(f64::from(self.tableau.order)),
-            nfe_per_step: self.tableau.stages(),
+            // An adaptive attempt after the first reuses an FSAL tableau's last stage.
+            nfe_per_step: self.tableau.stages() - usize::from(adaptive && self.tableau.is_fsal()),
             stochastic: false,
-            affine: true,
+            // Adaptive steps depend on x, so an adaptive run is not affine in x.
+            affine: !adaptive,
             equation: Equation::ProbabilityFlowOde,
             natural_grid: GridKind::Uniform,
         }
@@ -566,33 +640,50 @@ impl Solver for RkSolver {
     }
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
-        if let Some((delta, probes)) = crate::likelihood::augmented(state) {
-            let field = crate::likelihood::AugmentedPfOde { ctx, probes };
-            let out = rk_integrate(
-                self.tableau,
-                &field,
-                &[state.x.clone(), delta.clone()],
-                &ctx.from,
-                &ctx.to,
-                None,
-            )?;
-            let mut y = out.y.into_iter();
-            let (Some(x), Some(delta)) = (y.next(), y.next()) else {
-                return Err(Error::Msg("the augmented step lost a component".into()));
-            };
-            let mut next = state.with_x(x);
+        let (from, to) = ctx.span();
+        let y = crate::likelihood::components(state);
+        let first = state
+            .first_stage
+            .clone()
+            .filter(|k| k.len() == y.len() && self.tableau.is_fsal());
+        let out = match crate::likelihood::augmented(state) {
+            Some((_, probes)) => {
+                let field = crate::likelihood::AugmentedPfOde { ctx, probes };
+                rk_integrate(self.tableau, &field, &y, &from, &to, first)?
+            }
+            None => rk_integrate(self.tableau, &PfOde(ctx), &y, &from, &to, first)?,
+        };
+        let mut parts = out.y.into_iter();
+        let x = parts
+            .next()
+            .ok_or_else(|| Error::Msg("the Runge–Kutta step lost x".into()))?;
+        let mut next = state.with_x(x);
+        if let Some(delta) = parts.next() {
             next.extras
                 .insert(crate::likelihood::DELTA_LOGP.to_string(), delta);
-            return Ok(Step {
-                state: next,
-                error_estimate: out.error.and_then(|e| e.into_iter().next()),
-            });
         }
-        let (x, error_estimate) = pf_ode_step(self.tableau, ctx, &state.x)?;
+        // Between an adaptive run's attempts the last stage F(y_end, t_end) is the next
+        // attempt's first (a fixed-step run keeps its NFE per step instead).
+        if ctx.per_row() && self.tableau.is_fsal() {
+            next.first_stage = Some(out.last_stage);
+        }
         Ok(Step {
-            state: state.with_x(x),
-            error_estimate,
+            state: next,
+            error_estimate: out.error,
         })
+    }
+
+    fn adaptive(&self) -> Option<Adaptive> {
+        self.adaptive
+    }
+
+    fn derivative(&self, ctx: &StepContext<'_>, state: &State) -> Result<Vec<Tensor>> {
+        let (from, _) = ctx.span();
+        let y = crate::likelihood::components(state);
+        match crate::likelihood::augmented(state) {
+            Some((_, probes)) => crate::likelihood::AugmentedPfOde { ctx, probes }.eval(&y, &from),
+            None => PfOde(ctx).eval(&y, &from),
+        }
     }
 
     fn integrates_likelihood(&self) -> bool {
@@ -1023,7 +1114,7 @@ mod tests {
     }
 
     impl OdeField for Linear {
-        fn eval(&self, y: &[Tensor], _c: &TimeCoefs) -> Result<Vec<Tensor>> {
+        fn eval(&self, y: &[Tensor], _c: &Time) -> Result<Vec<Tensor>> {
             self.evals.set(self.evals.get() + 1);
             Ok(vec![y[0].affine(self.l, 0.0)?, y[0].clone()])
         }
@@ -1058,7 +1149,14 @@ mod tests {
             Tensor::new(&[[0.0f64], [2.0]], &Device::Cpu)?,
         ];
         let errors = |h: f64| -> Result<(f64, f64)> {
-            let out = rk_integrate(&DOPRI5, &field, &y0, &at(0.0), &at(h), None)?;
+            let out = rk_integrate(
+                &DOPRI5,
+                &field,
+                &y0,
+                &Time::Call(at(0.0)),
+                &Time::Call(at(h)),
+                None,
+            )?;
             let (x0, z0) = (flat(&y0[0])?, flat(&y0[1])?);
             let (x, z) = (flat(&out.y[0])?, flat(&out.y[1])?);
             let e = (field.l * h).exp();
@@ -1092,10 +1190,24 @@ mod tests {
         );
 
         field.evals.set(0);
-        let first = rk_integrate(&DOPRI5, &field, &y0, &at(0.0), &at(0.2), None)?;
+        let first = rk_integrate(
+            &DOPRI5,
+            &field,
+            &y0,
+            &Time::Call(at(0.0)),
+            &Time::Call(at(0.2)),
+            None,
+        )?;
         assert_eq!(field.evals.get(), 7);
-        let fresh = rk_integrate(&DOPRI5, &field, &first.y, &at(0.2), &at(0.4), None)?;
-        let direct = field.eval(&first.y, &at(0.2))?;
+        let fresh = rk_integrate(
+            &DOPRI5,
+            &field,
+            &first.y,
+            &Time::Call(at(0.2)),
+            &Time::Call(at(0.4)),
+            None,
+        )?;
+        let direct = field.eval(&first.y, &Time::Call(at(0.2)))?;
         for (k, d) in first.last_stage.iter().zip(&direct) {
             assert_eq!(
                 flat(k)?,
@@ -1108,14 +1220,81 @@ mod tests {
             &DOPRI5,
             &field,
             &first.y,
-            &at(0.2),
-            &at(0.4),
+            &Time::Call(at(0.2)),
+            &Time::Call(at(0.4)),
             Some(first.last_stage.clone()),
         )?;
         assert_eq!(field.evals.get(), 6, "the first stage is reused");
         for (r, f) in reused.y.iter().zip(&fresh.y) {
             assert_eq!(flat(r)?, flat(f)?);
         }
+        Ok(())
+    }
+
+    /// Per-row times: each row of one batched step, from its own t to its own s, is the
+    /// per-call step of that row alone (to rounding: h scales the stage sum instead of each
+    /// weight), for every stage time in between; the error estimate too.
+    #[test]
+    fn a_per_row_step_is_each_row_stepped_alone() -> Result<()> {
+        let sde = Ou;
+        let model = centered_gaussian();
+        let noise = ConstantNoise(f64::NAN);
+        let spans = [(1.0, 0.9), (0.3, 0.05), (0.01, 1e-3), (0.5, 0.5)];
+        let x0 = [0.7, -1.3, 2.0, 0.4];
+        let x = Tensor::new(&x0, &Device::Cpu)?.reshape((4, 1))?;
+        let den = model.denoiser();
+        let run = RunContext::new(&sde, &den, &noise, 0);
+        let from = Rows::at(&sde, &spans.map(|s| s.0));
+        let to = Rows::at(&sde, &spans.map(|s| s.1));
+        let ctx = run.step_rows(from.clone(), to.clone(), 0);
+        let rows = rk_integrate(
+            &DOPRI5,
+            &PfOde(&ctx),
+            std::slice::from_ref(&x),
+            &Time::Rows(from),
+            &Time::Rows(to),
+            None,
+        )?;
+        assert_eq!(den.nfe(), 7, "one batched call per stage");
+        let (y, e) = (flat(&rows.y[0])?, flat(&rows.error.expect("embedded")[0])?);
+        for (i, &(t, s)) in spans.iter().enumerate() {
+            let one = Tensor::new(&[[x0[i]]], &Device::Cpu)?;
+            let ctx = single_step(&sde, &den, &noise, t, s);
+            let alone = rk_integrate(
+                &DOPRI5,
+                &PfOde(&ctx),
+                std::slice::from_ref(&one),
+                &Time::Call(ctx.from),
+                &Time::Call(ctx.to),
+                None,
+            )?;
+            let (ya, ea) = (
+                flat(&alone.y[0])?[0],
+                flat(&alone.error.expect("embedded")[0])?[0],
+            );
+            assert!(
+                (y[i] - ya).abs() <= 1e-14 * ya.abs().max(1.0),
+                "row {i}: {} vs {ya}",
+                y[i]
+            );
+            assert!(
+                (e[i] - ea).abs() <= 1e-14 * ea.abs().max(1e-3),
+                "row {i}: {} vs {ea}",
+                e[i]
+            );
+        }
+        // A zero step leaves its row where it was.
+        assert_eq!(y[3], x0[3]);
+        // Ends of different kinds are refused.
+        let mixed = rk_integrate(
+            &DOPRI5,
+            &PfOde(&ctx),
+            std::slice::from_ref(&x),
+            &Time::Call(sde.coefs(0.5)),
+            &Time::Rows(Rows::at(&sde, &[0.1; 4])),
+            None,
+        );
+        assert!(mixed.is_err());
         Ok(())
     }
 

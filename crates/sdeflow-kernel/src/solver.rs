@@ -6,7 +6,8 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::{
-    Denoiser, ForwardSde, Prediction, Result, State, TimeCoefs,
+    Denoiser, ForwardSde, Prediction, Result, Rows, State, Time, TimeCoefs,
+    adaptive::Adaptive,
     grid::GridKind,
     noise::{NoiseRequest, NoiseSource},
 };
@@ -118,9 +119,38 @@ impl<'a> RunContext<'a> {
             to: span.to,
             step: span.step,
             steps: span.steps,
+            rows: None,
             draws: Cell::new(0),
             draw_calls: Cell::new(0),
         }
+    }
+
+    /// The context of one attempt of an adaptive run, each row stepping from its own time in
+    /// `from` to its own time in `to`. `from` and `to` (one time for every row) are NaN
+    /// there, so a solver that reads them instead of [`StepContext::span`] fails the loop's
+    /// NaN check rather than stepping the wrong rows.
+    pub fn step_rows(
+        &self,
+        from: Rows<TimeCoefs>,
+        to: Rows<TimeCoefs>,
+        step: usize,
+    ) -> StepContext<'a> {
+        let nan = TimeCoefs {
+            t: f64::NAN,
+            alpha: f64::NAN,
+            sigma: f64::NAN,
+            f: f64::NAN,
+            g2: f64::NAN,
+            lambda: f64::NAN,
+        };
+        let mut ctx = self.step(StepSpan {
+            from: nan,
+            to: nan,
+            step,
+            steps: 0,
+        });
+        ctx.rows = Some((from, to));
+        ctx
     }
 }
 
@@ -153,13 +183,28 @@ pub struct StepContext<'a> {
     pub to: TimeCoefs,
     /// This step's index, from 0.
     pub step: usize,
-    /// The number of steps in the run.
+    /// The number of steps in the run (0 in an adaptive run: not known in advance).
     pub steps: usize,
+    rows: Option<(Rows<TimeCoefs>, Rows<TimeCoefs>)>,
     draws: Cell<u64>,
     draw_calls: Cell<u64>,
 }
 
 impl<'a> StepContext<'a> {
+    /// The step's ends: one time for every row ([`from`](Self::from), [`to`](Self::to)), or
+    /// each row's own in an adaptive run.
+    pub fn span(&self) -> (Time, Time) {
+        match &self.rows {
+            None => (Time::Call(self.from), Time::Call(self.to)),
+            Some((from, to)) => (Time::Rows(from.clone()), Time::Rows(to.clone())),
+        }
+    }
+
+    /// Whether each row steps from its own time (an adaptive run).
+    pub fn per_row(&self) -> bool {
+        self.rows.is_some()
+    }
+
     /// The signed step h = t_from − t_to (positive when integrating toward the data).
     pub fn h(&self) -> f64 {
         self.from.t - self.to.t
@@ -219,8 +264,9 @@ impl<'a> StepContext<'a> {
 pub struct Step {
     /// The state at `to.t`. The loop sets its `t`, `step`, `draws` and `sample_offset`.
     pub state: State,
-    /// An estimate of the local error, for adaptive stepping (none for fixed-step methods).
-    pub error_estimate: Option<Tensor>,
+    /// An estimate of the local error per integrated component (x, then the log-density
+    /// change when the state carries one), for adaptive stepping; none for fixed-step methods.
+    pub error_estimate: Option<Vec<Tensor>>,
 }
 
 impl Step {
@@ -250,5 +296,23 @@ pub trait Solver: Send + Sync + Debug {
     /// ([`crate::rk::RkSolver`]). The pipeline refuses a likelihood with any other solver.
     fn integrates_likelihood(&self) -> bool {
         false
+    }
+
+    /// An adaptive solver's tolerances and controller: the loop then chooses each row's steps
+    /// from [`Step::error_estimate`] instead of walking a grid. `None` (the default): the
+    /// solver steps on the run's grid.
+    fn adaptive(&self) -> Option<Adaptive> {
+        None
+    }
+
+    /// dy/dt at the state, per integrated component (x, then the log-density change when the
+    /// state carries one), at each row's time in `ctx`'s [`span`](StepContext::span) start:
+    /// one NFE. The adaptive loop chooses each row's first step from it (and hands it to the
+    /// first step as [`State::first_stage`]). Only adaptive solvers need it.
+    fn derivative(&self, ctx: &StepContext<'_>, state: &State) -> Result<Vec<Tensor>> {
+        let _ = (ctx, state);
+        Err(crate::Error::Msg(format!(
+            "{self:?} is not adaptive: it has no derivative for an initial step"
+        )))
     }
 }

@@ -22,8 +22,11 @@ pub struct HistoryEntry {
 pub struct State {
     /// The samples, `[n, ...]`.
     pub x: Tensor,
-    /// The current time.
+    /// The current time (of every row unless [`t_rows`](Self::t_rows) says otherwise).
     pub t: f64,
+    /// Each row's own time, when the rows have drifted apart (an adaptive solve steps every
+    /// sample on its own); `None` when every row is at [`t`](Self::t).
+    pub t_rows: Option<Vec<f64>>,
     /// Steps taken.
     pub step: usize,
     /// The global index of row 0 (noise is keyed by it).
@@ -32,8 +35,13 @@ pub struct State {
     pub draws: u64,
     /// Multistep history, oldest first.
     pub history: Vec<HistoryEntry>,
-    /// Named extra tensors.
+    /// Named extra tensors, rows-first (`[n, ...]`).
     pub extras: BTreeMap<String, Tensor>,
+    /// dy/dt at this state, one tensor per integrated component (x, then the log-density
+    /// change when the state carries one), when a solver has it: a first-same-as-last
+    /// Runge–Kutta step's last stage, which the next step reuses as its first. A cache: it
+    /// is dropped whenever x changes and is not saved.
+    pub first_stage: Option<Vec<Tensor>>,
 }
 
 impl State {
@@ -42,11 +50,13 @@ impl State {
         Self {
             x,
             t,
+            t_rows: None,
             step: 0,
             sample_offset,
             draws: 0,
             history: Vec::new(),
             extras: BTreeMap::new(),
+            first_stage: None,
         }
     }
 
@@ -55,9 +65,14 @@ impl State {
         Ok(self.x.dim(0)?)
     }
 
-    /// The same state with `x` replaced.
+    /// The same state with `x` replaced (and the cached first stage, which was for the old
+    /// x, dropped).
     pub fn with_x(&self, x: Tensor) -> Self {
-        Self { x, ..self.clone() }
+        Self {
+            x,
+            first_stage: None,
+            ..self.clone()
+        }
     }
 
     /// Writes the state as safetensors, atomically (a temporary file renamed into place).
@@ -69,6 +84,9 @@ impl State {
         let mut map: HashMap<String, Tensor> = HashMap::new();
         map.insert("x".into(), self.x.to_device(&cpu)?);
         map.insert("t".into(), scalar_f64(self.t)?);
+        if let Some(ts) = &self.t_rows {
+            map.insert("t_rows".into(), Tensor::new(ts.as_slice(), &cpu)?);
+        }
         map.insert("step".into(), scalar_i64(self.step as u64)?);
         map.insert("sample_offset".into(), scalar_i64(self.sample_offset)?);
         map.insert("draws".into(), scalar_i64(self.draws)?);
@@ -83,7 +101,7 @@ impl State {
     }
 
     /// Reads a state written by [`save`](Self::save) onto `device`. The file is a user's:
-    /// each scalar must be one finite value (the counters whole and non-negative), `x` a
+    /// per-row times, if any, one finite value per row; each scalar must be one finite value (the counters whole and non-negative), `x` a
     /// batch `[n, ...]`, each counter one i64 (the bits of a u64), and every history entry's x̂₀
     /// must have `x`'s rows (extras are free-form); anything else is an error naming the file and the entry.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
@@ -155,9 +173,25 @@ impl State {
             .filter_map(|(k, v)| k.strip_prefix("extra.").map(|n| (n.to_string(), v.clone())))
             .collect();
         let step = count("step")?;
+        let t_rows = match map.get("t_rows") {
+            None => None,
+            Some(v) => {
+                same_rows("t_rows", v)?;
+                let ts = v.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                if ts.len() != rows || ts.iter().any(|t| !t.is_finite()) {
+                    return Err(bad(
+                        "t_rows",
+                        format!("must hold one finite time per row ({rows}), not {ts:?}"),
+                    ));
+                }
+                Some(ts)
+            }
+        };
         Ok(Self {
             x,
             t: scalar("t")?,
+            t_rows,
+            first_stage: None,
             step: usize::try_from(step).map_err(|_| bad("step", format!("{step} is too large")))?,
             sample_offset: count("sample_offset")?,
             draws: count("draws")?,

@@ -31,8 +31,10 @@ use sdeflow_sde_ve as _;
 use sdeflow_sde_vp as _;
 use sdeflow_sde_vp_cosine as _;
 use sdeflow_sde_vp_discrete as _;
+use sdeflow_solver_bosh3 as _;
 use sdeflow_solver_ddim as _;
 use sdeflow_solver_ddpm as _;
+use sdeflow_solver_dopri5 as _;
 use sdeflow_solver_dpmpp_2m as _;
 use sdeflow_solver_euler as _;
 use sdeflow_solver_euler_maruyama as _;
@@ -84,6 +86,8 @@ pub const BUILT_IN: &[(&str, &str, &str)] = &[
         "sdeflow-solver-reverse-diffusion",
     ),
     ("solver", "rk4", "sdeflow-solver-rk4"),
+    ("solver", "dopri5", "sdeflow-solver-dopri5"),
+    ("solver", "bosh3", "sdeflow-solver-bosh3"),
     ("weighting", "edm", "sdeflow-weighting-edm"),
     ("weighting", "likelihood", "sdeflow-weighting-likelihood"),
     ("weighting", "min_snr", "sdeflow-weighting-min-snr"),

@@ -244,13 +244,13 @@ impl GmmOracle {
     fn jvp(&self, x: &Tensor, time: &Time, probes: &Tensor) -> Result<(Tensor, Tensor)> {
         let d = self.mixture.dim();
         let n = x.dim(0)?;
-        let k = probes.dim(0)?;
+        let k = probes.dims().get(1).copied().unwrap_or(0);
         let host = host_rows(x)?;
         let v = probes
             .to_dtype(DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        if v.len() != k * n * d {
+        if probes.dim(0)? != n || v.len() != k * n * d {
             return Err(Error::Shape(format!(
                 "probes of shape {:?} for {n} rows of dimension {d}",
                 probes.dims()
@@ -261,13 +261,13 @@ impl GmmOracle {
         let mut jv = vec![0.0; k * n * d];
         for i in 0..n {
             let row_probes: Vec<&[f64]> = (0..k)
-                .map(|j| &v[(j * n + i) * d..(j * n + i + 1) * d])
+                .map(|j| &v[(i * k + j) * d..(i * k + j + 1) * d])
                 .collect();
             let (s, jvps) =
                 marginals[marginal_index(time, i)].jvp_row(&host[i * d..(i + 1) * d], &row_probes);
             score[i * d..(i + 1) * d].copy_from_slice(&s);
             for (j, p) in jvps.iter().enumerate() {
-                jv[(j * n + i) * d..(j * n + i + 1) * d].copy_from_slice(p);
+                jv[(i * k + j) * d..(i * k + j + 1) * d].copy_from_slice(p);
             }
         }
         Ok((

@@ -24,13 +24,13 @@ const FLOW_STARTS: [f64; 5] = [-2.0, -1.0, 0.0, 1.0, 2.5];
 
 /// The pathwise error at t_ε of a deterministic solver against the closed-form PF-ODE flow of
 /// the single Gaussian ([`sdeflow_kernel::testing::Gaussian::flow_map`]); the largest
-/// coordinate error over five starts.
+/// coordinate error over five starts. `schedule` is the grid and step count, or `None` for an
+/// adaptive solver, which chooses its own.
 pub fn exact_flow_error(
     sde: &Arc<dyn ForwardSde>,
     solver: &Arc<dyn Solver>,
     model: Arc<dyn ScoreModel>,
-    grid: GridKind,
-    steps: usize,
+    schedule: Option<(GridKind, usize)>,
     target: &Target,
 ) -> Result<f64> {
     let law = single_law();
@@ -46,12 +46,11 @@ pub fn exact_flow_error(
         (FLOW_STARTS.len(), d),
         &Device::Cpu,
     )?)?;
-    let out = pipeline(sde, model, solver, target)
-        .steps(steps)
-        .grid(grid)
-        .chunk_rows(None)
-        .build()?
-        .run(State::new(x, sde.t_max(), 0))?;
+    let mut builder = pipeline(sde, model, solver, target).chunk_rows(None);
+    if let Some((grid, steps)) = schedule {
+        builder = builder.steps(steps).grid(grid);
+    }
+    let out = builder.build()?.run(State::new(x, sde.t_max(), 0))?;
     Ok(host_vec(&out.state.x)?
         .iter()
         .zip(&starts)
@@ -76,7 +75,7 @@ pub(crate) fn flow_order(report: &mut Report, fixture: &Fixture<'_>, case: Case<
         let model = fixture.oracle(&single_gaussian(), on, fixture.param.clone())?;
         ORDER_STEPS
             .iter()
-            .map(|&n| exact_flow_error(sde, solver, model.clone(), grid, n, on))
+            .map(|&n| exact_flow_error(sde, solver, model.clone(), Some((grid, n)), on))
             .collect()
     };
     let fit = OrderFit::tail(claim, "the pathwise error");

@@ -6,7 +6,12 @@
 //! - [`strong`]: the strong order on a shared Brownian path (stochastic solvers that claim one);
 //! - [`quality`]: SW2 on the mixtures at the declared default within the noise floor, the NFE
 //!   counted equals the claim, and the paired error against RK4 (deterministic solvers);
-//! - [`robust`]: finite at every step count 1–2,000, bit-identical across batches and reruns.
+//! - [`robust`]: finite at every step count 1–2,000, bit-identical across batches and reruns;
+//! - [`adaptive`]: for a solver that chooses every sample's steps, in place of the order and
+//!   step-count checks: NFE reported = counted, error ∝ rtol, finite at rtol 1e-1…1e-10, the
+//!   same steps in any batch;
+//! - [`likelihood`]: an adaptive solver that integrates a likelihood gives the oracle's exact
+//!   log-density.
 //!
 //! [`order`] fits and reports orders; [`fixture`] builds every run; which contract runs on
 //! what is the [`Policy`]'s to say.
@@ -21,8 +26,10 @@ use crate::{
     report::Report,
 };
 
+pub mod adaptive;
 pub mod fixture;
 pub mod flow;
+pub mod likelihood;
 pub mod order;
 pub mod quality;
 pub mod robust;
@@ -74,6 +81,7 @@ pub fn check(
 ) {
     let plugin = format!("solver/{}", label(name, params_ron));
     let claims = solver.claims();
+    let adaptive = solver.adaptive().is_some();
     let on = &sdes[..policy.sde_count(params_ron, sdes.len())];
     for (i, (sde_name, sde)) in on.iter().enumerate() {
         let case = Case {
@@ -102,7 +110,12 @@ pub fn check(
         } else {
             // A schedule with knots has a drift that jumps: no Runge–Kutta method keeps an order
             // above 1 across them, so orders are claimed on smooth SDEs only.
-            if sde.knots().is_empty() {
+            if adaptive {
+                if policy.adaptive_sweeps(i) {
+                    adaptive::error_follows_rtol(report, fixture, case, name);
+                    adaptive::finite_at_every_rtol(report, fixture, case, name);
+                }
+            } else if sde.knots().is_empty() {
                 flow::flow_order(report, fixture, case);
             }
             for spec in policy.paired_mixtures(i) {
@@ -146,6 +159,12 @@ pub fn check(
                 );
             }
         }
+        if adaptive {
+            if let Err(e) = adaptive::same_steps_in_any_batch(report, fixture, case) {
+                report.error(&plugin, format!("same steps in any batch ({sde_name})"), e);
+            }
+            continue;
+        }
         robust::finite_everywhere(report, fixture, case);
         if let Err(e) = robust::bit_identical(report, fixture, case) {
             report.error(
@@ -153,6 +172,22 @@ pub fn check(
                 format!("bit-identical across batches ({sde_name})"),
                 e,
             );
+        }
+    }
+    if adaptive && solver.integrates_likelihood() {
+        for (spec, sde_name) in policy.likelihood_cases() {
+            let Some((_, sde)) = sdes.iter().find(|(n, _)| *n == sde_name) else {
+                continue;
+            };
+            if let Err(e) =
+                likelihood::exact_likelihood(report, fixture, &plugin, name, &spec, (sde_name, sde))
+            {
+                report.error(
+                    &plugin,
+                    format!("exact likelihood on {} ({sde_name})", spec.name),
+                    e,
+                );
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use sdeflow_kernel::{Order, Parameterization, Result, State};
 
 use super::{
     Case,
+    adaptive::{nfe_reported, schedule_text},
     fixture::{Fixture, PAIRED_SAMPLES, exact_start, host_vec},
     weak::plateau_bias,
 };
@@ -39,6 +40,8 @@ pub(crate) fn paired_error(
     let target = &fixture.target;
     let pipeline = fixture.pipeline(sde, solver, spec, target)?.build()?;
     let schedule = pipeline.discretization();
+    let schedule = schedule_text(&**solver)
+        .unwrap_or_else(|| format!("{} {} steps", schedule.steps, schedule.grid));
     let start = target.put(&exact_start(spec, &**sde, PAIRED_SAMPLES)?)?;
     let got = host_vec(&pipeline.run(State::new(start, sde.t_max(), 0))?.state.x)?;
     // Per coordinate: a displacement δ projects onto a random unit direction with RMS ‖δ‖/√d,
@@ -54,8 +57,8 @@ pub(crate) fn paired_error(
     report.push(
         plugin,
         format!(
-            "paired RMS error per coordinate vs RK4 (2^13 λ-uniform steps) on {} ({sde_name}, {} {} steps)",
-            spec.name, schedule.steps, schedule.grid
+            "paired RMS error per coordinate vs RK4 (2^13 λ-uniform steps) on {} ({sde_name}, {schedule})",
+            spec.name
         ),
         num(rms),
         "0",
@@ -90,20 +93,28 @@ pub(crate) fn sw2_at_default(
     let schedule = pipeline.discretization();
     let start = target.put(&exact_start(spec, &**sde, SAMPLES)?)?;
     let out = pipeline.run(State::new(start, sde.t_max(), 0))?;
-    let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
     let by = if param_name.is_empty() { "" } else { " × " };
-    report.push(
-        plugin,
-        format!(
-            "NFE counted at default ({sde_name}{by}{param_name}, {} steps)",
-            schedule.steps
-        ),
-        out.nfe.to_string(),
-        claimed_nfe.to_string(),
-        "exact",
-        out.nfe == claimed_nfe,
-        "the solver evaluates the model a different number of times than nfe_per_step × steps",
-    );
+    let adaptive = schedule_text(&**solver);
+    if adaptive.is_some() {
+        let what = format!("{} at default, {sde_name}{by}{param_name}", spec.name);
+        nfe_reported(report, plugin, &what, &**solver, &out);
+    } else {
+        let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
+        report.push(
+            plugin,
+            format!(
+                "NFE counted at default ({sde_name}{by}{param_name}, {} steps)",
+                schedule.steps
+            ),
+            out.nfe.to_string(),
+            claimed_nfe.to_string(),
+            "exact",
+            out.nfe == claimed_nfe,
+            "the solver evaluates the model a different number of times than nfe_per_step × steps",
+        );
+    }
+    let schedule =
+        adaptive.unwrap_or_else(|| format!("{} {} steps", schedule.steps, schedule.grid));
     let samples = host_vec(&out.state.x)?;
     // A plateauing solver is allowed its closed-form Langevin bias at t_ε on the narrowest
     // mode (DESIGN.md "Decisions").
@@ -121,8 +132,8 @@ pub(crate) fn sw2_at_default(
     report.push(
         plugin,
         format!(
-            "SW2 on {} ({sde_name}{by}{param_name}, {} {} steps, exact p_T start)",
-            spec.name, schedule.steps, schedule.grid
+            "SW2 on {} ({sde_name}{by}{param_name}, {schedule}, exact p_T start)",
+            spec.name
         ),
         num(d),
         format!("floor {} ± {}", num(floor.mean), num(floor.sd)),
