@@ -258,8 +258,9 @@ fn a_solver_that_cannot_integrate_a_likelihood_is_refused() -> Result<()> {
     Ok(())
 }
 
-/// `sdeflow nll` on the oracle: the mean NLL of held-out rows equals the exact law's within
-/// 1e-3 nats/dim, with Hutchinson's probes' standard error reported, and its files written.
+/// `sdeflow nll` on the oracle (dopri5, the default): the mean NLL of held-out rows equals the
+/// exact law's within 1e-3 nats/dim, with Hutchinson's probes' standard error reported, the
+/// variational bound beside it within its standard error, and its files written.
 #[test]
 fn sdeflow_nll_of_the_oracle_is_the_exact_nll() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sdeflow-nll-{}", std::process::id()));
@@ -303,7 +304,15 @@ fn sdeflow_nll_of_the_oracle_is_the_exact_nll() -> Result<()> {
             summary["exact_nll"].as_f64().unwrap_or(f64::NAN),
         );
         let se = summary["nll_se_probes"].as_f64();
-        println!("{name}: NLL {nll:.6} vs exact {exact:.6}, probes' SE {se:?}");
+        let (bound, bound_se) = (
+            summary["bound"]["nats"].as_f64().unwrap_or(f64::NAN),
+            summary["bound"]["se"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!(
+            "{name}: NLL {nll:.6} vs exact {exact:.6}, probes' SE {se:?}; bound {bound:.4} ± {bound_se:.4}"
+        );
+        // The oracle's bound is tight up to VP's small prior mismatch at T.
+        assert!((bound - exact).abs() <= 3.0 * bound_se + 0.01, "{stdout}");
         match name {
             "exact" => assert!((nll - exact).abs() / 2.0 <= 1e-3, "{stdout}"),
             _ => {
@@ -351,5 +360,70 @@ fn a_frozen_network_gives_the_same_score_and_divergence() -> Result<()> {
     let (s4, _) = score_divergence(&cold, &x, &time, None)?;
     assert_eq!(s3.to_vec2::<f64>()?, s4.to_vec2::<f64>()?);
     assert_ne!(s1.to_vec2::<f64>()?, s3.to_vec2::<f64>()?);
+    Ok(())
+}
+
+/// The variational bound (Song et al. 2021, Theorem 1) of the oracle on the ring under VP:
+/// with the exact score and the exact p_T in place of the prior it is tight, its mean over
+/// rows within 3 standard errors of the exact NLL; with the SDE's prior it is the reverse
+/// SDE's bound, above the exact NLL by the prior's mismatch. The same row gets the same
+/// bound in any batch.
+#[test]
+fn the_oracle_variational_bound_is_tight() -> Result<()> {
+    let r = sdeflow_plugins::registry()?;
+    let spec = ring();
+    let law = spec.mixture()?;
+    let ctx = ModelContext::new(Device::Cpu, DType::F64);
+    let sde = r.sde("vp", "()")?;
+    let pipeline = Pipeline::builder()
+        .sde(sde.clone())
+        .model(r.model("gmm_oracle", &spec.oracle_params(), &ctx)?)
+        .solver(r.solver("dopri5", "()")?)
+        .dtype(DType::F64)
+        .build()?;
+    let (c0, ct) = (sde.coefs(sde.t_eps()), sde.coefs(sde.t_max()));
+    let at_eps = law.marginal(c0.alpha, c0.sigma)?;
+    let at_t = law.marginal(ct.alpha, ct.sigma)?;
+    let n = 400;
+    let rows = at_eps.sample(21, 0, n);
+    let x = Tensor::from_vec(rows.clone(), (n, 2), &Device::Cpu)?;
+    let truth: Vec<f64> = at_eps.eval(&rows).iter().map(|e| -e.log_prob).collect();
+    let b = pipeline.variational_bound(&x, 0, 256)?;
+    // E[−log p_T(x_T)], x_T = a x + s ε, by Monte Carlo with 256 draws per row.
+    let a = ct.alpha / c0.alpha;
+    let s = (ct.sigma.powi(2) - a * a * c0.sigma.powi(2)).sqrt();
+    let draws = 256;
+    let z = law.marginal(0.0, 1.0)?.sample(5, 0, n * draws);
+    let mut exact_prior = Vec::with_capacity(n);
+    for i in 0..n {
+        let pts: Vec<f64> = (0..draws)
+            .flat_map(|j| {
+                let k = 2 * (i * draws + j);
+                [
+                    a * rows[2 * i] + s * z[k],
+                    a * rows[2 * i + 1] + s * z[k + 1],
+                ]
+            })
+            .collect();
+        let lp = at_t.eval(&pts);
+        exact_prior.push(-lp.iter().map(|e| e.log_prob).sum::<f64>() / draws as f64);
+    }
+    let gap: Vec<f64> = (0..n)
+        .map(|i| exact_prior[i] + b.integral[i] - truth[i])
+        .collect();
+    let mean = gap.iter().sum::<f64>() / n as f64;
+    let sd = (gap.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let se = sd / (n as f64).sqrt();
+    let with_prior = (0..n).map(|i| b.value[i] - truth[i]).sum::<f64>() / n as f64;
+    let row_se = b.se.iter().map(|v| v * v).sum::<f64>().sqrt() / n as f64;
+    println!(
+        "bound − exact NLL: exact p_T {mean:.4} ± {se:.4} (rows' own SE {row_se:.4}); SDE prior {with_prior:.4}; NFE {}",
+        b.nfe
+    );
+    assert!(mean.abs() <= 3.0 * se, "{mean} ± {se}");
+    assert!(with_prior > -3.0 * se, "{with_prior}");
+    // Row 7 alone gets the bits it got in the batch.
+    let one = pipeline.variational_bound(&x.narrow(0, 7, 1)?, 7, 256)?;
+    assert_eq!(one.value[0].to_bits(), b.value[7].to_bits());
     Ok(())
 }

@@ -172,6 +172,53 @@ pub struct NllSpec {
     pub dequantize: bool,
     /// Write the PF-ODE's encodings x(T) as `latents.npy`.
     pub latents: bool,
+    /// Beside the ODE's exact NLL, the continuous-time variational bound on the reverse SDE's
+    /// NLL (Song et al. 2021, Theorem 1) with this many stratified time samples per row (at
+    /// least 2; default 256), or `None`.
+    #[serde(deserialize_with = "bound_samples")]
+    pub bound: Option<usize>,
+}
+
+/// `bound: 64`, `bound: Some(64)` or `bound: None`; a count of at least 2.
+fn bound_samples<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a count of time samples per row (at least 2), or None")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+            if v < 2 {
+                return Err(E::custom(format!(
+                    "invalid `bound`: {v} time samples per row; at least 2 are needed for a standard error (or None)"
+                )));
+            }
+            usize::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("invalid `bound`: {v} is too large")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::custom(format!(
+                    "invalid `bound`: {v} time samples per row; at least 2 are needed (or None)"
+                ))),
+            }
+        }
+        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(
+            self,
+            d: D2,
+        ) -> std::result::Result<Self::Value, D2::Error> {
+            d.deserialize_any(Count)
+        }
+    }
+    d.deserialize_any(Count)
 }
 
 impl Default for NllSpec {
@@ -186,6 +233,7 @@ impl Default for NllSpec {
             grid: None,
             dequantize: true,
             latents: true,
+            bound: Some(256),
         }
     }
 }

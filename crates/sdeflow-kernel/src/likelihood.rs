@@ -221,6 +221,25 @@ pub fn augmented(state: &State) -> Option<(&Tensor, Option<&Tensor>)> {
         .map(|delta| (delta, state.extras.get(PROBES)))
 }
 
+/// What [`Pipeline::variational_bound`](crate::Pipeline::variational_bound) returns: per row,
+/// the continuous-time variational bound on the reverse SDE's negative log-likelihood
+/// (Song, Durkan, Murray & Ermon 2021, Theorem 1), in nats.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The bound per row: `prior + integral`.
+    pub value: Vec<f64>,
+    /// Its standard error per row over the row's stratified time samples.
+    pub se: Vec<f64>,
+    /// E[−log π(x_T)] per row, in closed form for the SDE's Gaussian prior.
+    pub prior: Vec<f64>,
+    /// The time integral per row (its Monte Carlo estimate).
+    pub integral: Vec<f64>,
+    /// Time samples per row.
+    pub samples: usize,
+    /// Model evaluations (batched calls).
+    pub nfe: u64,
+}
+
 /// What [`Pipeline::log_likelihood`](crate::Pipeline::log_likelihood) returns.
 #[derive(Debug, Clone)]
 pub struct Likelihood {

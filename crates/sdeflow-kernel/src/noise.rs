@@ -42,6 +42,8 @@ pub enum Stream {
     Hutchinson = 7,
     /// Uniform dequantization of integer data before a likelihood.
     Dequantize = 8,
+    /// The times and noise of the variational bound ([`likelihood`](crate::likelihood)).
+    Bound = 9,
 }
 
 /// A Philox key for `seed` and `stream`.

@@ -541,6 +541,149 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// The continuous-time variational bound on the reverse SDE's negative log-likelihood of
+    /// each row of `x` at t_ε (Song, Durkan, Murray & Ermon 2021, Theorem 1), started at t_ε:
+    ///
+    /// `L(x) = E[−log π(x_T)] + ∫_{t_ε}^T E[g² ∇·ŝ(x_t, t) + ½ g² ‖ŝ(x_t, t)‖² − f D] dt`,
+    /// `x_t = α_{t|ε} x + σ_{t|ε} ε` (the forward transition from t_ε, MATH.md §5).
+    ///
+    /// This is Theorem 1's first form. Its second, the likelihood-weighted DSM loss
+    /// `½ g² E‖ŝ − ∇ log p_{t|ε}‖² − ½ g² E‖∇ log p_{t|ε}‖²`, is equal in expectation (Stein's
+    /// identity), but its estimate carries `g² ŝ·ε/σ_{t|ε}`, whose variance grows like
+    /// 1/(t − t_ε) and is not integrable with t uniform; the divergence form has none.
+    /// The prior term is in closed form for the SDE's N(0, p² I) prior; the integral is
+    /// estimated with `samples` stratified times per row, t_j = t_ε + (j + u_j)(T − t_ε)/k, each
+    /// with its own ε, drawn from the kernel's noise source keyed by (seed, row) — a row's
+    /// bound is the same in any batch. The divergence is the model's closed form or D
+    /// vector-Jacobian products ([`score_divergence`](crate::likelihood::score_divergence)).
+    ///
+    /// With the exact score and p_T in place of the prior the bound is tight: its expectation
+    /// is −log p_{t_ε}(x) (the reverse SDE then has the forward process's marginals).
+    pub fn variational_bound(
+        &self,
+        x: &Tensor,
+        offset: u64,
+        samples: usize,
+    ) -> Result<crate::likelihood::Bound> {
+        use crate::{
+            PerRow, Rows,
+            likelihood::{Bound, score_divergence},
+            noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
+        };
+        if samples < 2 {
+            return Err(Error::invalid(
+                "nll",
+                "bound",
+                format!(
+                    "{samples} time samples per row: at least 2 are needed for a standard error"
+                ),
+            ));
+        }
+        let sde = &*self.sde;
+        let n = x.dim(0)?;
+        let sample: Vec<usize> = x.dims()[1..].to_vec();
+        let d: usize = sample.iter().product();
+        let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let (t0, t1) = (sde.t_eps(), sde.t_max());
+        let (c0, ct) = (sde.coefs(t0), sde.coefs(t1));
+        let transition = |c: &crate::TimeCoefs| {
+            let a = c.alpha / c0.alpha;
+            (
+                a,
+                (c.sigma * c.sigma - a * a * c0.sigma * c0.sigma)
+                    .max(0.0)
+                    .sqrt(),
+            )
+        };
+        // E[−log N(x_T; 0, p² I)] with x_T = a x + s ε: (D/2) log 2πp² + (a²‖x‖² + s² D)/(2p²).
+        let p2 = sde.prior_std().powi(2);
+        let (a_t, s_t) = transition(&ct);
+        let prior: Vec<f64> = host
+            .chunks(d.max(1))
+            .map(|row| {
+                let sq: f64 = row.iter().map(|v| v * v).sum();
+                0.5 * d as f64 * (2.0 * std::f64::consts::PI * p2).ln()
+                    + (a_t * a_t * sq + s_t * s_t * d as f64) / (2.0 * p2)
+            })
+            .collect();
+        let key = philox_key(self.seed, Stream::Bound);
+        let model = self.model.frozen().unwrap_or_else(|| self.model.clone());
+        let denoiser = Denoiser::new(model, self.param.clone(), self.chunk_rows, None);
+        let span = t1 - t0;
+        let mut integrand = vec![0.0f64; n * samples];
+        // Rows in blocks, so that a block's n·k evaluation rows stay bounded.
+        let block = (16_384 / samples).max(1);
+        let mut eps = vec![0.0f64; d];
+        for start in (0..n).step_by(block) {
+            let m = block.min(n - start);
+            let mut xt = Vec::with_capacity(m * samples * d);
+            let mut coefs = Vec::with_capacity(m * samples);
+            for i in start..start + m {
+                let row = offset + i as u64;
+                for j in 0..samples {
+                    let t =
+                        t0 + (j as f64 + uniform_f64(key, row, j as u64)) * span / samples as f64;
+                    let c = sde.coefs(t);
+                    let (a, s) = transition(&c);
+                    fill_normals_f64(key, row, (j * d) as u64, &mut eps);
+                    xt.extend(
+                        host[i * d..(i + 1) * d]
+                            .iter()
+                            .zip(&eps)
+                            .map(|(x, e)| a * x + s * e),
+                    );
+                    coefs.push(c);
+                }
+            }
+            let mut shape = vec![m * samples];
+            shape.extend_from_slice(&sample);
+            let xt = Tensor::from_vec(xt, shape, &self.device)?.to_dtype(self.dtype)?;
+            let time = PerRow::Rows(Rows::new(coefs.clone()));
+            let (s, div) = score_divergence(&denoiser, &xt, &time, None)?;
+            let sq = s
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .reshape((m * samples, d))?
+                .sum(1)?;
+            let (sq, div) = (
+                sq.to_vec1::<f64>()?,
+                div.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+            );
+            for (r, c) in coefs.iter().enumerate() {
+                integrand[start * samples + r] =
+                    c.g2 * div[r] + 0.5 * c.g2 * sq[r] - c.f * d as f64;
+            }
+        }
+        let (mut integral, mut se) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for vals in integrand.chunks(samples) {
+            let k = samples as f64;
+            let mean = vals.iter().sum::<f64>() / k;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0);
+            integral.push(span * mean);
+            se.push(span * (var / k).sqrt());
+        }
+        if let Some(i) = integral.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!(
+                    "the variational bound's integral of row {}",
+                    offset + i as u64
+                ),
+                step: 0,
+                t: t0,
+            });
+        }
+        Ok(Bound {
+            value: prior.iter().zip(&integral).map(|(p, i)| p + i).collect(),
+            se,
+            prior,
+            integral,
+            samples,
+            nfe: denoiser.nfe(),
+        })
+    }
+}
+
 /// Checks a step's result: x, and the log-density change when the state carries one, must be
 /// finite (`step` and `t` say where, for the error).
 pub(crate) fn check_finite(next: &State, step: usize, t: f64) -> Result<()> {

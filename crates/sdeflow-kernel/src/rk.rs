@@ -564,11 +564,25 @@ fn combination(h: f64, w: &[f64], k: &[Vec<Tensor>], m: usize) -> Result<Option<
 /// Claims: order `tableau.order` on a grid uniform in t; `stages` NFE per step (an FSAL
 /// tableau's last stage is not reused between fixed steps, so the count stays per step);
 /// deterministic; affine in x for an affine score; integrates the PF-ODE.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RkSolver {
     tableau: &'static ButcherTableau,
     default_steps: usize,
     adaptive: Option<Adaptive>,
+}
+
+/// The tableau's name (and its tolerances when adaptive): what messages name the solver by.
+impl std::fmt::Debug for RkSolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.adaptive {
+            None => f.write_str(self.tableau.name),
+            Some(a) => write!(
+                f,
+                "{}(rtol: {:e}, atol: {:e})",
+                self.tableau.name, a.tolerances.rtol, a.tolerances.atol
+            ),
+        }
+    }
 }
 
 impl RkSolver {

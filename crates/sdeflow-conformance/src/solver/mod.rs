@@ -111,7 +111,10 @@ pub fn check(
             // A schedule with knots has a drift that jumps: no Runge–Kutta method keeps an order
             // above 1 across them, so orders are claimed on smooth SDEs only.
             if adaptive {
-                if policy.adaptive_sweeps(i) {
+                // Across vp_discrete's 1,000 knots the drift jumps, and an adaptive step must
+                // shrink onto each jump: rtol 1e-7 takes 5,762 NFE per sample, 1e-8 exceeds
+                // the 20,000 budget. Tolerance sweeps are claimed on smooth SDEs, like orders.
+                if policy.adaptive_sweeps(i) && sde.knots().is_empty() {
                     adaptive::error_follows_rtol(report, fixture, case, name);
                     adaptive::finite_at_every_rtol(report, fixture, case, name);
                 }
