@@ -79,3 +79,61 @@ fn an_adaptive_run_that_cannot_finish_says_why() -> Result<()> {
     );
     Ok(())
 }
+
+/// Through the command line: `nll` of rows from a `.npy` writes their PF-ODE encodings as
+/// `latents.npy`, and `sample` from those latents (`latents:`) decodes them back to the rows
+/// within 1e-4 (dopri5, rtol 1e-8, f64).
+#[test]
+fn sample_decodes_an_nll_runs_latents() -> Result<()> {
+    use sdeflow_kernel::Error;
+    let msg = |e: std::io::Error| Error::Msg(e.to_string());
+    let dir = std::env::temp_dir().join(format!("sdeflow-latents-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(msg)?;
+    let spec = ring();
+    let (n, p) = (32, pipeline("()", DType::F64)?);
+    let c = p.sde().coefs(p.sde().t_eps());
+    let rows = spec.mixture()?.marginal(c.alpha, c.sigma)?.sample(13, 0, n);
+    let x = Tensor::from_vec(rows.clone(), (n, 2), &Device::Cpu)?;
+    x.write_npy(dir.join("rows.npy"))?;
+    let mixture = spec.oracle_params();
+    let mixture = mixture.trim_start_matches('(').trim_end_matches(')');
+    let config = |rest: &str| {
+        format!(
+            "(\n    sde: vp(),\n    data: gmm({mixture}),\n    model: gmm_oracle(),\n    \
+             solver: dopri5(rtol: 1e-8, atol: 1e-8),\n    dtype: f64,\n    samples: {n},\n{rest})\n"
+        )
+    };
+    let encode = config(&format!(
+        "    nll: (npy: \"{}\", solver: dopri5(rtol: 1e-8, atol: 1e-8), bound: None),\n    jobs: [nll],\n",
+        dir.join("rows.npy").display()
+    ));
+    let decode = config(&format!(
+        "    latents: \"{}\",\n    outputs: (png: false),\n    jobs: [sample],\n",
+        dir.join("enc/latents.npy").display()
+    ));
+    for (name, text) in [("enc", encode), ("dec", decode)] {
+        let path = dir.join(format!("{name}.ron"));
+        std::fs::write(&path, text).map_err(msg)?;
+        let out = dir.join(name);
+        let (code, _, err) = sdeflow_tests::run_cli(&[
+            "run",
+            path.to_str().unwrap_or_default(),
+            "--out",
+            out.to_str().unwrap_or_default(),
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+    }
+    let back = Tensor::read_npy(dir.join("dec/samples.npy"))?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let worst = back
+        .iter()
+        .zip(&rows)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!("CLI encode then decode: max |x − x̂| = {worst:.2e}");
+    assert!(worst <= 1e-4, "{worst}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -58,7 +58,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("    steps: 10,", "    stpes: 10,"),
             "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
-             dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, chunk_rows, denoise_final, outputs, jobs, \
+             dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, latents, chunk_rows, denoise_final, outputs, jobs, \
              train, nll, checkpoint\n",
         ),
         (

@@ -47,7 +47,8 @@ fn the_embedded_default_is_configs_default_ron() -> Result<()> {
         config.jobs,
         [
             sdeflow_kernel::config::Job::Train,
-            sdeflow_kernel::config::Job::Sample
+            sdeflow_kernel::config::Job::Sample,
+            sdeflow_kernel::config::Job::Nll
         ]
     );
     Ok(())

@@ -235,6 +235,13 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         }
         (None, None) => unreachable!("a solver on a grid claims its NFE"),
     }
+    if let Some(path) = &config.latents {
+        let _ = writeln!(
+            s,
+            "start   x_T from {} (instead of prior draws)",
+            path.display()
+        );
+    }
     if config.jobs.contains(&sdeflow_kernel::config::Job::Train) || config.train.is_some() {
         let _ = writeln!(
             s,

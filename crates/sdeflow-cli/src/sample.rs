@@ -205,6 +205,35 @@ pub fn target_coefs(pipeline: &sdeflow_kernel::Pipeline) -> TimeCoefs {
     }
 }
 
+/// The first state of a run from `latents` (`[samples, ...]` at T), in the run's dtype on its
+/// device, numbered from row 0 as prior draws would be.
+fn latent_state(
+    config: &Config,
+    pipeline: &sdeflow_kernel::Pipeline,
+    path: &std::path::Path,
+) -> Result<sdeflow_kernel::State> {
+    let bad = |why: String| Error::invalid("latents", path.display().to_string(), why);
+    let x = Tensor::read_npy(path).map_err(|e| bad(format!("cannot read a .npy array: {e}")))?;
+    let shape = pipeline.model().sample_shape();
+    let mut want = vec![config.samples];
+    want.extend(&shape);
+    if x.dims() != want.as_slice() {
+        return Err(bad(format!(
+            "has shape {:?}, but the run draws {} samples of shape {shape:?}: {want:?}; set `samples: {}` to decode every row",
+            x.dims(),
+            config.samples,
+            x.dims().first().copied().unwrap_or(0)
+        )));
+    }
+    let x = x.to_dtype(pipeline.dtype())?.to_device(pipeline.device())?;
+    if !sdeflow_kernel::ops::all_finite(&x)? {
+        return Err(bad("holds values that are not finite".into()));
+    }
+    let mut state = sdeflow_kernel::State::new(x, pipeline.times()[0], 0);
+    state.draws = shape.iter().product::<usize>() as u64;
+    Ok(state)
+}
+
 /// Runs the config's sampling job on `device` and writes its outputs; a network samples with
 /// the weights of its checkpoint ([`crate::train::load_for_sampling`]).
 pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<Summary> {
@@ -245,7 +274,10 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         );
     }
     let start = Instant::now();
-    let first = pipeline.prior_state(0, config.samples)?;
+    let first = match &config.latents {
+        None => pipeline.prior_state(0, config.samples)?,
+        Some(path) => latent_state(config, &pipeline, path)?,
+    };
     let x_start = first.x.clone();
     let result = pipeline.run(first)?;
     let wall = start.elapsed().as_secs_f64();

@@ -153,7 +153,8 @@ pub struct NllSpec {
     pub rows: usize,
     /// Which split.
     pub split: NllSplit,
-    /// A `.npy` of rows `[n, ...]` to evaluate instead of the data's.
+    /// A `.npy` of rows `[n, ...]` to evaluate instead of the data's (`npy: "rows.npy"`).
+    #[serde(deserialize_with = "some")]
     pub npy: Option<PathBuf>,
     /// The trace: `exact` or `hutchinson(probes: k, dist: rademacher | gaussian)`.
     pub trace: crate::likelihood::Trace,
@@ -305,6 +306,11 @@ pub struct Config {
     /// Samples to draw.
     #[serde(default = "default_samples", deserialize_with = "samples")]
     pub samples: usize,
+    /// `sample` starts from these states at T instead of prior draws: a `.npy` of
+    /// `[samples, ...]` — an `nll` run's `latents.npy`, say, which a PF-ODE solver decodes back
+    /// to the rows it encoded.
+    #[serde(default, deserialize_with = "some")]
+    pub latents: Option<PathBuf>,
     /// Model chunk rows (`None`: chunking, and batch invariance, off).
     #[serde(default = "default_chunk_rows", deserialize_with = "chunk_rows")]
     pub chunk_rows: Option<usize>,
