@@ -10,9 +10,9 @@
 //! `‖e‖_i = sqrt( (1/D_i) Σ_c (e_c / (atol + rtol · max(|y_c|, |ŷ_c|)))² )`
 //!
 //! (Hairer, Nørsett & Wanner I, §II.4, (4.11)). A row accepts when ‖e‖ ≤ 1 and proposes its
-//! next step with Hairer's PI controller (DOPRI5's), h ← h · clamp(s · ‖e‖^{−β₁} ·
+//! next step with a PI controller (MATH.md §9), h ← h · clamp(s · ‖e‖^{−β₁} ·
 //! ‖e_prev‖^{β₂}, f_min, f_max), never growing right after a rejection; a rejected row
-//! retries with h · max(f_min, s · ‖e‖^{−β₁}). Nothing a row decides reads another row, so a
+//! retries with h · clamp(s · ‖e‖^{−β₁}, f_min, 1). Nothing a row decides reads another row, so a
 //! sample's steps are the same in any batch (as long as the model's rows are independent,
 //! which chunked evaluation guarantees). Finished rows leave the batch; NFE are counted per
 //! row.
@@ -48,7 +48,7 @@ pub struct Tolerances {
     pub first_step: Option<f64>,
 }
 
-/// Hairer's PI step-size controller.
+/// A PI step-size controller.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Controller {
     /// The safety factor s < 1.
@@ -64,18 +64,17 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// DOPRI5's controller (Hairer's code) for a method whose error estimate is of order q:
-    /// with k = q + 1, β₂ = 0.2/k (0.04 for q = 4, Hairer's `beta`), β₁ = 1/k − 0.75 β₂,
-    /// safety 0.9, factors in [0.2, 10].
-    pub fn hairer(error_order: u32) -> Self {
+    /// The PI controller of MATH.md §9 (Gustafsson's, Hairer & Wanner II §IV.2; Söderlind
+    /// 2002) for a method whose error estimate is of order q: with k = q + 1, β₁ = 0.7/k,
+    /// β₂ = 0.4/k (0.14 and 0.08 for Dormand–Prince), safety 0.9, factors in [0.2, 5].
+    pub fn pi(error_order: u32) -> Self {
         let k = f64::from(error_order + 1);
-        let beta2 = 0.2 / k;
         Self {
             safety: 0.9,
-            beta1: 1.0 / k - 0.75 * beta2,
-            beta2,
+            beta1: 0.7 / k,
+            beta2: 0.4 / k,
             min_factor: 0.2,
-            max_factor: 10.0,
+            max_factor: 5.0,
         }
     }
 
@@ -193,7 +192,7 @@ impl Default for AdaptiveParams {
 }
 
 impl AdaptiveParams {
-    /// The solver's [`Adaptive`] for a pair of orders p(q): [`Controller::hairer`] for q.
+    /// The solver's [`Adaptive`] for a pair of orders p(q): [`Controller::pi`] for q.
     pub fn spec(&self, order: u32, error_order: u32) -> Adaptive {
         Adaptive {
             tolerances: Tolerances {
@@ -203,7 +202,7 @@ impl AdaptiveParams {
                 max_nfe: self.max_nfe,
                 first_step: self.first_step,
             },
-            controller: Controller::hairer(error_order),
+            controller: Controller::pi(error_order),
             order,
         }
     }
@@ -600,27 +599,26 @@ pub(crate) fn integrate(
 mod tests {
     use super::*;
 
-    /// For an order-4 estimate the controller is DOPRI5's (β₁ = 0.17, β₂ = 0.04); a step at
-    /// the tolerance (‖e‖ = 1) after one at 1e-4 grows by 0.9 · 1e-4^0.04 ≈ 0.62 and the
-    /// factors are clamped to [0.2, 10]; right after a rejection a step never grows; a
-    /// non-finite error shrinks the step by the smallest factor.
+    /// For an order-4 estimate (k = 5) the controller has β₁ = 0.14, β₂ = 0.08; a step at the
+    /// tolerance (‖e‖ = 1) after one at 1e-4 grows by 0.9 · 1e-4^0.08 ≈ 0.43; the factors are
+    /// clamped to [0.2, 5]; right after a rejection a step never grows; a non-finite error
+    /// shrinks the step by the smallest factor.
     #[test]
-    fn the_controller_is_hairers() {
-        let c = Controller::hairer(4);
-        assert!((c.beta1 - 0.17).abs() < 1e-15 && (c.beta2 - 0.04).abs() < 1e-15);
+    fn the_controller_is_the_pi_of_math_md() {
+        let c = Controller::pi(4);
+        assert!((c.beta1 - 0.14).abs() < 1e-15 && (c.beta2 - 0.08).abs() < 1e-15);
         let f = c.accepted(1.0, 1e-4, false);
-        assert!((f - 0.9 * 1e-4f64.powf(0.04)).abs() < 1e-15, "{f}");
-        assert_eq!(c.accepted(1e-30, 1.0, false), 10.0);
+        assert!((f - 0.9 * 1e-4f64.powf(0.08)).abs() < 1e-15, "{f}");
+        assert_eq!(c.accepted(1e-30, 1.0, false), 5.0);
         assert_eq!(c.accepted(1e-30, 1.0, true), 1.0);
         assert!(c.accepted(0.5, 0.5, true) <= 1.0);
         assert_eq!(c.rejected(f64::NAN), 0.2);
         assert_eq!(c.rejected(1e12), 0.2);
         let r = c.rejected(2.0);
-        assert!((r - 0.9 * 2f64.powf(-0.17)).abs() < 1e-15 && r < 1.0, "{r}");
+        assert!((r - 0.9 * 2f64.powf(-0.14)).abs() < 1e-15 && r < 1.0, "{r}");
         // k = 3 for Bogacki–Shampine's order-2 estimate.
-        let b = Controller::hairer(2);
-        assert!((b.beta2 - 0.2 / 3.0).abs() < 1e-15);
-        assert!((b.beta1 - (1.0 / 3.0 - 0.05)).abs() < 1e-15);
+        let b = Controller::pi(2);
+        assert!((b.beta1 - 0.7 / 3.0).abs() < 1e-15 && (b.beta2 - 0.4 / 3.0).abs() < 1e-15);
     }
 
     /// Every field is checked, and the message names it.

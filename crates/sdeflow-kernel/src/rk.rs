@@ -606,7 +606,7 @@ impl RkSolver {
 
     /// The adaptive solver of `tableau`, which must have embedded weights: the loop chooses
     /// each row's steps from the embedded error estimate under `params`' tolerances and
-    /// Hairer's PI controller for the embedded order (validated here).
+    /// the PI controller of MATH.md §9 for the embedded order (validated here).
     pub fn adaptive(tableau: &'static ButcherTableau, params: &AdaptiveParams) -> Result<Self> {
         tableau.validate()?;
         let Some(embedded) = tableau.embedded else {

@@ -11,8 +11,8 @@
 //! cheaper than `dopri5` per step, for loose tolerances.
 //!
 //! The kernel's adaptive loop runs it (see `dopri5`): per-sample weighted RMS error norms
-//! over x (and Δ), Hairer's PI controller for an order-2 estimate (k = 3: β₁ ≈ 0.283,
-//! β₂ ≈ 0.0667, safety 0.9, factors in [0.2, 10]), Hairer's starting step (2 NFE).
+//! over x (and Δ), the PI controller of MATH.md §9 for an order-2 estimate (k = 3:
+//! β₁ = 0.7/3, β₂ = 0.4/3, safety 0.9, factors in [0.2, 5]), Hairer's starting step (2 NFE).
 //!
 //! # Parameters
 //! `bosh3(rtol: 1e-5, atol: 1e-5, min_step: 1e-10, max_nfe: 20000, first_step: None)`

@@ -19,7 +19,7 @@ fn the_pair_is_order_3_with_an_order_2_estimate_and_fsal() -> Result<()> {
     assert!(solver.integrates_likelihood());
     let a = solver.adaptive().expect("adaptive");
     assert_eq!((a.tolerances.rtol, a.tolerances.atol), (1e-5, 1e-5));
-    assert!((a.controller.beta1 - (1.0 / 3.0 - 0.05)).abs() < 1e-15);
+    assert!((a.controller.beta1 - 0.7 / 3.0).abs() < 1e-15);
     assert_eq!(format!("{solver:?}"), "bosh3(rtol: 1e-5, atol: 1e-5)");
     let bad = RkSolver::adaptive(
         &TABLEAU,

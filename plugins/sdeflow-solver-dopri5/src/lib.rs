@@ -11,8 +11,9 @@
 //!
 //! The kernel's adaptive loop (`sdeflow_kernel::adaptive`) runs it: sample i accepts a step
 //! when its weighted RMS error ‖e / (atol + rtol·max(|y|, |ŷ|))‖ over x (and Δ) is ≤ 1,
-//! and chooses the next with Hairer's PI controller (k = 5: β₁ = 0.17, β₂ = 0.04, safety
-//! 0.9, factors in [0.2, 10]); the first step is Hairer's starting-step algorithm (2 NFE).
+//! and chooses the next with the PI controller of MATH.md §9 (k = 5: β₁ = 0.7/k = 0.14,
+//! β₂ = 0.4/k = 0.08, safety 0.9, factors in [0.2, 5], no growth right after a rejection);
+//! the first step is Hairer's starting-step algorithm (2 NFE).
 //! No sample's steps depend on another's.
 //!
 //! # Parameters

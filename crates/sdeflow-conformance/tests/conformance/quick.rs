@@ -9,9 +9,11 @@ use sdeflow_conformance::{Options, Part};
 use sdeflow_kernel::Result;
 
 /// The built-in solvers, each with its own test below.
-const SOLVERS: [&str; 9] = [
+const SOLVERS: [&str; 11] = [
+    "bosh3",
     "ddim",
     "ddpm",
+    "dopri5",
     "dpmpp_2m",
     "euler",
     "euler_maruyama",
@@ -58,6 +60,16 @@ fn weightings_pass_quick_conformance() -> Result<()> {
 #[test]
 fn models_pass_quick_conformance() -> Result<()> {
     quick("model", Part::Whole)
+}
+
+#[test]
+fn bosh3_passes_quick_conformance() -> Result<()> {
+    solver("bosh3")
+}
+
+#[test]
+fn dopri5_passes_quick_conformance() -> Result<()> {
+    solver("dopri5")
 }
 
 #[test]
