@@ -57,6 +57,55 @@ pub fn claims_text(c: &SolverClaims) -> String {
     )
 }
 
+/// The `nll:` section in words: rows, trace, the solver and its steps or tolerances, the bound.
+fn nll_text(spec: &sdeflow_kernel::config::NllSpec) -> Result<String> {
+    use sdeflow_kernel::{config::DEFAULT_NLL_SOLVER, likelihood::Trace};
+    let rows = match &spec.npy {
+        Some(p) => format!("the rows of {}", p.display()),
+        None => format!("{} {:?} rows", spec.rows, spec.split).to_lowercase(),
+    };
+    let trace = match spec.trace {
+        Trace::Exact => "exact trace".to_string(),
+        Trace::Hutchinson { probes, dist } => {
+            format!("Hutchinson trace ({probes} {dist:?} probes)").to_lowercase()
+        }
+    };
+    let (name, solver) = match &spec.solver {
+        Some(s) => (s.name, s.plugin.clone()),
+        None => (
+            DEFAULT_NLL_SOLVER,
+            sdeflow_plugins::registry()?.solver(DEFAULT_NLL_SOLVER, "()")?,
+        ),
+    };
+    let stepping = match solver.adaptive() {
+        Some(a) => format!(
+            "adaptive, rtol {:e}, atol {:e}",
+            a.tolerances.rtol, a.tolerances.atol
+        ),
+        None => format!(
+            "{} {} steps",
+            spec.steps
+                .unwrap_or(sdeflow_kernel::config::DEFAULT_NLL_STEPS),
+            spec.grid.unwrap_or(sdeflow_kernel::GridKind::Uniform)
+        ),
+    };
+    Ok(format!(
+        "{rows}, {trace}, {name} ({stepping}){}{}; variational bound {}",
+        if spec.dequantize {
+            ", integer data dequantized"
+        } else {
+            ""
+        },
+        if spec.latents {
+            ", latents written"
+        } else {
+            ""
+        },
+        spec.bound
+            .map_or("off".into(), |k| format!("with {k} times per row")),
+    ))
+}
+
 /// A solver's claims in words, and for an adaptive solver its stepping instead of a grid.
 pub fn solver_text(solver: &dyn sdeflow_kernel::Solver) -> String {
     let c = solver.claims();
@@ -247,6 +296,13 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             s,
             "train   {}",
             train_text(&config.train.clone().unwrap_or_default())
+        );
+    }
+    if config.jobs.contains(&sdeflow_kernel::config::Job::Nll) || config.nll.is_some() {
+        let _ = writeln!(
+            s,
+            "nll     {}",
+            nll_text(&config.nll.clone().unwrap_or_default())?
         );
     }
     let jobs: Vec<String> = config

@@ -303,6 +303,13 @@ fn measure(args: &BenchArgs) -> Result<()> {
                 format!("{}{params}", p.info.name)
             };
             let solver = registry.solver(p.info.name, params)?;
+            if solver.adaptive().is_some() {
+                // Its NFE follow its tolerances, not a budget: no row in a table by NFE.
+                println!(
+                    "| {label} | adaptive (NFE per sample set by rtol, atol) | | | | | | | | | | |"
+                );
+                continue;
+            }
             let per_step = solver.claims().nfe_per_step;
             let grid = solver.default_discretization(&*sde).grid;
             let pipeline = |model: Arc<dyn ScoreModel>, budget: usize| -> Result<Pipeline> {
