@@ -33,17 +33,34 @@ pub fn exact_flow_error(
     schedule: Option<(GridKind, usize)>,
     target: &Target,
 ) -> Result<f64> {
+    Ok(
+        flow_errors(sde, solver, model, schedule, target, &FLOW_STARTS)?
+            .into_iter()
+            .fold(0.0, f64::max),
+    )
+}
+
+/// Every coordinate's error at t_ε against the single Gaussian's exact PF-ODE flow, from the
+/// starts `ks` (in units of the marginal's std at T around its mean).
+pub(crate) fn flow_errors(
+    sde: &Arc<dyn ForwardSde>,
+    solver: &Arc<dyn Solver>,
+    model: Arc<dyn ScoreModel>,
+    schedule: Option<(GridKind, usize)>,
+    target: &Target,
+    ks: &[f64],
+) -> Result<Vec<f64>> {
     let law = single_law();
     let d = law.mean.len();
     let (c0, c1) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
     let std0 = law.var(&c0).sqrt();
-    let starts: Vec<f64> = FLOW_STARTS
+    let starts: Vec<f64> = ks
         .iter()
         .flat_map(|k| law.mean.iter().map(move |mj| c0.alpha * mj + k * std0))
         .collect();
     let x = target.put(&Tensor::from_vec(
         starts.clone(),
-        (FLOW_STARTS.len(), d),
+        (ks.len(), d),
         &Device::Cpu,
     )?)?;
     let mut builder = pipeline(sde, model, solver, target).chunk_rows(None);
@@ -56,7 +73,7 @@ pub fn exact_flow_error(
         .zip(&starts)
         .enumerate()
         .map(|(k, (got, x0))| (got - law.flow_map(*x0, k % d, &c0, &c1)).abs())
-        .fold(0.0, f64::max))
+        .collect())
 }
 
 /// The pathwise error on `sde` falls at the claimed ODE order on the solver's natural grid

@@ -113,8 +113,15 @@ pub fn check(
             if adaptive {
                 // Across vp_discrete's 1,000 knots the drift jumps, and an adaptive step must
                 // shrink onto each jump: rtol 1e-7 takes 5,762 NFE per sample, 1e-8 exceeds
-                // the 20,000 budget. Tolerance sweeps are claimed on smooth SDEs, like orders.
-                if policy.adaptive_sweeps(i) && sde.knots().is_empty() {
+                // the 20,000 budget. Tolerance sweeps are claimed on smooth, non-stiff SDEs,
+                // like orders: linear_flow's f = −1/(1 − t) is −1,000 at T = 0.999, where
+                // explicit steps are bounded by stability rather than accuracy, and dopri5's
+                // error there falls like rtol^1.25 (RMS over 64 starts, rtol 1e-5…1e-10; 67×
+                // between 1e-6 and 1e-7). The criterion: |f(T)| (T − t_ε) ≤ 500 (vp_cosine's
+                // is 184 and passes at slope 1.07).
+                let c = sde.coefs(sde.t_max());
+                let stiff = c.f.abs() * (sde.t_max() - sde.t_eps()) > 500.0;
+                if policy.adaptive_sweeps(i) && sde.knots().is_empty() && !stiff {
                     adaptive::error_follows_rtol(report, fixture, case, name);
                     adaptive::finite_at_every_rtol(report, fixture, case, name);
                 }
