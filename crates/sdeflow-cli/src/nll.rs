@@ -334,10 +334,7 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
         sde: config.sde.name.to_string(),
         solver: solver.0.to_string(),
         schedule: match solver.1.adaptive() {
-            Some(a) => format!(
-                "adaptive, rtol {:e}, atol {:e}",
-                a.tolerances.rtol, a.tolerances.atol
-            ),
+            Some(a) => a.to_string(),
             None => format!(
                 "{} {} steps",
                 pipeline.discretization().steps,
@@ -357,14 +354,7 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
         exact_nll,
         bound,
         nfe: out.nfe,
-        nfe_per_row: out.rows.as_ref().map(|r| {
-            let sum: u64 = r.nfe.iter().sum();
-            (
-                sum as f64 / r.nfe.len().max(1) as f64,
-                r.nfe.iter().copied().min().unwrap_or(0),
-                r.nfe.iter().copied().max().unwrap_or(0),
-            )
-        }),
+        nfe_per_row: out.rows.as_ref().map(sdeflow_kernel::RowStats::nfe_spread),
         device: device_name(&device),
         wall_seconds: wall,
         files,

@@ -78,10 +78,7 @@ fn nll_text(spec: &sdeflow_kernel::config::NllSpec) -> Result<String> {
         ),
     };
     let stepping = match solver.adaptive() {
-        Some(a) => format!(
-            "adaptive, rtol {:e}, atol {:e}",
-            a.tolerances.rtol, a.tolerances.atol
-        ),
+        Some(a) => a.to_string(),
         None => format!(
             "{} {} steps",
             spec.steps

@@ -205,8 +205,7 @@ pub fn target_coefs(pipeline: &sdeflow_kernel::Pipeline) -> TimeCoefs {
     }
 }
 
-/// The first state of a run from `latents` (`[samples, ...]` at T), in the run's dtype on its
-/// device, numbered from row 0 as prior draws would be.
+/// The first state of a run from `latents` (`[samples, ...]` at T), checked against the run.
 fn latent_state(
     config: &Config,
     pipeline: &sdeflow_kernel::Pipeline,
@@ -225,13 +224,10 @@ fn latent_state(
             x.dims().first().copied().unwrap_or(0)
         )));
     }
-    let x = x.to_dtype(pipeline.dtype())?.to_device(pipeline.device())?;
     if !sdeflow_kernel::ops::all_finite(&x)? {
         return Err(bad("holds values that are not finite".into()));
     }
-    let mut state = sdeflow_kernel::State::new(x, pipeline.times()[0], 0);
-    state.draws = shape.iter().product::<usize>() as u64;
-    Ok(state)
+    pipeline.start_state(x, 0)
 }
 
 /// Runs the config's sampling job on `device` and writes its outputs; a network samples with
@@ -258,10 +254,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let schedule = pipeline.discretization();
     let adaptive = pipeline.solver().adaptive();
     let schedule_text = match adaptive {
-        Some(a) => format!(
-            "adaptive, rtol {:e}, atol {:e}",
-            a.tolerances.rtol, a.tolerances.atol
-        ),
+        Some(a) => a.to_string(),
         None => format!("{} steps, {} grid", schedule.steps, schedule.grid),
     };
     if adaptive.is_some() {
@@ -424,14 +417,10 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         },
         schedule: schedule_text.clone(),
         nfe: result.nfe,
-        nfe_per_sample: result.rows.as_ref().map(|r| {
-            let sum: u64 = r.nfe.iter().sum();
-            (
-                sum as f64 / r.nfe.len().max(1) as f64,
-                r.nfe.iter().copied().min().unwrap_or(0),
-                r.nfe.iter().copied().max().unwrap_or(0),
-            )
-        }),
+        nfe_per_sample: result
+            .rows
+            .as_ref()
+            .map(sdeflow_kernel::RowStats::nfe_spread),
         samples: n,
         seed: config.seed,
         device: device_name(&device),

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Denoiser, Error, ForwardSde, Result, Rows, Solver, State, TimeCoefs,
-    likelihood::{DELTA_LOGP, components},
+    likelihood::{components, with_components},
     solver::RunContext,
 };
 
@@ -106,6 +106,17 @@ pub struct Adaptive {
     pub controller: Controller,
     /// The order p of the solution carried forward.
     pub order: u32,
+}
+
+impl std::fmt::Display for Adaptive {
+    /// "adaptive, rtol …, atol …": how a run with it steps, for a label or a summary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "adaptive, rtol {:e}, atol {:e}",
+            self.tolerances.rtol, self.tolerances.atol
+        )
+    }
 }
 
 impl Adaptive {
@@ -220,6 +231,16 @@ pub struct RowStats {
 }
 
 impl RowStats {
+    /// The samples' NFE: mean, min and max.
+    pub fn nfe_spread(&self) -> (f64, u64, u64) {
+        let sum: u64 = self.nfe.iter().sum();
+        (
+            sum as f64 / self.nfe.len().max(1) as f64,
+            self.nfe.iter().copied().min().unwrap_or(0),
+            self.nfe.iter().copied().max().unwrap_or(0),
+        )
+    }
+
     fn new(n: usize) -> Self {
         Self {
             nfe: vec![0; n],
@@ -392,10 +413,7 @@ pub(crate) fn integrate(
                     .zip(&f0)
                     .map(|(y, f)| Ok((y + crate::ops::scale(&h0_rows, f)?)?))
                     .collect::<Result<_>>()?;
-                let mut trial = live.with_x(y1[0].clone());
-                if let Some(delta) = y1.get(1) {
-                    trial.extras.insert(DELTA_LOGP.into(), delta.clone());
-                }
+                let trial = with_components(&live, y1)?;
                 let t1: Vec<f64> = h0.iter().map(|h| t0 + dir * h).collect();
                 let ctx = run.step_rows(at(&t1), at(&t1), 0);
                 let f1 = solver.derivative(&ctx, &trial)?;
@@ -519,7 +537,7 @@ pub(crate) fn integrate(
         }
         // Accepted rows take the new values, rejected ones keep theirs (and their first stage,
         // which is still F(y, t) at their unchanged state).
-        let mask = Tensor::from_vec(accept.clone(), m, live.x.device())?;
+        let mask = Tensor::from_vec(accept, m, live.x.device())?;
         let mut next = live.with_x(choose(&mask, &step.state.x, &live.x)?);
         for (k, v) in &mut next.extras {
             if let Some(new) = step.state.extras.get(k) {
@@ -536,13 +554,6 @@ pub(crate) fn integrate(
             _ => None,
         };
         next.t_rows = Some(clocks.iter().map(|c| c.t).collect());
-        next.step = live.step.max(
-            finished
-                .iter()
-                .map(|&i| stats.accepted[active[i]] as usize)
-                .max()
-                .unwrap_or(0),
-        );
         crate::pipeline::check_finite(
             &next,
             attempt,
@@ -585,13 +596,13 @@ pub(crate) fn integrate(
     for (k, v) in &mut whole.extras {
         *v = cat(&|s: &State| s.extras[k].clone())?;
     }
+    // The parts' own times and caches are not the whole batch's: every row is at t_end now.
     whole.first_stage = None;
     whole.t_rows = None;
     whole.history.clear();
-    whole.step = stats.accepted.iter().copied().max().unwrap_or(0) as usize;
     let mut out = select(&whole, &inverse)?;
     out.t = t_end;
-    out.t_rows = None;
+    out.step = stats.accepted.iter().copied().max().unwrap_or(0) as usize;
     Ok((out, stats))
 }
 

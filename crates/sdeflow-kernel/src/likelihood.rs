@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Denoiser, Error, Result, ScoreModel, State, Time, TimeCoefs,
     noise::{Stream, fill_normals_f64, philox_key, uniform_f64},
-    ops::{lin2, lin2_rows, scale},
+    ops::{lin2, lin2_rows},
     rk::OdeField,
     solver::StepContext,
 };
@@ -193,7 +193,7 @@ impl OdeField for AugmentedPfOde<'_, '_> {
         }
         let (f, half_g2) = (time.map(|c| c.f), time.map(|c| -0.5 * c.g2));
         let dx = lin2_rows(&f, x, &half_g2, &s)?;
-        let ddelta = (scale(&half_g2, &div)? + scale(&f, &div.ones_like()?.affine(d, 0.0)?)?)?;
+        let ddelta = lin2_rows(&half_g2, &div, &time.map(|c| c.f * d), &div.ones_like()?)?;
         Ok(vec![dx, ddelta])
     }
 
@@ -210,6 +210,20 @@ pub fn components(state: &State) -> Vec<Tensor> {
         y.push(delta.clone());
     }
     y
+}
+
+/// `state` with its integrated components replaced by `y` (x, then Δ when given): the
+/// inverse of [`components`].
+pub fn with_components(state: &State, y: Vec<Tensor>) -> Result<State> {
+    let mut parts = y.into_iter();
+    let x = parts
+        .next()
+        .ok_or_else(|| Error::Msg("a state needs x among its components".into()))?;
+    let mut next = state.with_x(x);
+    if let Some(delta) = parts.next() {
+        next.extras.insert(DELTA_LOGP.to_string(), delta);
+    }
+    Ok(next)
 }
 
 /// The augmented components of `state` for [`AugmentedPfOde`]: Δ and the probes, if it

@@ -314,7 +314,15 @@ impl Pipeline {
         let z = PhiloxNoise.standard_normal(&req, self.dtype, &self.device)?;
         let mut full = vec![n];
         full.extend(shape);
-        let x = self.sde.prior_sample(&z.reshape(full)?)?;
+        self.start_state(self.sde.prior_sample(&z.reshape(full)?)?, offset)
+    }
+
+    /// The first state of a run from given samples `x` at T (`[n, ...]`: an nll run's
+    /// latents, say), rows numbered from `offset`, in the run's dtype on its device, its noise
+    /// counter past the prior's draws as [`prior_state`](Self::prior_state)'s is.
+    pub fn start_state(&self, x: Tensor, offset: u64) -> Result<State> {
+        let cols: usize = self.model.sample_shape().iter().product();
+        let x = x.to_dtype(self.dtype)?.to_device(&self.device)?;
         let mut state = State::new(x, self.times[0], offset);
         state.draws = cols as u64;
         Ok(state)
@@ -587,14 +595,10 @@ impl Pipeline {
         let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         let (t0, t1) = (sde.t_eps(), sde.t_max());
         let (c0, ct) = (sde.coefs(t0), sde.coefs(t1));
+        // α_{t|ε} and σ_{t|ε}, with σ²_{t|ε} free of cancellation near t_ε.
         let transition = |c: &crate::TimeCoefs| {
-            let a = c.alpha / c0.alpha;
-            (
-                a,
-                (c.sigma * c.sigma - a * a * c0.sigma * c0.sigma)
-                    .max(0.0)
-                    .sqrt(),
-            )
+            let tr = crate::Transition::between(c, &c0);
+            (tr.alpha, tr.std())
         };
         // E[−log N(x_T; 0, p² I)] with x_T = a x + s ε: (D/2) log 2πp² + (a²‖x‖² + s² D)/(2p²).
         let p2 = sde.prior_std().powi(2);

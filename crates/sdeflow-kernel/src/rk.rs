@@ -667,15 +667,7 @@ impl Solver for RkSolver {
             }
             None => rk_integrate(self.tableau, &PfOde(ctx), &y, &from, &to, first)?,
         };
-        let mut parts = out.y.into_iter();
-        let x = parts
-            .next()
-            .ok_or_else(|| Error::Msg("the Runge–Kutta step lost x".into()))?;
-        let mut next = state.with_x(x);
-        if let Some(delta) = parts.next() {
-            next.extras
-                .insert(crate::likelihood::DELTA_LOGP.to_string(), delta);
-        }
+        let mut next = crate::likelihood::with_components(state, out.y)?;
         // Between an adaptive run's attempts the last stage F(y_end, t_end) is the next
         // attempt's first (a fixed-step run keeps its NFE per step instead).
         if ctx.per_row() && self.tableau.is_fsal() {

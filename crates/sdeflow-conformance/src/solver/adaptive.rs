@@ -51,12 +51,7 @@ pub(crate) fn with_tolerance(
 
 /// "adaptive, rtol …, atol …": the schedule of an adaptive run, for a check's label.
 pub(crate) fn schedule_text(solver: &dyn Solver) -> Option<String> {
-    solver.adaptive().map(|a| {
-        format!(
-            "adaptive, rtol {:e}, atol {:e}",
-            a.tolerances.rtol, a.tolerances.atol
-        )
-    })
+    solver.adaptive().map(|a| a.to_string())
 }
 
 /// The NFE rows of an adaptive run `out` of `solver`: the report equals the count.
