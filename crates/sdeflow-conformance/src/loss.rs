@@ -256,10 +256,12 @@ fn per_row_agrees(
                 let by_call = Draws {
                     time: call.clone(),
                     eps: eps.clone(),
+                    dropout: None,
                 };
                 let by_rows = Draws {
                     time: rows.clone(),
                     eps: eps.clone(),
+                    dropout: None,
                 };
                 let a = loss.row_losses(&d, &x0, None, &by_call)?;
                 let b = loss.row_losses(&d, &x0, None, &by_rows)?;

@@ -381,7 +381,9 @@ pub(crate) fn integrate(
     // The first step: Hairer's starting-step algorithm, unless given.
     {
         let before = calls();
-        let ctx = run.step_rows(at(&vec![t0; n]), at(&vec![t0; n]), 0);
+        let ctx = run
+            .step_rows(at(&vec![t0; n]), at(&vec![t0; n]), 0)
+            .for_state(&live);
         let f0 = solver.derivative(&ctx, &live)?;
         let y0 = components(&live);
         let h = match tol.first_step {
@@ -415,7 +417,7 @@ pub(crate) fn integrate(
                     .collect::<Result<_>>()?;
                 let trial = with_components(&live, y1)?;
                 let t1: Vec<f64> = h0.iter().map(|h| t0 + dir * h).collect();
-                let ctx = run.step_rows(at(&t1), at(&t1), 0);
+                let ctx = run.step_rows(at(&t1), at(&t1), 0).for_state(&live);
                 let f1 = solver.derivative(&ctx, &trial)?;
                 let diff: Vec<Tensor> = f1
                     .iter()
@@ -469,7 +471,7 @@ pub(crate) fn integrate(
             .zip(&lands)
             .map(|(c, &l)| if l { t_end } else { c.t + dir * c.h })
             .collect();
-        let ctx = run.step_rows(at(&from), at(&to), attempt);
+        let ctx = run.step_rows(at(&from), at(&to), attempt).for_state(&live);
         let before = calls();
         let step = solver.step(&ctx, &live)?;
         let took = calls() - before;

@@ -15,7 +15,9 @@ use std::sync::{
 
 use candle_core::Tensor;
 
-use crate::{At, Conversions, Parameterization, Result, ScoreModel, Time, TimeCoefs};
+use crate::{
+    At, Conversions, Parameterization, Result, ScoreModel, Time, TimeCoefs, noise::RowKey,
+};
 
 /// The default chunk: the model always sees this many rows (the last chunk zero-padded), so a
 /// sample's bits do not depend on its batch (DESIGN.md "pipeline").
@@ -32,6 +34,8 @@ pub struct Denoiser {
     row_evals: AtomicU64,
     padded_rows: AtomicU64,
     keep_graph: bool,
+    training: bool,
+    guidance: Option<f64>,
 }
 
 impl Denoiser {
@@ -51,6 +55,8 @@ impl Denoiser {
             row_evals: AtomicU64::new(0),
             padded_rows: AtomicU64::new(0),
             keep_graph: false,
+            training: false,
+            guidance: None,
         }
     }
 
@@ -76,7 +82,40 @@ impl Denoiser {
         self
     }
 
-    /// Model evaluations so far (one per call of [`eval`](Self::eval), whatever the chunking).
+    /// Evaluates the model as in training: [`eval_keyed`](Self::eval_keyed)'s draws reach
+    /// the model (its dropout). Off by default: evaluation, sampling and likelihoods see the
+    /// network without dropout.
+    pub fn training(mut self, on: bool) -> Self {
+        self.training = on;
+        self
+    }
+
+    /// Classifier-free guidance with scale w (MATH.md §9): every evaluation with labels is
+    /// read as `ε̂ = (1 + w) ε̂(x, y) − w ε̂(x, ∅)`, two model calls (two NFE); w = 0 is the
+    /// conditional model alone (one call). Rows of a batch without labels, and models without
+    /// classes, are evaluated once, unguided. Combining in ε, with x and t shared, makes the
+    /// guided prediction valid in every target and for every solver.
+    pub fn guided(mut self, w: Option<f64>) -> Result<Self> {
+        if let Some(w) = w
+            && !w.is_finite()
+        {
+            return Err(crate::Error::invalid(
+                "sample",
+                "guidance",
+                format!("{w} is not a finite scale"),
+            ));
+        }
+        self.guidance = w;
+        Ok(self)
+    }
+
+    /// The guidance scale, if any.
+    pub fn guidance(&self) -> Option<f64> {
+        self.guidance
+    }
+
+    /// Model evaluations so far (one per call of [`eval`](Self::eval), whatever the chunking;
+    /// two for a guided one).
     pub fn nfe(&self) -> u64 {
         self.nfe.load(Ordering::Relaxed)
     }
@@ -112,7 +151,7 @@ impl Denoiser {
     /// [`eval_at`](Self::eval_at) with the output on autograd's graph whatever
     /// [`keep_graph`](Self::keep_graph) says (a vector-Jacobian product through the model).
     pub fn eval_tracked(&self, x: &Tensor, time: &Time) -> Result<Prediction<'_>> {
-        self.evaluate(x, time, self.cond.as_ref(), true)
+        self.evaluate(x, time, self.cond.as_ref(), true, None)
     }
 
     /// Evaluates the model at `(x, c)`, one time for every row: one NFE.
@@ -133,25 +172,54 @@ impl Denoiser {
         time: &Time,
         cond: Option<&Tensor>,
     ) -> Result<Prediction<'_>> {
-        self.evaluate(x, time, cond, self.keep_graph)
+        self.evaluate(x, time, cond, self.keep_graph, None)
     }
 
-    /// One counted evaluation, its output on the graph when `keep`.
+    /// [`eval_cond`](Self::eval_cond) with a training step's draws for the rows of `x`, which
+    /// reach the model (its dropout) when the denoiser is [`training`](Self::training).
+    pub fn eval_keyed(
+        &self,
+        x: &Tensor,
+        time: &Time,
+        cond: Option<&Tensor>,
+        key: RowKey,
+    ) -> Result<Prediction<'_>> {
+        self.evaluate(x, time, cond, self.keep_graph, Some(key))
+    }
+
+    /// One counted evaluation (two when guided), its output on the graph when `keep`.
     fn evaluate(
         &self,
         x: &Tensor,
         time: &Time,
         cond: Option<&Tensor>,
         keep: bool,
+        key: Option<RowKey>,
     ) -> Result<Prediction<'_>> {
-        self.nfe.fetch_add(1, Ordering::Relaxed);
-        self.row_evals
-            .fetch_add(x.dim(0)? as u64, Ordering::Relaxed);
-        time.expect_rows(x.dim(0)?, "the denoiser")?;
+        let n = x.dim(0)?;
+        time.expect_rows(n, "the denoiser")?;
         if let Some(c) = cond {
-            crate::ops::expect_rows(c, x.dim(0)?, "the conditioning")?;
+            crate::ops::expect_rows(c, n, "the conditioning")?;
         }
-        let out = self.forward_chunked(x, time, cond, keep)?;
+        let key = key.filter(|_| self.training);
+        let guide = match (self.guidance, cond, self.model.classes()) {
+            (Some(w), Some(_), Some(classes)) if w != 0.0 => Some((w, classes)),
+            _ => None,
+        };
+        let calls = if guide.is_some() { 2 } else { 1 };
+        self.nfe.fetch_add(calls, Ordering::Relaxed);
+        self.row_evals
+            .fetch_add(calls * n as u64, Ordering::Relaxed);
+        let mut out = self.forward_chunked(x, time, cond, keep, key)?;
+        if let Some((w, classes)) = guide {
+            let null = Tensor::full(crate::null_label(classes), n, x.device())?;
+            let out_u = self.forward_chunked(x, time, Some(&null), keep, key)?;
+            let param = &*self.param;
+            let eps_c = param.to_eps(&out, x, time)?;
+            let eps_u = param.to_eps(&out_u, x, time)?;
+            let eps = crate::ops::lin2(1.0 + w, &eps_c, -w, &eps_u)?;
+            out = param.from_eps(&eps, x, time)?;
+        }
         Ok(Prediction {
             out,
             x: x.clone(),
@@ -168,8 +236,9 @@ impl Denoiser {
         time: &Time,
         cond: Option<&Tensor>,
         keep: bool,
+        key: Option<RowKey>,
     ) -> Result<Tensor> {
-        let at = At::new(time.clone(), &*self.param);
+        let at = At::new(time.clone(), &*self.param).with_dropout(key);
         let out = self.model.forward(&self.param.input(x, time)?, &at, cond)?;
         Ok(if keep { out } else { out.detach() })
     }
@@ -180,11 +249,12 @@ impl Denoiser {
         time: &Time,
         cond: Option<&Tensor>,
         keep: bool,
+        key: Option<RowKey>,
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let chunk = match self.chunk_rows {
             Some(chunk) if !self.model.rows_independent() => chunk,
-            _ => return self.forward(x, time, cond, keep),
+            _ => return self.forward(x, time, cond, keep, key),
         };
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
@@ -194,16 +264,23 @@ impl Denoiser {
             let part = x.narrow(0, start, len)?;
             let time_part = time.narrow(start, len)?;
             let cond_part = cond.map(|t| t.narrow(0, start, len)).transpose()?;
+            let key_part = key.map(|k| k.skip(start));
             if len == chunk {
-                outs.push(self.forward(&part, &time_part, cond_part.as_ref(), keep)?);
+                outs.push(self.forward(&part, &time_part, cond_part.as_ref(), keep, key_part)?);
             } else {
                 let pad = chunk - len;
                 self.padded_rows.fetch_add(pad as u64, Ordering::Relaxed);
                 let padded = pad_rows(&part, pad)?;
                 let cond_padded = cond_part.map(|t| pad_rows(&t, pad)).transpose()?;
                 outs.push(
-                    self.forward(&padded, &time_part.padded(pad), cond_padded.as_ref(), keep)?
-                        .narrow(0, 0, len)?,
+                    self.forward(
+                        &padded,
+                        &time_part.padded(pad),
+                        cond_padded.as_ref(),
+                        keep,
+                        key_part,
+                    )?
+                    .narrow(0, 0, len)?,
                 );
             }
             start += len;

@@ -52,7 +52,7 @@ pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};
 pub use grid::GridKind;
 pub use loss::{Draws, Dsm};
-pub use model::{At, ModelContext, ParamEntry, Retarget, ScoreModel};
+pub use model::{At, ModelContext, ParamEntry, Retarget, ScoreModel, null_label};
 pub use param::{Conversions, Lin, Parameterization, TargetLin, convert};
 pub use pipeline::{Pipeline, PipelineBuilder, SampleOutput};
 pub use registry::{KINDS, Registry};
@@ -60,7 +60,7 @@ pub use sde::ForwardSde;
 pub use solver::{
     Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,
 };
-pub use state::{HistoryEntry, State};
+pub use state::{COND, HistoryEntry, State};
 pub use train::TrainSpec;
 pub use weighting::Weighting;
 

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::{
     Conversions, Denoiser, ForwardSde, PerRow, Result, Rows, Time, TimeCoefs, Weighting, convert,
-    noise::{Stream, philox_normal_tensor, philox_step_key, uniform_f64},
+    noise::{RowKey, Stream, philox_normal_tensor, philox_step_key, uniform_f64},
 };
 
 /// The draws of one batch: each row's time and noise.
@@ -31,6 +31,9 @@ pub struct Draws {
     pub time: Time,
     /// ε, shaped like the batch.
     pub eps: Tensor,
+    /// The step's draws for a network's dropout, keyed by the batch's first row (`None`: no
+    /// dropout, as in a loss evaluated at fixed draws).
+    pub dropout: Option<RowKey>,
 }
 
 /// The denoising score-matching objective of an SDE under a weighting.
@@ -42,6 +45,8 @@ pub struct Dsm {
 
 /// The uniform index of a row's time among its training draws.
 const T_DRAW: u64 = 0;
+/// The uniform index of a row's label-dropout draw among its training draws.
+const LABEL_DRAW: u64 = 1;
 
 impl Dsm {
     /// The objective of `sde` under `weighting`.
@@ -104,7 +109,42 @@ impl Dsm {
         Ok(Draws {
             time: PerRow::Rows(Rows::new(times)),
             eps: eps.reshape([vec![n], shape.to_vec()].concat())?,
+            dropout: Some(RowKey {
+                key: philox_step_key(seed, Stream::Dropout, step),
+                first_row: offset,
+            }),
         })
+    }
+
+    /// Classifier-free guidance's label dropout (Ho & Salimans 2022): the labels of rows
+    /// `offset..offset + n` at training step `step`, each replaced by ∅
+    /// ([`crate::null_label`]`(classes)`) with probability `p`, decided by the row's uniform 1
+    /// of (seed, step, row) on the training stream — the same in any batch split.
+    pub fn drop_labels(
+        labels: &Tensor,
+        classes: usize,
+        p: f64,
+        (seed, step, offset): (u64, u64, u64),
+    ) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(labels.clone());
+        }
+        let key = philox_step_key(seed, Stream::Training, step);
+        let null = crate::null_label(classes);
+        let kept: Vec<u32> = labels
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, y)| {
+                if uniform_f64(key, offset + i as u64, LABEL_DRAW) < p {
+                    null
+                } else {
+                    y
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(kept, labels.dim(0)?, labels.device())?)
     }
 
     /// The same noise with every row at time `t`, as one time per call (the loss at one
@@ -113,6 +153,7 @@ impl Dsm {
         Draws {
             time: PerRow::Call(self.sde.coefs(t)),
             eps: draws.eps.clone(),
+            dropout: draws.dropout,
         }
     }
 
@@ -128,7 +169,12 @@ impl Dsm {
     ) -> Result<Tensor> {
         let time = &draws.time;
         let x = convert::noisy(x0, &draws.eps, time)?;
-        let out = denoiser.eval_cond(&x, time, cond)?.output().clone();
+        let out = match draws.dropout {
+            Some(key) => denoiser.eval_keyed(&x, time, cond, key)?,
+            None => denoiser.eval_cond(&x, time, cond)?,
+        }
+        .output()
+        .clone();
         let param = denoiser.param();
         let target = param.target_of(x0, &draws.eps, time)?;
         let n = x0.dim(0)?;

@@ -50,6 +50,9 @@ pub struct At {
     pub time: Time,
     /// c_noise, per call or per row.
     pub c_noise: PerRow<f64>,
+    /// The draws of a training step, for a network's dropout ([`crate::ops::dropout`]);
+    /// `None` everywhere else (evaluation, sampling, likelihoods): dropout is off.
+    pub dropout: Option<crate::noise::RowKey>,
 }
 
 impl At {
@@ -69,8 +72,22 @@ impl At {
         Self {
             c_noise: param.noise_level(&time),
             time,
+            dropout: None,
         }
     }
+
+    /// This evaluation with a training step's dropout draws.
+    pub fn with_dropout(mut self, key: Option<crate::noise::RowKey>) -> Self {
+        self.dropout = key;
+        self
+    }
+}
+
+/// The label that stands for "no label" (∅) in a conditional model's `cond`: `classes` itself,
+/// one past the last class. Classifier-free guidance evaluates a model at it, and training
+/// drops labels to it.
+pub fn null_label(classes: usize) -> u32 {
+    u32::try_from(classes).unwrap_or(u32::MAX)
 }
 
 /// A model of the score, evaluated in row batches `x: [n, ...]` at one time per call or one
@@ -85,8 +102,16 @@ pub trait ScoreModel: Send + Sync + Debug {
     fn sample_shape(&self) -> Vec<usize>;
 
     /// The model output at the network input `x` (c_in·x_t) and `at`, in the model's target.
-    /// `cond` is optional conditioning (class labels), one row per row of `x`.
+    /// `cond` is optional conditioning: class labels, `[n]` u32, one per row of `x`, each in
+    /// 0 … classes − 1 or [`null_label`] (∅: unconditional). A conditional model treats
+    /// `None` as ∅ for every row; an unconditional one ignores `cond`.
     fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor>;
+
+    /// The number of classes a conditional model takes in `cond` (its label ∅ is
+    /// [`null_label`]`(classes)`); `None` (the default): unconditional.
+    fn classes(&self) -> Option<usize> {
+        None
+    }
 
     /// The target this model predicts in when the model fixes it (an exact model, a network
     /// loaded with what it was trained on); `None` for a network that learns the target the
@@ -196,7 +221,7 @@ impl ScoreModel for Retarget {
     fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
         let (to, from) = (&*self.to.plugin, &*self.from.plugin);
         let x = to.undo_input(x, &at.time)?;
-        let inner_at = At::new(at.time.clone(), from);
+        let inner_at = At::new(at.time.clone(), from).with_dropout(at.dropout);
         let out = self
             .inner
             .forward(&from.input(&x, &at.time)?, &inner_at, cond)?;
@@ -210,6 +235,10 @@ impl ScoreModel for Retarget {
 
     fn rows_independent(&self) -> bool {
         self.inner.rows_independent()
+    }
+
+    fn classes(&self) -> Option<usize> {
+        self.inner.classes()
     }
 
     fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {

@@ -44,6 +44,8 @@ pub enum Stream {
     Dequantize = 8,
     /// The times and noise of the variational bound ([`likelihood`](crate::likelihood)).
     Bound = 9,
+    /// A network's dropout masks in training, keyed by (seed, step, row) ([`RowKey`]).
+    Dropout = 10,
 }
 
 /// A Philox key for `seed` and `stream`.
@@ -142,6 +144,60 @@ impl RowNoise {
     /// The row's uniform on (0, 1) at uniform index `index` (a stream apart from the normals).
     pub fn uniform(&self, index: u64) -> f64 {
         uniform_f64(self.key, self.row, index)
+    }
+}
+
+/// Fills `out` with the uniforms on (0, 1) of `sample` at uniform indices
+/// `first..first + out.len()`: [`uniform_f64`]'s values, rounded to f32 when `T` is f32, four
+/// per Philox block.
+pub fn fill_uniforms<T: Copy>(
+    key: [u32; 2],
+    sample: u64,
+    first: u64,
+    out: &mut [T],
+    cast: fn(f64) -> T,
+) {
+    let mut idx = first;
+    let mut j = 0;
+    while j < out.len() {
+        let w = block(key, sample, (1 << 63) | (idx / 4));
+        let lane = (idx % 4) as usize;
+        let take = (4 - lane).min(out.len() - j);
+        for (o, &word) in out[j..j + take].iter_mut().zip(&w[lane..lane + take]) {
+            *o = cast(u32_to_unit_f64(word));
+        }
+        j += take;
+        idx += take as u64;
+    }
+}
+
+/// A Philox key for the draws of `key` under a sub-stream `index` (a network's dropout layer
+/// `index` within one training step's key).
+pub fn philox_subkey(key: [u32; 2], index: u64) -> [u32; 2] {
+    let k = splitmix64(
+        (u64::from(key[1]) << 32 | u64::from(key[0])) ^ splitmix64(index ^ 0xd1b5_4a32_d192_ed03),
+    );
+    [k as u32, (k >> 32) as u32]
+}
+
+/// The draws a training step gives rows `first_row..` of a batch (a network's dropout): a key
+/// of (seed, step) and the global index of the batch's row 0, so that a row's draws are the
+/// same in any batch split (gradient accumulation, shards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowKey {
+    /// The step's Philox key.
+    pub key: [u32; 2],
+    /// The index of the batch's row 0.
+    pub first_row: u64,
+}
+
+impl RowKey {
+    /// The key of the rows from `start` on (a chunk of the batch).
+    pub fn skip(self, start: usize) -> Self {
+        Self {
+            first_row: self.first_row + start as u64,
+            ..self
+        }
     }
 }
 

@@ -41,9 +41,16 @@ pub struct PipelineBuilder {
     capture_trajectory: bool,
     progress: Option<Progress>,
     denoise_final: bool,
+    guidance: Option<f64>,
 }
 
 impl PipelineBuilder {
+    /// Classifier-free guidance with scale w for runs whose rows carry labels
+    /// ([`State::with_cond`]); see [`Denoiser::guided`]. Default: none.
+    pub fn guidance(mut self, w: Option<f64>) -> Self {
+        self.guidance = w;
+        self
+    }
     /// The forward SDE.
     pub fn sde(mut self, sde: Arc<dyn ForwardSde>) -> Self {
         self.sde = Some(sde);
@@ -179,6 +186,22 @@ impl PipelineBuilder {
             steps: self.steps.unwrap_or(default.steps),
             grid: self.grid.unwrap_or(default.grid),
         };
+        if let Some(w) = self.guidance {
+            if !w.is_finite() {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "guidance",
+                    format!("{w} is not a finite scale"),
+                ));
+            }
+            if model.classes().is_none() {
+                return Err(Error::invalid(
+                    "pipeline",
+                    "guidance",
+                    format!("{model:?} is not conditional: it takes no class labels to guide"),
+                ));
+            }
+        }
         let chunk_rows = self.chunk_rows.unwrap_or(Some(DEFAULT_CHUNK_ROWS));
         if chunk_rows == Some(0) {
             return Err(Error::invalid(
@@ -203,6 +226,7 @@ impl PipelineBuilder {
             capture_trajectory: self.capture_trajectory,
             progress: self.progress,
             denoise_final: self.denoise_final,
+            guidance: self.guidance,
         })
     }
 }
@@ -224,6 +248,7 @@ pub struct Pipeline {
     capture_trajectory: bool,
     progress: Option<Progress>,
     denoise_final: bool,
+    guidance: Option<f64>,
 }
 
 /// What a run returns.
@@ -270,15 +295,39 @@ impl Pipeline {
         self.denoise_final
     }
     /// Model evaluations per sample the run costs: the solver's per step, plus the final
-    /// denoising step; `None` for an adaptive solver, whose cost each run reports.
+    /// denoising step, twice over when guided (a run with labels); `None` for an adaptive
+    /// solver, whose cost each run reports.
     pub fn claimed_nfe(&self) -> Option<u64> {
         if self.solver.adaptive().is_some() {
             return None;
         }
+        let guided = 1 + u64::from(self.guidance.is_some_and(|w| w != 0.0));
         Some(
-            (self.solver.claims().nfe_per_step * self.schedule.steps) as u64
-                + u64::from(self.denoise_final),
+            guided
+                * ((self.solver.claims().nfe_per_step * self.schedule.steps) as u64
+                    + u64::from(self.denoise_final)),
         )
+    }
+
+    /// The guidance scale of runs with labels, if any.
+    pub fn guidance(&self) -> Option<f64> {
+        self.guidance
+    }
+
+    /// x̂₀ at the rows of `x` at time `t`, read as a run reads the model (with the rows'
+    /// `cond` and the run's guidance): what a trajectory's frames show.
+    pub fn denoised(&self, x: &Tensor, t: f64, cond: Option<&Tensor>) -> Result<Tensor> {
+        let denoiser = Denoiser::new(
+            self.model.clone(),
+            self.param.clone(),
+            self.chunk_rows,
+            None,
+        )
+        .guided(self.guidance)?;
+        let x = x.to_dtype(self.dtype)?.to_device(&self.device)?;
+        denoiser
+            .eval_cond(&x, &self.sde.coefs(t).into(), cond)?
+            .x0()
     }
     /// The parameterization the model's output is read in (its target).
     pub fn param(&self) -> &dyn Parameterization {
@@ -345,7 +394,8 @@ impl Pipeline {
             self.param.clone(),
             self.chunk_rows,
             None,
-        );
+        )
+        .guided(self.guidance)?;
         let span = tracing::debug_span!(
             "sample",
             steps = self.schedule.steps,
@@ -357,7 +407,9 @@ impl Pipeline {
         let at_end = state.t == self.times[steps];
         if self.denoise_final && at_end {
             let c = self.sde.coefs(self.times[steps]);
-            let x0 = denoiser.eval(&state.x, &c)?.x0()?;
+            let x0 = denoiser
+                .eval_cond(&state.x, &c.into(), state.cond())?
+                .x0()?;
             if !all_finite(&x0)? {
                 return Err(Error::NonFinite {
                     what: "the final denoised samples".into(),
@@ -419,12 +471,14 @@ impl Pipeline {
         for i in first..steps {
             let from = self.sde.coefs(times[i]);
             let to = self.sde.coefs(times[i + 1]);
-            let ctx = run.step(StepSpan {
-                from,
-                to,
-                step: i,
-                steps,
-            });
+            let ctx = run
+                .step(StepSpan {
+                    from,
+                    to,
+                    step: i,
+                    steps,
+                })
+                .for_state(&state);
             let step = self.solver.step(&ctx, &state)?;
             let mut next = step.state;
             next.t = to.t;

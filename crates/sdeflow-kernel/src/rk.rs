@@ -366,7 +366,7 @@ impl OdeField for PfOde<'_, '_> {
         Ok(vec![match time {
             Time::Call(c) => pf_ode_drift(self.0, x, c)?,
             Time::Rows(_) => {
-                let score = self.0.denoiser.eval_at(x, time)?.score()?;
+                let score = self.0.eval_at(x, time)?.score()?;
                 lin2_rows(&time.map(|c| c.f), x, &time.map(|c| -0.5 * c.g2), &score)?
             }
         }])

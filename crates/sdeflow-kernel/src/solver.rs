@@ -120,6 +120,7 @@ impl<'a> RunContext<'a> {
             step: span.step,
             steps: span.steps,
             rows: None,
+            cond: None,
             draws: Cell::new(0),
             draw_calls: Cell::new(0),
         }
@@ -186,11 +187,23 @@ pub struct StepContext<'a> {
     /// The number of steps in the run (0 in an adaptive run: not known in advance).
     pub steps: usize,
     rows: Option<(Rows<TimeCoefs>, Rows<TimeCoefs>)>,
+    cond: Option<Tensor>,
     draws: Cell<u64>,
     draw_calls: Cell<u64>,
 }
 
 impl<'a> StepContext<'a> {
+    /// This step for `state`'s rows: their labels ([`State::cond`]) go with every model call.
+    pub(crate) fn for_state(mut self, state: &State) -> Self {
+        self.cond = state.cond().cloned();
+        self
+    }
+
+    /// The labels of the rows this step evaluates, if the run is conditional.
+    pub fn cond(&self) -> Option<&Tensor> {
+        self.cond.as_ref()
+    }
+
     /// The step's ends: one time for every row ([`from`](Self::from), [`to`](Self::to)), or
     /// each row's own in an adaptive run.
     pub fn span(&self) -> (Time, Time) {
@@ -215,9 +228,18 @@ impl<'a> StepContext<'a> {
         self.step + 1 == self.steps
     }
 
-    /// Evaluates the model at `(x, c)`: one NFE.
+    /// Evaluates the model at `(x, c)` with the rows' labels: one NFE (two when guided).
     pub fn eval(&self, x: &Tensor, c: &TimeCoefs) -> Result<Prediction<'a>> {
-        self.denoiser.eval(x, c)
+        self.eval_at(x, &Time::Call(*c))
+    }
+
+    /// Evaluates the model at `x` and `time` (per call, or per row in an adaptive run) with
+    /// the rows' labels.
+    pub fn eval_at(&self, x: &Tensor, time: &Time) -> Result<Prediction<'a>> {
+        match &self.cond {
+            Some(cond) => self.denoiser.eval_cond(x, time, Some(cond)),
+            None => self.denoiser.eval_at(x, time),
+        }
     }
 
     /// The coefficients at any time `t` (for a stage between `from` and `to`).

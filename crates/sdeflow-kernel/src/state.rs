@@ -44,7 +44,25 @@ pub struct State {
     pub first_stage: Option<Vec<Tensor>>,
 }
 
+/// The extra holding each row's class label (`[n]` u32) in a conditional run.
+pub const COND: &str = "cond";
+
 impl State {
+    /// Each row's class label in a conditional run ([`COND`]).
+    pub fn cond(&self) -> Option<&Tensor> {
+        self.extras.get(COND)
+    }
+
+    /// This state with each row's class label (`[n]` u32; [`crate::null_label`] for none),
+    /// which every model call of the run receives and which follows the rows wherever the
+    /// loop moves them.
+    pub fn with_cond(mut self, labels: Tensor) -> Result<Self> {
+        crate::ops::expect_rows(&labels, self.rows()?, "the labels")?;
+        self.extras
+            .insert(COND.into(), labels.to_dtype(DType::U32)?);
+        Ok(self)
+    }
+
     /// A fresh state at time `t` with rows numbered from `sample_offset`.
     pub fn new(x: Tensor, t: f64, sample_offset: u64) -> Self {
         Self {

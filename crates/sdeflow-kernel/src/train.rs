@@ -267,6 +267,10 @@ pub struct TrainSpec {
     /// Micro-batches per step whose gradients are summed (the same rows, draws and loss as one
     /// batch of `batch` rows, in less memory).
     pub accumulate: usize,
+    /// For a conditional model: the probability that a row's label is replaced by ∅, so that
+    /// one network learns the conditional and the unconditional score (classifier-free
+    /// guidance; Ho & Salimans 2022 train with 0.1 or 0.2).
+    pub label_dropout: f64,
     /// The peak learning rate.
     pub lr: f64,
     /// Linear warm-up steps.
@@ -297,6 +301,7 @@ impl Default for TrainSpec {
             steps: 3_000,
             batch: 512,
             accumulate: 1,
+            label_dropout: 0.1,
             lr: 2e-3,
             warmup: 100,
             decay: Decay::Cosine {
@@ -337,6 +342,15 @@ impl TrainSpec {
                 format!(
                     "{} micro-batches cannot split a batch of {}; use 1 to {}",
                     self.accumulate, self.batch, self.batch
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.label_dropout) {
+            return bad(
+                "label_dropout",
+                format!(
+                    "{} is not a probability in [0, 1) (0: never drop a label)",
+                    self.label_dropout
                 ),
             );
         }

@@ -140,6 +140,7 @@ fn per_row_and_per_call_losses_agree() -> Result<()> {
         let rows = sdeflow_kernel::Draws {
             time: PerRow::Rows(Rows::new(vec![Ou.coefs(t); n])),
             eps: draws.eps.clone(),
+            dropout: None,
         };
         let d = law.denoiser();
         let (a, b) = (

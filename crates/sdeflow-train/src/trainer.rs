@@ -72,6 +72,19 @@ impl Trainer {
             .varmap()
             .ok_or_else(|| Error::Msg(format!("{model:?} has no trainable variables")))?;
         let params = Params::new(vm)?;
+        match (model.classes(), data.source().classes()) {
+            (Some(k), None) => {
+                return Err(Error::Msg(format!(
+                    "{model:?} is conditional on {k} classes, but the data has no labels; use a labelled source (digits(), idx(...)) or an unconditional model"
+                )));
+            }
+            (Some(k), Some(m)) if k != m => {
+                return Err(Error::Msg(format!(
+                    "{model:?} is conditional on {k} classes, but the data has {m}; set the model's classes to {m}"
+                )));
+            }
+            _ => {}
+        }
         let schedule = spec.schedule();
         let opt = AdamW::new(params.clone(), spec.optimizer)?;
         let emas = spec
@@ -84,7 +97,9 @@ impl Trainer {
             seed,
             dsm: Dsm::new(sde, weighting),
             eval: Denoiser::new(model.clone(), param.clone(), None, None),
-            denoiser: Denoiser::new(model, param, None, None).keep_graph(true),
+            denoiser: Denoiser::new(model, param, None, None)
+                .keep_graph(true)
+                .training(true),
             data,
             params,
             opt,
@@ -217,6 +232,15 @@ impl Trainer {
                 hi - lo,
             )?;
             let (x0, labels) = batch.tensors(self.dtype, &self.device)?;
+            let labels = match (labels, self.denoiser.model().classes()) {
+                (Some(y), Some(classes)) => Some(Dsm::drop_labels(
+                    &y,
+                    classes,
+                    self.spec.label_dropout,
+                    (self.seed, n, lo as u64),
+                )?),
+                (y, _) => y,
+            };
             let draws = self.dsm.draw(
                 self.seed,
                 n,
