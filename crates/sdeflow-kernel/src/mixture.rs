@@ -144,6 +144,24 @@ impl GaussianMixture {
         self.weights.len()
     }
 
+    /// Component `k` alone, N(m_k, S_k): the law of class k when rows are labelled by their
+    /// component (`gmm(labels: true)`).
+    pub fn component(&self, k: usize) -> Result<Self> {
+        if k >= self.components() {
+            return Err(Error::invalid(
+                PLUGIN,
+                "component",
+                format!("{k} is not below the {} components", self.components()),
+            ));
+        }
+        Ok(Self {
+            weights: vec![1.0],
+            means: vec![self.means[k].clone()],
+            covs: vec![self.covs[k].clone()],
+            diagonal: self.diagonal,
+        })
+    }
+
     /// The mixture's mean Σ w_k m_k.
     pub fn mean(&self) -> Vec<f64> {
         let mut m = DVector::zeros(self.dim());

@@ -10,6 +10,13 @@
 //! parameterization, resolved through the registry): the denoiser converts to whatever a solver
 //! reads, and `sdeflow_kernel::Retarget` reports it in any other target.
 //!
+//!
+//! Class-conditional (data `gmm(labels: true)`, whose rows are labelled by their component):
+//! a row with label k gets the score of component k's marginal alone, N(α m_k, C_k), so
+//! `ŝ(x, k) = −C_k⁻¹ (x − α m_k)`; a row with the label ∅ (`null_label(K)`), or no labels at
+//! all, gets the mixture's. Classifier-free guidance then combines the two in ε (MATH.md §9),
+//! and at w = 0 each class is sampled from its component's law exactly.
+//!
 //! # Parameters
 //! The mixture p₀ is the exact law of the config's data (`data: gmm(...)`, read through the
 //! model's build context), so a config names it once: `model: gmm_oracle()`. Built without
@@ -23,7 +30,9 @@
 //! # Claims
 //! Exact to f64 rounding, per call and per row (a row at its own time gets the score of the
 //! marginal at that time, bit for bit what a call at that time gives it); rows are
-//! independent (no batch coupling), so chunking is skipped; no trainable variables. It also draws exact samples of p_t and gives log p_t (for
+//! independent (no batch coupling), so chunking is skipped; no trainable variables; with
+//! labelled data, each label's rows get their component's exact score and ∅'s the
+//! mixture's (likelihoods, which pass no labels, are the mixture's). It also draws exact samples of p_t and gives log p_t (for
 //! likelihood checks) through [`GmmOracle::marginal`].
 //!
 //! # References
@@ -64,6 +73,8 @@ impl Params {
 pub struct GmmOracle {
     mixture: GaussianMixture,
     target: ParamEntry,
+    /// Each class's law (component k alone) when the data labels rows by component.
+    classes: Option<Vec<GaussianMixture>>,
 }
 
 /// The registered parameterization the oracle predicts in.
@@ -80,7 +91,25 @@ impl GmmOracle {
                     "gmm_oracle predicts the score through the registered `{TARGET}` parameterization: {e}"
                 ))
             })?;
-        Ok(Self { mixture, target })
+        Ok(Self {
+            mixture,
+            target,
+            classes: None,
+        })
+    }
+
+    /// This oracle conditional on the component: label k's law is component k alone.
+    pub fn conditional(mut self) -> Result<Self> {
+        let laws = (0..self.mixture.components())
+            .map(|k| self.mixture.component(k))
+            .collect::<Result<Vec<_>>>()?;
+        self.classes = Some(laws);
+        Ok(self)
+    }
+
+    /// The law of class `k` (component k) of a conditional oracle.
+    pub fn class_law(&self, k: usize) -> Option<&GaussianMixture> {
+        self.classes.as_ref().and_then(|c| c.get(k))
     }
 
     /// Builds the oracle from its parameters, or from the exact law of the context's data
@@ -89,6 +118,9 @@ impl GmmOracle {
         let law = ctx.data.as_ref().and_then(|d| d.source().exact_law());
         if !p.names_a_mixture() {
             return match (law, &ctx.data) {
+                (Some(law), Some(data)) if data.source().classes().is_some() => {
+                    Self::new(law.clone())?.conditional()
+                }
                 (Some(law), _) => Self::new(law.clone()),
                 (None, Some(_)) => Err(Error::invalid(
                     "gmm_oracle",
@@ -157,7 +189,7 @@ impl ScoreModel for GmmOracle {
         vec![self.mixture.dim()]
     }
 
-    fn forward(&self, x: &Tensor, at: &At, _cond: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
         let d = self.mixture.dim();
         if x.rank() != 2 || x.dim(1)? != d {
             return Err(Error::Shape(format!(
@@ -166,11 +198,18 @@ impl ScoreModel for GmmOracle {
             )));
         }
         at.time.expect_rows(x.dim(0)?, "gmm_oracle")?;
+        if let (Some(laws), Some(cond)) = (&self.classes, cond) {
+            return self.class_scores(laws, x, &at.time, cond);
+        }
         let score = match &at.time {
             PerRow::Call(c) => self.score(x, c)?,
             PerRow::Rows(rows) => self.score_rows(x, rows)?,
         };
         Ok(score.to_dtype(x.dtype())?)
+    }
+
+    fn classes(&self) -> Option<usize> {
+        self.classes.as_ref().map(Vec::len)
     }
 
     fn target(&self) -> Option<ParamEntry> {
@@ -204,6 +243,59 @@ impl ScoreModel for GmmOracle {
 }
 
 impl GmmOracle {
+    /// The score of each row of `x` under its label's law: component k for label k, the
+    /// mixture for ∅, evaluated label by label on the rows that carry it.
+    fn class_scores(
+        &self,
+        laws: &[GaussianMixture],
+        x: &Tensor,
+        time: &Time,
+        cond: &Tensor,
+    ) -> Result<Tensor> {
+        let d = self.mixture.dim();
+        let n = x.dim(0)?;
+        let labels = cond.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let null = sdeflow_kernel::null_label(laws.len());
+        if let Some(bad) = labels.iter().find(|&&y| y > null) {
+            return Err(Error::invalid(
+                "gmm_oracle",
+                "cond",
+                format!(
+                    "label {bad} is not a class 0 … {} nor ∅ ({null})",
+                    laws.len() - 1
+                ),
+            ));
+        }
+        let host = host_rows(x)?;
+        let mut out = vec![0.0; n * d];
+        for label in 0..=null {
+            let rows: Vec<usize> = (0..n).filter(|&i| labels[i] == label).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let law = laws.get(label as usize).unwrap_or(&self.mixture);
+            let xs: Vec<f64> = rows
+                .iter()
+                .flat_map(|&i| host[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let coefs: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|&i| {
+                    let c = match time {
+                        PerRow::Call(c) => c,
+                        PerRow::Rows(r) => &r.values()[i],
+                    };
+                    (c.alpha, c.sigma)
+                })
+                .collect();
+            let s = law.score_rows(&coefs, &xs)?;
+            for (j, &i) in rows.iter().enumerate() {
+                out[i * d..(i + 1) * d].copy_from_slice(&s[j * d..(j + 1) * d]);
+            }
+        }
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?.to_dtype(x.dtype())?)
+    }
+
     /// Per row of `x` at its time: `f(marginal, row, score_out) -> scalar`; returns the scores
     /// (`x`'s shape, f64) and the scalars (`[n]`, f64).
     fn exact_rows(
