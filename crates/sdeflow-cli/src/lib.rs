@@ -11,6 +11,7 @@
 //! Everything runs through [`main_with`], so tests drive the command line in-process.
 
 pub mod device;
+pub mod images;
 pub mod nll;
 pub mod plan;
 pub mod plot;

@@ -257,7 +257,14 @@ pub fn image_grid(
     let height = lines * (tile_h + border) + border;
     let (lo, hi) = range;
     let scale = if hi > lo { 255.0 / (hi - lo) } else { 0.0 };
-    let byte = |v: f64| ((v - lo) * scale).round().clamp(0.0, 255.0) as u8;
+    // A value that is not finite is a blank tile's (a short line of a grid by class).
+    let byte = |v: f64| {
+        if v.is_finite() {
+            ((v - lo) * scale).round().clamp(0.0, 255.0) as u8
+        } else {
+            255
+        }
+    };
     let img = image::RgbImage::from_fn(width as u32, height as u32, |x, y| {
         let (x, y) = (x as usize, y as usize);
         let (col, px) = (

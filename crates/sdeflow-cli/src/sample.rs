@@ -6,7 +6,9 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Instant};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdeflow_conformance::sw2::{REFERENCE_SEED, reference_and_floor};
-use sdeflow_kernel::{Config, Error, Result, TimeCoefs, io::write_atomic, pipeline::Progress};
+use sdeflow_kernel::{
+    Config, Error, Result, Split, TimeCoefs, io::write_atomic, pipeline::Progress,
+};
 use serde::Serialize;
 
 /// Metrics against the exact law at t_ε.
@@ -82,8 +84,54 @@ pub struct Summary {
     pub exact: Option<ExactMetrics>,
     /// For 2-D data without an exact law: against its held-out rows.
     pub heldout: Option<HeldoutMetrics>,
+    /// The guidance scale w of a conditional model's samples.
+    pub guidance: Option<f64>,
+    /// The classes drawn, in turn (empty: unconditional).
+    pub classes: Vec<u32>,
+    /// For images of stored, labelled data: quality without a pretrained network.
+    pub images: Option<ImageMetrics>,
     /// Files written.
     pub files: Vec<String>,
+}
+
+/// One candidate guidance scale, scored on the selection seed's samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuidanceTrial {
+    /// w.
+    pub scale: f64,
+    /// Mean over classes of the pixel sliced W2 between the samples of a class and as many
+    /// training images of it (the criterion: lowest wins).
+    pub class_sliced_w2: f64,
+    /// The k-NN accuracy of the same samples.
+    pub accuracy: f64,
+}
+
+/// Image samples against the real images.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageMetrics {
+    /// k of the k-NN classifier (on the training images).
+    pub knn: usize,
+    /// The classifier's accuracy on the samples (labelled with the class they were drawn for).
+    pub accuracy: Option<crate::images::Accuracy>,
+    /// The same for samples of the same seed and classes at w = 0 (when w ≠ 0).
+    pub accuracy_unguided: Option<crate::images::Accuracy>,
+    /// Mean distance from a sample to its nearest training image.
+    pub nearest_train_distance: f64,
+    /// Mean distance from a held-out image to its nearest training image (samples much
+    /// closer than this are memorised).
+    pub heldout_nearest_train_distance: f64,
+    /// Pixel sliced W2 between the first `sliced_w2_rows` samples and as many held-out images.
+    pub sliced_w2: f64,
+    /// Mean SW2 of 20 sets of training images against the same held-out images (the floor).
+    pub sliced_w2_floor_mean: f64,
+    /// Their standard deviation.
+    pub sliced_w2_floor_sd: f64,
+    /// Rows in each SW2 set.
+    pub sliced_w2_rows: usize,
+    /// The candidate scales, when the scale was searched.
+    pub search: Vec<GuidanceTrial>,
+    /// The seed of the search's samples (the config's seed + 1).
+    pub search_seed: Option<u64>,
 }
 
 impl fmt::Display for Summary {
@@ -137,6 +185,64 @@ impl fmt::Display for Summary {
             writeln!(
                 f,
                 "sliced W2 against held-out data {:.4} (training-data floor {:.4} ± {:.4}, {:.2}× its mean)",
+                m.sliced_w2,
+                m.sliced_w2_floor_mean,
+                m.sliced_w2_floor_sd,
+                m.sliced_w2 / m.sliced_w2_floor_mean
+            )?;
+        }
+        if let Some(m) = &self.images {
+            if let (Some(best), Some(seed)) = (
+                m.search.iter().find(|t| Some(t.scale) == self.guidance),
+                m.search_seed,
+            ) {
+                let tried: Vec<String> = m
+                    .search
+                    .iter()
+                    .map(|t| format!("{} ({:.3})", t.scale, t.class_sliced_w2))
+                    .collect();
+                writeln!(
+                    f,
+                    "guidance scale {} chosen on seed {seed}'s samples by class-conditional pixel sliced W2 (lowest): {}; its {}-NN accuracy there {:.1}%",
+                    best.scale,
+                    tried.join(", "),
+                    m.knn,
+                    100.0 * best.accuracy
+                )?;
+            }
+            if let Some(a) = &m.accuracy {
+                let worst = a
+                    .per_class
+                    .iter()
+                    .min_by(|x, y| x.1.total_cmp(&y.1))
+                    .map_or(String::new(), |(c, v, _)| {
+                        format!("; worst class {c} {:.1}%", 100.0 * v)
+                    });
+                writeln!(
+                    f,
+                    "{}-NN accuracy of samples for their class {:.1}% at w = {}{worst}{}",
+                    m.knn,
+                    100.0 * a.overall,
+                    self.guidance.unwrap_or(0.0),
+                    m.accuracy_unguided
+                        .as_ref()
+                        .map_or(String::new(), |u| format!(
+                            "; unguided (w = 0) {:.1}%",
+                            100.0 * u.overall
+                        ))
+                )?;
+            }
+            writeln!(
+                f,
+                "nearest training image: {:.3} from a sample, {:.3} from a held-out image (mean; {:.2}×)",
+                m.nearest_train_distance,
+                m.heldout_nearest_train_distance,
+                m.nearest_train_distance / m.heldout_nearest_train_distance
+            )?;
+            writeln!(
+                f,
+                "pixel sliced W2 against {} held-out images {:.4} (floor: training images {:.4} ± {:.4}, {:.2}× its mean)",
+                m.sliced_w2_rows,
                 m.sliced_w2,
                 m.sliced_w2_floor_mean,
                 m.sliced_w2_floor_sd,
@@ -250,7 +356,22 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             bar.set_position(done as u64);
         }))
     };
-    let pipeline = config.builder(device.clone()).progress(progress).build()?;
+    let n = config.samples;
+    let spec = config
+        .guidance_spec()
+        .filter(|g| g.classes != sdeflow_kernel::config::Classes::None);
+    let classes = config.model.plugin.classes();
+    let reference = image_reference(config)?;
+    let (scale, trials) = choose_scale(config, &device, spec.as_ref(), reference.as_ref())?;
+    let labels = match (&spec, classes) {
+        (Some(g), Some(k)) => Some(g.labels(0, n, k, &device)?),
+        _ => None,
+    };
+    let pipeline = config
+        .builder(device.clone())
+        .guidance(scale)
+        .progress(progress)
+        .build()?;
     let schedule = pipeline.discretization();
     let adaptive = pipeline.solver().adaptive();
     let schedule_text = match adaptive {
@@ -267,18 +388,28 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         );
     }
     let start = Instant::now();
-    let first = match &config.latents {
+    let mut first = match &config.latents {
         None => pipeline.prior_state(0, config.samples)?,
         Some(path) => latent_state(config, &pipeline, path)?,
     };
+    if let Some(y) = &labels {
+        first = first.with_cond(y.clone())?;
+    }
     let x_start = first.x.clone();
     let result = pipeline.run(first)?;
     let wall = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
     let x = result.state.x.to_device(&Device::Cpu)?;
-    let n = config.samples;
     let d = x.elem_count() / n;
+    let shape = pipeline.model().sample_shape();
+    let image = shape.len() >= 2;
+    let wanted: Option<Vec<u32>> = labels.as_ref().map(|y| y.to_vec1::<u32>()).transpose()?;
+    let display_range = config
+        .data
+        .as_ref()
+        .and_then(|data| data.plugin.source().range())
+        .unwrap_or((-1.0, 1.0));
     let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     let mut files = Vec::new();
     if config.outputs.npy {
@@ -307,6 +438,41 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
                 config.solver.name, config.sde.name, schedule_text
             );
             crate::plot::paths(&path, &host_frames, &title)?;
+            files.push(path.display().to_string());
+        }
+        if image {
+            // x̂₀ over the steps for the first sample of each class (or the first samples).
+            let rows: Vec<usize> = match (&wanted, &spec, classes) {
+                (Some(y), Some(g), Some(k)) => g
+                    .drawn(k)
+                    .iter()
+                    .filter_map(|c| y.iter().position(|l| l == c))
+                    .take(10)
+                    .collect(),
+                _ => (0..n.min(8)).collect(),
+            };
+            let ids = Tensor::from_vec(
+                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                rows.len(),
+                &Device::Cpu,
+            )?;
+            let cond = labels
+                .as_ref()
+                .map(|y| y.to_device(&Device::Cpu)?.index_select(&ids, 0))
+                .transpose()?;
+            let times = std::iter::once(pipeline.times()[0])
+                .chain(result.trajectory.iter().map(|(t, _)| *t));
+            let mut strip_frames = Vec::with_capacity(frames.len());
+            for (t, frame) in times.zip(&frames) {
+                let part = frame.index_select(&ids, 0)?;
+                let x0 = pipeline.denoised(&part, t.max(pipeline.sde().t_eps()), cond.as_ref())?;
+                strip_frames.push(crate::images::host(&x0)?);
+            }
+            let all: Vec<usize> = (0..rows.len()).collect();
+            let columns = (crate::plot::GRID_ROWS / rows.len().max(1)).clamp(2, 8);
+            let values = crate::images::strip(&strip_frames, &all, d, columns);
+            let path = dir.join("trajectory.png");
+            crate::plot::image_grid(&path, &values, &shape, display_range, columns)?;
             files.push(path.display().to_string());
         }
     }
@@ -383,6 +549,30 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         exact_rows = Some(("held-out data", rows));
     }
 
+    let images = match &reference {
+        Some(r) if r.d == d => Some(image_metrics(
+            config,
+            &device,
+            r,
+            (&host, wanted.as_deref()),
+            (scale, labels.as_ref()),
+            trials,
+        )?),
+        _ => None,
+    };
+    if config.outputs.png && image {
+        let path = dir.join("samples.png");
+        match (&wanted, &spec, classes) {
+            (Some(y), Some(g), Some(k)) => {
+                let drawn = g.drawn(k);
+                let per = (crate::plot::GRID_ROWS / drawn.len().max(1)).clamp(1, 8);
+                let values = crate::images::by_class(&host, y, d, &drawn, per);
+                crate::plot::image_grid(&path, &values, &shape, display_range, per)?;
+            }
+            _ => crate::plot::image_grid(&path, &host, &shape, display_range, 8)?,
+        }
+        files.push(path.display().to_string());
+    }
     if config.outputs.png && d == 2 {
         let path = dir.join("samples.png");
         let title = format!(
@@ -429,6 +619,12 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         checkpoint: checkpoint.map(|p| p.display().to_string()),
         exact,
         heldout,
+        guidance: scale,
+        classes: match (&spec, classes) {
+            (Some(g), Some(k)) => g.drawn(k),
+            _ => Vec::new(),
+        },
+        images,
         files,
     };
     if config.outputs.json {
@@ -443,4 +639,132 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         })?;
     }
     Ok(summary)
+}
+
+/// The training images and labels of stored, labelled image data (what samples are judged
+/// against), or `None`.
+fn image_reference(config: &Config) -> Result<Option<crate::images::Reference>> {
+    let Some(data) = &config.data else {
+        return Ok(None);
+    };
+    let data = &data.plugin;
+    let (Some(m), Some(_)) = (data.len(Split::Train), data.source().classes()) else {
+        return Ok(None);
+    };
+    if data.sample_shape().len() < 2 {
+        return Ok(None);
+    }
+    let batch = data.batch(Split::Train, config.seed, 0, m as usize)?;
+    Ok(Some(crate::images::Reference {
+        d: data.dim(),
+        labels: batch.labels.unwrap_or_default(),
+        rows: batch.values,
+    }))
+}
+
+/// The guidance scale to sample with: the config's, or the candidate of `guidance.search`
+/// whose samples under the next seed are closest to the training images of their class.
+fn choose_scale(
+    config: &Config,
+    device: &Device,
+    spec: Option<&sdeflow_kernel::config::GuidanceSpec>,
+    reference: Option<&crate::images::Reference>,
+) -> Result<(Option<f64>, Vec<GuidanceTrial>)> {
+    let (Some(g), Some(k)) = (spec, config.model.plugin.classes()) else {
+        return Ok((None, Vec::new()));
+    };
+    if g.search.is_empty() {
+        return Ok((Some(g.scale), Vec::new()));
+    }
+    let Some(r) = reference else {
+        return Err(Error::invalid(
+            "guidance",
+            "search",
+            "choosing a scale compares samples with the training images of their class: the data must be stored, labelled images (digits(), idx(...))",
+        ));
+    };
+    let n = g.search_samples;
+    let labels = g.labels(0, n, k, device)?;
+    let wanted = labels.to_vec1::<u32>()?;
+    let mut trials = Vec::with_capacity(g.search.len());
+    for &w in &g.search {
+        let p = config
+            .builder(device.clone())
+            .guidance(Some(w))
+            .seed(config.seed.wrapping_add(1))
+            .capture_trajectory(false)
+            .build()?;
+        let out = p.run(p.prior_state(0, n)?.with_cond(labels.clone())?)?;
+        let xs = crate::images::host(&out.state.x)?;
+        let trial = GuidanceTrial {
+            scale: w,
+            class_sliced_w2: r.class_sliced_w2(&xs, &wanted)?,
+            accuracy: r.accuracy(&xs, &wanted)?.overall,
+        };
+        tracing::info!(
+            scale = w,
+            class_sliced_w2 = trial.class_sliced_w2,
+            accuracy = trial.accuracy,
+            "guidance candidate"
+        );
+        trials.push(trial);
+    }
+    let best = trials
+        .iter()
+        .min_by(|a, b| a.class_sliced_w2.total_cmp(&b.class_sliced_w2))
+        .map(|t| t.scale);
+    Ok((best, trials))
+}
+
+/// The image metrics of `samples` (drawn for `wanted`, at `scale` with `labels`).
+fn image_metrics(
+    config: &Config,
+    device: &Device,
+    r: &crate::images::Reference,
+    (samples, wanted): (&[f64], Option<&[u32]>),
+    (scale, labels): (Option<f64>, Option<&Tensor>),
+    search: Vec<GuidanceTrial>,
+) -> Result<ImageMetrics> {
+    let d = r.d;
+    let n = samples.len() / d;
+    let data = &config
+        .data
+        .as_ref()
+        .ok_or_else(|| Error::Msg("image metrics need the config's data".into()))?
+        .plugin;
+    let accuracy = wanted.map(|y| r.accuracy(samples, y)).transpose()?;
+    let accuracy_unguided = match (wanted, labels, scale) {
+        (Some(y), Some(labels), Some(w)) if w != 0.0 => {
+            let p = config
+                .builder(device.clone())
+                .guidance(Some(0.0))
+                .capture_trajectory(false)
+                .build()?;
+            let out = p.run(p.prior_state(0, n)?.with_cond(labels.clone())?)?;
+            Some(r.accuracy(&crate::images::host(&out.state.x)?, y)?)
+        }
+        _ => None,
+    };
+    let held = data.len(Split::Heldout).unwrap_or(0) as usize;
+    let heldout_rows = data.batch(Split::Heldout, config.seed, 0, held)?.values;
+    let m = n.min(held);
+    if m < 2 {
+        return Err(Error::Msg(format!(
+            "image metrics need at least 2 samples and 2 held-out images, not {n} and {held}"
+        )));
+    }
+    let (sw, floor, _) = crate::train::heldout_reference(data, config.seed, m)?;
+    Ok(ImageMetrics {
+        knn: crate::images::KNN,
+        accuracy,
+        accuracy_unguided,
+        nearest_train_distance: r.mean_nearest(samples)?,
+        heldout_nearest_train_distance: r.mean_nearest(&heldout_rows)?,
+        sliced_w2: sw.distance(&samples[..m * d])?,
+        sliced_w2_floor_mean: floor.mean,
+        sliced_w2_floor_sd: floor.sd,
+        sliced_w2_rows: m,
+        search_seed: (!search.is_empty()).then(|| config.seed.wrapping_add(1)),
+        search,
+    })
 }

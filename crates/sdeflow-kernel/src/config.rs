@@ -239,6 +239,119 @@ impl Default for NllSpec {
     }
 }
 
+/// Which classes a conditional model's samples are drawn for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Classes {
+    /// Every class in turn: sample i is drawn for class i mod K (the default).
+    #[default]
+    All,
+    /// These classes in turn: sample i for `classes[i mod len]`.
+    Only(Vec<u32>),
+    /// No class: the unconditional model (every label ∅).
+    None,
+}
+
+/// Class-conditional sampling with classifier-free guidance: the `guidance:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename = "guidance", deny_unknown_fields, default)]
+pub struct GuidanceSpec {
+    /// The scale w of `ε̂ = (1 + w) ε̂(x, y) − w ε̂(x, ∅)` (0: the conditional model alone).
+    pub scale: f64,
+    /// The classes drawn.
+    pub classes: Classes,
+    /// Candidate scales: `sample` draws `search_samples` samples at each with the seed after the
+    /// config's, keeps the one whose samples are closest to the training images of their class
+    /// (mean class-conditional pixel sliced W2), and samples and scores with it under the
+    /// config's seed. Empty (the default): `scale`.
+    pub search: Vec<f64>,
+    /// Samples per candidate scale.
+    pub search_samples: usize,
+}
+
+impl Default for GuidanceSpec {
+    fn default() -> Self {
+        Self {
+            scale: 0.0,
+            classes: Classes::All,
+            search: Vec::new(),
+            search_samples: 1_000,
+        }
+    }
+}
+
+impl GuidanceSpec {
+    /// The label of sample `i` for a model of `classes` classes: [`Classes`] in turn, or ∅.
+    pub fn label(&self, i: u64, classes: usize) -> u32 {
+        match &self.classes {
+            Classes::All => (i % classes.max(1) as u64) as u32,
+            Classes::Only(list) if !list.is_empty() => list[(i % list.len() as u64) as usize],
+            _ => crate::null_label(classes),
+        }
+    }
+
+    /// The labels of samples `offset..offset + n`, `[n]` u32.
+    pub fn labels(
+        &self,
+        offset: u64,
+        n: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Result<candle_core::Tensor> {
+        let y: Vec<u32> = (0..n as u64)
+            .map(|i| self.label(offset + i, classes))
+            .collect();
+        Ok(candle_core::Tensor::from_vec(y, n, device)?)
+    }
+
+    /// The classes drawn, in turn (none for the unconditional model).
+    pub fn drawn(&self, classes: usize) -> Vec<u32> {
+        match &self.classes {
+            Classes::All => (0..classes as u32).collect(),
+            Classes::Only(list) => list.clone(),
+            Classes::None => Vec::new(),
+        }
+    }
+
+    /// Checks the scales, the classes (below `classes`) and the search.
+    pub fn validate(&self, classes: usize) -> std::result::Result<(), (&'static str, String)> {
+        if !self.scale.is_finite() {
+            return Err(("scale", format!("{} is not a finite scale", self.scale)));
+        }
+        if let Classes::Only(list) = &self.classes {
+            if list.is_empty() {
+                return Err((
+                    "classes",
+                    "name at least one class, or write `classes: all`".into(),
+                ));
+            }
+            if let Some(bad) = list.iter().find(|&&c| c as usize >= classes) {
+                return Err((
+                    "classes",
+                    format!(
+                        "class {bad} is not one of the model's {classes} classes (0 … {})",
+                        classes.saturating_sub(1)
+                    ),
+                ));
+            }
+        }
+        if let Some(bad) = self.search.iter().find(|w| !w.is_finite()) {
+            return Err(("search", format!("{bad} is not a finite scale")));
+        }
+        if !self.search.is_empty() && self.search_samples < 2 * classes.max(1) {
+            return Err((
+                "search_samples",
+                format!(
+                    "{} samples cannot compare {classes} classes; use at least {}",
+                    self.search_samples,
+                    2 * classes.max(1)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Which weights of a checkpoint a job reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -329,6 +442,10 @@ pub struct Config {
     /// How `nll` evaluates (default: [`NllSpec::default`]).
     #[serde(default, deserialize_with = "some")]
     pub nll: Option<NllSpec>,
+    /// Class-conditional sampling and guidance, for a conditional model (default: every
+    /// class in turn, w = 0).
+    #[serde(default, deserialize_with = "some")]
+    pub guidance: Option<GuidanceSpec>,
     /// Where `sample` reads a trained network from (default: the run's own checkpoints).
     #[serde(default, deserialize_with = "some")]
     pub checkpoint: Option<CheckpointRef>,
@@ -545,6 +662,43 @@ impl Config {
                 }
             }
         }
+        match (&config.guidance, config.model.plugin.classes()) {
+            (Some(_), None) => {
+                return Err(at_field(
+                    "guidance",
+                    format!(
+                        "invalid `guidance`: `{}` is not conditional (it takes no class labels); remove `guidance:` or train a conditional model (e.g. `unet(classes: Some(10))` on labelled data)",
+                        config.model.name
+                    ),
+                ));
+            }
+            (Some(g), Some(k)) => {
+                if let Err((field, why)) = g.validate(k) {
+                    let (line, col) = crate::de::locate_field_in(text, "guidance", field)
+                        .or_else(|| locate_field(text, "guidance"))
+                        .unwrap_or((1, 1));
+                    return Err(Error::Config {
+                        file: file.to_string(),
+                        line,
+                        col,
+                        msg: format!("guidance: invalid `{field}`: {why}"),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if let (Some(k), Some(data)) = (config.model.plugin.classes(), &config.data)
+            && let Some(m) = data.plugin.source().classes()
+            && m != k
+        {
+            return Err(at_field(
+                "model",
+                format!(
+                    "invalid `model`: `{}` is conditional on {k} classes but data `{}` has {m}; set the model's classes to {m}",
+                    config.model.name, data.name
+                ),
+            ));
+        }
         if config.weighting.is_none() {
             // The default when it is registered (a registry without it has no default).
             config.weighting = registry
@@ -596,7 +750,15 @@ impl Config {
         self.builder(device).build()
     }
 
+    /// The guidance a conditional model samples with: the config's, or every class in turn
+    /// at w = 0; `None` for an unconditional model.
+    pub fn guidance_spec(&self) -> Option<GuidanceSpec> {
+        self.model.plugin.classes()?;
+        Some(self.guidance.clone().unwrap_or_default())
+    }
+
     /// The builder of [`pipeline`](Self::pipeline), to add a progress hook or a noise source.
+    /// A conditional model is guided with the config's scale (rows without labels are not).
     pub fn builder(&self, device: Device) -> PipelineBuilder {
         let mut b = Pipeline::builder()
             .sde(self.sde.plugin.clone())
@@ -618,6 +780,9 @@ impl Config {
         }
         if let Some(grid) = self.grid {
             b = b.grid(grid);
+        }
+        if let Some(g) = self.guidance_spec() {
+            b = b.guidance(Some(g.scale));
         }
         b
     }

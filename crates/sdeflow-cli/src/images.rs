@@ -1,0 +1,281 @@
+//! Image samples judged without a pretrained network: a k-nearest-neighbour classifier on the
+//! real training images labels each sample (does a sample drawn for class c look like a c?),
+//! the distance from each sample to its nearest training image beside the same for held-out
+//! images (memorisation shows as samples much closer than held-out images are), and
+//! class-conditional pixel sliced W2 (how a guidance scale is chosen).
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_conformance::sw2::SlicedW2;
+use sdeflow_kernel::{Error, Result};
+use serde::Serialize;
+
+/// The neighbours the classifier votes with.
+pub const KNN: usize = 5;
+
+/// Query rows per distance block (a block's distances are `QUERY_BLOCK × m` values).
+const QUERY_BLOCK: usize = 256;
+
+/// For each row of `queries`, the `k` rows of `reference` nearest in Euclidean distance, as
+/// (distance, index) nearest first (ties by index). Both are row-major with `d` columns. The
+/// squared distances ‖q‖² + ‖r‖² − 2 q·r are computed blockwise with one matrix product in
+/// f64 on the CPU.
+pub fn nearest(
+    reference: &[f64],
+    queries: &[f64],
+    d: usize,
+    k: usize,
+) -> Result<Vec<Vec<(f64, usize)>>> {
+    let m = reference.len() / d.max(1);
+    if m == 0 || d == 0 {
+        return Err(Error::Msg(
+            "nearest neighbours of an empty reference".into(),
+        ));
+    }
+    let k = k.min(m);
+    let cpu = Device::Cpu;
+    let r = Tensor::from_slice(reference, (m, d), &cpu)?;
+    let r_sq = r.sqr()?.sum(1)?.to_vec1::<f64>()?;
+    let rt = r.t()?.contiguous()?;
+    let mut out = Vec::with_capacity(queries.len() / d);
+    for block in queries.chunks(QUERY_BLOCK * d) {
+        let q = Tensor::from_slice(block, (block.len() / d, d), &cpu)?;
+        let q_sq = q.sqr()?.sum(1)?.to_vec1::<f64>()?;
+        let dots = q.matmul(&rt)?.to_vec2::<f64>()?;
+        for (row, qs) in dots.iter().zip(&q_sq) {
+            let mut dist: Vec<(f64, usize)> = row
+                .iter()
+                .zip(&r_sq)
+                .enumerate()
+                .map(|(j, (dot, rs))| ((qs + rs - 2.0 * dot).max(0.0), j))
+                .collect();
+            let cmp = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            if k < dist.len() {
+                dist.select_nth_unstable_by(k - 1, cmp);
+                dist.truncate(k);
+            }
+            dist.sort_unstable_by(cmp);
+            out.push(dist.into_iter().map(|(s, j)| (s.sqrt(), j)).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// The majority label among `neighbours` (nearest first); a tie goes to the tied label whose
+/// nearest member is nearest.
+pub fn vote(neighbours: &[(f64, usize)], labels: &[u32]) -> u32 {
+    let mut counts: Vec<(u32, usize, usize)> = Vec::new();
+    for (rank, &(_, j)) in neighbours.iter().enumerate() {
+        let y = labels[j];
+        match counts.iter_mut().find(|(l, _, _)| *l == y) {
+            Some(c) => c.1 += 1,
+            None => counts.push((y, 1, rank)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+        .map_or(0, |c| c.0)
+}
+
+/// A labelled reference: the real training images a sample is compared with.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// Row-major images.
+    pub rows: Vec<f64>,
+    /// Their labels.
+    pub labels: Vec<u32>,
+    /// Values per image.
+    pub d: usize,
+}
+
+/// How well labelled samples look like their classes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accuracy {
+    /// The share of samples the k-NN classifier labels with the class they were drawn for.
+    pub overall: f64,
+    /// The same per class drawn: (class, accuracy, samples).
+    pub per_class: Vec<(u32, f64, usize)>,
+}
+
+impl Reference {
+    /// The k-NN ([`KNN`]) accuracy of `samples` drawn for `wanted` (one label per sample).
+    pub fn accuracy(&self, samples: &[f64], wanted: &[u32]) -> Result<Accuracy> {
+        let neighbours = nearest(&self.rows, samples, self.d, KNN)?;
+        let mut classes: Vec<u32> = wanted.to_vec();
+        classes.sort_unstable();
+        classes.dedup();
+        let mut per = vec![(0usize, 0usize); classes.len()];
+        let mut right = 0;
+        for (nb, &y) in neighbours.iter().zip(wanted) {
+            let ok = vote(nb, &self.labels) == y;
+            right += usize::from(ok);
+            let c = classes.binary_search(&y).unwrap_or(0);
+            per[c].0 += usize::from(ok);
+            per[c].1 += 1;
+        }
+        Ok(Accuracy {
+            overall: right as f64 / wanted.len().max(1) as f64,
+            per_class: classes
+                .iter()
+                .zip(&per)
+                .map(|(&c, &(ok, n))| (c, ok as f64 / n.max(1) as f64, n))
+                .collect(),
+        })
+    }
+
+    /// The mean distance from each row of `queries` to its nearest reference image.
+    pub fn mean_nearest(&self, queries: &[f64]) -> Result<f64> {
+        let nb = nearest(&self.rows, queries, self.d, 1)?;
+        Ok(nb.iter().map(|v| v[0].0).sum::<f64>() / nb.len().max(1) as f64)
+    }
+
+    /// The mean over the classes drawn of the pixel sliced W2 between the samples drawn for
+    /// class c and as many training images of class c (as many as both have).
+    pub fn class_sliced_w2(&self, samples: &[f64], wanted: &[u32]) -> Result<f64> {
+        let d = self.d;
+        let mut classes: Vec<u32> = wanted.to_vec();
+        classes.sort_unstable();
+        classes.dedup();
+        let rows_of = |values: &[f64], labels: &[u32], c: u32| -> Vec<f64> {
+            values
+                .chunks(d)
+                .zip(labels)
+                .filter(|(_, l)| **l == c)
+                .flat_map(|(r, _)| r.iter().copied())
+                .collect()
+        };
+        let mut total = 0.0;
+        for &c in &classes {
+            let (real, drawn) = (
+                rows_of(&self.rows, &self.labels, c),
+                rows_of(samples, wanted, c),
+            );
+            let m = (real.len() / d).min(drawn.len() / d);
+            if m < 2 {
+                return Err(Error::Msg(format!(
+                    "class {c}: {} training images and {} samples; sliced W2 needs two of each",
+                    real.len() / d,
+                    drawn.len() / d
+                )));
+            }
+            total += SlicedW2::new(&real[..m * d], d).distance(&drawn[..m * d])?;
+        }
+        Ok(total / classes.len().max(1) as f64)
+    }
+}
+
+/// Reorders `values` (row-major images of `d` values, drawn for `labels`) into a grid with a
+/// line per class of `classes`, `per_class` images each (fewer when a class has fewer), for
+/// [`crate::plot::image_grid`] with `per_class` columns; classes without samples leave a
+/// blank line.
+pub fn by_class(
+    values: &[f64],
+    labels: &[u32],
+    d: usize,
+    classes: &[u32],
+    per_class: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(classes.len() * per_class * d);
+    for &c in classes {
+        let mut taken = 0;
+        for (row, _) in values.chunks(d).zip(labels).filter(|(_, l)| **l == c) {
+            if taken == per_class {
+                break;
+            }
+            out.extend_from_slice(row);
+            taken += 1;
+        }
+        // A short line is padded with blank (NaN) tiles so the next class starts a new line.
+        out.extend(std::iter::repeat_n(f64::NAN, (per_class - taken) * d));
+    }
+    out
+}
+
+/// Frames `[steps + 1][n · d]` of x̂₀ for `rows` of the samples, as a strip: a line per row,
+/// at most `columns` frames from first to last (evenly spaced, the last included).
+pub fn strip(frames: &[Vec<f64>], rows: &[usize], d: usize, columns: usize) -> Vec<f64> {
+    let f = frames.len();
+    let cols = columns.min(f).max(1);
+    let picks: Vec<usize> = (0..cols)
+        .map(|j| {
+            if cols == 1 {
+                f - 1
+            } else {
+                j * (f - 1) / (cols - 1)
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rows.len() * cols * d);
+    for &r in rows {
+        for &j in &picks {
+            out.extend_from_slice(&frames[j][r * d..(r + 1) * d]);
+        }
+    }
+    out
+}
+
+/// `x` on the host as f64, row-major.
+pub fn host(x: &Tensor) -> Result<Vec<f64>> {
+    Ok(x.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_finds_the_closest_rows_in_order() -> Result<()> {
+        let reference = [0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 10.0, 10.0];
+        let got = nearest(&reference, &[0.9, 0.9, 9.0, 9.0], 2, 2)?;
+        assert_eq!(got[0][0].1, 2);
+        assert_eq!(got[0][1].1, 0);
+        assert!((got[0][0].0 - (0.02f64).sqrt()).abs() < 1e-12);
+        assert_eq!(got[1][0].1, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_vote_takes_the_majority_and_breaks_ties_by_the_nearest() {
+        let labels = [1, 2, 2, 1, 3];
+        assert_eq!(vote(&[(0.1, 0), (0.2, 1), (0.3, 2)], &labels), 2);
+        assert_eq!(vote(&[(0.1, 1), (0.2, 0), (0.3, 3), (0.4, 2)], &labels), 2);
+        assert_eq!(vote(&[(0.1, 0), (0.2, 1), (0.3, 3), (0.4, 2)], &labels), 1);
+    }
+
+    #[test]
+    fn accuracy_counts_samples_that_look_like_their_class() -> Result<()> {
+        // Class 0 near the origin, class 1 near (10, 10).
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..10 {
+            let e = i as f64 * 0.01;
+            rows.extend([e, -e, 10.0 + e, 10.0 - e]);
+            labels.extend([0, 1]);
+        }
+        let r = Reference { rows, labels, d: 2 };
+        let samples = [0.1, 0.1, 9.9, 9.9, 10.0, 10.0, 0.0, 0.2];
+        let acc = r.accuracy(&samples, &[0, 1, 1, 1])?;
+        assert!((acc.overall - 0.75).abs() < 1e-12);
+        assert_eq!(acc.per_class, vec![(0, 1.0, 1), (1, 2.0 / 3.0, 3)]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_grid_by_class_puts_each_class_on_its_own_line() {
+        let values = [1.0, 2.0, 3.0, 4.0];
+        let grid = by_class(&values, &[1, 0, 1, 0], 1, &[0, 1], 3);
+        assert_eq!(grid[..2], [2.0, 4.0]);
+        assert!(grid[2].is_nan());
+        assert_eq!(grid[3..5], [1.0, 3.0]);
+    }
+
+    #[test]
+    fn a_strip_spans_first_to_last_frame() {
+        let frames: Vec<Vec<f64>> = (0..5).map(|f| vec![f as f64, 10.0 + f as f64]).collect();
+        assert_eq!(strip(&frames, &[1], 1, 3), vec![10.0, 12.0, 14.0]);
+        assert_eq!(strip(&frames, &[0, 1], 1, 2), vec![0.0, 4.0, 10.0, 14.0]);
+    }
+}
