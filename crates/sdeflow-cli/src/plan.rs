@@ -103,6 +103,29 @@ fn nll_text(spec: &sdeflow_kernel::config::NllSpec) -> Result<String> {
     ))
 }
 
+/// A conditional model's sampling: the classes drawn and the guidance.
+fn guidance_text(g: &sdeflow_kernel::config::GuidanceSpec, classes: Option<usize>) -> String {
+    use sdeflow_kernel::config::Classes;
+    let k = classes.unwrap_or(0);
+    let which = match &g.classes {
+        Classes::None => return "unconditional: every label ∅ (no guidance)".into(),
+        Classes::All => format!(
+            "classes 0…{} in turn (sample i: class i mod {k})",
+            k.saturating_sub(1)
+        ),
+        Classes::Only(list) => format!("classes {list:?} in turn"),
+    };
+    let scale = if g.search.is_empty() {
+        format!("w = {}", g.scale)
+    } else {
+        format!(
+            "w chosen from {:?} on {} samples of the next seed (lowest class-conditional pixel sliced W2)",
+            g.search, g.search_samples
+        )
+    };
+    format!("{which}; {scale}; ε̂ = (1 + w) ε̂(x, y) − w ε̂(x, ∅), 2 NFE per evaluation when w ≠ 0")
+}
+
 /// A solver's claims in words, and for an adaptive solver its stepping instead of a grid.
 pub fn solver_text(solver: &dyn sdeflow_kernel::Solver) -> String {
     let c = solver.claims();
@@ -232,6 +255,13 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         "model   {} (sample shape {shape:?}{exact})",
         config.model.name
     );
+    if let Some(g) = config.guidance_spec() {
+        let _ = writeln!(
+            s,
+            "guide   {}",
+            guidance_text(&g, pipeline.model().classes())
+        );
+    }
     let _ = writeln!(
         s,
         "solver  {}: {}",
@@ -293,6 +323,16 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             s,
             "train   {}",
             train_text(&config.train.clone().unwrap_or_default())
+        );
+    }
+    if let (Some(k), true) = (
+        pipeline.model().classes(),
+        config.jobs.contains(&sdeflow_kernel::config::Job::Train),
+    ) {
+        let _ = writeln!(
+            s,
+            "        labels of {k} classes; each replaced by ∅ with probability {} (classifier-free guidance)",
+            config.train.clone().unwrap_or_default().label_dropout
         );
     }
     if config.jobs.contains(&sdeflow_kernel::config::Job::Nll) || config.nll.is_some() {

@@ -24,6 +24,7 @@ use sdeflow_param_v as _;
 use sdeflow_param_x0 as _;
 use sdeflow_score_gmm_oracle as _;
 use sdeflow_score_mlp as _;
+use sdeflow_score_unet as _;
 use sdeflow_sde_edm as _;
 use sdeflow_sde_linear_flow as _;
 use sdeflow_sde_sub_vp as _;
@@ -61,6 +62,7 @@ pub const BUILT_IN: &[(&str, &str, &str)] = &[
     ("param", "edm", "sdeflow-param-edm"),
     ("model", "gmm_oracle", "sdeflow-score-gmm-oracle"),
     ("model", "mlp", "sdeflow-score-mlp"),
+    ("model", "unet", "sdeflow-score-unet"),
     ("param", "eps", "sdeflow-param-eps"),
     ("param", "flow", "sdeflow-param-flow"),
     ("param", "score", "sdeflow-param-score"),
