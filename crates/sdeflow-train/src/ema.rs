@@ -32,10 +32,13 @@ impl Ema {
     /// Folds the weights after step `n` in: θ̄ ← β_n θ̄ + (1 − β_n) θ.
     pub fn update(&mut self, params: &Params, n: u64, batch: usize) -> Result<()> {
         let beta = self.rate.beta(n, batch);
+        // Off autograd's graph: the weights are variables, and an average computed from them
+        // would hold every earlier average (and its step's tensors) alive through its graph.
         for (avg, (_, var)) in self.shadow.iter_mut().zip(params.vars()) {
             *avg = avg
+                .detach()
                 .affine(beta, 0.0)?
-                .add(&var.as_tensor().affine(1.0 - beta, 0.0)?)?;
+                .add(&var.as_tensor().detach().affine(1.0 - beta, 0.0)?)?;
         }
         Ok(())
     }

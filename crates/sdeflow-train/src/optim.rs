@@ -143,6 +143,9 @@ impl AdamW {
         } = self.hp;
         let (bc1, bc2) = (1.0 - beta1.powi(n), 1.0 - beta2.powi(n));
         for (i, ((_, var), g)) in self.params.vars.iter().zip(grads).enumerate() {
+            // The moments stay off autograd's graph (a gradient may carry one), or each
+            // would hold the previous step's tensors alive.
+            let g = &g.detach();
             let m = self.m[i]
                 .affine(beta1, 0.0)?
                 .add(&g.affine(1.0 - beta1, 0.0)?)?;
