@@ -81,8 +81,9 @@ fn a_conditional_unet_trains_samples_by_class_and_is_judged() {
         images["accuracy"]["per_class"].as_array().map(Vec::len),
         Some(10)
     );
-    assert_eq!(images["search"].as_array().map(Vec::len), Some(2));
-    assert_eq!(images["search_seed"].as_u64(), Some(4));
+    assert_eq!(images["search"]["trials"].as_array().map(Vec::len), Some(2));
+    assert_eq!(images["search"]["seed"].as_u64(), Some(4));
+    assert!(images["search"]["floor_mean"].as_f64().unwrap_or(0.0) > 0.0);
     assert_eq!(images["accuracy_unguided"].is_null(), w == 0.0);
     for key in [
         "nearest_train_distance",

@@ -5,7 +5,7 @@
 //! class-conditional pixel sliced W2 (how a guidance scale is chosen).
 
 use candle_core::{DType, Device, Tensor};
-use sdeflow_conformance::sw2::SlicedW2;
+use sdeflow_conformance::sw2::{Floor, SlicedW2};
 use sdeflow_kernel::{Error, Result};
 use serde::Serialize;
 
@@ -129,38 +129,98 @@ impl Reference {
         Ok(nb.iter().map(|v| v[0].0).sum::<f64>() / nb.len().max(1) as f64)
     }
 
-    /// The mean over the classes drawn of the pixel sliced W2 between the samples drawn for
-    /// class c and as many training images of class c (as many as both have).
-    pub fn class_sliced_w2(&self, samples: &[f64], wanted: &[u32]) -> Result<f64> {
+    /// Class-conditional pixel sliced W2 for samples drawn for `wanted`: per class c a
+    /// reference of m training images of c, m the same for every class — at most the samples
+    /// drawn for each class and a third of each class's training images — and its floor: the
+    /// same statistic for further disjoint sets of m training images of each class.
+    pub fn class_metric(&self, wanted: &[u32]) -> Result<ClassMetric> {
         let d = self.d;
         let mut classes: Vec<u32> = wanted.to_vec();
         classes.sort_unstable();
         classes.dedup();
-        let rows_of = |values: &[f64], labels: &[u32], c: u32| -> Vec<f64> {
-            values
-                .chunks(d)
-                .zip(labels)
-                .filter(|(_, l)| **l == c)
-                .flat_map(|(r, _)| r.iter().copied())
-                .collect()
-        };
+        let real: Vec<Vec<f64>> = classes
+            .iter()
+            .map(|&c| rows_of(&self.rows, &self.labels, d, c))
+            .collect();
+        let m = classes
+            .iter()
+            .zip(&real)
+            .map(|(&c, r)| {
+                let drawn = wanted.iter().filter(|&&y| y == c).count();
+                drawn.min(r.len() / d / 3)
+            })
+            .min()
+            .unwrap_or(0);
+        if m < 2 {
+            return Err(Error::Msg(format!(
+                "class-conditional sliced W2 needs at least 2 samples and 6 training images of each class drawn; draw more samples (guidance `search_samples`) or fewer classes"
+            )));
+        }
+        let sws: Vec<SlicedW2> = real.iter().map(|r| SlicedW2::new(&r[..m * d], d)).collect();
+        let sets = real
+            .iter()
+            .map(|r| r.len() / d / m)
+            .min()
+            .unwrap_or(0)
+            .min(11);
+        let values = (1..sets)
+            .map(|j| {
+                let mut total = 0.0;
+                for (sw, r) in sws.iter().zip(&real) {
+                    total += sw.distance(&r[j * m * d..(j + 1) * m * d])?;
+                }
+                Ok(total / classes.len() as f64)
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(ClassMetric {
+            classes,
+            m,
+            d,
+            sws,
+            floor: Floor::of(&values),
+        })
+    }
+}
+
+/// The rows of `values` (row-major, `d` columns) labelled `c`.
+fn rows_of(values: &[f64], labels: &[u32], d: usize, c: u32) -> Vec<f64> {
+    values
+        .chunks(d)
+        .zip(labels)
+        .filter(|(_, l)| **l == c)
+        .flat_map(|(r, _)| r.iter().copied())
+        .collect()
+}
+
+/// Class-conditional pixel sliced W2 ([`Reference::class_metric`]).
+#[derive(Debug, Clone)]
+pub struct ClassMetric {
+    classes: Vec<u32>,
+    /// Images per class in each set.
+    pub m: usize,
+    d: usize,
+    sws: Vec<SlicedW2>,
+    /// The statistic between disjoint sets of real images of each class.
+    pub floor: Floor,
+}
+
+impl ClassMetric {
+    /// The mean over classes of the sliced W2 between the first m samples drawn for class c
+    /// (`wanted`) and the m reference images of c.
+    pub fn distance(&self, samples: &[f64], wanted: &[u32]) -> Result<f64> {
+        let (d, m) = (self.d, self.m);
         let mut total = 0.0;
-        for &c in &classes {
-            let (real, drawn) = (
-                rows_of(&self.rows, &self.labels, c),
-                rows_of(samples, wanted, c),
-            );
-            let m = (real.len() / d).min(drawn.len() / d);
-            if m < 2 {
+        for (&c, sw) in self.classes.iter().zip(&self.sws) {
+            let drawn = rows_of(samples, wanted, d, c);
+            if drawn.len() < m * d {
                 return Err(Error::Msg(format!(
-                    "class {c}: {} training images and {} samples; sliced W2 needs two of each",
-                    real.len() / d,
+                    "class {c}: {} samples, {m} needed",
                     drawn.len() / d
                 )));
             }
-            total += SlicedW2::new(&real[..m * d], d).distance(&drawn[..m * d])?;
+            total += sw.distance(&drawn[..m * d])?;
         }
-        Ok(total / classes.len().max(1) as f64)
+        Ok(total / self.classes.len() as f64)
     }
 }
 

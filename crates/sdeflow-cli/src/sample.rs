@@ -128,10 +128,24 @@ pub struct ImageMetrics {
     pub sliced_w2_floor_sd: f64,
     /// Rows in each SW2 set.
     pub sliced_w2_rows: usize,
-    /// The candidate scales, when the scale was searched.
-    pub search: Vec<GuidanceTrial>,
-    /// The seed of the search's samples (the config's seed + 1).
-    pub search_seed: Option<u64>,
+    /// How the scale was chosen, when it was searched.
+    pub search: Option<Search>,
+}
+
+/// A guidance-scale search: the candidates on the seed after the config's, and the floor of
+/// the criterion.
+#[derive(Debug, Clone, Serialize)]
+pub struct Search {
+    /// The candidates, in the config's order.
+    pub trials: Vec<GuidanceTrial>,
+    /// The seed of their samples.
+    pub seed: u64,
+    /// Images per class in each sliced W2 set.
+    pub rows_per_class: usize,
+    /// The class-conditional sliced W2 between disjoint sets of real images: mean …
+    pub floor_mean: f64,
+    /// … and standard deviation (a candidate within mean + 3 sd is as close as real images).
+    pub floor_sd: f64,
 }
 
 impl fmt::Display for Summary {
@@ -192,22 +206,29 @@ impl fmt::Display for Summary {
             )?;
         }
         if let Some(m) = &self.images {
-            if let (Some(best), Some(seed)) = (
-                m.search.iter().find(|t| Some(t.scale) == self.guidance),
-                m.search_seed,
-            ) {
-                let tried: Vec<String> = m
-                    .search
+            if let Some(search) = &m.search {
+                let tried: Vec<String> = search
+                    .trials
                     .iter()
-                    .map(|t| format!("{} ({:.3})", t.scale, t.class_sliced_w2))
+                    .map(|t| {
+                        format!(
+                            "{} ({:.3}, {:.1}%)",
+                            t.scale,
+                            t.class_sliced_w2,
+                            100.0 * t.accuracy
+                        )
+                    })
                     .collect();
                 writeln!(
                     f,
-                    "guidance scale {} chosen on seed {seed}'s samples by class-conditional pixel sliced W2 (lowest): {}; its {}-NN accuracy there {:.1}%",
-                    best.scale,
-                    tried.join(", "),
+                    "guidance scale {} chosen on seed {}'s samples: the best {}-NN accuracy with class-conditional pixel sliced W2 within the floor of real images ({:.3} ± {:.3}, {} per class): {}",
+                    self.guidance.unwrap_or(0.0),
+                    search.seed,
                     m.knn,
-                    100.0 * best.accuracy
+                    search.floor_mean,
+                    search.floor_sd,
+                    search.rows_per_class,
+                    tried.join(", ")
                 )?;
             }
             if let Some(a) = &m.accuracy {
@@ -663,18 +684,20 @@ fn image_reference(config: &Config) -> Result<Option<crate::images::Reference>> 
 }
 
 /// The guidance scale to sample with: the config's, or the candidate of `guidance.search`
-/// whose samples under the next seed are closest to the training images of their class.
+/// chosen on samples of the next seed — the one whose k-NN accuracy is highest among those
+/// whose class-conditional pixel sliced W2 to the training images is within the floor of real
+/// images (the lowest SW2 when none is).
 fn choose_scale(
     config: &Config,
     device: &Device,
     spec: Option<&sdeflow_kernel::config::GuidanceSpec>,
     reference: Option<&crate::images::Reference>,
-) -> Result<(Option<f64>, Vec<GuidanceTrial>)> {
+) -> Result<(Option<f64>, Option<Search>)> {
     let (Some(g), Some(k)) = (spec, config.model.plugin.classes()) else {
-        return Ok((None, Vec::new()));
+        return Ok((None, None));
     };
     if g.search.is_empty() {
-        return Ok((Some(g.scale), Vec::new()));
+        return Ok((Some(g.scale), None));
     }
     let Some(r) = reference else {
         return Err(Error::invalid(
@@ -686,6 +709,7 @@ fn choose_scale(
     let n = g.search_samples;
     let labels = g.labels(0, n, k, device)?;
     let wanted = labels.to_vec1::<u32>()?;
+    let metric = r.class_metric(&wanted)?;
     let mut trials = Vec::with_capacity(g.search.len());
     for &w in &g.search {
         let p = config
@@ -698,7 +722,7 @@ fn choose_scale(
         let xs = crate::images::host(&out.state.x)?;
         let trial = GuidanceTrial {
             scale: w,
-            class_sliced_w2: r.class_sliced_w2(&xs, &wanted)?,
+            class_sliced_w2: metric.distance(&xs, &wanted)?,
             accuracy: r.accuracy(&xs, &wanted)?.overall,
         };
         tracing::info!(
@@ -709,11 +733,31 @@ fn choose_scale(
         );
         trials.push(trial);
     }
+    // The most accurate scale among those whose samples are as close to their class's images
+    // as real images are (within the floor); if none is, the closest.
+    let threshold = metric.floor.threshold();
     let best = trials
         .iter()
-        .min_by(|a, b| a.class_sliced_w2.total_cmp(&b.class_sliced_w2))
+        .filter(|t| t.class_sliced_w2 <= threshold)
+        .max_by(|a, b| {
+            a.accuracy
+                .total_cmp(&b.accuracy)
+                .then(b.scale.total_cmp(&a.scale))
+        })
+        .or_else(|| {
+            trials
+                .iter()
+                .min_by(|a, b| a.class_sliced_w2.total_cmp(&b.class_sliced_w2))
+        })
         .map(|t| t.scale);
-    Ok((best, trials))
+    let search = Search {
+        trials,
+        seed: config.seed.wrapping_add(1),
+        rows_per_class: metric.m,
+        floor_mean: metric.floor.mean,
+        floor_sd: metric.floor.sd,
+    };
+    Ok((best, Some(search)))
 }
 
 /// The image metrics of `samples` (drawn for `wanted`, at `scale` with `labels`).
@@ -723,7 +767,7 @@ fn image_metrics(
     r: &crate::images::Reference,
     (samples, wanted): (&[f64], Option<&[u32]>),
     (scale, labels): (Option<f64>, Option<&Tensor>),
-    search: Vec<GuidanceTrial>,
+    search: Option<Search>,
 ) -> Result<ImageMetrics> {
     let d = r.d;
     let n = samples.len() / d;
@@ -764,7 +808,6 @@ fn image_metrics(
         sliced_w2_floor_mean: floor.mean,
         sliced_w2_floor_sd: floor.sd,
         sliced_w2_rows: m,
-        search_seed: (!search.is_empty()).then(|| config.seed.wrapping_add(1)),
         search,
     })
 }

@@ -36,9 +36,10 @@ pub fn check(
 ) {
     let plugin = format!("model/{name}");
     // Built as in a config whose data is the `ring` mixture (an oracle reads its law).
+    // Labelled by component, so that an oracle is class-conditional (its labels checked too).
     let ctx = match crate::mixtures::ring()
         .mixture()
-        .and_then(|law| MixtureData::new(law, false))
+        .and_then(|law| MixtureData::new(law, true))
         .and_then(|d| Data::new(Arc::new(d)))
     {
         Ok(data) => ModelContext::new(target.device.clone(), target.dtype).with_data(data),
@@ -76,6 +77,16 @@ pub fn check(
         ),
         Err(e) => report.error(&plugin, check, e),
     }
+    // A conditional model: the one built, or the plugin built with `classes: Some(3)` when it
+    // takes that parameter.
+    let conditional = if model.classes().is_some() {
+        Some(model.clone())
+    } else {
+        registry.model(name, "(classes: Some(3))", &ctx).ok()
+    };
+    if let Some(m) = conditional {
+        conditioning(report, &plugin, &*m, &times, target);
+    }
     if model.varmap().is_none() {
         report.push(
             &plugin,
@@ -93,6 +104,62 @@ pub fn check(
     }
     if let Err(e) = gradients(report, &plugin, &model, param, sde, target) {
         report.error(&plugin, "gradients reach every parameter", e);
+    }
+}
+
+/// A conditional model's labels: on each row and at each time, two different labels give
+/// different outputs (the label reaches every row), and no labels give exactly what the label
+/// ∅ gives.
+fn conditioning(
+    report: &mut Report,
+    plugin: &str,
+    model: &dyn ScoreModel,
+    times: &[(TimeCoefs, At)],
+    target: &Target,
+) {
+    let Some(k) = model.classes() else {
+        return;
+    };
+    let check = format!("labels of {k} classes reach every row; no labels = ∅ bit for bit");
+    let n = 7;
+    let outcome = (|| -> Result<(usize, usize)> {
+        let x = input(model, n, target)?;
+        let device = x.device().clone();
+        let labels = |shift: usize| -> Result<Tensor> {
+            let y: Vec<u32> = (0..n).map(|i| ((i + shift) % k) as u32).collect();
+            Ok(Tensor::from_vec(y, n, &device)?)
+        };
+        let null = Tensor::full(sdeflow_kernel::null_label(k), n, &device)?;
+        let (mut same_rows, mut none_differs) = (0, 0);
+        for (_, at) in times {
+            let rows = |y: Option<&Tensor>| -> Result<Vec<Vec<f64>>> {
+                let out = Target::host(&model.forward(&x, at, y)?.reshape((n, ()))?)?;
+                Ok(out.to_vec2::<f64>()?)
+            };
+            let (a, b) = (rows(Some(&labels(0)?))?, rows(Some(&labels(1)?))?);
+            same_rows += a.iter().zip(&b).filter(|(p, q)| p == q).count();
+            let (none, empty) = (rows(None)?, rows(Some(&null))?);
+            let bits =
+                |v: &[Vec<f64>]| -> Vec<u64> { v.iter().flatten().map(|f| f.to_bits()).collect() };
+            none_differs += usize::from(bits(&none) != bits(&empty));
+        }
+        Ok((same_rows, none_differs))
+    })();
+    match outcome {
+        Ok((same_rows, none_differs)) => report.push(
+            plugin,
+            check,
+            format!("{same_rows} rows unmoved by their label, {none_differs} times None ≠ ∅"),
+            "0, 0",
+            "exact",
+            same_rows == 0 && none_differs == 0,
+            if same_rows > 0 {
+                "some rows give the same output for two labels: the label does not reach them"
+            } else {
+                "evaluating without labels differs from evaluating with the label ∅"
+            },
+        ),
+        Err(e) => report.error(plugin, &check, e),
     }
 }
 
