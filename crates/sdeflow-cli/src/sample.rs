@@ -221,7 +221,7 @@ impl fmt::Display for Summary {
                     .collect();
                 writeln!(
                     f,
-                    "guidance scale {} chosen on seed {}'s samples: the best {}-NN accuracy with class-conditional pixel sliced W2 within the floor of real images ({:.3} ± {:.3}, {} per class): {}",
+                    "guidance scale {} chosen on seed {}'s samples: the best {}-NN accuracy with class-conditional pixel sliced W2 within the floor of real images ({:.3} ± {:.3}, {} per class) or 3 sd of the lowest: {}",
                     self.guidance.unwrap_or(0.0),
                     search.seed,
                     m.knn,
@@ -686,7 +686,7 @@ fn image_reference(config: &Config) -> Result<Option<crate::images::Reference>> 
 /// The guidance scale to sample with: the config's, or the candidate of `guidance.search`
 /// chosen on samples of the next seed — the one whose k-NN accuracy is highest among those
 /// whose class-conditional pixel sliced W2 to the training images is within the floor of real
-/// images (the lowest SW2 when none is).
+/// images, or within the statistic's noise (3 floor sd) of the lowest when none is.
 fn choose_scale(
     config: &Config,
     device: &Device,
@@ -734,8 +734,13 @@ fn choose_scale(
         trials.push(trial);
     }
     // The most accurate scale among those whose samples are as close to their class's images
-    // as real images are (within the floor); if none is, the closest.
-    let threshold = metric.floor.threshold();
+    // as real images are (within the floor), or, when none is, as close as the closest one up
+    // to the statistic's noise (3 sd of the floor): candidates the metric cannot tell apart.
+    let lowest = trials
+        .iter()
+        .map(|t| t.class_sliced_w2)
+        .fold(f64::INFINITY, f64::min);
+    let threshold = metric.floor.threshold().max(lowest + 3.0 * metric.floor.sd);
     let best = trials
         .iter()
         .filter(|t| t.class_sliced_w2 <= threshold)
@@ -743,11 +748,6 @@ fn choose_scale(
             a.accuracy
                 .total_cmp(&b.accuracy)
                 .then(b.scale.total_cmp(&a.scale))
-        })
-        .or_else(|| {
-            trials
-                .iter()
-                .min_by(|a, b| a.class_sliced_w2.total_cmp(&b.class_sliced_w2))
         })
         .map(|t| t.scale);
     let search = Search {
