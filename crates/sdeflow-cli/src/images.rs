@@ -152,9 +152,9 @@ impl Reference {
             .min()
             .unwrap_or(0);
         if m < 2 {
-            return Err(Error::Msg(format!(
-                "class-conditional sliced W2 needs at least 2 samples and 6 training images of each class drawn; draw more samples (guidance `search_samples`) or fewer classes"
-            )));
+            return Err(Error::Msg(
+                "class-conditional sliced W2 needs at least 2 samples and 6 training images of each class drawn; draw more samples (guidance `search_samples`) or fewer classes".into(),
+            ));
         }
         let sws: Vec<SlicedW2> = real.iter().map(|r| SlicedW2::new(&r[..m * d], d)).collect();
         let sets = real
