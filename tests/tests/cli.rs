@@ -59,7 +59,7 @@ fn golden_error_messages() -> Result<()> {
             edited("    steps: 10,", "    stpes: 10,"),
             "error: bad.ron:6:5: unknown field `stpes` in `config` (did you mean `steps`?); valid fields: device, \
              dtype, seed, data, sde, param, weighting, model, solver, grid, steps, samples, latents, chunk_rows, denoise_final, outputs, jobs, \
-             train, nll, checkpoint\n",
+             train, nll, guidance, checkpoint\n",
         ),
         (
             edited("sde: vp()", "sde: vp(beta_mn: 0.2)"),
@@ -179,7 +179,7 @@ fn golden_error_messages() -> Result<()> {
         ),
         (
             edited("samples: 100,", "samples: 100,\n    train: (stpes: 10),"),
-            "error: bad.ron:8:13: unknown field `stpes` in `train` (did you mean `steps`?); valid fields: steps, batch, accumulate, lr, warmup, decay, optimizer, clip, ema, log_every, eval, checkpoint\n",
+            "error: bad.ron:8:13: unknown field `stpes` in `train` (did you mean `steps`?); valid fields: steps, batch, accumulate, label_dropout, lr, warmup, decay, optimizer, clip, ema, log_every, eval, checkpoint\n",
         ),
         (
             edited("samples: 100,", "samples: 100,\n    train: (steps: 10, eval: (evry: 5)),"),

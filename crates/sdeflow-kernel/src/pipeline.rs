@@ -314,16 +314,21 @@ impl Pipeline {
         self.guidance
     }
 
-    /// x̂₀ at the rows of `x` at time `t`, read as a run reads the model (with the rows'
-    /// `cond` and the run's guidance): what a trajectory's frames show.
-    pub fn denoised(&self, x: &Tensor, t: f64, cond: Option<&Tensor>) -> Result<Tensor> {
-        let denoiser = Denoiser::new(
+    /// The model as a run reads it: through the target, chunked, guided.
+    fn sampling_denoiser(&self) -> Result<Denoiser> {
+        Denoiser::new(
             self.model.clone(),
             self.param.clone(),
             self.chunk_rows,
             None,
         )
-        .guided(self.guidance)?;
+        .guided(self.guidance)
+    }
+
+    /// x̂₀ at the rows of `x` at time `t`, read as a run reads the model (with the rows'
+    /// `cond` and the run's guidance): what a trajectory's frames show.
+    pub fn denoised(&self, x: &Tensor, t: f64, cond: Option<&Tensor>) -> Result<Tensor> {
+        let denoiser = self.sampling_denoiser()?;
         let x = x.to_dtype(self.dtype)?.to_device(&self.device)?;
         denoiser
             .eval_cond(&x, &self.sde.coefs(t).into(), cond)?
@@ -389,13 +394,7 @@ impl Pipeline {
 
     /// Runs the loop from a given state at T (exact p_T samples, a resumed state).
     pub fn run(&self, state: State) -> Result<SampleOutput> {
-        let denoiser = Denoiser::new(
-            self.model.clone(),
-            self.param.clone(),
-            self.chunk_rows,
-            None,
-        )
-        .guided(self.guidance)?;
+        let denoiser = self.sampling_denoiser()?;
         let span = tracing::debug_span!(
             "sample",
             steps = self.schedule.steps,
