@@ -119,7 +119,7 @@ fn guidance_text(g: &sdeflow_kernel::config::GuidanceSpec, classes: Option<usize
         format!("w = {}", g.scale)
     } else {
         format!(
-            "w chosen from {:?} on {} samples of the next seed (lowest class-conditional pixel sliced W2)",
+            "w chosen from {:?} on {} samples of the next seed (the most 5-NN-accurate whose class-conditional pixel sliced W2 is within the floor of real images, or within its noise of the lowest)",
             g.search, g.search_samples
         )
     };
