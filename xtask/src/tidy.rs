@@ -10,9 +10,11 @@
 //!    `# Claims`, `# References`;
 //! 4. no plugin draws noise itself: a plugin's `src/` never names the noise generators
 //!    (`PhiloxNoise`, `BrownianNoise`, `philox_normal_tensor`, `fill_normals_*`,
-//!    `Stream::Sampling`, candle's `randn`/`rand_like`, the `rand` crate, `RowNoise::new`);
+//!    `Stream::Sampling`, candle's `randn`/`rand_like` and candle-nn's `ops::dropout`/`Dropout`,
+//!    the `rand` crate, `RowNoise::new`);
 //!    noise comes from `StepContext::standard_normal`, keyed by (seed, sample, draw), and a
-//!    data source's from the `RowNoise` the kernel hands it, keyed by (seed, split, row).
+//!    data source's from the `RowNoise` the kernel hands it, keyed by (seed, split, row), and a
+//!    network's dropout from the `RowKey` a training step hands it (`RowKey::dropout`).
 //!    (Seeded weight initialization through `Stream::Init` is not noise and is allowed.)
 //! 5. no plugin depends on another plugin (nor dev-depends on `sdeflow-plugins`): a plugin's
 //!    manifest names no `sdeflow-*` crate but `sdeflow-kernel`.
@@ -54,7 +56,7 @@ impl fmt::Display for Violation {
 pub const HEADINGS: [&str; 4] = ["# Formula", "# Parameters", "# Claims", "# References"];
 
 /// What a plugin's source must not name (rule 4).
-pub const NOISE_TOKENS: [&str; 10] = [
+pub const NOISE_TOKENS: [&str; 12] = [
     "PhiloxNoise",
     "BrownianNoise",
     "philox_normal_tensor",
@@ -65,6 +67,8 @@ pub const NOISE_TOKENS: [&str; 10] = [
     "rand_like",
     "rand::",
     "RowNoise::new",
+    "ops::dropout",
+    "Dropout::new",
 ];
 
 /// The crate prefix of a plugin kind.

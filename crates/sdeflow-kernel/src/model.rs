@@ -50,7 +50,7 @@ pub struct At {
     pub time: Time,
     /// c_noise, per call or per row.
     pub c_noise: PerRow<f64>,
-    /// The draws of a training step, for a network's dropout ([`crate::ops::dropout`]);
+    /// The draws of a training step, for a network's dropout ([`crate::noise::RowKey::dropout`]);
     /// `None` everywhere else (evaluation, sampling, likelihoods): dropout is off.
     pub dropout: Option<crate::noise::RowKey>,
 }

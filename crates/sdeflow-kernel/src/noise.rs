@@ -199,6 +199,39 @@ impl RowKey {
             ..self
         }
     }
+
+    /// Inverted dropout of `x` (`[n, ...]`, its row i the batch's row `first_row + i`) with
+    /// drop probability `p` ∈ [0, 1): each element kept with probability 1 − p and scaled by
+    /// 1/(1 − p), so E[out] = x. Element j of row i is dropped when the uniform j of that row
+    /// under the sub-key `layer` of this step's key is below p ([`Stream::Dropout`]): a row's
+    /// mask depends on the step, the row and the layer, never on the batch it is evaluated in
+    /// (candle-nn's `dropout` draws from candle's own generator: neither seeded nor keyed).
+    /// p = 0 returns `x`.
+    pub fn dropout(&self, x: &Tensor, p: f64, layer: u64) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(
+                "dropout",
+                "p",
+                format!("{p} is not a probability in [0, 1)"),
+            ));
+        }
+        if p == 0.0 {
+            return Ok(x.clone());
+        }
+        let n = x.dim(0)?;
+        let cols = x.elem_count() / n.max(1);
+        let sub = philox_subkey(self.key, layer);
+        let mut mask = vec![0u8; n * cols];
+        let mut u = vec![0f64; cols];
+        for (i, row) in mask.chunks_mut(cols.max(1)).enumerate() {
+            fill_uniforms(sub, self.first_row + i as u64, 0, &mut u, |v| v);
+            for (m, &v) in row.iter_mut().zip(&u) {
+                *m = u8::from(v >= p);
+            }
+        }
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?.affine(1.0 / (1.0 - p), 0.0)?)
+    }
 }
 
 /// A uniform on (0, 1) for `sample` at uniform index `index` (its own stream of words).

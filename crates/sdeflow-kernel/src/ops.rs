@@ -126,34 +126,3 @@ pub fn expect_rows(x: &Tensor, rows: usize, what: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// Inverted dropout of `x` (`[n, ...]`) with drop probability `p` ∈ [0, 1): each element kept
-/// with probability 1 − p and scaled by 1/(1 − p), so E[out] = x. Element j of row i is
-/// dropped when the uniform j of row `key.first_row + i` under the sub-key `layer` of
-/// `key.key` is below p ([`crate::noise::Stream::Dropout`]): a row's mask depends on the
-/// step, the row and the layer, never on the batch it is evaluated in. p = 0 returns `x`.
-pub fn dropout(x: &Tensor, p: f64, key: &crate::noise::RowKey, layer: u64) -> Result<Tensor> {
-    if !(0.0..1.0).contains(&p) {
-        return Err(Error::invalid(
-            "dropout",
-            "p",
-            format!("{p} is not a probability in [0, 1)"),
-        ));
-    }
-    if p == 0.0 {
-        return Ok(x.clone());
-    }
-    let n = x.dim(0)?;
-    let cols = x.elem_count() / n.max(1);
-    let sub = crate::noise::philox_subkey(key.key, layer);
-    let mut mask = vec![0u8; n * cols];
-    let mut u = vec![0f64; cols];
-    for (i, row) in mask.chunks_mut(cols.max(1)).enumerate() {
-        crate::noise::fill_uniforms(sub, key.first_row + i as u64, 0, &mut u, |v| v);
-        for (m, &v) in row.iter_mut().zip(&u) {
-            *m = u8::from(v >= p);
-        }
-    }
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok(x.mul(&mask)?.affine(1.0 / (1.0 - p), 0.0)?)
-}

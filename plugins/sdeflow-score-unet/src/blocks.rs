@@ -3,7 +3,7 @@
 
 use candle_core::{D, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, Module, VarBuilder};
-use sdeflow_kernel::{Result, noise::RowKey, ops};
+use sdeflow_kernel::{Result, noise::RowKey};
 
 /// GroupNorm's ε (score_sde's and DDPM's).
 pub(crate) const NORM_EPS: f64 = 1e-6;
@@ -82,7 +82,7 @@ impl ResBlock {
             .unsqueeze(3)?;
         let mut h = self.norm2.forward(&h.broadcast_add(&shift)?)?.silu()?;
         if let Some((p, key)) = drop {
-            h = ops::dropout(&h, *p, key, self.layer)?;
+            h = key.dropout(&h, *p, self.layer)?;
         }
         let h = self.conv2.forward(&h)?;
         let skip = match &self.conv_shortcut {

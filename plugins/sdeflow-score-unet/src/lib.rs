@@ -13,7 +13,7 @@
 //!   table is added (row k is ∅, also what `cond: None` means).
 //! - Residual block (DDPM): `h = conv₁(SiLU(GN(x))) + Linear(SiLU(temb))` per channel, then
 //!   `out = skip(x) + conv₂(dropout(SiLU(GN(h))))`, skip a 1×1 conv when the channels change.
-//!   Dropout is the kernel's (`ops::dropout`, masks keyed by step, row and block), on only when
+//!   Dropout is the kernel's (`RowKey::dropout`, masks keyed by step, row and block), on only when
 //!   a training step passes `At::dropout`.
 //! - Attention (at the levels whose resolution min(h, w) is listed, and in the middle):
 //!   `x + P softmax(Q Kᵀ/√d) V` over the h·w positions of GN(x), per head of d channels.
