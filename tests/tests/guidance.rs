@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use sdeflow_conformance::mixtures::ring;
 use sdeflow_kernel::{
     Data, Denoiser, Dsm, ModelContext, Pipeline, Result, Retarget, ScoreModel, Time,
-    data::MixtureData, null_label,
+    data::MixtureData, null_label, ops::host_f64 as host,
 };
 
 /// The ring's labelled oracle in `dtype`.
@@ -19,10 +19,6 @@ fn oracle(dtype: DType) -> Result<Arc<dyn ScoreModel>> {
     let data = Data::new(Arc::new(MixtureData::new(ring().mixture()?, true)?))?;
     let ctx = ModelContext::new(Device::Cpu, dtype).with_data(data);
     r.model("gmm_oracle", "()", &ctx)
-}
-
-fn host(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// Labels 0, 1, …, K − 1, 0, … for n rows.

@@ -4,7 +4,7 @@
 //! images (memorisation shows as samples much closer than held-out images are), and
 //! class-conditional pixel sliced W2 (how a guidance scale is chosen).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use sdeflow_conformance::sw2::{Floor, SlicedW2};
 use sdeflow_kernel::{Error, Result};
 use serde::Serialize;
@@ -14,51 +14,6 @@ pub const KNN: usize = 5;
 
 /// Query rows per distance block (a block's distances are `QUERY_BLOCK × m` values).
 const QUERY_BLOCK: usize = 256;
-
-/// For each row of `queries`, the `k` rows of `reference` nearest in Euclidean distance, as
-/// (distance, index) nearest first (ties by index). Both are row-major with `d` columns. The
-/// squared distances ‖q‖² + ‖r‖² − 2 q·r are computed blockwise with one matrix product in
-/// f64 on the CPU.
-pub fn nearest(
-    reference: &[f64],
-    queries: &[f64],
-    d: usize,
-    k: usize,
-) -> Result<Vec<Vec<(f64, usize)>>> {
-    let m = reference.len() / d.max(1);
-    if m == 0 || d == 0 {
-        return Err(Error::Msg(
-            "nearest neighbours of an empty reference".into(),
-        ));
-    }
-    let k = k.min(m);
-    let cpu = Device::Cpu;
-    let r = Tensor::from_slice(reference, (m, d), &cpu)?;
-    let r_sq = r.sqr()?.sum(1)?.to_vec1::<f64>()?;
-    let rt = r.t()?.contiguous()?;
-    let mut out = Vec::with_capacity(queries.len() / d);
-    for block in queries.chunks(QUERY_BLOCK * d) {
-        let q = Tensor::from_slice(block, (block.len() / d, d), &cpu)?;
-        let q_sq = q.sqr()?.sum(1)?.to_vec1::<f64>()?;
-        let dots = q.matmul(&rt)?.to_vec2::<f64>()?;
-        for (row, qs) in dots.iter().zip(&q_sq) {
-            let mut dist: Vec<(f64, usize)> = row
-                .iter()
-                .zip(&r_sq)
-                .enumerate()
-                .map(|(j, (dot, rs))| ((qs + rs - 2.0 * dot).max(0.0), j))
-                .collect();
-            let cmp = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-            if k < dist.len() {
-                dist.select_nth_unstable_by(k - 1, cmp);
-                dist.truncate(k);
-            }
-            dist.sort_unstable_by(cmp);
-            out.push(dist.into_iter().map(|(s, j)| (s.sqrt(), j)).collect());
-        }
-    }
-    Ok(out)
-}
 
 /// The majority label among `neighbours` (nearest first); a tie goes to the tied label whose
 /// nearest member is nearest.
@@ -77,16 +32,21 @@ pub fn vote(neighbours: &[(f64, usize)], labels: &[u32]) -> u32 {
         .map_or(0, |c| c.0)
 }
 
-/// A labelled reference: the real training images a sample is compared with.
+/// A labelled reference: the real training images a sample is compared with, with what
+/// nearest-neighbour searches need of them computed once.
 #[derive(Debug, Clone)]
 pub struct Reference {
-    /// Row-major images.
-    pub rows: Vec<f64>,
-    /// Their labels.
-    pub labels: Vec<u32>,
-    /// Values per image.
-    pub d: usize,
+    rows: Vec<f64>,
+    labels: Vec<u32>,
+    d: usize,
+    /// The images as a `[d, m]` f64 matrix on the CPU (for q·r by one product per block).
+    transposed: Tensor,
+    /// ‖r‖² of each image.
+    squared: Vec<f64>,
 }
+
+/// Each query's [`KNN`] nearest reference images, as (distance, index), nearest first.
+pub type Neighbours = Vec<Vec<(f64, usize)>>;
 
 /// How well labelled samples look like their classes.
 #[derive(Debug, Clone, Serialize)]
@@ -97,10 +57,70 @@ pub struct Accuracy {
     pub per_class: Vec<(u32, f64, usize)>,
 }
 
+/// The mean distance from each query to its nearest reference image.
+pub fn mean_nearest(neighbours: &Neighbours) -> f64 {
+    neighbours.iter().map(|v| v[0].0).sum::<f64>() / neighbours.len().max(1) as f64
+}
+
 impl Reference {
-    /// The k-NN ([`KNN`]) accuracy of `samples` drawn for `wanted` (one label per sample).
-    pub fn accuracy(&self, samples: &[f64], wanted: &[u32]) -> Result<Accuracy> {
-        let neighbours = nearest(&self.rows, samples, self.d, KNN)?;
+    /// The images `rows` (row-major, `d` values each) with their `labels`.
+    pub fn new(rows: Vec<f64>, labels: Vec<u32>, d: usize) -> Result<Self> {
+        let m = rows.len() / d.max(1);
+        if m == 0 || d == 0 || labels.len() != m {
+            return Err(Error::Msg(format!(
+                "a reference of {m} images of {d} values needs one label each, not {}",
+                labels.len()
+            )));
+        }
+        let r = Tensor::from_slice(&rows, (m, d), &Device::Cpu)?;
+        Ok(Self {
+            squared: r.sqr()?.sum(1)?.to_vec1::<f64>()?,
+            transposed: r.t()?.contiguous()?,
+            rows,
+            labels,
+            d,
+        })
+    }
+
+    /// Values per image.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// For each row of `queries` (row-major, `d` columns), the [`KNN`] nearest images in
+    /// Euclidean distance, nearest first (ties by index): the squared distances
+    /// ‖q‖² + ‖r‖² − 2 q·r blockwise, one matrix product per block, in f64.
+    pub fn neighbours(&self, queries: &[f64]) -> Result<Neighbours> {
+        let d = self.d;
+        let k = KNN.min(self.squared.len());
+        let mut out = Vec::with_capacity(queries.len() / d);
+        for block in queries.chunks(QUERY_BLOCK * d) {
+            let q = Tensor::from_slice(block, (block.len() / d, d), &Device::Cpu)?;
+            let q_sq = q.sqr()?.sum(1)?.to_vec1::<f64>()?;
+            let dots = q.matmul(&self.transposed)?.to_vec2::<f64>()?;
+            for (row, qs) in dots.iter().zip(&q_sq) {
+                let mut dist: Vec<(f64, usize)> = row
+                    .iter()
+                    .zip(&self.squared)
+                    .enumerate()
+                    .map(|(j, (dot, rs))| ((qs + rs - 2.0 * dot).max(0.0), j))
+                    .collect();
+                let cmp =
+                    |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+                if k < dist.len() {
+                    dist.select_nth_unstable_by(k - 1, cmp);
+                    dist.truncate(k);
+                }
+                dist.sort_unstable_by(cmp);
+                out.push(dist.into_iter().map(|(s, j)| (s.sqrt(), j)).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The k-NN accuracy of samples drawn for `wanted` (one label each), from their
+    /// [`neighbours`](Self::neighbours).
+    pub fn accuracy(&self, neighbours: &Neighbours, wanted: &[u32]) -> Accuracy {
         let mut classes: Vec<u32> = wanted.to_vec();
         classes.sort_unstable();
         classes.dedup();
@@ -113,20 +133,14 @@ impl Reference {
             per[c].0 += usize::from(ok);
             per[c].1 += 1;
         }
-        Ok(Accuracy {
+        Accuracy {
             overall: right as f64 / wanted.len().max(1) as f64,
             per_class: classes
                 .iter()
                 .zip(&per)
                 .map(|(&c, &(ok, n))| (c, ok as f64 / n.max(1) as f64, n))
                 .collect(),
-        })
-    }
-
-    /// The mean distance from each row of `queries` to its nearest reference image.
-    pub fn mean_nearest(&self, queries: &[f64]) -> Result<f64> {
-        let nb = nearest(&self.rows, queries, self.d, 1)?;
-        Ok(nb.iter().map(|v| v[0].0).sum::<f64>() / nb.len().max(1) as f64)
+        }
     }
 
     /// Class-conditional pixel sliced W2 for samples drawn for `wanted`: per class c a
@@ -274,26 +288,21 @@ pub fn strip(frames: &[Vec<f64>], rows: &[usize], d: usize, columns: usize) -> V
     out
 }
 
-/// `x` on the host as f64, row-major.
-pub fn host(x: &Tensor) -> Result<Vec<f64>> {
-    Ok(x.to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn nearest_finds_the_closest_rows_in_order() -> Result<()> {
-        let reference = [0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 10.0, 10.0];
-        let got = nearest(&reference, &[0.9, 0.9, 9.0, 9.0], 2, 2)?;
+    fn neighbours_are_the_closest_rows_in_order() -> Result<()> {
+        let reference = vec![0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 10.0, 10.0, 5.0, 5.0, 6.0, 6.0];
+        let r = Reference::new(reference, vec![0; 6], 2)?;
+        let got = r.neighbours(&[0.9, 0.9, 9.0, 9.0])?;
+        assert_eq!(got[0].len(), KNN);
         assert_eq!(got[0][0].1, 2);
         assert_eq!(got[0][1].1, 0);
         assert!((got[0][0].0 - (0.02f64).sqrt()).abs() < 1e-12);
         assert_eq!(got[1][0].1, 3);
+        assert!((mean_nearest(&got) - ((0.02f64).sqrt() + 2.0f64.sqrt()) / 2.0).abs() < 1e-12);
         Ok(())
     }
 
@@ -315,9 +324,9 @@ mod tests {
             rows.extend([e, -e, 10.0 + e, 10.0 - e]);
             labels.extend([0, 1]);
         }
-        let r = Reference { rows, labels, d: 2 };
+        let r = Reference::new(rows, labels, 2)?;
         let samples = [0.1, 0.1, 9.9, 9.9, 10.0, 10.0, 0.0, 0.2];
-        let acc = r.accuracy(&samples, &[0, 1, 1, 1])?;
+        let acc = r.accuracy(&r.neighbours(&samples)?, &[0, 1, 1, 1]);
         assert!((acc.overall - 0.75).abs() < 1e-12);
         assert_eq!(acc.per_class, vec![(0, 1.0, 1), (1, 2.0 / 3.0, 3)]);
         Ok(())

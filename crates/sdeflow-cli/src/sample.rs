@@ -3,7 +3,7 @@
 
 use std::{fmt, path::PathBuf, sync::Arc, time::Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdeflow_conformance::sw2::{REFERENCE_SEED, reference_and_floor};
 use sdeflow_kernel::{
@@ -431,7 +431,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         .as_ref()
         .and_then(|data| data.plugin.source().range())
         .unwrap_or((-1.0, 1.0));
-    let host = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let host = sdeflow_kernel::ops::host_f64(&x)?;
     let mut files = Vec::new();
     if config.outputs.npy {
         let path = dir.join("samples.npy");
@@ -451,7 +451,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         if d == 2 {
             let host_frames = frames
                 .iter()
-                .map(|f| Ok(f.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+                .map(sdeflow_kernel::ops::host_f64)
                 .collect::<Result<Vec<_>>>()?;
             let path = dir.join("trajectory.png");
             let title = format!(
@@ -487,7 +487,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             for (t, frame) in times.zip(&frames) {
                 let part = frame.index_select(&ids, 0)?;
                 let x0 = pipeline.denoised(&part, t.max(pipeline.sde().t_eps()), cond.as_ref())?;
-                strip_frames.push(crate::images::host(&x0)?);
+                strip_frames.push(sdeflow_kernel::ops::host_f64(&x0)?);
             }
             let all: Vec<usize> = (0..rows.len()).collect();
             let columns = (crate::plot::GRID_ROWS / rows.len().max(1)).clamp(2, 8);
@@ -571,7 +571,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     }
 
     let images = match &reference {
-        Some(r) if r.d == d => Some(image_metrics(
+        Some(r) if r.dim() == d => Some(image_metrics(
             config,
             &device,
             r,
@@ -676,11 +676,8 @@ fn image_reference(config: &Config) -> Result<Option<crate::images::Reference>> 
         return Ok(None);
     }
     let batch = data.batch(Split::Train, config.seed, 0, m as usize)?;
-    Ok(Some(crate::images::Reference {
-        d: data.dim(),
-        labels: batch.labels.unwrap_or_default(),
-        rows: batch.values,
-    }))
+    crate::images::Reference::new(batch.values, batch.labels.unwrap_or_default(), data.dim())
+        .map(Some)
 }
 
 /// The guidance scale to sample with: the config's, or the candidate of `guidance.search`
@@ -719,11 +716,11 @@ fn choose_scale(
             .capture_trajectory(false)
             .build()?;
         let out = p.run(p.prior_state(0, n)?.with_cond(labels.clone())?)?;
-        let xs = crate::images::host(&out.state.x)?;
+        let xs = sdeflow_kernel::ops::host_f64(&out.state.x)?;
         let trial = GuidanceTrial {
             scale: w,
             class_sliced_w2: metric.distance(&xs, &wanted)?,
-            accuracy: r.accuracy(&xs, &wanted)?.overall,
+            accuracy: r.accuracy(&r.neighbours(&xs)?, &wanted).overall,
         };
         tracing::info!(
             scale = w,
@@ -769,14 +766,15 @@ fn image_metrics(
     (scale, labels): (Option<f64>, Option<&Tensor>),
     search: Option<Search>,
 ) -> Result<ImageMetrics> {
-    let d = r.d;
+    let d = r.dim();
     let n = samples.len() / d;
     let data = &config
         .data
         .as_ref()
         .ok_or_else(|| Error::Msg("image metrics need the config's data".into()))?
         .plugin;
-    let accuracy = wanted.map(|y| r.accuracy(samples, y)).transpose()?;
+    let neighbours = r.neighbours(samples)?;
+    let accuracy = wanted.map(|y| r.accuracy(&neighbours, y));
     let accuracy_unguided = match (wanted, labels, scale) {
         (Some(y), Some(labels), Some(w)) if w != 0.0 => {
             let p = config
@@ -785,7 +783,8 @@ fn image_metrics(
                 .capture_trajectory(false)
                 .build()?;
             let out = p.run(p.prior_state(0, n)?.with_cond(labels.clone())?)?;
-            Some(r.accuracy(&crate::images::host(&out.state.x)?, y)?)
+            let xs = sdeflow_kernel::ops::host_f64(&out.state.x)?;
+            Some(r.accuracy(&r.neighbours(&xs)?, y))
         }
         _ => None,
     };
@@ -802,8 +801,8 @@ fn image_metrics(
         knn: crate::images::KNN,
         accuracy,
         accuracy_unguided,
-        nearest_train_distance: r.mean_nearest(samples)?,
-        heldout_nearest_train_distance: r.mean_nearest(&heldout_rows)?,
+        nearest_train_distance: crate::images::mean_nearest(&neighbours),
+        heldout_nearest_train_distance: crate::images::mean_nearest(&r.neighbours(&heldout_rows)?),
         sliced_w2: sw.distance(&samples[..m * d])?,
         sliced_w2_floor_mean: floor.mean,
         sliced_w2_floor_sd: floor.sd,

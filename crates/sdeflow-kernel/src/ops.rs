@@ -126,3 +126,8 @@ pub fn expect_rows(x: &Tensor, rows: usize, what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The values of `t` on the host as f64, row-major (whatever its dtype and device).
+pub fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
