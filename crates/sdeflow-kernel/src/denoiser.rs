@@ -109,11 +109,6 @@ impl Denoiser {
         Ok(self)
     }
 
-    /// The guidance scale, if any.
-    pub fn guidance(&self) -> Option<f64> {
-        self.guidance
-    }
-
     /// Model evaluations so far (one per call of [`eval`](Self::eval), whatever the chunking;
     /// two for a guided one).
     pub fn nfe(&self) -> u64 {

@@ -148,15 +148,8 @@ impl RowNoise {
 }
 
 /// Fills `out` with the uniforms on (0, 1) of `sample` at uniform indices
-/// `first..first + out.len()`: [`uniform_f64`]'s values, rounded to f32 when `T` is f32, four
-/// per Philox block.
-pub fn fill_uniforms<T: Copy>(
-    key: [u32; 2],
-    sample: u64,
-    first: u64,
-    out: &mut [T],
-    cast: fn(f64) -> T,
-) {
+/// `first..first + out.len()`: [`uniform_f64`]'s values, four per Philox block.
+pub fn fill_uniforms(key: [u32; 2], sample: u64, first: u64, out: &mut [f64]) {
     let mut idx = first;
     let mut j = 0;
     while j < out.len() {
@@ -164,7 +157,7 @@ pub fn fill_uniforms<T: Copy>(
         let lane = (idx % 4) as usize;
         let take = (4 - lane).min(out.len() - j);
         for (o, &word) in out[j..j + take].iter_mut().zip(&w[lane..lane + take]) {
-            *o = cast(u32_to_unit_f64(word));
+            *o = u32_to_unit_f64(word);
         }
         j += take;
         idx += take as u64;
@@ -224,7 +217,7 @@ impl RowKey {
         let mut mask = vec![0u8; n * cols];
         let mut u = vec![0f64; cols];
         for (i, row) in mask.chunks_mut(cols.max(1)).enumerate() {
-            fill_uniforms(sub, self.first_row + i as u64, 0, &mut u, |v| v);
+            fill_uniforms(sub, self.first_row + i as u64, 0, &mut u);
             for (m, &v) in row.iter_mut().zip(&u) {
                 *m = u8::from(v >= p);
             }

@@ -309,11 +309,6 @@ impl Pipeline {
         )
     }
 
-    /// The guidance scale of runs with labels, if any.
-    pub fn guidance(&self) -> Option<f64> {
-        self.guidance
-    }
-
     /// The model as a run reads it: through the target, chunked, guided.
     fn sampling_denoiser(&self) -> Result<Denoiser> {
         Denoiser::new(

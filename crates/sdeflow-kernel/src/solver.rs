@@ -199,11 +199,6 @@ impl<'a> StepContext<'a> {
         self
     }
 
-    /// The labels of the rows this step evaluates, if the run is conditional.
-    pub fn cond(&self) -> Option<&Tensor> {
-        self.cond.as_ref()
-    }
-
     /// The step's ends: one time for every row ([`from`](Self::from), [`to`](Self::to)), or
     /// each row's own in an adaptive run.
     pub fn span(&self) -> (Time, Time) {

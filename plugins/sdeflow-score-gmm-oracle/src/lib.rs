@@ -107,11 +107,6 @@ impl GmmOracle {
         Ok(self)
     }
 
-    /// The law of class `k` (component k) of a conditional oracle.
-    pub fn class_law(&self, k: usize) -> Option<&GaussianMixture> {
-        self.classes.as_ref().and_then(|c| c.get(k))
-    }
-
     /// Builds the oracle from its parameters, or from the exact law of the context's data
     /// (the oracle computes on the host in f64 and answers in its input's dtype and device).
     pub fn from_params(p: Params, ctx: &ModelContext) -> Result<Self> {
