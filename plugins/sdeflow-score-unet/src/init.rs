@@ -1,8 +1,7 @@
 //! The variables' source: a `candle_nn` [`SimpleBackend`] that draws each variable the first
 //! time a constructor asks for it, from Philox under `Stream::Init`, so that candle-nn's and
 //! candle-transformers' constructors build the network and the same seed gives the same
-//! weights on every machine; and one that hands out the stored variables detached (the frozen
-//! copy).
+//! weights on every machine, or hands out the stored variables detached (the frozen copy).
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{
@@ -22,7 +21,7 @@ fn name_hash(name: &str) -> u64 {
 /// `n` uniforms on (0, 1): indices 0 … n − 1 of sample `sample` under `key`.
 fn uniforms(key: [u32; 2], sample: u64, n: usize) -> Vec<f64> {
     let mut u = vec![0.0; n];
-    fill_uniforms(key, sample, 0, &mut u, |v| v);
+    fill_uniforms(key, sample, 0, &mut u);
     u
 }
 
@@ -65,34 +64,16 @@ pub(crate) fn draw(key: [u32; 2], name: &str, shape: &Shape, init: Init) -> Vec<
     }
 }
 
-/// Draws a missing variable from Philox (key of `seed`, `Stream::Init`; sample index the hash
-/// of its path) and registers it in the map; returns a stored one as it is.
-struct PhiloxInit {
+/// The variables' source: with a key, it draws a missing variable from Philox (key of `seed`,
+/// `Stream::Init`; sample index the hash of its path), registers it in the map and returns
+/// the stored ones as they are; without one (the frozen copy) it hands out the stored
+/// variables detached from autograd, sharing their storage.
+struct Store {
     varmap: VarMap,
-    key: [u32; 2],
+    draw: Option<[u32; 2]>,
 }
 
-/// Hands out the stored variables detached from autograd, sharing their storage.
-struct Detached {
-    varmap: VarMap,
-}
-
-fn stored(varmap: &VarMap, s: &Shape, name: &str) -> candle_core::Result<Option<Tensor>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("unet: variable map poisoned".into()))?;
-    match data.get(name) {
-        Some(v) if v.shape() != s => candle_core::bail!(
-            "unet: variable {name} has shape {:?}, the network asks for {s:?}",
-            v.shape()
-        ),
-        Some(v) => Ok(Some(v.as_tensor().clone())),
-        None => Ok(None),
-    }
-}
-
-impl SimpleBackend for PhiloxInit {
+impl SimpleBackend for Store {
     fn get(
         &self,
         s: Shape,
@@ -101,47 +82,26 @@ impl SimpleBackend for PhiloxInit {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Some(t) = stored(&self.varmap, &s, name)? {
-            return Ok(t);
-        }
-        let values = draw(self.key, name, &s, h);
-        let t = Tensor::from_vec(values, s, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
-        let var = Var::from_tensor(&t)?;
-        let t = var.as_tensor().clone();
-        self.varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("unet: variable map poisoned".into()))?
-            .insert(name.to_string(), var);
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("unet: variable {name} asked for without a shape")
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .is_ok_and(|d| d.contains_key(name))
-    }
-}
-
-impl SimpleBackend for Detached {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        _: DType,
-        _: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match stored(&self.varmap, &s, name)? {
-            Some(t) => Ok(t.detach()),
-            None => {
+        let poisoned = || candle_core::Error::Msg("unet: variable map poisoned".into());
+        let mut data = self.varmap.data().lock().map_err(|_| poisoned())?;
+        match (data.get(name), self.draw) {
+            (Some(v), _) if v.shape() != &s => candle_core::bail!(
+                "unet: variable {name} has shape {:?}, the network asks for {s:?}",
+                v.shape()
+            ),
+            (Some(v), Some(_)) => Ok(v.as_tensor().clone()),
+            (Some(v), None) => Ok(v.as_tensor().detach()),
+            (None, Some(key)) => {
+                let values = draw(key, name, &s, h);
+                let t = Tensor::from_vec(values, s, &Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(dev)?;
+                let var = Var::from_tensor(&t)?;
+                let t = var.as_tensor().clone();
+                data.insert(name.to_string(), var);
+                Ok(t)
+            }
+            (None, None) => {
                 candle_core::bail!("unet: the frozen copy asks for {name}, which is not stored")
             }
         }
@@ -166,17 +126,18 @@ pub(crate) fn seeded(
     dtype: DType,
     dev: &Device,
 ) -> VarBuilder<'static> {
-    let backend = PhiloxInit {
+    let backend = Store {
         varmap: varmap.clone(),
-        key: philox_key(seed, Stream::Init),
+        draw: Some(philox_key(seed, Stream::Init)),
     };
     VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
 }
 
 /// A builder that hands out `varmap`'s variables detached.
 pub(crate) fn detached(varmap: &VarMap, dtype: DType, dev: &Device) -> VarBuilder<'static> {
-    let backend = Detached {
+    let backend = Store {
         varmap: varmap.clone(),
+        draw: None,
     };
     VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
 }

@@ -155,6 +155,13 @@ impl Net {
         let res = |lv: usize| p.height.min(p.width) >> lv;
         let heads = |c: usize| p.head_channels.map_or(1, |hc| c / hc);
         let attn = |vb: VarBuilder<'_>, c: usize| Attention::new(vb, c, heads(c), g);
+        // Attention after block b of level lv when the level's resolution is listed.
+        let attn_at = |lv: usize, vb: &VarBuilder<'_>, b: usize, c: usize| {
+            p.attention
+                .contains(&res(lv))
+                .then(|| attn(vb.pp(format!("attn.{b}")), c))
+                .transpose()
+        };
         let mut layer = 0u64;
         let mut next = || {
             layer += 1;
@@ -170,11 +177,7 @@ impl Net {
                 let block =
                     ResBlock::new(vb.pp(format!("res.{b}")), ch, p.base * m, temb, g, next())?;
                 ch = p.base * m;
-                let a = if p.attention.contains(&res(lv)) {
-                    Some(attn(vb.pp(format!("attn.{b}")), ch)?)
-                } else {
-                    None
-                };
+                let a = attn_at(lv, &vb, b, ch)?;
                 blocks.push((block, a));
                 skips.push(ch);
             }
@@ -206,11 +209,7 @@ impl Net {
                     next(),
                 )?;
                 ch = p.base * m;
-                let a = if p.attention.contains(&res(lv)) {
-                    Some(attn(vb.pp(format!("attn.{b}")), ch)?)
-                } else {
-                    None
-                };
+                let a = attn_at(lv, &vb, b, ch)?;
                 blocks.push((block, a));
             }
             let resample = if lv > 0 {
