@@ -43,6 +43,7 @@ pub fn claims_text(c: &SolverClaims) -> String {
         Order::Plateau { snr } => {
             format!("no order: plateaus at the Langevin fixed point of snr r = {snr}")
         }
+        Order::Unclaimed => "no order claimed: judged by sample quality at its defaults".into(),
     };
     format!(
         "{order}; {} NFE per step; {}; integrates the {}; converges on a {} grid",
@@ -175,6 +176,13 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
         "{kind}/{} — {} (crate {})\n\n",
         info.name, info.summary, info.crate_name
     );
+    if let Some(target) = info.alias_of {
+        let _ = write!(
+            s,
+            "`{}()` is another name for `{target}`: the documentation below is its crate's.\n\n",
+            info.name
+        );
+    }
     s.push_str(&info.doc());
     let _ = write!(
         s,
@@ -375,8 +383,11 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
         } else {
             format!("{:>13}", "—")
         };
-        let nfe = if i < n {
+        // Evaluations after step i + 1: the last step may cost less (Solver::nfe).
+        let nfe = if i + 1 < n {
             (claims.nfe_per_step * (i + 1)) as u64
+        } else if i < n {
+            pipeline.solver().nfe(n) as u64
         } else {
             total_nfe
         };

@@ -294,7 +294,7 @@ impl Pipeline {
     pub fn denoises_final(&self) -> bool {
         self.denoise_final
     }
-    /// Model evaluations per sample the run costs: the solver's per step, plus the final
+    /// Model evaluations per sample the run costs: the solver's ([`Solver::nfe`]), plus the final
     /// denoising step, twice over when guided (a run with labels); `None` for an adaptive
     /// solver, whose cost each run reports.
     pub fn claimed_nfe(&self) -> Option<u64> {
@@ -302,11 +302,7 @@ impl Pipeline {
             return None;
         }
         let guided = 1 + u64::from(self.guidance.is_some_and(|w| w != 0.0));
-        Some(
-            guided
-                * ((self.solver.claims().nfe_per_step * self.schedule.steps) as u64
-                    + u64::from(self.denoise_final)),
-        )
+        Some(guided * (self.solver.nfe(self.schedule.steps) as u64 + u64::from(self.denoise_final)))
     }
 
     /// The model as a run reads it: through the target, chunked, guided.

@@ -35,6 +35,11 @@ pub struct PluginInfo {
     /// small valid instance into the given directory and returns parameters (RON) that read it.
     /// Conformance runs such a plugin on its fixture.
     pub fixture: Option<Fixture>,
+    /// For a name users know from elsewhere that is another plugin with fixed parameters
+    /// (`euler_ancestral` is `ddim(eta: 1.0)`): that plugin and parameter set, as a config
+    /// writes it. Conformance checks the alias builds the same solver and runs the target's
+    /// contracts once, under the target's name.
+    pub alias_of: Option<&'static str>,
 }
 
 /// Writes a plugin's test files into a directory and returns the parameters that read them.
@@ -261,7 +266,7 @@ impl Registry {
 #[macro_export]
 macro_rules! __register {
     // `$call` builds the object (`Result<$obj>`) from the parameters `$p` in the context `$c`.
-    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $ctx_ty:ty, [$($variant:literal),*], $fixture:expr, |$p:ident, $c:ident| $call:expr) => {
+    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $ctx_ty:ty, [$($variant:literal),*], $fixture:expr, $alias:expr, |$p:ident, $c:ident| $call:expr) => {
         const _: () = {
             fn __sdeflow_build<'de>(
                 de: $crate::registry::ErasedDe<'_, 'de>,
@@ -281,6 +286,7 @@ macro_rules! __register {
                         source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
                         variants: &[$($variant),*],
                         fixture: $fixture,
+                        alias_of: $alias,
                     },
                     build: __sdeflow_build,
                 }
@@ -288,8 +294,8 @@ macro_rules! __register {
         };
     };
     // A kind built from its parameters alone, as an `Arc<dyn Trait>`.
-    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $build:expr, [$($variant:literal),*]) => {
-        $crate::__register!($plugin, $name, $summary, $params, $obj, (), [$($variant),*], None, |params, _ctx| {
+    ($plugin:ident, $name:literal, $summary:literal, $params:ty, $obj:ty, $build:expr, [$($variant:literal),*] $(, $alias:expr)?) => {
+        $crate::__register!($plugin, $name, $summary, $params, $obj, (), [$($variant),*], None, $crate::__optional!($($alias)?), |params, _ctx| {
             let build: fn($params) -> $crate::Result<_> = $build;
             build(params).map(|built| ::std::sync::Arc::new(built) as $obj)
         });
@@ -310,7 +316,8 @@ macro_rules! register_data {
             $crate::data::Data,
             (),
             [],
-            $crate::__fixture!($($fixture)?),
+            $crate::__optional!($($fixture)?),
+            None,
             |params, _ctx| {
                 let build: fn($params) -> $crate::Result<_> = $build;
                 build(params).and_then(|built| $crate::data::Data::new(::std::sync::Arc::new(built)))
@@ -321,7 +328,7 @@ macro_rules! register_data {
 
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __fixture {
+macro_rules! __optional {
     () => {
         None
     };
@@ -376,6 +383,7 @@ macro_rules! register_model {
             $crate::ModelContext,
             [],
             None,
+            None,
             |params, ctx| {
                 let build: fn($params, &$crate::ModelContext) -> $crate::Result<_> = $build;
                 build(params, ctx).map(|built| {
@@ -387,10 +395,12 @@ macro_rules! register_model {
 }
 
 /// Registers a solver (builder: `fn(Params) -> Result<T>`, `T: Solver`). An optional
-/// `variants: ["(eta: 1.0)"]` lists parameter sets that conformance checks besides `()`.
+/// `variants: ["(eta: 1.0)"]` lists parameter sets that conformance checks besides `()`; an
+/// optional `alias_of: "ddim(eta: 1.0)"` registers a second name for another solver with fixed
+/// parameters ([`PluginInfo::alias_of`]).
 #[macro_export]
 macro_rules! register_solver {
-    ($name:literal, $summary:literal, $params:ty, $build:expr $(, variants: [$($variant:literal),* $(,)?])? $(,)?) => {
+    ($name:literal, $summary:literal, $params:ty, $build:expr $(, variants: [$($variant:literal),* $(,)?])? $(, alias_of: $alias:literal)? $(,)?) => {
         $crate::__register!(
             SolverPlugin,
             $name,
@@ -399,6 +409,7 @@ macro_rules! register_solver {
             ::std::sync::Arc<dyn $crate::Solver>,
             $build,
             [$($($variant),*)?]
+            $(, $alias)?
         );
     };
 }
@@ -446,6 +457,7 @@ mod tests {
                 source: "",
                 variants: &[],
                 fixture: None,
+                alias_of: None,
             },
             build,
         }

@@ -32,6 +32,10 @@ pub enum Order {
         /// The corrector's signal-to-noise ratio r.
         snr: f64,
     },
+    /// No convergence claim: a stochastic sampler tuned for quality at a few steps whose law
+    /// as N → ∞ depends on its parameters (EDM's churn with S_noise ≠ 1, or churn confined
+    /// to [S_min, S_max]). Conformance judges it by sampling quality at its defaults only.
+    Unclaimed,
 }
 
 /// Which equation a solver integrates (MATH.md §2).
@@ -307,6 +311,13 @@ pub trait Solver: Send + Sync + Debug {
 
     /// One step.
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step>;
+
+    /// Model evaluations a run of `steps` steps costs per sample: `nfe_per_step × steps`
+    /// unless the last step costs less (EDM's samplers end with an Euler step: 2N − 1).
+    /// Conformance counts every run against it.
+    fn nfe(&self, steps: usize) -> usize {
+        self.claims().nfe_per_step * steps
+    }
 
     /// Whether [`step`](Self::step) integrates a likelihood's augmented state (the extras of
     /// [`crate::likelihood`]) in either direction of time: a deterministic PF-ODE method in t

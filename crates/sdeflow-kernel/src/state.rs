@@ -6,13 +6,38 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
-/// One entry of multistep history: the half log-SNR λ of an evaluation and its x̂₀.
+/// One entry of multistep history: the time and half log-SNR λ of an evaluation, its x̂₀, and
+/// its ε̂ for a solver that extrapolates ε̂ (DEIS, iPNDM).
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
+    /// t at the evaluation.
+    pub t: f64,
     /// λ at the evaluation.
     pub lambda: f64,
     /// x̂₀ at the evaluation.
     pub x0_hat: Tensor,
+    /// ε̂ at the evaluation, when the solver keeps it.
+    pub eps_hat: Option<Tensor>,
+}
+
+impl HistoryEntry {
+    /// The entry of an evaluation at `c` that gave `x0_hat` (no ε̂ kept).
+    pub fn x0(c: &crate::TimeCoefs, x0_hat: Tensor) -> Self {
+        Self {
+            t: c.t,
+            lambda: c.lambda,
+            x0_hat,
+            eps_hat: None,
+        }
+    }
+
+    /// The entry of an evaluation at `c` that gave `x0_hat` and `eps_hat`.
+    pub fn both(c: &crate::TimeCoefs, x0_hat: Tensor, eps_hat: Tensor) -> Self {
+        Self {
+            eps_hat: Some(eps_hat),
+            ..Self::x0(c, x0_hat)
+        }
+    }
 }
 
 /// The state of a run: samples, time, step index, the noise counter, multistep history and
@@ -109,8 +134,12 @@ impl State {
         map.insert("sample_offset".into(), scalar_i64(self.sample_offset)?);
         map.insert("draws".into(), scalar_i64(self.draws)?);
         for (i, h) in self.history.iter().enumerate() {
+            map.insert(format!("history.{i:06}.t"), scalar_f64(h.t)?);
             map.insert(format!("history.{i:06}.lambda"), scalar_f64(h.lambda)?);
             map.insert(format!("history.{i:06}.x0_hat"), h.x0_hat.to_device(&cpu)?);
+            if let Some(eps) = &h.eps_hat {
+                map.insert(format!("history.{i:06}.eps_hat"), eps.to_device(&cpu)?);
+            }
         }
         for (k, v) in &self.extras {
             map.insert(format!("extra.{k}"), v.to_device(&cpu)?);
@@ -181,9 +210,19 @@ impl State {
             let key = format!("history.{i:06}.x0_hat");
             let x0_hat = get(&key)?;
             same_rows(&key, &x0_hat)?;
+            let eps_key = format!("history.{i:06}.eps_hat");
+            let eps_hat = match map.get(&eps_key) {
+                Some(e) => {
+                    same_rows(&eps_key, e)?;
+                    Some(e.clone())
+                }
+                None => None,
+            };
             history.push(HistoryEntry {
+                t: scalar(&format!("history.{i:06}.t"))?,
                 lambda: scalar(&format!("history.{i:06}.lambda"))?,
                 x0_hat,
+                eps_hat,
             });
         }
         let extras = map

@@ -307,10 +307,8 @@ fn resuming_a_saved_state_reproduces_the_uninterrupted_run() -> Result<()> {
             .insert("steps".into(), Tensor::new(&[k as f64], &Device::Cpu)?);
         for j in k.saturating_sub(2)..k {
             let c = p.sde().coefs(p.times()[j]);
-            mid.history.push(HistoryEntry {
-                lambda: c.lambda,
-                x0_hat: denoiser.eval(&x_at(j), &c)?.x0()?,
-            });
+            mid.history
+                .push(HistoryEntry::x0(&c, denoiser.eval(&x_at(j), &c)?.x0()?));
         }
         let path = dir.join(&format!("state-{k}.safetensors"));
         mid.save(&path)?;

@@ -23,9 +23,13 @@ fn full_state() -> Result<State> {
     s.sample_offset = u64::MAX - 5;
     s.draws = (1 << 40) + 3;
     for (k, lambda) in [-1.25, 0.5, 3.75].into_iter().enumerate() {
+        let x0_hat = normals(10 + k as u64, 4, 3)?.to_dtype(DType::F32)?;
         s.history.push(HistoryEntry {
+            t: 0.25 * k as f64,
             lambda,
-            x0_hat: normals(10 + k as u64, 4, 3)?.to_dtype(DType::F32)?,
+            // Every other entry keeps ε̂ too: both shapes must survive the round trip.
+            eps_hat: (k % 2 == 0).then(|| &x0_hat * 2.0).transpose()?,
+            x0_hat,
         });
     }
     s.extras
@@ -48,9 +52,15 @@ fn assert_same(a: &State, b: &State) -> Result<()> {
     );
     assert_eq!(a.history.len(), b.history.len());
     for (h, g) in a.history.iter().zip(&b.history) {
+        assert_eq!(h.t.to_bits(), g.t.to_bits());
         assert_eq!(h.lambda.to_bits(), g.lambda.to_bits());
         assert_eq!(h.x0_hat.dtype(), g.x0_hat.dtype());
         assert_eq!(flat(&h.x0_hat)?, flat(&g.x0_hat)?);
+        match (&h.eps_hat, &g.eps_hat) {
+            (Some(e), Some(f)) => assert_eq!(flat(e)?, flat(f)?),
+            (None, None) => {}
+            _ => panic!("ε̂ lost or invented in the round trip"),
+        }
     }
     let keys = |m: &BTreeMap<String, Tensor>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&a.extras), keys(&b.extras));
@@ -269,8 +279,10 @@ fn loading_a_malformed_state_names_the_entry() -> Result<()> {
     let cpu = Device::Cpu;
     let mut good = State::new(Tensor::zeros((4, 2), DType::F32, &cpu)?, 0.5, 0);
     good.history.push(HistoryEntry {
+        t: 0.5,
         lambda: 1.0,
         x0_hat: Tensor::zeros((4, 2), DType::F32, &cpu)?,
+        eps_hat: None,
     });
     let base = dir.join("good.safetensors");
     good.save(&base)?;

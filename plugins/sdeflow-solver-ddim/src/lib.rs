@@ -18,6 +18,11 @@
 //! η > 1 is allowed only where the formula holds, c² ≤ σ_s², i.e. η² (1 − e^{−2h}) ≤ 1; a step
 //! that breaks it is an error naming `eta`.
 //!
+//! Euler ancestral (k-diffusion's `sample_euler_ancestral`, diffusers'
+//! `EulerAncestralDiscreteScheduler`) is this step at η = 1: its σ_up² = σ_s² (σ_t² − σ_s²)/σ_t²
+//! in σ̃ = σ/α is c²/α_s² here. It is registered as `euler_ancestral`, an alias of
+//! `ddim(eta: 1.0)` with no parameters of its own.
+//!
 //! # Parameters
 //! - `eta`: the noise scale η ≥ 0 (finite); 0 is deterministic DDIM, 1 is DDPM's ancestral
 //!   sampler. Default 0.
@@ -167,4 +172,17 @@ register_solver!(
     Params,
     Ddim::new,
     variants: ["(eta: 1.0)"]
+);
+
+/// `euler_ancestral` has no parameters: it is `ddim(eta: 1.0)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AncestralParams {}
+
+register_solver!(
+    "euler_ancestral",
+    "Euler ancestral (k-diffusion, diffusers): an alias of ddim(eta: 1.0), DDPM's posterior step",
+    AncestralParams,
+    |_: AncestralParams| Ddim::new(Params { eta: 1.0 }),
+    alias_of: "ddim(eta: 1.0)"
 );

@@ -91,10 +91,7 @@ impl Solver for DpmSolverPp2m {
             None => lin2(x_coef, &state.x, x0_coef, &x0_now)?,
         };
         let mut next = state.with_x(x);
-        next.history = vec![HistoryEntry {
-            lambda: from.lambda,
-            x0_hat: x0_now,
-        }];
+        next.history = vec![HistoryEntry::x0(from, x0_now)];
         Ok(Step::to(next))
     }
 }

@@ -61,8 +61,10 @@ fn first_order(x: &Tensor, t: f64, s: f64) -> Result<Vec<Vec<f64>>> {
 
 fn entry(t: f64, x0_hat: Tensor) -> HistoryEntry {
     HistoryEntry {
+        t,
         lambda: Ou.log_snr(t),
         x0_hat,
+        eps_hat: None,
     }
 }
 

@@ -80,6 +80,15 @@ pub fn check(
     params: &[(&str, Arc<dyn Parameterization>)],
 ) {
     let plugin = format!("solver/{}", label(name, params_ron));
+    let alias = fixture
+        .registry
+        .solvers
+        .get(name)
+        .ok()
+        .and_then(|p| p.info.alias_of);
+    if let (Some(alias_of), Some((_, sde))) = (alias, sdes.first()) {
+        return robust::alias_matches(report, fixture, &plugin, alias_of, &solver, sde);
+    }
     let claims = solver.claims();
     let adaptive = solver.adaptive().is_some();
     let on = &sdes[..policy.sde_count(params_ron, sdes.len())];

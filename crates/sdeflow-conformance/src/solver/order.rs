@@ -26,7 +26,7 @@ pub(crate) fn claimed_order(order: Order) -> Option<f64> {
     match order {
         Order::Ode(p) => Some(p),
         Order::Sde { weak, .. } => Some(weak),
-        Order::Plateau { .. } => None,
+        Order::Plateau { .. } | Order::Unclaimed => None,
     }
 }
 

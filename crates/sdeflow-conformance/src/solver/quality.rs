@@ -99,7 +99,7 @@ pub(crate) fn sw2_at_default(
         let what = format!("{} at default, {sde_name}{by}{param_name}", spec.name);
         nfe_reported(report, plugin, &what, &**solver, &out);
     } else {
-        let claimed_nfe = (solver.claims().nfe_per_step * schedule.steps) as u64;
+        let claimed_nfe = solver.nfe(schedule.steps) as u64;
         report.push(
             plugin,
             format!(
@@ -110,7 +110,7 @@ pub(crate) fn sw2_at_default(
             claimed_nfe.to_string(),
             "exact",
             out.nfe == claimed_nfe,
-            "the solver evaluates the model a different number of times than nfe_per_step × steps",
+            "the solver evaluates the model a different number of times than it claims (Solver::nfe)",
         );
     }
     let schedule =

@@ -41,7 +41,7 @@ pub(crate) fn finite_everywhere(report: &mut Report, fixture: &Fixture<'_>, case
         let outcome =
             small_run(fixture, solver, sde, steps, fixture.target.dtype).and_then(|p| p.sample(64));
         match outcome {
-            Ok(out) if out.nfe == (solver.claims().nfe_per_step * steps) as u64 => {}
+            Ok(out) if out.nfe == solver.nfe(steps) as u64 => {}
             Ok(out) => failures.push(format!("{steps} steps: {} NFE", out.nfe)),
             Err(e) => failures.push(format!("{steps} steps: {e}")),
         }
@@ -103,4 +103,54 @@ pub(crate) fn bit_identical(
         "a sample depends on its batch-mates or on the run: draw noise only through ctx.standard_normal and keep state in State",
     );
     Ok(())
+}
+
+/// A registered alias (`euler_ancestral` for `ddim(eta: 1.0)`) builds the solver it names:
+/// the same claims, and the same bits on `ring` over the first SDE at 20 steps. The target's
+/// contracts run under the target's own name.
+pub(crate) fn alias_matches(
+    report: &mut Report,
+    fixture: &Fixture<'_>,
+    plugin: &str,
+    alias_of: &str,
+    solver: &Arc<dyn Solver>,
+    sde: &Arc<dyn ForwardSde>,
+) {
+    let check = format!("builds {alias_of}: the same claims and bits (ring, 20 steps, f32)");
+    let run = || -> Result<(bool, bool)> {
+        let (name, params) = alias_of
+            .find('(')
+            .map_or((alias_of, "()"), |i| alias_of.split_at(i));
+        let target = fixture.registry.solver(name, params)?;
+        let same_claims = target.claims() == solver.claims();
+        let bits = |s: &Arc<dyn Solver>| -> Result<Vec<u32>> {
+            let x = small_run(fixture, s, sde, 20, DType::F32)?
+                .sample(64)?
+                .state
+                .x;
+            Ok(x.flatten_all()?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        Ok((same_claims, bits(&target)? == bits(solver)?))
+    };
+    match run() {
+        Ok((claims, bits)) => report.push(
+            plugin,
+            check,
+            match (claims, bits) {
+                (true, true) => "same".to_string(),
+                (false, _) => "other claims".to_string(),
+                (true, false) => "other bits".to_string(),
+            },
+            "same",
+            "exact",
+            claims && bits,
+            format!("the alias builds a solver other than {alias_of}"),
+        ),
+        Err(e) => report.error(plugin, check, e),
+    }
 }

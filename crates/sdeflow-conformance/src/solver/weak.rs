@@ -41,10 +41,42 @@ impl NoiseSource for UnitDraw {
     }
 }
 
-/// The law after `steps` steps on the single Gaussian, propagated exactly: each step of the
-/// plugin is x_s = A x_t + b + Σ_k C_k z_k, read off with x = 0, 1 and all noise 0, then with
-/// the k-th draw 1 and the others 0; mean and variance then propagate without sampling.
-/// Returns (mean, variance) per coordinate and the exact marginal's coefficients at t_ε.
+/// The tensors a step carries forward besides x, in a fixed order: each history entry's x̂₀,
+/// then its ε̂ when kept. A multistep method's next x is affine in x and these.
+fn carried(state: &State) -> Vec<&Tensor> {
+    state
+        .history
+        .iter()
+        .flat_map(|h| std::iter::once(&h.x0_hat).chain(h.eps_hat.as_ref()))
+        .collect()
+}
+
+/// `like`'s structure (history times, which entries keep ε̂) with x and every carried tensor
+/// replaced from `values` (x first, then [`carried`]'s order), each `[rows, d]`.
+fn with_values(like: &State, values: &[Tensor]) -> State {
+    let mut state = like.with_x(values[0].clone());
+    let mut next = values[1..].iter();
+    for h in &mut state.history {
+        if let Some(v) = next.next() {
+            h.x0_hat = v.clone();
+        }
+        if h.eps_hat.is_some()
+            && let Some(v) = next.next()
+        {
+            h.eps_hat = Some(v.clone());
+        }
+    }
+    state
+}
+
+/// The law after `steps` steps on the single Gaussian, propagated exactly. The state a step
+/// carries, v = (x, then the history's x̂₀ and ε̂ in [`carried`]'s order), is jointly Gaussian
+/// per coordinate, and each step of the plugin is v' = b + M v + Σ_k c_k z_k. The step is read
+/// off on probe rows — all zero, then each component of v one in turn — with all noise 0, then
+/// from the zero row with the k-th draw 1 and the others 0; the mean and the covariance of v
+/// then propagate without sampling. The history is threaded from step to step, so multistep
+/// methods are measured too. Returns (mean, variance) of x per coordinate and the exact
+/// marginal's coefficients at t_ε.
 fn propagate_exactly(
     sde: &dyn ForwardSde,
     solver: &dyn Solver,
@@ -58,15 +90,16 @@ fn propagate_exactly(
     let times = grid.times(sde, steps)?;
     let denoiser = Denoiser::of(model, None, None)?;
     let zero = ConstantNoise(0.0);
-    let probe = target.put(&Tensor::from_vec(
-        [vec![0.0; d], vec![1.0; d]].concat(),
-        (2, d),
-        &Device::Cpu,
-    )?)?;
-    let origin = Tensor::zeros((1, d), target.dtype, &target.device)?;
     let c0 = sde.coefs(times[0]);
-    let mut mean: Vec<f64> = law.mean.iter().map(|v| c0.alpha * v).collect();
-    let mut var = vec![law.var(&c0); d];
+    // Per coordinate: the mean vector and covariance matrix of v.
+    let mut mean: Vec<Vec<f64>> = law.mean.iter().map(|v| vec![c0.alpha * v]).collect();
+    let mut cov: Vec<Vec<Vec<f64>>> = vec![vec![vec![law.var(&c0)]]; d];
+    // The structure of the carried state (its values are the probes').
+    let mut like = State::new(
+        Tensor::zeros((1, d), target.dtype, &target.device)?,
+        times[0],
+        0,
+    );
     for i in 0..steps {
         let span = StepSpan {
             from: sde.coefs(times[i]),
@@ -74,13 +107,28 @@ fn propagate_exactly(
             step: i,
             steps,
         };
+        let m = 1 + carried(&like).len();
+        // Row 0 all zero; row 1 + r has component r of v one.
+        let probe = |r: usize| -> Result<Tensor> {
+            let rows: Vec<f64> = (0..=m)
+                .flat_map(|row| std::iter::repeat_n(if row == r + 1 { 1.0 } else { 0.0 }, d))
+                .collect();
+            target.put(&Tensor::from_vec(rows, (m + 1, d), &Device::Cpu)?)
+        };
+        let probes = (0..m).map(probe).collect::<Result<Vec<_>>>()?;
+        let mut start = with_values(&like, &probes);
+        start.t = span.from.t;
+        start.step = i;
         let ctx = RunContext::new(sde, &denoiser, &zero, RUN_SEED).step(span);
-        let affine = rows_f64(
-            &solver
-                .step(&ctx, &State::new(probe.clone(), span.from.t, 0))?
-                .state
-                .x,
-        )?;
+        let out = solver.step(&ctx, &start)?.state;
+        let read = |s: &State| -> Result<Vec<Vec<Vec<f64>>>> {
+            std::iter::once(&s.x)
+                .chain(carried(s))
+                .map(rows_f64)
+                .collect()
+        };
+        // outs[c][row][j]: output component c on probe row `row`, coordinate j.
+        let outs = read(&out)?;
         let draws = ctx.draw_calls();
         if ctx.draws_taken() != draws * d as u64 {
             bail!(
@@ -88,28 +136,54 @@ fn propagate_exactly(
                 ctx.draws_taken()
             );
         }
-        let mut noise_var = vec![0.0; d];
+        let mut noise: Vec<Vec<Vec<f64>>> = Vec::new(); // [k][c][j]
         for k in 0..draws {
             let unit = UnitDraw(k);
             let ctx_k = RunContext::new(sde, &denoiser, &unit, RUN_SEED).step(span);
-            let noisy = rows_f64(
-                &solver
-                    .step(&ctx_k, &State::new(origin.clone(), span.from.t, 0))?
-                    .state
-                    .x,
-            )?;
-            for j in 0..d {
-                noise_var[j] += (noisy[0][j] - affine[0][j]).powi(2);
-            }
+            let noisy = read(&solver.step(&ctx_k, &start)?.state)?;
+            noise.push(
+                noisy
+                    .iter()
+                    .zip(&outs)
+                    .map(|(n, o)| (0..d).map(|j| n[0][j] - o[0][j]).collect())
+                    .collect(),
+            );
         }
+        let m_out = outs.len();
         for j in 0..d {
-            let b = affine[0][j];
-            let a = affine[1][j] - b;
-            mean[j] = a * mean[j] + b;
-            var[j] = a * a * var[j] + noise_var[j];
+            let b: Vec<f64> = (0..m_out).map(|c| outs[c][0][j]).collect();
+            let a: Vec<Vec<f64>> = (0..m_out)
+                .map(|c| (0..m).map(|r| outs[c][r + 1][j] - b[c]).collect())
+                .collect();
+            let mu: Vec<f64> = (0..m_out)
+                .map(|c| b[c] + (0..m).map(|r| a[c][r] * mean[j][r]).sum::<f64>())
+                .collect();
+            let a_cov: Vec<Vec<f64>> = (0..m_out)
+                .map(|c| {
+                    (0..m)
+                        .map(|q| (0..m).map(|r| a[c][r] * cov[j][r][q]).sum())
+                        .collect()
+                })
+                .collect();
+            let next: Vec<Vec<f64>> = (0..m_out)
+                .map(|c| {
+                    (0..m_out)
+                        .map(|e| {
+                            let drift: f64 = (0..m).map(|q| a_cov[c][q] * a[e][q]).sum();
+                            let diffusion: f64 = noise.iter().map(|n| n[c][j] * n[e][j]).sum();
+                            drift + diffusion
+                        })
+                        .collect()
+                })
+                .collect();
+            mean[j] = mu;
+            cov[j] = next;
         }
+        like = out;
     }
-    Ok((mean, var, sde.coefs(times[steps])))
+    let mean_x = mean.iter().map(|m| m[0]).collect();
+    let var_x = cov.iter().map(|c| c[0][0]).collect();
+    Ok((mean_x, var_x, sde.coefs(times[steps])))
 }
 
 /// The weak error at `steps` on the single Gaussian, propagated exactly

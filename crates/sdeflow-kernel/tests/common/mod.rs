@@ -451,10 +451,8 @@ impl Solver for NoisyEuler {
             &z,
         )?;
         let mut next = state.with_x(x);
-        next.history.push(sdeflow_kernel::HistoryEntry {
-            lambda: c.lambda,
-            x0_hat: pred.x0()?,
-        });
+        next.history
+            .push(sdeflow_kernel::HistoryEntry::x0(c, pred.x0()?));
         if next.history.len() > 2 {
             next.history.remove(0);
         }
