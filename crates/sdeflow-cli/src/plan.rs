@@ -397,6 +397,19 @@ pub fn plan(config: &Config, all: bool) -> Result<String> {
             c.alpha, c.sigma, c.lambda
         );
     }
+    if let Some(t) = pipeline.tuning() {
+        let _ = writeln!(
+            s,
+            "\ntuned   the grid above: RMS endpoint error per coordinate {:.3e} on {} calibration rows (prior draws, seed XOR {:#x}), from {:.3e} on {}, the best plain grid; {} solver runs against RK4 on {} λ-uniform steps",
+            t.rmse,
+            t.rows,
+            sdeflow_kernel::tune::CALIBRATION_SEED,
+            t.start_rmse,
+            t.started_from,
+            t.runs,
+            t.reference_steps
+        );
+    }
     if let Some(w) = &config.weighting {
         loss_plan(&mut s, config, &pipeline, w);
     }

@@ -19,6 +19,19 @@ pub enum GridKind {
         /// The exponent ρ (EDM: 7).
         rho: f64,
     },
+    /// Chosen for the model, the solver and the step count: the grid whose N-step solve lands
+    /// closest to a fine reference solve of the PF-ODE from `rows` calibration draws
+    /// ([`crate::tune`]). Deterministic solvers on a grid only; the pipeline chooses it when
+    /// it is built.
+    Tuned {
+        /// Calibration rows, drawn from the prior with a seed of their own (default 256).
+        #[serde(default = "default_tuning_rows")]
+        rows: usize,
+    },
+}
+
+fn default_tuning_rows() -> usize {
+    crate::tune::DEFAULT_ROWS
 }
 
 impl std::fmt::Display for GridKind {
@@ -29,12 +42,15 @@ impl std::fmt::Display for GridKind {
             Self::Quadratic => f.write_str("quadratic"),
             Self::LogSnr => f.write_str("log_snr"),
             Self::Karras { rho } => write!(f, "karras(rho: {rho})"),
+            Self::Tuned { rows } => write!(f, "tuned(rows: {rows})"),
         }
     }
 }
 
 impl GridKind {
-    /// The N + 1 times of an N-step grid on `sde`, strictly decreasing from T to t_ε.
+    /// The N + 1 times of an N-step grid on `sde`, strictly decreasing from T to t_ε. A
+    /// [`Tuned`](Self::Tuned) grid depends on the model and solver: the pipeline chooses it
+    /// ([`crate::tune::tune`]), and here it is an error.
     #[allow(
         clippy::neg_cmp_op_on_partial_ord,
         reason = "`!(a < b)` also rejects NaN, which `a >= b` would let through"
@@ -82,6 +98,13 @@ impl GridKind {
                         sde.t_of_log_snr(-s.ln())
                     })
                     .collect()
+            }
+            GridKind::Tuned { .. } => {
+                return Err(Error::invalid(
+                    "grid",
+                    "grid",
+                    "a tuned grid is chosen for a model and a solver: build a pipeline with it",
+                ));
             }
         };
         // The ends are exact whatever the inversions' rounding.

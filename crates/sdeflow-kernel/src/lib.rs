@@ -41,6 +41,7 @@ pub mod solver;
 pub mod state;
 pub mod testing;
 pub mod train;
+pub mod tune;
 pub mod weighting;
 
 pub use adaptive::{Adaptive, AdaptiveParams, Controller, RowStats, Tolerances};

@@ -210,8 +210,16 @@ impl PipelineBuilder {
                 "must be at least 1 (or off)",
             ));
         }
-        let times = schedule.grid.times(&*sde, schedule.steps)?;
-        Ok(Pipeline {
+        let tuned_rows = match schedule.grid {
+            GridKind::Tuned { rows } => Some(rows),
+            _ => None,
+        };
+        let times = match tuned_rows {
+            // A placeholder until the search below replaces it.
+            Some(_) => GridKind::LogSnr.times(&*sde, schedule.steps)?,
+            None => schedule.grid.times(&*sde, schedule.steps)?,
+        };
+        let mut pipeline = Pipeline {
             sde,
             param,
             model,
@@ -227,7 +235,14 @@ impl PipelineBuilder {
             progress: self.progress,
             denoise_final: self.denoise_final,
             guidance: self.guidance,
-        })
+            tuning: None,
+        };
+        if let Some(rows) = tuned_rows {
+            let tuning = crate::tune::tune(&pipeline, schedule.steps, rows)?;
+            pipeline.times.clone_from(&tuning.times);
+            pipeline.tuning = Some(Arc::new(tuning));
+        }
+        Ok(pipeline)
     }
 }
 
@@ -249,6 +264,7 @@ pub struct Pipeline {
     progress: Option<Progress>,
     denoise_final: bool,
     guidance: Option<f64>,
+    tuning: Option<Arc<crate::tune::Tuning>>,
 }
 
 /// What a run returns.
@@ -277,6 +293,44 @@ impl Pipeline {
     /// The times t_0 = T > … > t_N = t_ε.
     pub fn times(&self) -> &[f64] {
         &self.times
+    }
+    /// What the search for a [tuned](GridKind::Tuned) grid chose and measured (`None` on a
+    /// plain grid).
+    pub fn tuning(&self) -> Option<&crate::tune::Tuning> {
+        self.tuning.as_deref()
+    }
+
+    /// This pipeline on the grid `times` (T first, t_ε last).
+    pub(crate) fn with_times(&self, times: Vec<f64>) -> Self {
+        let mut p = self.clone();
+        p.schedule.steps = times.len() - 1;
+        p.times = times;
+        p.progress = None;
+        p.capture_trajectory = false;
+        p.denoise_final = false;
+        p
+    }
+
+    /// This pipeline with `solver` on the grid `times`.
+    pub(crate) fn with_solver(&self, solver: Arc<dyn Solver>, times: Vec<f64>) -> Self {
+        let mut p = self.with_times(times);
+        p.solver = solver;
+        p
+    }
+
+    /// The calibration rows of a tuned grid: `rows` prior draws with the run's seed XOR
+    /// [`crate::tune::CALIBRATION_SEED`], carrying the labels 0, 1, …, K − 1 in turn when
+    /// the model is conditional.
+    pub(crate) fn calibration_state(&self, rows: usize) -> Result<State> {
+        let mut cal = self.clone();
+        cal.seed ^= crate::tune::CALIBRATION_SEED;
+        let state = cal.prior_state(0, rows)?;
+        match self.model.classes() {
+            Some(k) => {
+                state.with_cond(crate::tune::calibration_labels(rows, k)?.to_device(&self.device)?)
+            }
+            None => Ok(state),
+        }
     }
     /// The step count and grid in use.
     pub fn discretization(&self) -> Discretization {

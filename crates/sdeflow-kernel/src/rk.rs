@@ -54,6 +54,18 @@ const TOL: f64 = 1e-14;
 /// The highest order whose conditions [`ButcherTableau::validate`] checks.
 pub const MAX_ORDER: u32 = 5;
 
+/// The classical fourth-order Runge–Kutta tableau: `a = [[], [½], [0, ½], [0, 0, 1]]`,
+/// `b = [⅙, ⅓, ⅓, ⅙]`, `c = [0, ½, ½, 1]`. The `rk4` plugin runs it, and a
+/// [tuned grid](crate::tune)'s reference solve uses it.
+pub const RK4: ButcherTableau = ButcherTableau {
+    name: "rk4",
+    a: &[&[], &[0.5], &[0.0, 0.5], &[0.0, 0.0, 1.0]],
+    b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
+    c: &[0.0, 0.5, 0.5, 1.0],
+    order: 4,
+    embedded: None,
+};
+
 /// Embedded weights b̂: a second solution of lower (or higher) order from the same stages,
 /// whose difference from the main one, h Σ_i (b_i − b̂_i) k_i, estimates the local error.
 #[derive(Debug, Clone, Copy, PartialEq)]

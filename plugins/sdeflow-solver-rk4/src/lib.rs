@@ -5,9 +5,10 @@
 //! with h = t − s and m = (t + s)/2:
 //! `k₁ = F(x_t, t)`, `k₂ = F(x_t − (h/2) k₁, m)`, `k₃ = F(x_t − (h/2) k₂, m)`,
 //! `k₄ = F(x_t − h k₃, s)`, `x_s = x_t − (h/6)(k₁ + 2k₂ + 2k₃ + k₄)`.
-//! It is the Butcher tableau [`TABLEAU`], `a = [[], [½], [0, ½], [0, 0, 1]]`,
-//! `b = [⅙, ⅓, ⅓, ⅙]`, `c = [0, ½, ½, 1]`, run by the kernel's [`RkSolver`], which
-//! integrates in t; the midpoint stages take the SDE's coefficients at m.
+//! It is the Butcher tableau [`TABLEAU`] (the kernel's `rk::RK4`, which a tuned grid's
+//! reference solve also runs), `a = [[], [½], [0, ½], [0, 0, 1]]`, `b = [⅙, ⅓, ⅓, ⅙]`,
+//! `c = [0, ½, ½, 1]`, run by the kernel's [`RkSolver`], which integrates in t; the midpoint
+//! stages take the SDE's coefficients at m.
 //!
 //! # Parameters
 //! None: `rk4()`.
@@ -23,21 +24,11 @@
 //! Equations I", 2nd ed., 1993, §II.1, Table 1.2; Song et al., ICLR 2021, §4.3 (the
 //! probability flow ODE).
 
-use sdeflow_kernel::{
-    register_solver,
-    rk::{ButcherTableau, RkSolver},
-};
+use sdeflow_kernel::{register_solver, rk::RkSolver};
 use serde::{Deserialize, Serialize};
 
 /// The classical RK4 tableau.
-pub const TABLEAU: ButcherTableau = ButcherTableau {
-    name: "rk4",
-    a: &[&[], &[0.5], &[0.0, 0.5], &[0.0, 0.0, 1.0]],
-    b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
-    c: &[0.0, 0.5, 0.5, 1.0],
-    order: 4,
-    embedded: None,
-};
+pub use sdeflow_kernel::rk::RK4 as TABLEAU;
 
 /// RK4 has no parameters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
