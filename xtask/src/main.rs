@@ -58,6 +58,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// sdeflow's few-step solvers beside diffusers' and k-diffusion's on an exact score: the
+    /// problem's export and the table (in xtask-linked; `xtask/peers/run.sh` runs it all).
+    #[command(disable_help_flag = true)]
+    Peers {
+        /// Passed on to `xtask-linked peers`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
         Command::NewPlugin { kind, name } => new_plugin(&kind, &name),
         Command::Bench { args } => linked("bench", &args),
         Command::TrainTable { args } => linked("train-table", &args),
+        Command::Peers { args } => linked("peers", &args),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod conformance;
+mod peers;
 mod train_bench;
 
 #[global_allocator]
@@ -102,6 +103,35 @@ enum Command {
         #[arg(long, default_value = "target/train-table")]
         out: PathBuf,
     },
+    /// sdeflow's few-step solvers beside diffusers' and k-diffusion's on an exact score
+    /// (docs/peers.md): `export` writes the problem for `xtask/peers/peers.py`, `table` runs
+    /// sdeflow's rows, reads the peers' and prints the tables.
+    Peers {
+        /// `export` or `table`.
+        #[arg(value_enum)]
+        action: PeersAction,
+        /// The exchange directory.
+        #[arg(default_value = "target/peers")]
+        dir: PathBuf,
+        /// `table` without the peers' rows (no `peers.json` needed).
+        #[arg(long)]
+        only_sdeflow: bool,
+        /// Rows per library in each table.
+        #[arg(long, default_value_t = 8)]
+        top: usize,
+        /// Threads (RAYON_NUM_THREADS).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+/// What `peers` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PeersAction {
+    /// Write the problem and the starts.
+    Export,
+    /// Run sdeflow's rows and print the tables.
+    Table,
 }
 
 fn main() -> ExitCode {
@@ -147,6 +177,23 @@ fn main() -> ExitCode {
             threads,
             out,
         } => train_bench::table(seeds, steps, threads, out),
+        Command::Peers {
+            action,
+            dir,
+            only_sdeflow,
+            top,
+            threads,
+        } => {
+            // Set before any pool exists; an error means one does, and it is used instead.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+            match action {
+                PeersAction::Export => peers::export(&dir),
+                PeersAction::Table => peers::table(&dir, only_sdeflow, top),
+            }
+            .map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,473 @@
+//! `peers`: sdeflow's few-step solvers side by side with diffusers' and k-diffusion's, on one
+//! problem with an exact score (docs/peers.md; `xtask/peers/run.sh` runs every part).
+//!
+//! **The problem.** DDPM's discrete VP schedule (sdeflow's `vp_discrete`: linear β from 1e-4 to
+//! 0.02 over 1,000 steps, which diffusers' schedulers implement), from T (train step 999) to
+//! t_ε (train step 0), on the exact score of the `ring` and `mix8` mixtures. Every sampler
+//! starts from the same [`SAMPLES`] exact draws of p_T and stops at σ̃ = σ̃(t_ε): one endpoint
+//! for everyone.
+//!
+//! **The metrics,** computed here for every row, sdeflow's and the peers': the sliced W2
+//! against exact samples of p_{t_ε} (with the floor of exact samplers), and for deterministic
+//! samplers the RMS per coordinate to the exact PF-ODE endpoint of the first
+//! [`PAIRED`] starts. The PF-ODE in (x/α, σ̃) does not depend on the schedule, so the
+//! reference is solved on EDM's SDE over the same σ̃ range, which is smooth (RK4, 2^13
+//! λ-uniform steps, f64), where `vp_discrete`'s knots would cost a step-based solver its order.
+//!
+//! - `peers export DIR`: writes `DIR/problem.json` and the starts for the Python side.
+//! - `peers table DIR [--only-sdeflow]`: runs sdeflow's solvers (every registered grid solver
+//!   and variant; deterministic ones on plain grids and on a tuned grid) at NFE 5, 10, 20 and
+//!   50, reads `DIR/peers.json`, and prints one table per mixture and budget, then the
+//!   summary the issue asks for.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use candle_core::{DType, Device, Tensor};
+use sdeflow_conformance::{
+    mixtures::{MixtureSpec, mix8, ring},
+    sw2::{Floor, SlicedW2, reference_and_floor},
+};
+use sdeflow_kernel::{
+    Error, ForwardSde, GridKind, ModelContext, Pipeline, Registry, Result, ScoreModel, Solver,
+    State, mixture::Covariance, ops::host_f64,
+};
+
+/// Starts per mixture (every sampler runs all of them; SW2 reads all).
+pub const SAMPLES: usize = sdeflow_conformance::sw2::SAMPLES;
+/// Starts whose endpoints are compared with the exact PF-ODE endpoint.
+pub const PAIRED: usize = 2_000;
+/// The NFE budgets.
+pub const BUDGETS: [usize; 4] = [5, 10, 20, 50];
+/// The seed of the starts.
+const START_SEED: u64 = 7_000;
+/// Steps of the RK4 reference on EDM's SDE.
+const REFERENCE_STEPS: usize = 1 << 13;
+
+/// The SDE of the problem: DDPM's schedule.
+fn problem_sde(registry: &Registry) -> Result<Arc<dyn ForwardSde>> {
+    registry.sde("vp_discrete", "()")
+}
+
+fn mixtures() -> Vec<MixtureSpec> {
+    vec![ring(), mix8()]
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Msg(format!("{}: {e}", path.display()))
+}
+
+/// The exact p_T draws of `spec` under `sde`, `[SAMPLES, d]` f64.
+fn starts(spec: &MixtureSpec, sde: &dyn ForwardSde) -> Result<Tensor> {
+    let c = sde.coefs(sde.t_max());
+    let x = spec
+        .mixture()?
+        .marginal(c.alpha, c.sigma)?
+        .sample(START_SEED, 0, SAMPLES);
+    Ok(Tensor::from_vec(x, (SAMPLES, spec.dim()), &Device::Cpu)?)
+}
+
+/// Full covariance matrices of `spec`'s components.
+fn covariances(spec: &MixtureSpec) -> Vec<Vec<Vec<f64>>> {
+    let d = spec.dim();
+    spec.covariances
+        .iter()
+        .map(|c| match c {
+            Covariance::Isotropic(s) => (0..d)
+                .map(|i| (0..d).map(|j| if i == j { s * s } else { 0.0 }).collect())
+                .collect(),
+            Covariance::Diagonal(v) => (0..d)
+                .map(|i| (0..d).map(|j| if i == j { v[i] } else { 0.0 }).collect())
+                .collect(),
+            Covariance::Full(m) => m.clone(),
+        })
+        .collect()
+}
+
+/// `peers export DIR`.
+pub fn export(dir: &Path) -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let sde = problem_sde(registry)?;
+    let (top, end) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
+    let mut mixes = Vec::new();
+    for spec in mixtures() {
+        let sub = dir.join(spec.name);
+        std::fs::create_dir_all(&sub).map_err(|e| io_err(&sub, e))?;
+        let path = sub.join("starts.npy");
+        starts(&spec, &*sde)?
+            .write_npy(&path)
+            .map_err(|e| io_err(&path, e))?;
+        mixes.push(serde_json::json!({
+            "name": spec.name,
+            "dim": spec.dim(),
+            "weights": spec.weights,
+            "means": spec.means,
+            "covs": covariances(&spec),
+            "starts": format!("{}/starts.npy", spec.name),
+        }));
+    }
+    let problem = serde_json::json!({
+        "schedule": {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"},
+        "sigma_max": top.sigma_tilde(),
+        "sigma_min": end.sigma_tilde(),
+        "alpha_max": top.alpha,
+        "alpha_min": end.alpha,
+        "budgets": BUDGETS,
+        "seed": 0,
+        "mixtures": mixes,
+    });
+    let path = dir.join("problem.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&problem).map_err(|e| io_err(&path, e))?,
+    )
+    .map_err(|e| io_err(&path, e))?;
+    eprintln!(
+        "wrote {} (σ̃ from {:.6} to {:.6}, α from {:.6e} to {:.6})",
+        path.display(),
+        top.sigma_tilde(),
+        end.sigma_tilde(),
+        top.alpha,
+        end.alpha
+    );
+    Ok(())
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+struct Row {
+    library: String,
+    sampler: String,
+    schedule: String,
+    budget: usize,
+    nfe: u64,
+    stochastic: bool,
+    sw2: f64,
+    paired: Option<f64>,
+}
+
+/// What every row of one mixture is scored against.
+struct Truth {
+    sw: SlicedW2,
+    floor: Floor,
+    reference: Vec<f64>,
+    d: usize,
+}
+
+impl Truth {
+    fn new(registry: &Registry, spec: &MixtureSpec, sde: &dyn ForwardSde) -> Result<Self> {
+        let end = sde.coefs(sde.t_eps());
+        let target = spec.mixture()?.marginal(end.alpha, end.sigma)?;
+        let (sw, floor) = reference_and_floor(&target, SAMPLES)?;
+        // The exact PF-ODE endpoint in (x/α, σ̃), solved on EDM's SDE over the same σ̃ range.
+        let top = sde.coefs(sde.t_max());
+        let edm = registry.sde(
+            "edm",
+            &format!(
+                "(t_max: {:e}, t_eps: {:e})",
+                top.sigma_tilde(),
+                end.sigma_tilde()
+            ),
+        )?;
+        let x_tilde = (starts(spec, sde)?.narrow(0, 0, PAIRED)? / top.alpha)?;
+        let reference = Pipeline::builder()
+            .sde(edm.clone())
+            .model(oracle(registry, spec)?)
+            .solver(registry.solver("rk4", "()")?)
+            .steps(REFERENCE_STEPS)
+            .grid(GridKind::LogSnr)
+            .dtype(DType::F64)
+            .build()?
+            .run(State::new(x_tilde, edm.t_max(), 0))?
+            .state
+            .x;
+        let reference = host_f64(&(reference * end.alpha)?)?;
+        Ok(Self {
+            sw,
+            floor,
+            reference,
+            d: spec.dim(),
+        })
+    }
+
+    /// SW2 of `x` (`SAMPLES` rows) and, when `paired`, the RMS per coordinate of its first
+    /// [`PAIRED`] rows to the exact endpoint.
+    fn score(&self, x: &[f64], paired: bool) -> Result<(f64, Option<f64>)> {
+        let sw2 = self.sw.distance(x)?;
+        let paired = paired.then(|| {
+            let n = PAIRED * self.d;
+            let s: f64 = x[..n]
+                .iter()
+                .zip(&self.reference)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum();
+            (s / n as f64).sqrt()
+        });
+        Ok((sw2, paired))
+    }
+}
+
+/// The exact score of `spec` (sdeflow's `gmm_oracle`), in f64 on the CPU.
+fn oracle(registry: &Registry, spec: &MixtureSpec) -> Result<Arc<dyn ScoreModel>> {
+    registry.model(
+        "gmm_oracle",
+        &spec.oracle_params(),
+        &ModelContext::new(Device::Cpu, DType::F64),
+    )
+}
+
+/// The plain grids of sdeflow's rows.
+const GRIDS: [GridKind; 4] = [
+    GridKind::LogSnr,
+    GridKind::Karras { rho: 7.0 },
+    GridKind::Uniform,
+    GridKind::Quadratic,
+];
+
+/// Every grid solver and variant, as (label, solver).
+fn grid_solvers(registry: &Registry) -> Result<Vec<(String, Arc<dyn Solver>)>> {
+    let mut out = Vec::new();
+    for p in registry.solvers.all() {
+        if p.info.alias_of.is_some() {
+            continue;
+        }
+        for params in std::iter::once("()").chain(p.info.variants.iter().copied()) {
+            let solver = registry.solver(p.info.name, params)?;
+            if solver.adaptive().is_some() {
+                continue;
+            }
+            let label = if params == "()" {
+                format!("{}()", p.info.name)
+            } else {
+                format!("{}{params}", p.info.name)
+            };
+            out.push((label, solver));
+        }
+    }
+    Ok(out)
+}
+
+/// sdeflow's rows for `spec` under `sde`.
+fn sdeflow_rows(
+    registry: &Registry,
+    spec: &MixtureSpec,
+    sde: &Arc<dyn ForwardSde>,
+    truth: &Truth,
+) -> Result<Vec<Row>> {
+    let model = oracle(registry, spec)?;
+    let start = starts(spec, &**sde)?;
+    let mut rows = Vec::new();
+    for (label, solver) in grid_solvers(registry)? {
+        let claims = solver.claims();
+        for budget in BUDGETS {
+            let Some(steps) = (1..=budget).rev().find(|n| solver.nfe(*n) <= budget) else {
+                continue;
+            };
+            let mut grids: Vec<GridKind> = GRIDS.to_vec();
+            if !claims.stochastic {
+                grids.push(GridKind::Tuned { rows: 256 });
+            }
+            for grid in grids {
+                let built = Pipeline::builder()
+                    .sde(sde.clone())
+                    .model(model.clone())
+                    .solver(solver.clone())
+                    .steps(steps)
+                    .grid(grid)
+                    .dtype(DType::F64)
+                    .seed(0)
+                    .build();
+                let pipeline = match built {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("  {label} {grid} {steps} steps: {e}");
+                        continue;
+                    }
+                };
+                let out = match pipeline.run(State::new(start.clone(), sde.t_max(), 0)) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("  {label} {grid} {steps} steps: {e}");
+                        continue;
+                    }
+                };
+                let x = host_f64(&out.state.x)?;
+                let (sw2, paired) = truth.score(&x, !claims.stochastic)?;
+                rows.push(Row {
+                    library: "sdeflow".into(),
+                    sampler: label.clone(),
+                    schedule: format!("{grid}, {steps} steps"),
+                    budget,
+                    nfe: out.nfe,
+                    stochastic: claims.stochastic,
+                    sw2,
+                    paired,
+                });
+            }
+        }
+        eprintln!("  sdeflow {label}: done");
+    }
+    Ok(rows)
+}
+
+/// The peers' rows for `spec` from `DIR/peers.json`.
+fn peer_rows(dir: &Path, spec: &MixtureSpec, truth: &Truth) -> Result<(Vec<Row>, String)> {
+    let path = dir.join("peers.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
+    let versions = json["versions"].to_string();
+    let mut rows = Vec::new();
+    for r in json["rows"].as_array().into_iter().flatten() {
+        if r["mixture"].as_str() != Some(spec.name) {
+            continue;
+        }
+        let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        let file: PathBuf = dir.join(field("samples"));
+        let x = Tensor::read_npy(&file).map_err(|e| io_err(&file, e))?;
+        if x.dims() != [SAMPLES, spec.dim()] {
+            return Err(io_err(
+                &file,
+                format!("has shape {:?}, not [{SAMPLES}, {}]", x.dims(), spec.dim()),
+            ));
+        }
+        let stochastic = r["stochastic"].as_bool().unwrap_or(false);
+        let (sw2, paired) = truth.score(&host_f64(&x)?, !stochastic)?;
+        rows.push(Row {
+            library: field("library"),
+            sampler: field("sampler"),
+            schedule: field("schedule"),
+            budget: r["budget"].as_u64().unwrap_or(0) as usize,
+            nfe: r["nfe"].as_u64().unwrap_or(0),
+            stochastic,
+            sw2,
+            paired,
+        });
+    }
+    Ok((rows, versions))
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.3e}"))
+}
+
+/// The best row of `library` (any library when `None`) at `budget` by `key`.
+fn best<'a>(
+    rows: &'a [Row],
+    library: Option<&str>,
+    budget: usize,
+    stochastic: Option<bool>,
+    key: impl Fn(&Row) -> Option<f64>,
+) -> Option<(&'a Row, f64)> {
+    rows.iter()
+        .filter(|r| r.budget == budget)
+        .filter(|r| library.is_none_or(|l| r.library == l))
+        .filter(|r| stochastic.is_none_or(|s| r.stochastic == s))
+        .filter_map(|r| key(r).map(|k| (r, k)))
+        .filter(|(_, k)| k.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// `peers table DIR`.
+pub fn table(dir: &Path, only_sdeflow: bool, top: usize) -> Result<()> {
+    let registry = sdeflow_plugins::registry()?;
+    let sde = problem_sde(registry)?;
+    let mut summary = String::new();
+    let _ = writeln!(
+        summary,
+        "\n## Summary: the best of each library (paired: RMS per coordinate to the exact PF-ODE endpoint; SW2 against exact samples)\n"
+    );
+    let _ = writeln!(
+        summary,
+        "| mixture | NFE | best deterministic, paired error: sdeflow | diffusers | k-diffusion | best SW2 (any sampler): sdeflow | diffusers | k-diffusion | SW2 floor |"
+    );
+    let _ = writeln!(summary, "|---|---|---|---|---|---|---|---|---|");
+    let mut verdicts = Vec::new();
+    for spec in mixtures() {
+        eprintln!("{}: exact reference and floor", spec.name);
+        let truth = Truth::new(registry, &spec, &*sde)?;
+        let mut rows = sdeflow_rows(registry, &spec, &sde, &truth)?;
+        if !only_sdeflow {
+            let (peers, versions) = peer_rows(dir, &spec, &truth)?;
+            if spec.name == "ring" {
+                println!("peers: {versions}");
+            }
+            rows.extend(peers);
+        }
+        for budget in BUDGETS {
+            let mut at: Vec<&Row> = rows.iter().filter(|r| r.budget == budget).collect();
+            at.sort_by(|a, b| {
+                let k = |r: &Row| r.paired.unwrap_or(f64::INFINITY);
+                k(a).total_cmp(&k(b)).then(a.sw2.total_cmp(&b.sw2))
+            });
+            println!(
+                "\n### {} at NFE ≤ {budget} (SW2 floor {:.4} ± {:.4}; the best {top} per library)\n",
+                spec.name, truth.floor.mean, truth.floor.sd
+            );
+            println!("| library | sampler | schedule | NFE | paired error | SW2 |");
+            println!("|---|---|---|---|---|---|");
+            for lib in ["sdeflow", "diffusers", "k-diffusion"] {
+                for r in at.iter().filter(|r| r.library == lib).take(top) {
+                    println!(
+                        "| {} | {} | {} | {} | {} | {:.4} |",
+                        r.library,
+                        r.sampler,
+                        r.schedule,
+                        r.nfe,
+                        fmt_opt(r.paired),
+                        r.sw2
+                    );
+                }
+            }
+            let det = |lib: &str| best(&rows, Some(lib), budget, Some(false), |r| r.paired);
+            let sw = |lib: &str| best(&rows, Some(lib), budget, None, |r| Some(r.sw2));
+            let cell = |b: Option<(&Row, f64)>| {
+                b.map_or("—".into(), |(r, v)| {
+                    format!("{v:.3e} ({}, {})", r.sampler, r.schedule)
+                })
+            };
+            let _ = writeln!(
+                summary,
+                "| {} | {budget} | {} | {} | {} | {} | {} | {} | {:.4} ± {:.4} |",
+                spec.name,
+                cell(det("sdeflow")),
+                cell(det("diffusers")),
+                cell(det("k-diffusion")),
+                cell(sw("sdeflow")),
+                cell(sw("diffusers")),
+                cell(sw("k-diffusion")),
+                truth.floor.mean,
+                truth.floor.sd
+            );
+            if !only_sdeflow && (budget == 10 || budget == 20) {
+                let ours = det("sdeflow").map(|b| b.1);
+                let theirs = [det("diffusers"), det("k-diffusion")]
+                    .into_iter()
+                    .flatten()
+                    .map(|b| b.1)
+                    .fold(f64::INFINITY, f64::min);
+                let ours_sw = sw("sdeflow").map(|b| b.1);
+                let theirs_sw = [sw("diffusers"), sw("k-diffusion")]
+                    .into_iter()
+                    .flatten()
+                    .map(|b| b.1)
+                    .fold(f64::INFINITY, f64::min);
+                verdicts.push(format!(
+                    "{} NFE {budget}: paired {} vs best peer {theirs:.3e} → {}; SW2 {} vs best peer {theirs_sw:.4} → {}",
+                    spec.name,
+                    fmt_opt(ours),
+                    if ours.is_some_and(|o| o < theirs) { "sdeflow below" } else { "NOT below" },
+                    ours_sw.map_or("—".into(), |v| format!("{v:.4}")),
+                    if ours_sw.is_some_and(|o| o <= theirs_sw) { "no worse" } else { "WORSE" }
+                ));
+            }
+        }
+    }
+    println!("{summary}");
+    for v in verdicts {
+        println!("- {v}");
+    }
+    Ok(())
+}
