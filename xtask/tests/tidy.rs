@@ -79,6 +79,7 @@ fn tree(test: &str, edit: impl FnOnce(&Path)) -> (PathBuf, Vec<Registration>) {
         kind: "solver".into(),
         name: "good".into(),
         crate_name: "sdeflow-solver-good".into(),
+        alias: false,
     }];
     (root, regs)
 }

@@ -9,15 +9,20 @@ use sdeflow_conformance::{Options, Part};
 use sdeflow_kernel::Result;
 
 /// The built-in solvers, each with its own test below.
-const SOLVERS: [&str; 11] = [
+const SOLVERS: [&str; 16] = [
     "bosh3",
     "ddim",
     "ddpm",
+    "deis",
     "dopri5",
     "dpmpp_2m",
+    "dpmpp_2s",
+    "dpmpp_3m",
     "euler",
+    "euler_ancestral",
     "euler_maruyama",
     "heun",
+    "ipndm",
     "pc",
     "reverse_diffusion",
     "rk4",
@@ -115,6 +120,31 @@ fn reverse_diffusion_passes_quick_conformance() -> Result<()> {
 #[test]
 fn rk4_passes_quick_conformance() -> Result<()> {
     solver("rk4")
+}
+
+#[test]
+fn deis_passes_quick_conformance() -> Result<()> {
+    solver("deis")
+}
+
+#[test]
+fn dpmpp_2s_passes_quick_conformance() -> Result<()> {
+    solver("dpmpp_2s")
+}
+
+#[test]
+fn dpmpp_3m_passes_quick_conformance() -> Result<()> {
+    solver("dpmpp_3m")
+}
+
+#[test]
+fn ipndm_passes_quick_conformance() -> Result<()> {
+    solver("ipndm")
+}
+
+#[test]
+fn euler_ancestral_passes_quick_conformance() -> Result<()> {
+    solver("euler_ancestral")
 }
 
 /// Every registered solver without a test of its own above; and every name above registered.
