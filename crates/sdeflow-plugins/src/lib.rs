@@ -54,6 +54,7 @@ use sdeflow_weighting_snr as _;
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
     ("solver", "ipndm", "sdeflow-solver-ipndm"),
+    ("solver", "euler_ancestral", "sdeflow-solver-ddim"),
     ("solver", "deis", "sdeflow-solver-deis"),
     ("solver", "dpmpp_2s", "sdeflow-solver-dpmpp-2s"),
     ("solver", "dpmpp_3m", "sdeflow-solver-dpmpp-3m"),
