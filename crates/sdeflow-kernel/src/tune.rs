@@ -19,7 +19,7 @@
 //! The result is never worse than the best plain grid on the calibration draws. The run's own
 //! draws score it (`sdeflow check` prints the grid and both errors).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::{Error, GridKind, Pipeline, Result, State, ops::host_f64, rk::RkSolver};
 
@@ -289,5 +289,5 @@ pub(crate) fn calibration_labels(rows: usize, classes: usize) -> Result<Tensor> 
     let labels: Vec<u32> = (0..rows)
         .map(|i| u32::try_from(i % classes.max(1)).unwrap_or(0))
         .collect();
-    Ok(Tensor::new(labels.as_slice(), &candle_core::Device::Cpu)?.to_dtype(DType::U32)?)
+    Ok(Tensor::new(labels.as_slice(), &candle_core::Device::Cpu)?)
 }
