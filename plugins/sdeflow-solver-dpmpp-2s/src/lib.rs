@@ -104,10 +104,7 @@ impl Solver for DpmSolverPp2s {
 
     fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
         Discretization {
-            steps: std::env::var("SDEFLOW_EXPLORE_STEPS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(50),
+            steps: 50,
             grid: GridKind::LogSnr,
         }
     }

@@ -158,10 +158,7 @@ impl Solver for DpmSolverPp3m {
 
     fn default_discretization(&self, _sde: &dyn ForwardSde) -> Discretization {
         Discretization {
-            steps: std::env::var("SDEFLOW_EXPLORE_STEPS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100),
+            steps: 100,
             grid: GridKind::LogSnr,
         }
     }
