@@ -119,6 +119,10 @@ enum Command {
         /// Rows per library in each table.
         #[arg(long, default_value_t = 8)]
         top: usize,
+        /// `table`: only these sdeflow solvers (registered names, comma-separated; default
+        /// every one), to rerun a few rows quickly.
+        #[arg(long, value_delimiter = ',')]
+        solvers: Vec<String>,
         /// Threads (RAYON_NUM_THREADS).
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
             dir,
             only_sdeflow,
             top,
+            solvers,
             threads,
         } => {
             // Set before any pool exists; an error means one does, and it is used instead.
@@ -190,7 +195,7 @@ fn main() -> ExitCode {
                 .build_global();
             match action {
                 PeersAction::Export => peers::export(&dir),
-                PeersAction::Table => peers::table(&dir, only_sdeflow, top),
+                PeersAction::Table => peers::table(&dir, only_sdeflow, top, &solvers),
             }
             .map(|()| ExitCode::SUCCESS)
         }

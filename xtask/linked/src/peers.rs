@@ -15,7 +15,7 @@
 //! λ-uniform steps, f64), where `vp_discrete`'s knots would cost a step-based solver its order.
 //!
 //! - `peers export DIR`: writes `DIR/problem.json` and the starts for the Python side.
-//! - `peers table DIR [--only-sdeflow]`: runs sdeflow's solvers (every registered grid solver
+//! - `peers table DIR [--only-sdeflow] [--solvers a,b]`: runs sdeflow's solvers (every registered grid solver
 //!   and variant; deterministic ones on plain grids and on a tuned grid) at NFE 5, 10, 20 and
 //!   50, reads `DIR/peers.json`, and prints one table per mixture and budget, then the
 //!   summary the issue asks for.
@@ -227,11 +227,15 @@ const GRIDS: [GridKind; 4] = [
     GridKind::Quadratic,
 ];
 
-/// Every grid solver and variant, as (label, solver).
-fn grid_solvers(registry: &Registry) -> Result<Vec<(String, Arc<dyn Solver>)>> {
+/// Every grid solver and variant (of `only` when not empty), as (label, solver).
+fn grid_solvers(registry: &Registry, only: &[String]) -> Result<Vec<(String, Arc<dyn Solver>)>> {
+    for name in only {
+        registry.solvers.get(name)?;
+    }
     let mut out = Vec::new();
     for p in registry.solvers.all() {
-        if p.info.alias_of.is_some() {
+        if p.info.alias_of.is_some() || !(only.is_empty() || only.iter().any(|n| n == p.info.name))
+        {
             continue;
         }
         for params in std::iter::once("()").chain(p.info.variants.iter().copied()) {
@@ -256,11 +260,12 @@ fn sdeflow_rows(
     spec: &MixtureSpec,
     sde: &Arc<dyn ForwardSde>,
     truth: &Truth,
+    only: &[String],
 ) -> Result<Vec<Row>> {
     let model = oracle(registry, spec)?;
     let start = starts(spec, &**sde)?;
     let mut rows = Vec::new();
-    for (label, solver) in grid_solvers(registry)? {
+    for (label, solver) in grid_solvers(registry, only)? {
         let claims = solver.claims();
         for budget in BUDGETS {
             let Some(steps) = (1..=budget).rev().find(|n| solver.nfe(*n) <= budget) else {
@@ -371,7 +376,7 @@ fn best<'a>(
 }
 
 /// `peers table DIR`.
-pub fn table(dir: &Path, only_sdeflow: bool, top: usize) -> Result<()> {
+pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
     let sde = problem_sde(registry)?;
     let mut summary = String::new();
@@ -388,7 +393,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize) -> Result<()> {
     for spec in mixtures() {
         eprintln!("{}: exact reference and floor", spec.name);
         let truth = Truth::new(registry, &spec, &*sde)?;
-        let mut rows = sdeflow_rows(registry, &spec, &sde, &truth)?;
+        let mut rows = sdeflow_rows(registry, &spec, &sde, &truth, solvers)?;
         if !only_sdeflow {
             let (peers, versions) = peer_rows(dir, &spec, &truth)?;
             if spec.name == "ring" {
