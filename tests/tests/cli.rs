@@ -48,7 +48,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("euler_maruyama()", "euler_maruyam()"),
             "error: bad.ron:5:13: unknown solver plugin `euler_maruyam` (did you mean `euler_maruyama`?); \
-             registered solver plugins: bosh3, ddim, ddpm, deis, dopri5, dpmpp_2m, dpmpp_2s, dpmpp_3m, euler, euler_ancestral, euler_maruyama, heun, ipndm, pc, reverse_diffusion, rk4\n",
+             registered solver plugins: bosh3, ddim, ddpm, deis, dopri5, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, edm, euler, euler_ancestral, euler_maruyama, heun, ipndm, pc, reverse_diffusion, rk4, unipc\n",
         ),
         (
             edited("sde: vp()", "sde: heat()"),

@@ -5,6 +5,9 @@
 //! be named somewhere in the final binary. This crate names them once; [`BUILT_IN`] lists
 //! what they register, and a test checks the two agree.
 
+use sdeflow_kernel::{Registry, Result};
+
+// One line per built-in plugin crate.
 use sdeflow_data_checkerboard as _;
 use sdeflow_data_digits as _;
 use sdeflow_data_gmm as _;
@@ -13,7 +16,6 @@ use sdeflow_data_moons as _;
 use sdeflow_data_npy as _;
 use sdeflow_data_spirals as _;
 use sdeflow_data_swiss_roll as _;
-use sdeflow_kernel::{Registry, Result};
 use sdeflow_param_edm as _;
 use sdeflow_param_eps as _;
 use sdeflow_param_flow as _;
@@ -36,8 +38,10 @@ use sdeflow_solver_ddpm as _;
 use sdeflow_solver_deis as _;
 use sdeflow_solver_dopri5 as _;
 use sdeflow_solver_dpmpp_2m as _;
+use sdeflow_solver_dpmpp_2m_sde as _;
 use sdeflow_solver_dpmpp_2s as _;
 use sdeflow_solver_dpmpp_3m as _;
+use sdeflow_solver_edm as _;
 use sdeflow_solver_euler as _;
 use sdeflow_solver_euler_maruyama as _;
 use sdeflow_solver_heun as _;
@@ -45,6 +49,7 @@ use sdeflow_solver_ipndm as _;
 use sdeflow_solver_pc as _;
 use sdeflow_solver_reverse_diffusion as _;
 use sdeflow_solver_rk4 as _;
+use sdeflow_solver_unipc as _;
 use sdeflow_weighting_edm as _;
 use sdeflow_weighting_likelihood as _;
 use sdeflow_weighting_min_snr as _;
@@ -53,11 +58,14 @@ use sdeflow_weighting_snr as _;
 
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
+    ("solver", "edm", "sdeflow-solver-edm"),
+    ("solver", "dpmpp_2m_sde", "sdeflow-solver-dpmpp-2m-sde"),
     ("solver", "ipndm", "sdeflow-solver-ipndm"),
     ("solver", "euler_ancestral", "sdeflow-solver-ddim"),
     ("solver", "deis", "sdeflow-solver-deis"),
     ("solver", "dpmpp_2s", "sdeflow-solver-dpmpp-2s"),
     ("solver", "dpmpp_3m", "sdeflow-solver-dpmpp-3m"),
+    ("solver", "unipc", "sdeflow-solver-unipc"),
     ("data", "gmm", "sdeflow-data-gmm"),
     ("data", "digits", "sdeflow-data-digits"),
     ("data", "idx", "sdeflow-data-idx"),

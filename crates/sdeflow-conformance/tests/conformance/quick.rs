@@ -9,15 +9,17 @@ use sdeflow_conformance::{Options, Part};
 use sdeflow_kernel::Result;
 
 /// The built-in solvers, each with its own test below.
-const SOLVERS: [&str; 16] = [
+const SOLVERS: [&str; 19] = [
     "bosh3",
     "ddim",
     "ddpm",
     "deis",
     "dopri5",
     "dpmpp_2m",
+    "dpmpp_2m_sde",
     "dpmpp_2s",
     "dpmpp_3m",
+    "edm",
     "euler",
     "euler_ancestral",
     "euler_maruyama",
@@ -26,6 +28,7 @@ const SOLVERS: [&str; 16] = [
     "pc",
     "reverse_diffusion",
     "rk4",
+    "unipc",
 ];
 
 fn quick(kind: &str, part: Part) -> Result<()> {
@@ -128,6 +131,11 @@ fn deis_passes_quick_conformance() -> Result<()> {
 }
 
 #[test]
+fn dpmpp_2m_sde_passes_quick_conformance() -> Result<()> {
+    solver("dpmpp_2m_sde")
+}
+
+#[test]
 fn dpmpp_2s_passes_quick_conformance() -> Result<()> {
     solver("dpmpp_2s")
 }
@@ -138,13 +146,23 @@ fn dpmpp_3m_passes_quick_conformance() -> Result<()> {
 }
 
 #[test]
-fn ipndm_passes_quick_conformance() -> Result<()> {
-    solver("ipndm")
+fn edm_passes_quick_conformance() -> Result<()> {
+    solver("edm")
 }
 
 #[test]
 fn euler_ancestral_passes_quick_conformance() -> Result<()> {
     solver("euler_ancestral")
+}
+
+#[test]
+fn ipndm_passes_quick_conformance() -> Result<()> {
+    solver("ipndm")
+}
+
+#[test]
+fn unipc_passes_quick_conformance() -> Result<()> {
+    solver("unipc")
 }
 
 /// Every registered solver without a test of its own above; and every name above registered.
