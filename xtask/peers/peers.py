@@ -2,6 +2,7 @@
 """Peer samplers on an exact score: diffusers and k-diffusion, side by side with sdeflow.
 
     python peers.py DIR              reads DIR/problem.json, writes DIR/peers.json and the samples
+    python peers.py --rescore DIR    runs the candidates `peers select` chose on the fresh start sets
     python peers.py --self-test      checks the exact denoiser against closed forms
     python peers.py --agree DIR      large-budget agreement of every deterministic sampler with a
                                      reference solve of the probability-flow ODE (DIR/agree.json)
@@ -901,6 +902,44 @@ def run_problem(d: Path, only: str | None, n_limit: int | None) -> int:
     return 0
 
 
+def rescore(d: Path) -> int:
+    """Runs the candidates of DIR/rescore.json (each library's best SW2 rows on the scored set, chosen
+    by `peers select`) again on the fresh start sets of problem.json, with noise seed k on set k, at
+    the step count of their scored run; writes DIR/rescore-peers.json. The SW2 read there is out of
+    sample: the choice among hundreds of rows no longer picks the luckiest noise."""
+    prob = Problem.load(d)
+    job = json.loads((d / "rescore.json").read_text())
+    specs = {(s.library, s.sampler, s.schedule): s for s in all_specs(None)}
+    mixes = {m["name"]: m for m in prob.mixtures}
+    out = {"versions": versions(), "rows": []}
+    t_all = time.time()
+    for r in job["rows"]:
+        spec = specs.get((r["library"], r["sampler"], r["schedule"]))
+        if spec is None:
+            raise SystemExit(f"rescore.json: no sampler {r['library']} / {r['sampler']} / {r['schedule']}")
+        m = mixes[r["mixture"]]
+        mix = Mixture(m["weights"], m["means"], m["covs"])
+        fresh = m.get("fresh_starts") or []
+        if len(fresh) != int(job["sets"]):
+            raise SystemExit(f"problem.json: {m['name']} has {len(fresh)} fresh start sets, rescore.json wants {job['sets']}")
+        b, steps = int(r["budget"]), int(r["steps"])
+        for k, rel_starts in enumerate(fresh, start=1):
+            x = torch.as_tensor(np.load(d / rel_starts))
+            model = Counted(mix, limit=b)
+            xs = spec.run(prob, model, x, steps, k).detach().numpy().astype(np.float64)
+            if model.nfe != int(r["nfe"]):
+                raise SystemExit(f"BUG: {spec.slug} at {steps} steps: NFE {model.nfe}, scored run {r['nfe']}")
+            rel = f"rescore/{m['name']}/{spec.library}/{spec.slug}-{b}-{k}.npy"
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(d / rel, xs)
+            out["rows"].append({"mixture": m["name"], "library": spec.library, "sampler": spec.sampler,
+                                "schedule": spec.schedule, "budget": b, "set": k, "samples": rel})
+        log(f"  {m['name']:5s} {spec.library:11s} {spec.slug:48s} nfe {b:3d}: {len(fresh)} fresh sets")
+    (d / "rescore-peers.json").write_text(json.dumps(out, indent=1))
+    log(f"wrote {d / 'rescore-peers.json'}: {len(out['rows'])} runs, {time.time() - t_all:.0f} s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Large-budget agreement with a reference PF-ODE solve
 # ---------------------------------------------------------------------------------------------
@@ -1023,6 +1062,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="regex on 'library/slug' to run a subset")
     ap.add_argument("--n", type=int, help="use only the first N starts (development)")
     ap.add_argument("--list", action="store_true", help="list the samplers")
+    ap.add_argument("--rescore", action="store_true",
+                    help="run DIR/rescore.json's candidates on the fresh start sets (DIR/rescore-peers.json)")
     a = ap.parse_args(argv)
     quiet_diffusers()
     if a.self_test:
@@ -1038,6 +1079,8 @@ def main(argv=None) -> int:
         a.dir.mkdir(parents=True, exist_ok=True)
         demo_problem(a.dir)
         return 0
+    if a.rescore:
+        return rescore(a.dir)
     if a.agree:
         return agree(a.dir, [int(b) for b in a.agree_nfe.split(",")], a.agree_n, a.only)
     return run_problem(a.dir, a.only, a.n)

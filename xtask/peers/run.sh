@@ -12,4 +12,7 @@ mkdir -p "$dir"
 bash xtask/peers/setup.sh
 cargo run --quiet --release -p xtask-linked -- peers export "$dir"
 target/peers-venv/bin/python xtask/peers/peers.py "$dir"
+# Each library's best-SW2 candidates again on fresh starts and noise: out-of-sample SW2.
+cargo run --quiet --release -p xtask-linked -- peers select "$dir"
+target/peers-venv/bin/python xtask/peers/peers.py --rescore "$dir"
 cargo run --quiet --release -p xtask-linked -- peers table "$dir" | tee "$dir/table.md"

@@ -104,10 +104,11 @@ enum Command {
         out: PathBuf,
     },
     /// sdeflow's few-step solvers beside diffusers' and k-diffusion's on an exact score
-    /// (docs/peers.md): `export` writes the problem for `xtask/peers/peers.py`, `table` runs
+    /// (docs/peers.md): `export` writes the problem for `xtask/peers/peers.py`, `select` the
+    /// peers' candidates for its `--rescore`, `table` runs
     /// sdeflow's rows, reads the peers' and prints the tables.
     Peers {
-        /// `export` or `table`.
+        /// `export`, `select` or `table`.
         #[arg(value_enum)]
         action: PeersAction,
         /// The exchange directory.
@@ -134,6 +135,8 @@ enum Command {
 enum PeersAction {
     /// Write the problem and the starts.
     Export,
+    /// Choose the peers' best-SW2 candidates for the fresh sets (`DIR/rescore.json`).
+    Select,
     /// Run sdeflow's rows and print the tables.
     Table,
 }
@@ -195,6 +198,7 @@ fn main() -> ExitCode {
                 .build_global();
             match action {
                 PeersAction::Export => peers::export(&dir),
+                PeersAction::Select => peers::select(&dir),
                 PeersAction::Table => peers::table(&dir, only_sdeflow, top, &solvers),
             }
             .map(|()| ExitCode::SUCCESS)
