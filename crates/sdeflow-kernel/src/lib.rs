@@ -61,7 +61,7 @@ pub use sde::ForwardSde;
 pub use solver::{
     Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,
 };
-pub use state::{COND, HistoryEntry, State};
+pub use state::{COND, HistoryEntry, State, previous_evaluations};
 pub use train::TrainSpec;
 pub use weighting::Weighting;
 

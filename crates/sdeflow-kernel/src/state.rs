@@ -40,6 +40,40 @@ impl HistoryEntry {
     }
 }
 
+/// The last `want` entries of `history`, newest first, checked to be the run's previous
+/// evaluations before a step that starts at `from`: each strictly earlier (lower λ, finite)
+/// than the one after it and than `from`, and carrying ε̂ when `need_eps`. Otherwise the one
+/// error every multistep solver gives for a history that is not this run's, naming `solver`:
+/// a foreign history is refused, never silently extrapolated.
+pub fn previous_evaluations<'h>(
+    history: &'h [HistoryEntry],
+    from: &crate::TimeCoefs,
+    want: usize,
+    need_eps: bool,
+    solver: &str,
+) -> Result<Vec<&'h HistoryEntry>> {
+    let used: Vec<&HistoryEntry> = history.iter().rev().take(want).collect();
+    let mut later = from.lambda;
+    for e in &used {
+        let missing_eps = need_eps && e.eps_hat.is_none();
+        if !(e.lambda < later && e.lambda.is_finite()) || missing_eps {
+            return Err(Error::Msg(format!(
+                "{solver}: the state's history holds an entry at t = {:e}, λ = {:e}{} where the \
+                 next evaluation is at λ = {later:e} (this step starts at t = {:e}): it is not \
+                 this run's previous evaluations (each earlier{}); start from a state with an \
+                 empty history",
+                e.t,
+                e.lambda,
+                if missing_eps { " without ε̂" } else { "" },
+                from.t,
+                if need_eps { ", with ε̂" } else { "" },
+            )));
+        }
+        later = e.lambda;
+    }
+    Ok(used)
+}
+
 /// The state of a run: samples, time, step index, the noise counter, multistep history and
 /// named extra tensors (an augmented state for likelihoods, say). Solvers take `&self` and
 /// return the next state; nothing leaks from one run into the next.

@@ -362,3 +362,49 @@ fn a_trained_checkpoint_records_its_target() -> Result<()> {
     assert!(load_trained(&vm2, "v", &plain).is_err());
     Ok(())
 }
+
+/// `previous_evaluations`: the last `want` entries, newest first, when each is earlier in λ
+/// than the next evaluation; a history that cannot be this run's (not below, not finite,
+/// without a needed ε̂) is an error naming the solver and the entry.
+#[test]
+fn previous_evaluations_accepts_this_runs_history_only() -> Result<()> {
+    use sdeflow_kernel::{TimeCoefs, previous_evaluations};
+    let x = Tensor::zeros((2, 1), DType::F64, &Device::Cpu)?;
+    let at = |t: f64, lambda: f64, eps: bool| HistoryEntry {
+        t,
+        lambda,
+        x0_hat: x.clone(),
+        eps_hat: eps.then(|| x.clone()),
+    };
+    let from = TimeCoefs {
+        t: 0.5,
+        alpha: 1.0,
+        sigma: 0.5,
+        f: 0.0,
+        g2: 1.0,
+        lambda: 0.7,
+    };
+    let good = vec![at(0.9, -1.0, true), at(0.7, 0.1, true)];
+    let got = previous_evaluations(&good, &from, 5, true, "s")?;
+    let lambdas: Vec<f64> = got.iter().map(|e| e.lambda).collect();
+    assert_eq!(lambdas, [0.1, -1.0]);
+    assert_eq!(previous_evaluations(&good, &from, 1, true, "s")?.len(), 1);
+    for (bad, need_eps, what) in [
+        (vec![at(0.5, 0.7, false)], false, "λ = 7e-1"),
+        (
+            vec![at(0.9, 0.2, false), at(0.7, 0.1, false)],
+            false,
+            "λ = 2e-1",
+        ),
+        (vec![at(0.9, f64::NAN, false)], false, "NaN"),
+        (vec![at(0.7, 0.1, false)], true, "without ε̂"),
+    ] {
+        let err = previous_evaluations(&bad, &from, 5, need_eps, "mysolver").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("mysolver: ") && msg.contains(what) && msg.contains("empty history"),
+            "{msg}"
+        );
+    }
+    Ok(())
+}

@@ -66,9 +66,9 @@
 
 use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
-    SolverClaims, State, Step, StepContext, TimeCoefs,
+    SolverClaims, State, Step, StepContext,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -213,31 +213,6 @@ fn weights(ctx: &StepContext<'_>, nodes: &[f64], (s, t): (f64, f64)) -> Vec<f64>
     (0..nodes.len()).map(|j| sum[j + 1] / sum[0]).collect()
 }
 
-/// The history entries this step extrapolates through, newest first: up to `want` of them,
-/// each strictly earlier (larger t) than the one after it and carrying ε̂.
-fn previous<'s>(state: &'s State, from: &TimeCoefs, want: usize) -> Result<Vec<&'s HistoryEntry>> {
-    let used: Vec<&HistoryEntry> = state.history.iter().rev().take(want).collect();
-    let mut later = from.t;
-    for e in &used {
-        if !(e.t > later && e.t.is_finite()) || e.eps_hat.is_none() {
-            return Err(Error::Msg(format!(
-                "deis: the state's history holds an entry at t = {:e}{} where this step starts at \
-                 t = {:e}: it is not this run's previous evaluations (each earlier, with ε̂); \
-                 start from a state with an empty history",
-                e.t,
-                if e.eps_hat.is_none() {
-                    " without ε̂"
-                } else {
-                    ""
-                },
-                from.t
-            )));
-        }
-        later = e.t;
-    }
-    Ok(used)
-}
-
 impl Solver for Deis {
     fn claims(&self) -> SolverClaims {
         SolverClaims {
@@ -259,7 +234,8 @@ impl Solver for Deis {
 
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         let (from, to) = (&ctx.from, &ctx.to);
-        let prev = previous(state, from, (self.order - 1).min(ctx.step))?;
+        let want = (self.order - 1).min(ctx.step);
+        let prev = previous_evaluations(&state.history, from, want, true, "deis")?;
         let mut q = self.order.min(prev.len() + 1);
         if ctx.steps < 15 && ctx.step < ctx.steps {
             q = q.min(ctx.steps - ctx.step);

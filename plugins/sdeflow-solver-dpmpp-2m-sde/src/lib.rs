@@ -60,7 +60,7 @@ use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext, Transition,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -172,21 +172,11 @@ impl Solver for Dpmpp2mSde {
         let x0_now = ctx.eval(&state.x, from)?.x0()?;
         let x_coef = to.sigma / from.sigma * (-eta_h).exp();
         let x0_coef = to.alpha * phi;
-        let prev = state
-            .history
-            .last()
-            .filter(|_| ctx.step > 0 && !ctx.is_last());
-        let x = match prev {
+        let want = usize::from(ctx.step > 0 && !ctx.is_last());
+        let prev = previous_evaluations(&state.history, from, want, false, "dpmpp_2m_sde")?;
+        let x = match prev.first() {
             Some(prev) => {
                 let h_prev = from.lambda - prev.lambda;
-                if !(h_prev > 0.0 && h_prev.is_finite()) {
-                    return Err(Error::Msg(format!(
-                        "dpmpp_2m_sde: the state's history holds λ = {:e}, not below this step's \
-                         λ_t = {:e}: it is not the previous step of this run; start from a state \
-                         with an empty history",
-                        prev.lambda, from.lambda
-                    )));
-                }
                 let c = match self.solver_type {
                     SolverType::Midpoint => 0.5 * phi,
                     SolverType::Heun if big_h > 0.0 => 1.0 - phi / big_h,

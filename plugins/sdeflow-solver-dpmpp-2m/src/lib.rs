@@ -27,10 +27,10 @@
 //! Probabilistic Models", 2022, Algorithm 2 (multistep second order, data prediction).
 
 use sdeflow_kernel::{
-    Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
+    Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,21 +68,11 @@ impl Solver for DpmSolverPp2m {
         let x0_now = ctx.eval(&state.x, from)?.x0()?;
         let x_coef = to.sigma / from.sigma;
         let x0_coef = -to.alpha * (-h).exp_m1();
-        let prev = state
-            .history
-            .last()
-            .filter(|_| ctx.step > 0 && !ctx.is_last());
-        let x = match prev {
+        let want = usize::from(ctx.step > 0 && !ctx.is_last());
+        let prev = previous_evaluations(&state.history, from, want, false, "dpmpp_2m")?;
+        let x = match prev.first() {
             Some(prev) => {
                 let h_prev = from.lambda - prev.lambda;
-                if !(h_prev > 0.0 && h_prev.is_finite()) {
-                    return Err(Error::Msg(format!(
-                        "dpmpp_2m: the state's history holds λ = {:e}, not below this step's \
-                         λ_t = {:e}: it is not the previous step of this run; start from a state \
-                         with an empty history",
-                        prev.lambda, from.lambda
-                    )));
-                }
                 // D = (1 + k) x̂₀_now − k x̂₀_prev with k = 1/(2r) = h/(2 h_prev).
                 let k = h / (2.0 * h_prev);
                 let (a, b) = (x0_coef * (1.0 + k), -x0_coef * k);

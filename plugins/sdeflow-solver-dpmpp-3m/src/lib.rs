@@ -61,10 +61,10 @@
 //! steps).
 
 use sdeflow_kernel::{
-    Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
+    Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,20 +130,6 @@ fn phi3(h: f64) -> f64 {
     }
 }
 
-/// The λ-gap from `older` to `newer` (both in the history or the step's start), or an error
-/// saying the history is not this run's.
-fn gap(newer: f64, older: &HistoryEntry, what: &str) -> Result<f64> {
-    let g = newer - older.lambda;
-    if g > 0.0 && g.is_finite() {
-        return Ok(g);
-    }
-    Err(Error::Msg(format!(
-        "dpmpp_3m: the state's history holds λ = {:e}, not below {what} λ = {newer:e}: it is \
-         not the previous steps of this run; start from a state with an empty history",
-        older.lambda
-    )))
-}
-
 impl Solver for DpmSolverPp3m {
     fn claims(&self) -> SolverClaims {
         SolverClaims {
@@ -167,24 +153,23 @@ impl Solver for DpmSolverPp3m {
         let (from, to) = (&ctx.from, &ctx.to);
         let h = to.lambda - from.lambda;
         let x0_now = ctx.eval(&state.x, from)?.x0()?;
-        let hist = &state.history;
-        let order = self.step_order(ctx.step, ctx.steps, hist.len());
+        let order = self.step_order(ctx.step, ctx.steps, state.history.len());
+        let prev = previous_evaluations(&state.history, from, order - 1, false, "dpmpp_3m")?;
         let x_coef = to.sigma / from.sigma;
         let phi1 = -(-h).exp_m1();
         let x = match order {
             1 => lin2(x_coef, &state.x, to.alpha * phi1, &x0_now)?,
             2 => {
-                let m1 = &hist[hist.len() - 1];
-                let h0 = gap(from.lambda, m1, "this step's start")?;
+                let m1 = prev[0];
+                let h0 = from.lambda - m1.lambda;
                 // D = (1 + k) m₀ − k m₁ with k = h/(2 h₀) (dpmpp_2m's step).
                 let k = h / (2.0 * h0);
                 let c = to.alpha * phi1;
                 lin3(x_coef, &state.x, c * (1.0 + k), &x0_now, -c * k, &m1.x0_hat)?
             }
             _ => {
-                let (m2, m1) = (&hist[hist.len() - 2], &hist[hist.len() - 1]);
-                let h0 = gap(from.lambda, m1, "this step's start")?;
-                let h1 = gap(m1.lambda, m2, "the next entry's")?;
+                let (m1, m2) = (prev[0], prev[1]);
+                let (h0, h1) = (from.lambda - m1.lambda, m1.lambda - m2.lambda);
                 let phi2 = (h + (-h).exp_m1()) / h;
                 // φ₁ m₀ + φ₂ D₁ + φ₃ D₂ = φ₁ m₀ + a f₀₁ + b f₀₁₂, then f₀₁₂ through f₀₁, f₁₂
                 // and those through m₀, m₁, m₂.
@@ -199,7 +184,7 @@ impl Solver for DpmSolverPp3m {
             }
         };
         let mut next = state.with_x(x);
-        let keep = hist.last().filter(|_| ctx.step > 0).cloned();
+        let keep = state.history.last().filter(|_| ctx.step > 0).cloned();
         next.history = keep
             .into_iter()
             .chain([HistoryEntry::x0(from, x0_now)])

@@ -54,7 +54,7 @@ use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -136,25 +136,7 @@ impl Solver for Ipndm {
     fn step(&self, ctx: &StepContext<'_>, state: &State) -> Result<Step> {
         let (from, to) = (&ctx.from, &ctx.to);
         let want = self.order.min(ctx.step + 1) - 1;
-        let prev: Vec<&HistoryEntry> = state.history.iter().rev().take(want).collect();
-        let mut later = from.t;
-        for e in &prev {
-            if !(e.t > later && e.t.is_finite()) || e.eps_hat.is_none() {
-                return Err(Error::Msg(format!(
-                    "ipndm: the state's history holds an entry at t = {:e}{} where this step \
-                     starts at t = {:e}: it is not this run's previous evaluations (each \
-                     earlier, with ε̂); start from a state with an empty history",
-                    e.t,
-                    if e.eps_hat.is_none() {
-                        " without ε̂"
-                    } else {
-                        ""
-                    },
-                    from.t
-                )));
-            }
-            later = e.t;
-        }
+        let prev = previous_evaluations(&state.history, from, want, true, "ipndm")?;
         let b = WEIGHTS[prev.len()];
         let pred = ctx.eval(&state.x, from)?;
         let eps = pred.eps()?;

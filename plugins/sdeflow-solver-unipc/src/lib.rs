@@ -74,7 +74,7 @@ use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, Solver,
     SolverClaims, State, Step, StepContext, TimeCoefs,
     ops::{lin2, lin3},
-    register_solver,
+    previous_evaluations, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -342,17 +342,7 @@ impl Solver for Unipc {
         let m_now = ctx.eval(&state.x, from)?.x0()?;
         // The first step starts afresh: a history handed to it is not this run's.
         let history: &[HistoryEntry] = if ctx.step == 0 { &[] } else { &state.history };
-        let mut above = from.lambda;
-        for e in history.iter().rev() {
-            if !(e.lambda < above && e.lambda.is_finite()) {
-                return Err(foreign(format!(
-                    "an entry at λ = {:e} is not below the next one's λ = {above:e} \
-                     (this step starts at λ_t = {:e})",
-                    e.lambda, from.lambda
-                )));
-            }
-            above = e.lambda;
-        }
+        previous_evaluations(history, from, history.len(), false, "unipc")?;
         // UniC: redo the previous step from its corrected start with this evaluation included.
         let x = match (self.p.corrector, history.split_last()) {
             (true, Some((last, older))) => {
