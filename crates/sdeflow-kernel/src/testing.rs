@@ -224,6 +224,36 @@ pub fn one_step(
     })
 }
 
+/// Step `step` of `steps`, t → s, of a fixed-step `solver` from `state` (its history and
+/// extras included) on [`Ou`], reading [`Gaussian::default`] with no noise (seed 5): the
+/// returned state and the NFE it cost. A multistep solver's step tests read through this.
+pub fn ou_step(
+    solver: &dyn Solver,
+    state: &State,
+    (t, s): (f64, f64),
+    step: usize,
+    steps: usize,
+) -> Result<(State, u64)> {
+    let den = Gaussian::default().denoiser();
+    let ctx = RunContext::new(&Ou, &den, &NoNoise, 5).step(StepSpan {
+        from: Ou.coefs(t),
+        to: Ou.coefs(s),
+        step,
+        steps,
+    });
+    let out = solver.step(&ctx, state)?;
+    assert!(
+        out.error_estimate.is_none(),
+        "a fixed-step solver returned an error estimate"
+    );
+    Ok((out.state, den.nfe()))
+}
+
+/// The history entry of an evaluation on [`Ou`] at `t` that gave `x0_hat`.
+pub fn ou_entry(t: f64, x0_hat: Tensor) -> crate::HistoryEntry {
+    crate::HistoryEntry::x0(&Ou.coefs(t), x0_hat)
+}
+
 /// Starting points at T of the ODE solvers' pathwise checks ([`ode_flow_run`]): the rows of a
 /// `[4, 2]` batch, both signs and the neighbourhood of [`Gaussian::default`]'s mean.
 pub const FLOW_STARTS: [[f64; 2]; 4] = [[0.0, 0.0], [1.5, -2.0], [-1.0, 0.7], [2.5, 1.0]];

@@ -8,27 +8,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result,
-    RunContext, Solver, SolverClaims, State, StepSpan,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    Discretization, Equation, ForwardSde, GridKind, Order, Pipeline, Result, RunContext, Solver,
+    SolverClaims, State, StepSpan,
+    testing::{
+        EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_step, rows, tail_order,
+    },
 };
 use sdeflow_solver_dpmpp_2m::DpmSolverPp2m;
-
-/// One step t → s, step `step` of `steps`, from `state` (history included), reading
-/// [`Gaussian::default`]: (the returned state, NFE).
-fn one_step(state: &State, t: f64, s: f64, step: usize, steps: usize) -> Result<(State, u64)> {
-    let den = Gaussian::default().denoiser();
-    let (from, to) = (Ou.coefs(t), Ou.coefs(s));
-    let ctx = RunContext::new(&Ou, &den, &NoNoise, 5).step(StepSpan {
-        from,
-        to,
-        step,
-        steps,
-    });
-    let step = DpmSolverPp2m.step(&ctx, state)?;
-    assert!(step.error_estimate.is_none());
-    Ok((step.state, den.nfe()))
-}
 
 /// The exponential-integrator update x_s = (σ_s/σ_t) x_t + α_s (1 − e^{−h}) D (MATH.md §5),
 /// computed here element by element with D = `d(row, j, x̂₀_now)` and x̂₀_now in closed form.
@@ -59,15 +45,6 @@ fn first_order(x: &Tensor, t: f64, s: f64) -> Result<Vec<Vec<f64>>> {
     exp_step(x, t, s, |_, _, x0| x0)
 }
 
-fn entry(t: f64, x0_hat: Tensor) -> HistoryEntry {
-    HistoryEntry {
-        t,
-        lambda: Ou.log_snr(t),
-        x0_hat,
-        eps_hat: None,
-    }
-}
-
 /// The first step (no history, or a stale history handed in at step 0) is DDIM(η = 0)'s step,
 /// one NFE; the returned history is [(λ_t, x̂₀(x_t, t))] and the input keeps its own history.
 #[test]
@@ -77,10 +54,10 @@ fn first_step_is_first_order() -> Result<()> {
     let (t, s) = (1.0, 0.8);
     let fresh = State::new(x.clone(), t, 0);
     let mut stale = fresh.clone();
-    stale.history = vec![entry(1.2, normals(9, 6, 2)?)];
+    stale.history = vec![ou_entry(1.2, normals(9, 6, 2)?)];
     for state in [fresh, stale] {
         let had = state.history.len();
-        let (next, nfe) = one_step(&state, t, s, 0, 10)?;
+        let (next, nfe) = ou_step(&DpmSolverPp2m, &state, (t, s), 0, 10)?;
         assert_eq!(nfe, 1);
         assert_close(
             &rows(&next.x)?,
@@ -112,8 +89,8 @@ fn last_step_is_first_order() -> Result<()> {
     let x = normals(2, 5, 2)?;
     let (t, s) = (0.01, 1e-3);
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(0.02, normals(8, 5, 2)?)];
-    let (next, nfe) = one_step(&state, t, s, 9, 10)?;
+    state.history = vec![ou_entry(0.02, normals(8, 5, 2)?)];
+    let (next, nfe) = ou_step(&DpmSolverPp2m, &state, (t, s), 9, 10)?;
     assert_eq!(nfe, 1);
     assert_close(&rows(&next.x)?, &first_order(&x, t, s)?, 1e-12, "last step");
     assert_eq!(next.history[0].lambda, Ou.coefs(t).lambda);
@@ -129,8 +106,8 @@ fn middle_step_is_the_2m_update() -> Result<()> {
     let prev = normals(7, 5, 2)?;
     let (t_prev, t, s) = (0.6, 0.5, 0.35);
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(t_prev, prev.clone())];
-    let (next, nfe) = one_step(&state, t, s, 4, 10)?;
+    state.history = vec![ou_entry(t_prev, prev.clone())];
+    let (next, nfe) = ou_step(&DpmSolverPp2m, &state, (t, s), 4, 10)?;
     assert_eq!(nfe, 1);
     let h = Ou.log_snr(s) - Ou.log_snr(t);
     let h_prev = Ou.log_snr(t) - Ou.log_snr(t_prev);
@@ -163,8 +140,8 @@ fn foreign_history_is_an_error() -> Result<()> {
     let x = normals(4, 3, 2)?;
     for t_prev in [0.5, 0.4] {
         let mut state = State::new(x.clone(), 0.5, 0);
-        state.history = vec![entry(t_prev, x.clone())];
-        let err = one_step(&state, 0.5, 0.35, 4, 10).unwrap_err();
+        state.history = vec![ou_entry(t_prev, x.clone())];
+        let err = ou_step(&DpmSolverPp2m, &state, (0.5, 0.35), 4, 10).unwrap_err();
         assert!(err.to_string().contains("history"), "{err}");
     }
     Ok(())

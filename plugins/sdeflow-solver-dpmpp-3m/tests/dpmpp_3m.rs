@@ -12,37 +12,14 @@ use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
     Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result,
     RunContext, Solver, SolverClaims, State, StepSpan,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    testing::{
+        EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_step, rows, tail_order,
+    },
 };
 use sdeflow_solver_dpmpp_3m::{DpmSolverPp3m, Params};
 
 fn solver(lower_order_final: bool) -> DpmSolverPp3m {
     DpmSolverPp3m::new(Params { lower_order_final }).expect("every bool is valid")
-}
-
-/// One step t → s, step `step` of `steps`, of `solver` from `state` (history included),
-/// reading [`Gaussian::default`]: (the returned state, NFE).
-fn one_step(
-    solver: &DpmSolverPp3m,
-    state: &State,
-    (t, s): (f64, f64),
-    step: usize,
-    steps: usize,
-) -> Result<(State, u64)> {
-    let den = Gaussian::default().denoiser();
-    let ctx = RunContext::new(&Ou, &den, &NoNoise, 5).step(StepSpan {
-        from: Ou.coefs(t),
-        to: Ou.coefs(s),
-        step,
-        steps,
-    });
-    let step = solver.step(&ctx, state)?;
-    assert!(step.error_estimate.is_none());
-    Ok((step.state, den.nfe()))
-}
-
-fn entry(t: f64, x0_hat: Tensor) -> HistoryEntry {
-    HistoryEntry::x0(&Ou.coefs(t), x0_hat)
 }
 
 /// A state at `t` holding `history` (oldest first).
@@ -116,11 +93,14 @@ fn first_step_is_first_order() -> Result<()> {
     let model = Gaussian::default();
     let x = normals(1, 6, 2)?;
     let (t, s) = (1.0, 0.8);
-    let stale = vec![entry(1.3, normals(8, 6, 2)?), entry(1.2, normals(9, 6, 2)?)];
+    let stale = vec![
+        ou_entry(1.3, normals(8, 6, 2)?),
+        ou_entry(1.2, normals(9, 6, 2)?),
+    ];
     for history in [vec![], stale] {
         let state = state_with(&x, t, history);
         let had = state.history.len();
-        let (next, nfe) = one_step(&solver(true), &state, (t, s), 0, 20)?;
+        let (next, nfe) = ou_step(&solver(true), &state, (t, s), 0, 20)?;
         assert_eq!(nfe, 1);
         assert_close(
             &rows(&next.x)?,
@@ -153,8 +133,8 @@ fn second_step_is_second_order() -> Result<()> {
     let x = normals(2, 5, 2)?;
     let (m1, m2) = (normals(7, 5, 2)?, normals(6, 5, 2)?);
     let (t2, t1, t, s) = (0.8, 0.6, 0.5, 0.35);
-    let state = state_with(&x, t, vec![entry(t2, m2), entry(t1, m1.clone())]);
-    let (next, nfe) = one_step(&solver(true), &state, (t, s), 1, 20)?;
+    let state = state_with(&x, t, vec![ou_entry(t2, m2), ou_entry(t1, m1.clone())]);
+    let (next, nfe) = ou_step(&solver(true), &state, (t, s), 1, 20)?;
     assert_eq!(nfe, 1);
     let want = reference(&x, (t, s), &[(t1, rows(&m1)?)], 2)?;
     assert_close(&rows(&next.x)?, &want, 1e-12, "second step");
@@ -173,11 +153,15 @@ fn later_steps_are_the_3m_update() -> Result<()> {
     let x = normals(3, 5, 2)?;
     let (m1, m2) = (normals(7, 5, 2)?, normals(6, 5, 2)?);
     let (t2, t1, t, s) = (0.7, 0.6, 0.5, 0.35);
-    let state = state_with(&x, t, vec![entry(t2, m2.clone()), entry(t1, m1.clone())]);
+    let state = state_with(
+        &x,
+        t,
+        vec![ou_entry(t2, m2.clone()), ou_entry(t1, m1.clone())],
+    );
     let prev = [(t1, rows(&m1)?), (t2, rows(&m2)?)];
     for (step, lower_order_final) in [(2, true), (7, true), (19, true), (9, false)] {
         let steps = if lower_order_final { 20 } else { 10 };
-        let (next, nfe) = one_step(&solver(lower_order_final), &state, (t, s), step, steps)?;
+        let (next, nfe) = ou_step(&solver(lower_order_final), &state, (t, s), step, steps)?;
         assert_eq!(nfe, 1);
         let want = reference(&x, (t, s), &prev, 3)?;
         let got = rows(&next.x)?;
@@ -214,14 +198,18 @@ fn order_schedule() -> Result<()> {
     let x = normals(4, 5, 2)?;
     let (m1, m2) = (normals(7, 5, 2)?, normals(6, 5, 2)?);
     let (t2, t1, t, s) = (0.03, 0.02, 0.01, 1e-3);
-    let state = state_with(&x, t, vec![entry(t2, m2.clone()), entry(t1, m1.clone())]);
+    let state = state_with(
+        &x,
+        t,
+        vec![ou_entry(t2, m2.clone()), ou_entry(t1, m1.clone())],
+    );
     let prev = [(t1, rows(&m1)?), (t2, rows(&m2)?)];
     for (step, order) in [(9, 1), (8, 2), (7, 3)] {
-        let (next, _) = one_step(&on, &state, (t, s), step, 10)?;
+        let (next, _) = ou_step(&on, &state, (t, s), step, 10)?;
         let want = reference(&x, (t, s), &prev[..order - 1], order)?;
         assert_close(&rows(&next.x)?, &want, 1e-12, &format!("step {step} of 10"));
     }
-    let (next, _) = one_step(&off, &state, (t, s), 9, 10)?;
+    let (next, _) = ou_step(&off, &state, (t, s), 9, 10)?;
     let want = reference(&x, (t, s), &prev, 3)?;
     assert_close(
         &rows(&next.x)?,
@@ -238,14 +226,14 @@ fn order_schedule() -> Result<()> {
 fn foreign_history_is_an_error() -> Result<()> {
     let x = normals(5, 3, 2)?;
     let histories = [
-        vec![entry(0.7, x.clone()), entry(0.5, x.clone())],
-        vec![entry(0.7, x.clone()), entry(0.4, x.clone())],
-        vec![entry(0.55, x.clone()), entry(0.6, x.clone())],
-        vec![entry(0.6, x.clone()), entry(0.6, x.clone())],
+        vec![ou_entry(0.7, x.clone()), ou_entry(0.5, x.clone())],
+        vec![ou_entry(0.7, x.clone()), ou_entry(0.4, x.clone())],
+        vec![ou_entry(0.55, x.clone()), ou_entry(0.6, x.clone())],
+        vec![ou_entry(0.6, x.clone()), ou_entry(0.6, x.clone())],
     ];
     for history in histories {
         let state = state_with(&x, 0.5, history);
-        let err = one_step(&solver(true), &state, (0.5, 0.35), 4, 20).unwrap_err();
+        let err = ou_step(&solver(true), &state, (0.5, 0.35), 4, 20).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("dpmpp_3m") && msg.contains("history"), "{msg}");
     }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use sdeflow_kernel::{
-    Discretization, Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result,
-    RunContext, Solver, SolverClaims, State, StepSpan, TimeCoefs,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Solver,
+    SolverClaims, State, TimeCoefs,
+    testing::{
+        EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_step, rows, tail_order,
+    },
 };
 use sdeflow_solver_unipc::{Params, Unipc, Variant, X_PREV};
 
@@ -22,31 +24,6 @@ fn unipc(order: usize, variant: Variant, corrector: bool) -> Result<Unipc> {
         corrector,
         lower_order_final: true,
     })
-}
-
-/// Step `step` of `steps`, t → s, from `state`, reading [`Gaussian::default`]: (the returned
-/// state, NFE).
-fn run_step(
-    solver: &Unipc,
-    state: &State,
-    (t, s): (f64, f64),
-    step: usize,
-    steps: usize,
-) -> Result<(State, u64)> {
-    let den = Gaussian::default().denoiser();
-    let ctx = RunContext::new(&Ou, &den, &NoNoise, 5).step(StepSpan {
-        from: Ou.coefs(t),
-        to: Ou.coefs(s),
-        step,
-        steps,
-    });
-    let out = solver.step(&ctx, state)?;
-    assert!(out.error_estimate.is_none());
-    Ok((out.state, den.nfe()))
-}
-
-fn entry(t: f64, x0_hat: Tensor) -> HistoryEntry {
-    HistoryEntry::x0(&Ou.coefs(t), x0_hat)
 }
 
 /// The exact x̂₀ of every entry of `x` at `c`.
@@ -120,11 +97,11 @@ fn first_step_is_ddim() -> Result<()> {
     let m0 = x0_of(&rows(&x)?, &ct);
     let want = hand_update((&ct, &cs), &rows(&x)?, &m0, &[], 0.0);
     let mut stale = State::new(x.clone(), t, 0);
-    stale.history = vec![entry(0.5, normals(9, 6, 2)?)];
+    stale.history = vec![ou_entry(0.5, normals(9, 6, 2)?)];
     stale.extras.insert(X_PREV.into(), normals(8, 6, 2)?);
     for variant in [Variant::Bh1, Variant::Bh2] {
         for state in [State::new(x.clone(), t, 0), stale.clone()] {
-            let (next, nfe) = run_step(&unipc(3, variant, true)?, &state, (t, s), 0, 10)?;
+            let (next, nfe) = ou_step(&unipc(3, variant, true)?, &state, (t, s), 0, 10)?;
             assert_eq!(nfe, 1);
             assert_close(&rows(&next.x)?, &want, 1e-12, "UniP-1");
             assert_eq!(next.history.len(), 1);
@@ -148,7 +125,7 @@ fn uni_p_2_is_dpm_solver_pp_2m_with_bh2() -> Result<()> {
     let (t_prev, t, s) = (0.6, 0.5, 0.35);
     let (ct, cs) = (Ou.coefs(t), Ou.coefs(s));
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(t_prev, prev.clone())];
+    state.history = vec![ou_entry(t_prev, prev.clone())];
     let h = cs.lambda - ct.lambda;
     let r = (ct.lambda - Ou.log_snr(t_prev)) / h;
     let (xr, pr) = (rows(&x)?, rows(&prev)?);
@@ -168,12 +145,12 @@ fn uni_p_2_is_dpm_solver_pp_2m_with_bh2() -> Result<()> {
                 .collect()
         })
         .collect();
-    let (next, nfe) = run_step(&unipc(2, Variant::Bh2, false)?, &state, (t, s), 4, 20)?;
+    let (next, nfe) = ou_step(&unipc(2, Variant::Bh2, false)?, &state, (t, s), 4, 20)?;
     assert_eq!(nfe, 1);
     assert_close(&rows(&next.x)?, &dpmpp, 1e-12, "UniP-2, bh2");
     assert!(!next.extras.contains_key(X_PREV));
     let bh1 = hand_update((&ct, &cs), &xr, &m0, &[(0.5, -r, &pr)], h);
-    let (next, _) = run_step(&unipc(2, Variant::Bh1, false)?, &state, (t, s), 4, 20)?;
+    let (next, _) = ou_step(&unipc(2, Variant::Bh1, false)?, &state, (t, s), 4, 20)?;
     assert_close(&rows(&next.x)?, &bh1, 1e-12, "UniP-2, bh1");
     assert!(max_gap(&bh1, &dpmpp) > 1e-4, "bh1 and bh2 agree");
     assert_eq!(next.history.len(), 2);
@@ -191,7 +168,7 @@ fn uni_p_3_solves_its_system() -> Result<()> {
     let (t2, t1, t, s) = (0.9, 0.7, 0.5, 0.3);
     let (ct, cs) = (Ou.coefs(t), Ou.coefs(s));
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(t2, m2.clone()), entry(t1, m1.clone())];
+    state.history = vec![ou_entry(t2, m2.clone()), ou_entry(t1, m1.clone())];
     let h = cs.lambda - ct.lambda;
     let (r1, r2) = (
         (Ou.log_snr(t1) - ct.lambda) / h,
@@ -214,7 +191,7 @@ fn uni_p_3_solves_its_system() -> Result<()> {
             &[(a1, r1, &m1r), (a2, r2, &m2r)],
             b_bar,
         );
-        let (next, _) = run_step(&unipc(3, variant, false)?, &state, (t, s), 5, 20)?;
+        let (next, _) = ou_step(&unipc(3, variant, false)?, &state, (t, s), 5, 20)?;
         assert_close(
             &rows(&next.x)?,
             &want,
@@ -238,7 +215,7 @@ fn corrector_redoes_the_previous_step() -> Result<()> {
     let xpr = rows(&x_prev)?;
     let mp = x0_of(&xpr, &cp);
     let mut state = State::new(x.clone(), t, 0);
-    state.history = vec![entry(tp, Tensor::new(mp.clone(), x.device())?)];
+    state.history = vec![ou_entry(tp, Tensor::new(mp.clone(), x.device())?)];
     state.extras.insert(X_PREV.into(), x_prev.clone());
     let m_now = x0_of(&rows(&x)?, &ct);
     for (variant, b_bar) in [
@@ -247,7 +224,7 @@ fn corrector_redoes_the_previous_step() -> Result<()> {
     ] {
         let xc = hand_update((&cp, &ct), &xpr, &mp, &[(0.5, 1.0, &m_now)], b_bar);
         let want = hand_update((&ct, &cs), &xc, &m_now, &[], 0.0);
-        let (next, nfe) = run_step(&unipc(1, variant, true)?, &state, (t, s), 1, 20)?;
+        let (next, nfe) = ou_step(&unipc(1, variant, true)?, &state, (t, s), 1, 20)?;
         assert_eq!(nfe, 1);
         assert_close(
             &rows(&next.x)?,
@@ -256,7 +233,7 @@ fn corrector_redoes_the_previous_step() -> Result<()> {
             &format!("UniC-1 {variant:?}"),
         );
         assert_close(&rows(&next.extras[X_PREV])?, &xc, 1e-12, "x_prev");
-        let (plain, _) = run_step(&unipc(1, variant, false)?, &state, (t, s), 1, 20)?;
+        let (plain, _) = ou_step(&unipc(1, variant, false)?, &state, (t, s), 1, 20)?;
         let unc = hand_update((&ct, &cs), &rows(&x)?, &m_now, &[], 0.0);
         assert_close(&rows(&plain.x)?, &unc, 1e-12, "uncorrected");
         assert!(max_gap(&want, &unc) > 1e-3, "the corrector changed nothing");
@@ -267,7 +244,7 @@ fn corrector_redoes_the_previous_step() -> Result<()> {
     let mp2 = rows(&normals(14, 4, 2)?)?;
     state
         .history
-        .insert(0, entry(tp2, Tensor::new(mp2.clone(), x.device())?));
+        .insert(0, ou_entry(tp2, Tensor::new(mp2.clone(), x.device())?));
     let hp = ct.lambda - cp.lambda;
     let r1 = (cp2.lambda - cp.lambda) / hp;
     let (b1, b2) = (phi(2, -hp) / phi(1, -hp), 2.0 * phi(3, -hp) / phi(1, -hp));
@@ -289,7 +266,7 @@ fn corrector_redoes_the_previous_step() -> Result<()> {
         &[(0.5, -hp / h, &mp)],
         1.0 - (-h).exp(),
     );
-    let (next, _) = run_step(&unipc(2, Variant::Bh2, true)?, &state, (t, s), 2, 20)?;
+    let (next, _) = ou_step(&unipc(2, Variant::Bh2, true)?, &state, (t, s), 2, 20)?;
     assert_close(&rows(&next.x)?, &want, 1e-12, "UniC-2 then UniP-2");
     assert_eq!(next.history.len(), 2);
     assert_eq!(next.history[1].lambda, ct.lambda);
@@ -323,7 +300,7 @@ fn foreign_history_is_an_error() -> Result<()> {
     let solver = Unipc::default();
     let with = |ts: &[f64], x_prev: Option<Tensor>| -> State {
         let mut st = State::new(x.clone(), 0.5, 0);
-        st.history = ts.iter().map(|&t| entry(t, x.clone())).collect();
+        st.history = ts.iter().map(|&t| ou_entry(t, x.clone())).collect();
         if let Some(xp) = x_prev {
             st.extras.insert(X_PREV.into(), xp);
         }
@@ -337,7 +314,7 @@ fn foreign_history_is_an_error() -> Result<()> {
         with(&[0.7], Some(normals(6, 4, 2)?)),
     ];
     for state in cases {
-        let err = run_step(&solver, &state, (0.5, 0.35), 4, 20).unwrap_err();
+        let err = ou_step(&solver, &state, (0.5, 0.35), 4, 20).unwrap_err();
         assert!(err.to_string().contains("unipc") && err.to_string().contains("history"));
     }
     Ok(())
@@ -515,7 +492,7 @@ fn history_is_threaded_and_reruns_are_identical() -> Result<()> {
     assert_eq!(a, bits(&p.run(State::new(x_t.clone(), 1.0, 0))?.state.x)?);
     let mut state = State::new(x_t, 1.0, 0);
     for i in 0..n {
-        let (next, _) = run_step(&solver, &state, (p.times()[i], p.times()[i + 1]), i, n)?;
+        let (next, _) = ou_step(&solver, &state, (p.times()[i], p.times()[i + 1]), i, n)?;
         assert_eq!(next.history.len(), (i + 1).min(3));
         state = next;
     }
