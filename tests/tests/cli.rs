@@ -447,3 +447,57 @@ fn check_prints_and_draws_the_data() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The recommendation per budget (`describe solver`, the README): every row builds — the
+/// solver from the registry, the grid from RON — spends its budget with the most steps that
+/// fit, beats the best peer it names on both mixtures, and the README carries it verbatim.
+#[test]
+fn the_budget_advice_builds_beats_its_peers_and_is_in_the_readme() -> Result<()> {
+    use sdeflow_cli::advice::{ADVICE, HEADING, markdown};
+    let registry = sdeflow_plugins::registry()?;
+    for budget in [10, 20] {
+        assert!(
+            ADVICE.iter().any(|a| a.nfe == budget),
+            "no advice at NFE {budget}"
+        );
+    }
+    for a in ADVICE {
+        let (name, params) = a.solver.split_once('(').unwrap_or((a.solver, ")"));
+        let solver = registry.solver(name, &format!("({params}"))?;
+        ron::from_str::<sdeflow_kernel::GridKind>(a.grid)
+            .map_err(|e| Error::Msg(format!("{}: {e}", a.grid)))?;
+        assert!(
+            !solver.claims().stochastic,
+            "{}: not deterministic",
+            a.solver
+        );
+        assert!(
+            solver.nfe(a.steps) <= a.nfe && solver.nfe(a.steps + 1) > a.nfe,
+            "{} at {} steps does not spend NFE {}",
+            a.solver,
+            a.steps,
+            a.nfe
+        );
+        for m in 0..2 {
+            assert!(
+                a.error[m] < a.peer_error[m],
+                "{} at NFE {}: {} ≥ the peer's {}",
+                a.solver,
+                a.nfe,
+                a.error[m],
+                a.peer_error[m]
+            );
+        }
+    }
+    let (code, out, _) = run(&["describe", "solver"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("{HEADING}{}", markdown()));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .map_err(|e| Error::Msg(e.to_string()))?;
+    assert!(
+        readme.contains(&format!("<!-- budget -->\n{}<!-- /budget -->", markdown())),
+        "README's budget table is stale: paste `sdeflow describe solver`'s table between its \
+         <!-- budget --> markers"
+    );
+    Ok(())
+}

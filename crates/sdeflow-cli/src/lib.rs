@@ -10,6 +10,7 @@
 //!
 //! Everything runs through [`main_with`], so tests drive the command line in-process.
 
+pub mod advice;
 pub mod device;
 pub mod images;
 pub mod nll;
@@ -50,9 +51,10 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
-    /// Show a plugin's formula, parameters with defaults, and claims: `describe solver/euler_maruyama`.
+    /// Show a plugin's formula, parameters with defaults, and claims: `describe solver/euler_maruyama`;
+    /// `describe solver`: which solver and grid to use at which budget.
     Describe {
-        /// KIND/NAME, e.g. `sde/vp`.
+        /// KIND/NAME, e.g. `sde/vp`; or `solver` for the recommendation per budget.
         plugin: String,
     },
     /// Print the plan (data, grid, t, α, σ, λ per step, NFE, loss weights) without calling the model.

@@ -145,11 +145,21 @@ pub fn solver_text(solver: &dyn sdeflow_kernel::Solver) -> String {
 
 /// `describe KIND/NAME`: the plugin's documentation, default parameters and claims.
 pub fn describe(registry: &Registry, what: &str) -> Result<String> {
+    if what == "solver" {
+        return Ok(format!(
+            "{}{}",
+            crate::advice::HEADING,
+            crate::advice::markdown()
+        ));
+    }
     let (kind, name) = what.split_once('/').ok_or_else(|| {
         Error::invalid(
             "describe",
             "plugin",
-            format!("`{what}` is not KIND/NAME; for example `solver/euler_maruyama`"),
+            format!(
+                "`{what}` is not KIND/NAME; for example `solver/euler_maruyama` (or `solver`: \
+                 which solver at which budget)"
+            ),
         )
     })?;
     let Some(kind) = KINDS.iter().copied().find(|k| *k == kind) else {
@@ -194,6 +204,12 @@ pub fn describe(registry: &Registry, what: &str) -> Result<String> {
         "solver" => {
             let solver = registry.solver(name, "()")?;
             let _ = writeln!(s, "\n## Declared claims\n{}", solver_text(&*solver));
+            let _ = write!(
+                s,
+                "\n{}{}",
+                crate::advice::HEADING,
+                crate::advice::markdown()
+            );
         }
         "sde" => {
             let sde = registry.sde(name, "()")?;
