@@ -174,7 +174,7 @@ struct Row {
     sw2: f64,
     paired: Option<f64>,
     /// SW2 on the large fresh set (candidates only).
-    fresh: Option<f64>,
+    large_sw2: Option<f64>,
     /// How to run it again: sdeflow's pipeline, or the peer's row of `peers.json`.
     again: Again,
 }
@@ -377,7 +377,7 @@ fn sdeflow_rows(
                     stochastic: claims.stochastic,
                     sw2,
                     paired,
-                    fresh: None,
+                    large_sw2: None,
                     again: Again::Sdeflow(pipeline),
                 });
             }
@@ -435,7 +435,7 @@ fn rescore_sdeflow(
         let start = starts(spec, sde, 1)?;
         // Row numbers past set 0's: other noise rows for a stochastic solver.
         let out = pipeline.run(State::new(start, sde.t_max(), SAMPLES as u64))?;
-        row.fresh = Some(large.0.distance(&host_f64(&out.state.x)?)?);
+        row.large_sw2 = Some(large.0.distance(&host_f64(&out.state.x)?)?);
     }
     Ok(())
 }
@@ -475,7 +475,7 @@ fn rescore_peers(dir: &Path, rows: &mut [Row], spec: &MixtureSpec, truth: &Truth
         by_key.insert(key, large.0.distance(&host_f64(&x)?)?);
     }
     for row in rows.iter_mut() {
-        row.fresh = by_key.get(&row.key()).copied().or(row.fresh);
+        row.large_sw2 = by_key.get(&row.key()).copied().or(row.large_sw2);
     }
     Ok(())
 }
@@ -539,7 +539,7 @@ fn peer_rows(dir: &Path, spec: &MixtureSpec, truth: &Truth) -> Result<(Vec<Row>,
             stochastic,
             sw2,
             paired,
-            fresh: None,
+            large_sw2: None,
             again: Again::Peer(r.clone()),
         });
     }
@@ -559,7 +559,7 @@ fn floors(truth: &Truth) -> String {
     s
 }
 
-fn fmt_fresh(v: Option<f64>) -> String {
+fn fmt_sw2(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.4}"))
 }
 
@@ -620,7 +620,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                 "stochastic": r.stochastic,
                 "sw2": r.sw2,
                 "paired": r.paired,
-                "large_sw2": r.fresh,
+                "large_sw2": r.large_sw2,
             })
         }));
         for budget in BUDGETS {
@@ -648,14 +648,14 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                         r.nfe,
                         fmt_opt(r.paired),
                         r.sw2,
-                        fmt_fresh(r.fresh)
+                        fmt_sw2(r.large_sw2)
                     );
                 }
             }
             let det = |lib: &str| best(&rows, Some(lib), budget, Some(false), |r| r.paired);
             // The best SW2 is chosen on set 0 and read on the large set, where it exists.
             let sw = |lib: &str| {
-                best(&rows, Some(lib), budget, None, |r| r.fresh)
+                best(&rows, Some(lib), budget, None, |r| r.large_sw2)
                     .or_else(|| best(&rows, Some(lib), budget, None, |r| Some(r.sw2)))
             };
             let cell = |b: Option<(&Row, f64)>| {
@@ -667,7 +667,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                 b.map_or("—".into(), |(r, _)| {
                     format!(
                         "{} (set 0: {:.4}; {}, {})",
-                        fmt_fresh(r.fresh),
+                        fmt_sw2(r.large_sw2),
                         r.sw2,
                         r.sampler,
                         r.schedule
