@@ -7,19 +7,26 @@
 //! starts from the same [`SAMPLES`] exact draws of p_T and stops at σ̃ = σ̃(t_ε): one endpoint
 //! for everyone.
 //!
-//! **The metrics,** computed here for every row, sdeflow's and the peers': the sliced W2
-//! against exact samples of p_{t_ε} (with the floor of exact samplers), and for deterministic
-//! samplers the RMS per coordinate to the exact PF-ODE endpoint of the first
-//! [`PAIRED`] starts. The PF-ODE in (x/α, σ̃) does not depend on the schedule, so the
-//! reference is solved on EDM's SDE over the same σ̃ range, which is smooth (RK4, 2^13
-//! λ-uniform steps, f64), where `vp_discrete`'s knots would cost a step-based solver its order.
+//! **The metrics,** computed here for every row, sdeflow's and the peers': for deterministic
+//! samplers the RMS per coordinate to the exact PF-ODE endpoint of the first [`PAIRED`]
+//! starts; and the sliced W2 against the exact PF-ODE endpoints of all [`SAMPLES`] starts.
+//! The starts are exact draws of p_T, so those endpoints are exact samples of p_{t_ε}; each
+//! is tied to its start, so a deterministic sampler's SW2 against them is free of the
+//! sampling noise that an independent reference adds (an exact deterministic sampler reads
+//! 0, an exact stochastic one the floor printed beside it), and the same on each half of the
+//! starts shows what it resolves. The PF-ODE in (x/α, σ̃) does not depend on the schedule,
+//! so the endpoints are solved on EDM's SDE over the same σ̃ range, which is smooth (RK4,
+//! 2^13 λ-uniform steps, f64), where `vp_discrete`'s knots would cost a step-based solver
+//! its order.
 //!
-//! **Out-of-sample SW2 on [`LARGE`] samples.** With [`SAMPLES`] samples the SW2 of any good
-//! sampler is the floor's noise (± 0.018 on `ring`), and the lowest of hundreds of rows is the
-//! luckiest draw. Each library's [`CANDIDATES`] best rows by SW2 per mixture and budget, and
+//! **SW2 against independent exact samples, out of sample on [`LARGE`] samples,** is printed
+//! too (with the floor of exact samplers). With [`SAMPLES`] samples it is the floor's noise
+//! (± 0.018 on `ring`) for any good sampler, and the lowest of hundreds of rows is the
+//! luckiest draw; so each library's [`CANDIDATES`] best rows by it per mixture and budget, and
 //! its [`PAIRED_CANDIDATES`] best deterministic ones by paired error, run again on one fresh
 //! set of [`LARGE`] starts (fresh noise too), scored against a reference and a floor of that
-//! size, which are lower and tighter (`ring`: 0.053 ± 0.009 against 0.084 ± 0.018).
+//! size (`ring`: 0.053 ± 0.009 against 0.084 ± 0.018). Even there every good sampler sits
+//! within about one floor-sd, which is why the verdict reads SW2 against the endpoints.
 //!
 //! - `peers export DIR`: writes `DIR/problem.json`, the starts and the large fresh start set
 //!   for the Python side.
@@ -40,7 +47,7 @@ use std::{
 use candle_core::{DType, Device, Tensor};
 use sdeflow_conformance::{
     mixtures::{MixtureSpec, mix8, ring},
-    sw2::{Floor, SlicedW2, reference_and_floor},
+    sw2::{FLOOR_SETS, Floor, SlicedW2, reference_and_floor},
 };
 use sdeflow_kernel::{
     Error, ForwardSde, GridKind, ModelContext, Pipeline, Registry, Result, ScoreModel, Solver,
@@ -173,6 +180,10 @@ struct Row {
     stochastic: bool,
     sw2: f64,
     paired: Option<f64>,
+    /// SW2 against the exact endpoints of the same starts (`peers table` only).
+    coupled_sw2: Option<f64>,
+    /// The same on each half of the starts.
+    halves: Option<[f64; 2]>,
     /// SW2 on the large fresh set (candidates only).
     large_sw2: Option<f64>,
     /// How to run it again: sdeflow's pipeline, or the peer's row of `peers.json`.
@@ -203,9 +214,26 @@ struct Truth {
     floor: Floor,
     /// SW2 against [`LARGE`] exact samples and its floor (when asked for).
     large: Option<(SlicedW2, Floor)>,
-    /// The exact endpoints of the first [`PAIRED`] starts (when asked for).
+    /// The exact PF-ODE endpoints of all [`SAMPLES`] starts (when asked for).
     reference: Option<Vec<f64>>,
+    /// SW2 against those endpoints, and the floor of independent exact sets against them.
+    coupled: Option<(SlicedW2, Floor)>,
+    /// The same on each half of the starts: the spread between the halves shows what the
+    /// coupled SW2 resolves.
+    halves: Option<[SlicedW2; 2]>,
     d: usize,
+}
+
+/// The seed of the independent exact sets in the coupled SW2's floor (apart from the floor
+/// seeds of [`reference_and_floor`]).
+const COUPLED_FLOOR_SEED: u64 = 3_000;
+
+/// One row's scores.
+struct Scores {
+    sw2: f64,
+    paired: Option<f64>,
+    coupled_sw2: Option<f64>,
+    halves: Option<[f64; 2]>,
 }
 
 impl Truth {
@@ -224,6 +252,8 @@ impl Truth {
                 floor,
                 large: None,
                 reference: None,
+                coupled: None,
+                halves: None,
                 d: spec.dim(),
             });
         }
@@ -238,7 +268,7 @@ impl Truth {
                 end.sigma_tilde()
             ),
         )?;
-        let x_tilde = (starts(spec, sde, 0)?.narrow(0, 0, PAIRED)? / top.alpha)?;
+        let x_tilde = (starts(spec, sde, 0)? / top.alpha)?;
         let reference = Pipeline::builder()
             .sde(edm.clone())
             .model(oracle(registry, spec)?)
@@ -251,19 +281,44 @@ impl Truth {
             .state
             .x;
         let reference = host_f64(&(reference * end.alpha)?)?;
+        // The endpoints are exact samples of p_{t_ε} (the PF-ODE carries p_T to it), each
+        // tied to its start: a deterministic sampler's SW2 against them has none of the
+        // sampling noise of an independent reference, which every row's would share anyway.
+        let coupled_sw = SlicedW2::new(&reference, spec.dim());
+        let vals = (0..FLOOR_SETS as u64)
+            .map(|k| coupled_sw.distance(&target.sample(COUPLED_FLOOR_SEED + k, 0, SAMPLES)))
+            .collect::<Result<Vec<f64>>>()?;
+        let half = SAMPLES / 2 * spec.dim();
+        let halves = [
+            SlicedW2::new(&reference[..half], spec.dim()),
+            SlicedW2::new(&reference[half..], spec.dim()),
+        ];
         Ok(Self {
             sw,
             floor,
             large,
             reference: Some(reference),
+            coupled: Some((coupled_sw, Floor::of(&vals))),
+            halves: Some(halves),
             d: spec.dim(),
         })
     }
 
-    /// SW2 of `x` (`SAMPLES` rows) and, when `paired`, the RMS per coordinate of its first
-    /// [`PAIRED`] rows to the exact endpoint.
-    fn score(&self, x: &[f64], paired: bool) -> Result<(f64, Option<f64>)> {
+    /// SW2 of `x` (`SAMPLES` rows); when the endpoints were solved, its SW2 against them and,
+    /// when `paired`, the RMS per coordinate of its first [`PAIRED`] rows to theirs.
+    fn score(&self, x: &[f64], paired: bool) -> Result<Scores> {
         let sw2 = self.sw.distance(x)?;
+        let coupled_sw2 = match &self.coupled {
+            Some((sw, _)) => Some(sw.distance(x)?),
+            None => None,
+        };
+        let halves = match &self.halves {
+            Some([a, b]) => {
+                let half = SAMPLES / 2 * self.d;
+                Some([a.distance(&x[..half])?, b.distance(&x[half..])?])
+            }
+            None => None,
+        };
         let paired = self.reference.as_ref().filter(|_| paired).map(|reference| {
             let n = PAIRED * self.d;
             let s: f64 = x[..n]
@@ -273,7 +328,12 @@ impl Truth {
                 .sum();
             (s / n as f64).sqrt()
         });
-        Ok((sw2, paired))
+        Ok(Scores {
+            sw2,
+            paired,
+            coupled_sw2,
+            halves,
+        })
     }
 }
 
@@ -367,7 +427,12 @@ fn sdeflow_rows(
                     }
                 };
                 let x = host_f64(&out.state.x)?;
-                let (sw2, paired) = truth.score(&x, !claims.stochastic)?;
+                let Scores {
+                    sw2,
+                    paired,
+                    coupled_sw2,
+                    halves,
+                } = truth.score(&x, !claims.stochastic)?;
                 rows.push(Row {
                     library: "sdeflow".into(),
                     sampler: label.clone(),
@@ -377,6 +442,8 @@ fn sdeflow_rows(
                     stochastic: claims.stochastic,
                     sw2,
                     paired,
+                    coupled_sw2,
+                    halves,
                     large_sw2: None,
                     again: Again::Sdeflow(pipeline),
                 });
@@ -529,7 +596,12 @@ fn peer_rows(dir: &Path, spec: &MixtureSpec, truth: &Truth) -> Result<(Vec<Row>,
             ));
         }
         let stochastic = r["stochastic"].as_bool().unwrap_or(false);
-        let (sw2, paired) = truth.score(&host_f64(&x)?, !stochastic)?;
+        let Scores {
+            sw2,
+            paired,
+            coupled_sw2,
+            halves,
+        } = truth.score(&host_f64(&x)?, !stochastic)?;
         rows.push(Row {
             library: field("library"),
             sampler: field("sampler"),
@@ -539,6 +611,8 @@ fn peer_rows(dir: &Path, spec: &MixtureSpec, truth: &Truth) -> Result<(Vec<Row>,
             stochastic,
             sw2,
             paired,
+            coupled_sw2,
+            halves,
             large_sw2: None,
             again: Again::Peer(r.clone()),
         });
@@ -580,6 +654,25 @@ fn best<'a>(
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
+/// The lower of two libraries' bests.
+fn lowest(bests: [Option<(&Row, f64)>; 2]) -> Option<(&Row, f64)> {
+    bests
+        .into_iter()
+        .flatten()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The coupled floor as the tables print it.
+fn coupled_floor(truth: &Truth) -> String {
+    truth.coupled.as_ref().map_or("—".into(), |(_, f)| {
+        format!("{:.4} ± {:.4}", f.mean, f.sd)
+    })
+}
+
+fn fmt_halves(v: Option<[f64; 2]>) -> String {
+    v.map_or("—".into(), |[a, b]| format!("{a:.2e} / {b:.2e}"))
+}
+
 /// `peers table DIR`.
 pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> Result<()> {
     let registry = sdeflow_plugins::registry()?;
@@ -587,13 +680,28 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
     let mut summary = String::new();
     let _ = writeln!(
         summary,
-        "\n## Summary: the best of each library (paired: RMS per coordinate to the exact PF-ODE endpoint; SW2 against exact samples)\n"
+        "\n## Summary: the best of each library\n\n\
+         Paired: RMS per coordinate to the exact PF-ODE endpoint of the first {PAIRED} starts, \
+         deterministic samplers. SW2: against the exact PF-ODE endpoints of all {SAMPLES} \
+         starts, which are exact samples of p at the endpoint, best over every sampler \
+         (halves: the same on each half of the starts; an exact stochastic sampler reads the \
+         floor).\n"
     );
     let _ = writeln!(
         summary,
-        "| mixture | NFE | best deterministic, paired error: sdeflow | diffusers | k-diffusion | best SW2 (any sampler; chosen on set 0, read on the large set): sdeflow | diffusers | k-diffusion | SW2 floor: set 0, large set |"
+        "| mixture | NFE | paired: sdeflow | diffusers | k-diffusion | SW2: sdeflow | diffusers | k-diffusion | SW2 floor of exact stochastic sampling |"
     );
     let _ = writeln!(summary, "|---|---|---|---|---|---|---|---|---|");
+    let mut independent = String::new();
+    let _ = writeln!(
+        independent,
+        "\n## SW2 against independent exact samples: chosen on set 0, read on {LARGE} fresh starts\n"
+    );
+    let _ = writeln!(
+        independent,
+        "| mixture | NFE | sdeflow | diffusers | k-diffusion | floor: set 0; large set |"
+    );
+    let _ = writeln!(independent, "|---|---|---|---|---|---|");
     let mut verdicts = Vec::new();
     let mut dump = Vec::new();
     for spec in mixtures() {
@@ -620,40 +728,47 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                 "stochastic": r.stochastic,
                 "sw2": r.sw2,
                 "paired": r.paired,
+                "coupled_sw2": r.coupled_sw2,
+                "coupled_sw2_halves": r.halves,
                 "large_sw2": r.large_sw2,
             })
         }));
         for budget in BUDGETS {
             let mut at: Vec<&Row> = rows.iter().filter(|r| r.budget == budget).collect();
             at.sort_by(|a, b| {
-                let k = |r: &Row| r.paired.unwrap_or(f64::INFINITY);
+                let k = |r: &Row| r.coupled_sw2.unwrap_or(f64::INFINITY);
                 k(a).total_cmp(&k(b)).then(a.sw2.total_cmp(&b.sw2))
             });
             println!(
-                "\n### {} at NFE ≤ {budget} (SW2 floor {}; the best {top} per library)\n",
+                "\n### {} at NFE ≤ {budget} (SW2 floor {}; against the endpoints {}; the best {top} per library by SW2 against the endpoints)\n",
                 spec.name,
-                floors(&truth)
+                floors(&truth),
+                coupled_floor(&truth)
             );
             println!(
-                "| library | sampler | schedule | NFE | paired error | SW2 | SW2 at {LARGE} |"
+                "| library | sampler | schedule | NFE | paired error | SW2 vs endpoints | halves | SW2 | SW2 at {LARGE} |"
             );
-            println!("|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|");
             for lib in ["sdeflow", "diffusers", "k-diffusion"] {
                 for r in at.iter().filter(|r| r.library == lib).take(top) {
                     println!(
-                        "| {} | {} | {} | {} | {} | {:.4} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {:.4} | {} |",
                         r.library,
                         r.sampler,
                         r.schedule,
                         r.nfe,
                         fmt_opt(r.paired),
+                        fmt_opt(r.coupled_sw2),
+                        fmt_halves(r.halves),
                         r.sw2,
                         fmt_sw2(r.large_sw2)
                     );
                 }
             }
             let det = |lib: &str| best(&rows, Some(lib), budget, Some(false), |r| r.paired);
-            // The best SW2 is chosen on set 0 and read on the large set, where it exists.
+            let coupled = |lib: &str| best(&rows, Some(lib), budget, None, |r| r.coupled_sw2);
+            // Against independent samples the best SW2 is chosen on set 0 and read on the
+            // large set, where it exists.
             let sw = |lib: &str| {
                 best(&rows, Some(lib), budget, None, |r| r.large_sw2)
                     .or_else(|| best(&rows, Some(lib), budget, None, |r| Some(r.sw2)))
@@ -661,6 +776,16 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
             let cell = |b: Option<(&Row, f64)>| {
                 b.map_or("—".into(), |(r, v)| {
                     format!("{v:.3e} ({}, {})", r.sampler, r.schedule)
+                })
+            };
+            let coupled_cell = |b: Option<(&Row, f64)>| {
+                b.map_or("—".into(), |(r, v)| {
+                    format!(
+                        "{v:.3e} (halves {}; {}, {})",
+                        fmt_halves(r.halves),
+                        r.sampler,
+                        r.schedule
+                    )
                 })
             };
             let sw_cell = |b: Option<(&Row, f64)>| {
@@ -681,32 +806,52 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                 cell(det("sdeflow")),
                 cell(det("diffusers")),
                 cell(det("k-diffusion")),
+                coupled_cell(coupled("sdeflow")),
+                coupled_cell(coupled("diffusers")),
+                coupled_cell(coupled("k-diffusion")),
+                coupled_floor(&truth)
+            );
+            let _ = writeln!(
+                independent,
+                "| {} | {budget} | {} | {} | {} | {} |",
+                spec.name,
                 sw_cell(sw("sdeflow")),
                 sw_cell(sw("diffusers")),
                 sw_cell(sw("k-diffusion")),
                 floors(&truth)
             );
             if !only_sdeflow && (budget == 10 || budget == 20) {
-                let ours = det("sdeflow").map(|b| b.1);
-                let theirs = [det("diffusers"), det("k-diffusion")]
-                    .into_iter()
-                    .flatten()
-                    .map(|b| b.1)
-                    .fold(f64::INFINITY, f64::min);
-                let ours_sw = sw("sdeflow").map(|b| b.1);
-                let theirs_sw = [sw("diffusers"), sw("k-diffusion")]
-                    .into_iter()
-                    .flatten()
-                    .map(|b| b.1)
-                    .fold(f64::INFINITY, f64::min);
+                let ours = det("sdeflow");
+                let theirs = lowest([det("diffusers"), det("k-diffusion")]);
+                let ours_sw = coupled("sdeflow");
+                let theirs_sw = lowest([coupled("diffusers"), coupled("k-diffusion")]);
+                let below = matches!((ours, theirs), (Some(o), Some(t)) if o.1 < t.1);
+                let no_worse = matches!((ours_sw, theirs_sw), (Some(o), Some(t)) if o.1 <= t.1);
+                // The order on each half of the starts, so that a verdict within the metric's
+                // resolution shows as such.
+                let on_halves = match (ours_sw, theirs_sw) {
+                    (Some((o, _)), Some((t, _))) => match (o.halves, t.halves) {
+                        (Some(a), Some(b)) => {
+                            let held = (0..2).filter(|&h| (a[h] <= b[h]) == no_worse).count();
+                            format!("{held} of 2 halves agree")
+                        }
+                        _ => "halves —".into(),
+                    },
+                    _ => "halves —".into(),
+                };
+                let v = |b: Option<(&Row, f64)>, p: usize| {
+                    b.map_or("—".into(), |b| format!("{:.p$e}", b.1))
+                };
                 verdicts.push(format!(
-                    "{} NFE {budget}: paired {} vs best peer {theirs:.3e} → {}; SW2 {} vs best peer {theirs_sw:.4} → {} (floor {})",
+                    "{} NFE {budget}: paired {} vs best peer {} → {}; SW2 against the endpoints {} vs best peer {} → {} ({on_halves}; an exact stochastic sampler reads {})",
                     spec.name,
-                    fmt_opt(ours),
-                    if ours.is_some_and(|o| o < theirs) { "sdeflow below" } else { "NOT below" },
-                    ours_sw.map_or("—".into(), |v| format!("{v:.4}")),
-                    if ours_sw.is_some_and(|o| o <= theirs_sw) { "no worse" } else { "WORSE" },
-                    floors(&truth)
+                    v(ours, 3),
+                    v(theirs, 3),
+                    if below { "sdeflow below" } else { "NOT below" },
+                    v(ours_sw, 3),
+                    v(theirs_sw, 3),
+                    if no_worse { "no worse" } else { "WORSE" },
+                    coupled_floor(&truth)
                 ));
             }
         }
@@ -722,5 +867,6 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
     for v in verdicts {
         println!("- {v}");
     }
+    println!("{independent}");
     Ok(())
 }
