@@ -214,14 +214,22 @@ struct Truth {
     floor: Floor,
     /// SW2 against [`LARGE`] exact samples and its floor (when asked for).
     large: Option<(SlicedW2, Floor)>,
-    /// The exact PF-ODE endpoints of all [`SAMPLES`] starts (when asked for).
-    reference: Option<Vec<f64>>,
-    /// SW2 against those endpoints, and the floor of independent exact sets against them.
-    coupled: Option<(SlicedW2, Floor)>,
-    /// The same on each half of the starts: the spread between the halves shows what the
-    /// coupled SW2 resolves.
-    halves: Option<[SlicedW2; 2]>,
+    /// The exact PF-ODE endpoints of the starts and the metrics read against them (when
+    /// asked for).
+    endpoints: Option<Endpoints>,
     d: usize,
+}
+
+/// The exact PF-ODE endpoints of all [`SAMPLES`] starts, and SW2 against them.
+struct Endpoints {
+    /// Row-major, `d` columns.
+    values: Vec<f64>,
+    /// SW2 against the endpoints.
+    sw: SlicedW2,
+    /// The floor of independent exact sets against them.
+    floor: Floor,
+    /// SW2 against each half: the spread between the halves shows what the SW2 resolves.
+    halves: [SlicedW2; 2],
 }
 
 /// The seed of the independent exact sets in the coupled SW2's floor (apart from the floor
@@ -251,9 +259,7 @@ impl Truth {
                 sw,
                 floor,
                 large: None,
-                reference: None,
-                coupled: None,
-                halves: None,
+                endpoints: None,
                 d: spec.dim(),
             });
         }
@@ -297,9 +303,12 @@ impl Truth {
             sw,
             floor,
             large,
-            reference: Some(reference),
-            coupled: Some((coupled_sw, Floor::of(&vals))),
-            halves: Some(halves),
+            endpoints: Some(Endpoints {
+                values: reference,
+                sw: coupled_sw,
+                floor: Floor::of(&vals),
+                halves,
+            }),
             d: spec.dim(),
         })
     }
@@ -308,18 +317,19 @@ impl Truth {
     /// when `paired`, the RMS per coordinate of its first [`PAIRED`] rows to theirs.
     fn score(&self, x: &[f64], paired: bool) -> Result<Scores> {
         let sw2 = self.sw.distance(x)?;
-        let coupled_sw2 = match &self.coupled {
-            Some((sw, _)) => Some(sw.distance(x)?),
-            None => None,
-        };
-        let halves = match &self.halves {
-            Some([a, b]) => {
+        let (coupled_sw2, halves) = match &self.endpoints {
+            Some(e) => {
                 let half = SAMPLES / 2 * self.d;
-                Some([a.distance(&x[..half])?, b.distance(&x[half..])?])
+                let [a, b] = &e.halves;
+                (
+                    Some(e.sw.distance(x)?),
+                    Some([a.distance(&x[..half])?, b.distance(&x[half..])?]),
+                )
             }
-            None => None,
+            None => (None, None),
         };
-        let paired = self.reference.as_ref().filter(|_| paired).map(|reference| {
+        let paired = self.endpoints.as_ref().filter(|_| paired).map(|e| {
+            let reference = &e.values;
             let n = PAIRED * self.d;
             let s: f64 = x[..n]
                 .iter()
@@ -664,8 +674,8 @@ fn lowest(bests: [Option<(&Row, f64)>; 2]) -> Option<(&Row, f64)> {
 
 /// The coupled floor as the tables print it.
 fn coupled_floor(truth: &Truth) -> String {
-    truth.coupled.as_ref().map_or("—".into(), |(_, f)| {
-        format!("{:.4} ± {:.4}", f.mean, f.sd)
+    truth.endpoints.as_ref().map_or("—".into(), |e| {
+        format!("{:.4} ± {:.4}", e.floor.mean, e.floor.sd)
     })
 }
 
