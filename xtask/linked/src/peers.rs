@@ -36,7 +36,8 @@
 //!   registered grid solver and variant, or those named; deterministic ones on plain grids
 //!   and on a tuned grid) at NFE 5, 10, 20 and 50 and its candidates on the large set, reads
 //!   `DIR/peers.json` and `DIR/rescore-peers.json`, and prints one table per mixture and
-//!   budget, then the summary the issue asks for; every row goes to `DIR/table.json`.
+//!   budget, then the summary the issue asks for; every row goes to `DIR/table.json`. The
+//!   exact endpoints are kept in `DIR/<mixture>/endpoints-….npy` for the next run.
 
 use std::{
     fmt::Write as _,
@@ -232,6 +233,67 @@ struct Endpoints {
     halves: [SlicedW2; 2],
 }
 
+/// The exact PF-ODE endpoints of start set 0 of `spec` (row-major), read from `cache` when a
+/// previous run left them there, else solved (and written there).
+fn endpoints(
+    registry: &Registry,
+    spec: &MixtureSpec,
+    sde: &dyn ForwardSde,
+    cache: Option<&Path>,
+) -> Result<Vec<f64>> {
+    // The file name holds everything the endpoints depend on besides the code.
+    let path = cache.map(|dir| {
+        dir.join(spec.name).join(format!(
+            "endpoints-seed{START_SEED}-n{SAMPLES}-rk4x{REFERENCE_STEPS}.npy"
+        ))
+    });
+    if let Some(path) = path.as_ref().filter(|p| p.exists()) {
+        let x = Tensor::read_npy(path).map_err(|e| io_err(path, e))?;
+        if x.dims() == [SAMPLES, spec.dim()] && x.dtype() == DType::F64 {
+            eprintln!("{}: endpoints from {}", spec.name, path.display());
+            return host_f64(&x);
+        }
+        eprintln!(
+            "{}: {} holds {:?} {:?}, not [{SAMPLES}, {}] f64: solving again",
+            spec.name,
+            path.display(),
+            x.dims(),
+            x.dtype(),
+            spec.dim()
+        );
+    }
+    let (top, end) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
+    // The exact PF-ODE endpoint in (x/α, σ̃), solved on EDM's SDE over the same σ̃ range.
+    let edm = registry.sde(
+        "edm",
+        &format!(
+            "(t_max: {:e}, t_eps: {:e})",
+            top.sigma_tilde(),
+            end.sigma_tilde()
+        ),
+    )?;
+    let x_tilde = (starts(spec, sde, 0)? / top.alpha)?;
+    let x = Pipeline::builder()
+        .sde(edm.clone())
+        .model(oracle(registry, spec)?)
+        .solver(registry.solver("rk4", "()")?)
+        .steps(REFERENCE_STEPS)
+        .grid(GridKind::LogSnr)
+        .dtype(DType::F64)
+        .build()?
+        .run(State::new(x_tilde, edm.t_max(), 0))?
+        .state
+        .x;
+    let x = (x * end.alpha)?;
+    if let Some(path) = &path {
+        // Written whole, then renamed: an interrupted run leaves no half file behind.
+        let tmp = path.with_extension("npy.tmp");
+        x.write_npy(&tmp).map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    }
+    host_f64(&x)
+}
+
 /// The seed of the independent exact sets in the coupled SW2's floor (apart from the floor
 /// seeds of [`reference_and_floor`]).
 const COUPLED_FLOOR_SEED: u64 = 3_000;
@@ -245,11 +307,14 @@ struct Scores {
 }
 
 impl Truth {
+    /// `cache`: the folder where the endpoints are kept between runs (solving them is most
+    /// of a `table` run's time), when `paired`.
     fn new(
         registry: &Registry,
         spec: &MixtureSpec,
         sde: &dyn ForwardSde,
         paired: bool,
+        cache: Option<&Path>,
     ) -> Result<Self> {
         let end = sde.coefs(sde.t_eps());
         let target = spec.mixture()?.marginal(end.alpha, end.sigma)?;
@@ -264,29 +329,7 @@ impl Truth {
             });
         }
         let large = Some(reference_and_floor(&target, LARGE)?);
-        // The exact PF-ODE endpoint in (x/α, σ̃), solved on EDM's SDE over the same σ̃ range.
-        let top = sde.coefs(sde.t_max());
-        let edm = registry.sde(
-            "edm",
-            &format!(
-                "(t_max: {:e}, t_eps: {:e})",
-                top.sigma_tilde(),
-                end.sigma_tilde()
-            ),
-        )?;
-        let x_tilde = (starts(spec, sde, 0)? / top.alpha)?;
-        let reference = Pipeline::builder()
-            .sde(edm.clone())
-            .model(oracle(registry, spec)?)
-            .solver(registry.solver("rk4", "()")?)
-            .steps(REFERENCE_STEPS)
-            .grid(GridKind::LogSnr)
-            .dtype(DType::F64)
-            .build()?
-            .run(State::new(x_tilde, edm.t_max(), 0))?
-            .state
-            .x;
-        let reference = host_f64(&(reference * end.alpha)?)?;
+        let reference = endpoints(registry, spec, sde, cache)?;
         // The endpoints are exact samples of p_{t_ε} (the PF-ODE carries p_T to it), each
         // tied to its start: a deterministic sampler's SW2 against them has none of the
         // sampling noise of an independent reference, which every row's would share anyway.
@@ -564,7 +607,7 @@ pub fn select(dir: &Path) -> Result<()> {
     let sde = problem_sde(registry)?;
     let mut chosen = Vec::new();
     for spec in mixtures() {
-        let truth = Truth::new(registry, &spec, &*sde, false)?;
+        let truth = Truth::new(registry, &spec, &*sde, false, None)?;
         let (rows, _) = peer_rows(dir, &spec, &truth)?;
         for lib in ["diffusers", "k-diffusion"] {
             for r in candidates(&rows, lib) {
@@ -716,7 +759,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
     let mut dump = Vec::new();
     for spec in mixtures() {
         eprintln!("{}: exact reference and floor", spec.name);
-        let truth = Truth::new(registry, &spec, &*sde, true)?;
+        let truth = Truth::new(registry, &spec, &*sde, true, Some(dir))?;
         let mut rows = sdeflow_rows(registry, &spec, &sde, &truth, solvers)?;
         rescore_sdeflow(&mut rows, &spec, &*sde, &truth)?;
         if !only_sdeflow {
@@ -863,6 +906,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                     if no_worse { "no worse" } else { "WORSE" },
                     coupled_floor(&truth)
                 ));
+                eprintln!("verdict: {}", verdicts[verdicts.len() - 1]);
             }
         }
     }
