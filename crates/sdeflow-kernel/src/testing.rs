@@ -273,6 +273,77 @@ pub struct OdeFlowRun {
     pub error_estimates: usize,
 }
 
+/// The exact PF-ODE flow map of [`Gaussian::default`] under `sde` from T to t_ε
+/// ([`Gaussian::flow_map`]) of the rows of `x_t`, row-major.
+pub fn exact_flow(sde: &dyn ForwardSde, x_t: &Tensor) -> Result<Vec<f64>> {
+    let model = Gaussian::default();
+    let (from, to) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
+    Ok(rows(x_t)?
+        .iter()
+        .flat_map(|row| {
+            let model = &model;
+            row.iter()
+                .enumerate()
+                .map(move |(j, &x)| model.flow_map(x, j, &from, &to))
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// The largest |a − b| entry by entry (0 when empty).
+pub fn max_abs_gap(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The pipeline of the pathwise checks: `solver` on `sde`'s `grid` of `steps` steps, reading
+/// [`Gaussian::default`] as ε ([`EpsParam`]), with `noise`, in f64, in one chunk.
+pub fn gaussian_pipeline(
+    sde: Arc<dyn ForwardSde>,
+    solver: Arc<dyn Solver>,
+    grid: crate::GridKind,
+    steps: usize,
+    noise: Arc<dyn NoiseSource>,
+) -> Result<crate::Pipeline> {
+    crate::Pipeline::builder()
+        .sde(sde)
+        .param(Arc::new(EpsParam))
+        .model(Arc::new(Gaussian::default()))
+        .solver(solver)
+        .steps(steps)
+        .grid(grid)
+        .noise(noise)
+        .chunk_rows(None)
+        .dtype(DType::F64)
+        .build()
+}
+
+/// The pathwise errors of a deterministic `solver` through the pipeline
+/// ([`gaussian_pipeline`], with [`NoNoise`]): for each N of `steps`, the largest error at t_ε
+/// of the run from the rows of `x_t` at T against [`exact_flow`]. `check` sees each run's N,
+/// pipeline and output first, for the solver's own claims (NFE, history).
+pub fn pathwise_errors(
+    sde: Arc<dyn ForwardSde>,
+    solver: Arc<dyn Solver>,
+    grid: crate::GridKind,
+    x_t: &Tensor,
+    steps: &[usize],
+    mut check: impl FnMut(usize, &crate::Pipeline, &crate::SampleOutput),
+) -> Result<Vec<f64>> {
+    let exact = exact_flow(&*sde, x_t)?;
+    steps
+        .iter()
+        .map(|&n| {
+            let p = gaussian_pipeline(sde.clone(), solver.clone(), grid, n, Arc::new(NoNoise))?;
+            let out = p.run(State::new(x_t.clone(), sde.t_max(), 0))?;
+            check(n, &p, &out);
+            Ok(max_abs_gap(&flat(&out.state.x)?, &exact))
+        })
+        .collect()
+}
+
 /// `steps` steps of `solver` on [`Ou`]'s uniform grid from T to t_ε, from [`FLOW_STARTS`],
 /// reading [`Gaussian::default`] as ε, with noise that would turn every value NaN if drawn:
 /// the error at t_ε against the exact PF-ODE flow map ([`Gaussian::flow_map`]), and what the
@@ -299,18 +370,8 @@ pub fn ode_flow_run(solver: &dyn Solver, steps: usize) -> Result<OdeFlowRun> {
         state.step = i + 1;
     }
     let x = flat(&state.x)?;
-    let (from, to) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
-    let exact = FLOW_STARTS.iter().flat_map(|row| {
-        let model = &model;
-        row.iter()
-            .enumerate()
-            .map(move |(j, &x)| model.flow_map(x, j, &from, &to))
-    });
-    let max_error = x
-        .iter()
-        .zip(exact)
-        .map(|(got, want)| (got - want).abs())
-        .fold(0.0, f64::max);
+    let exact = exact_flow(&sde, &Tensor::new(&FLOW_STARTS, &Device::Cpu)?)?;
+    let max_error = max_abs_gap(&x, &exact);
     Ok(OdeFlowRun {
         x,
         max_error,

@@ -9,7 +9,10 @@ use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, RunContext,
     Solver, SolverClaims, State, StepSpan,
     noise::{ConstantNoise, NoiseSource, PhiloxNoise},
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, one_step, rows, tail_order},
+    testing::{
+        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, one_step, pathwise_errors,
+        rows, tail_order,
+    },
 };
 use sdeflow_solver_ddim::{Ddim, Params};
 
@@ -215,17 +218,13 @@ fn registration() -> Result<()> {
 }
 
 fn pipeline(solver: Ddim, steps: usize, noise: Arc<dyn NoiseSource>) -> Result<Pipeline> {
-    Pipeline::builder()
-        .sde(Arc::new(Ou))
-        .param(Arc::new(EpsParam))
-        .model(Arc::new(Gaussian::default()))
-        .solver(Arc::new(solver))
-        .steps(steps)
-        .grid(GridKind::LogSnr)
-        .noise(noise)
-        .chunk_rows(None)
-        .dtype(DType::F64)
-        .build()
+    gaussian_pipeline(
+        Arc::new(Ou),
+        Arc::new(solver),
+        GridKind::LogSnr,
+        steps,
+        noise,
+    )
 }
 
 /// η = 0 through the pipeline on λ-uniform grids: the pathwise error at t_ε against the
@@ -234,30 +233,14 @@ fn pipeline(solver: Ddim, steps: usize, noise: Arc<dyn NoiseSource>) -> Result<P
 #[test]
 fn eta_zero_converges_at_order_one_on_log_snr_grids() -> Result<()> {
     let steps = [16, 32, 64, 128, 256, 512, 1024];
-    let model = Gaussian::default();
-    let x_t = normals(4, 8, 2)?;
-    let (ct, ce) = (Ou.coefs(1.0), Ou.coefs(1e-3));
-    let exact: Vec<Vec<f64>> = rows(&x_t)?
-        .iter()
-        .map(|r| {
-            let f = |(j, &x): (usize, &f64)| model.flow_map(x, j, &ct, &ce);
-            r.iter().enumerate().map(f).collect()
-        })
-        .collect();
-    let mut errors = Vec::new();
-    for &n in &steps {
-        let out =
-            pipeline(ddim(0.0)?, n, Arc::new(NoNoise))?.run(State::new(x_t.clone(), 1.0, 0))?;
-        assert_eq!((out.nfe, out.state.draws), (n as u64, 0));
-        let got = rows(&out.state.x)?;
-        let err = got
-            .iter()
-            .flatten()
-            .zip(exact.iter().flatten())
-            .map(|(g, e)| (g - e).abs())
-            .fold(0.0, f64::max);
-        errors.push(err);
-    }
+    let errors = pathwise_errors(
+        Arc::new(Ou),
+        Arc::new(ddim(0.0)?),
+        GridKind::LogSnr,
+        &normals(4, 8, 2)?,
+        &steps,
+        |n, _, out| assert_eq!((out.nfe, out.state.draws), (n as u64, 0)),
+    )?;
     let p = tail_order(&steps, &errors).expect("three errors above 1e-11");
     eprintln!("ddim(eta = 0) pathwise errors {errors:?}: order {p:.3}");
     assert!((p - 1.0).abs() <= 0.25, "order {p}, errors {errors:?}");

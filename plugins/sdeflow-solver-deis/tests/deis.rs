@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result, RunContext,
-    Solver, State, StepSpan, TimeCoefs,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, RunContext, Solver, State,
+    StepSpan, TimeCoefs,
+    testing::{Gaussian, NoNoise, Ou, assert_close, normals, pathwise_errors, rows, tail_order},
 };
 use sdeflow_solver_deis::{Deis, Params};
 
@@ -325,50 +325,22 @@ fn parameters_claims_and_registration() -> Result<()> {
 }
 
 /// The largest error at t_ε against the exact PF-ODE flow map (MATH.md §7) of `order` on
-/// `sde`'s λ-uniform grids of `steps` steps, each run costing one NFE per step.
-fn pathwise_errors(
+/// `sde`'s `grid`s of `steps` steps, each run costing one NFE per step.
+fn pathwise(
     sde: Arc<dyn ForwardSde>,
     grid: GridKind,
     order: usize,
     steps: &[usize],
 ) -> Result<Vec<f64>> {
-    let model = Gaussian::default();
-    let x_t = normals(14, 4, 2)?;
-    let (ct, ce) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
-    let exact: Vec<f64> = rows(&x_t)?
-        .iter()
-        .flat_map(|r| {
-            let model = &model;
-            r.iter()
-                .enumerate()
-                .map(move |(j, &x)| model.flow_map(x, j, &ct, &ce))
-        })
-        .collect();
     let solver = Arc::new(Deis::new(Params { order })?);
-    steps
-        .iter()
-        .map(|&n| {
-            let p = Pipeline::builder()
-                .sde(sde.clone())
-                .param(Arc::new(EpsParam))
-                .model(Arc::new(model.clone()))
-                .solver(solver.clone())
-                .steps(n)
-                .grid(grid)
-                .noise(Arc::new(NoNoise))
-                .chunk_rows(None)
-                .dtype(DType::F64)
-                .build()?;
-            let out = p.run(State::new(x_t.clone(), sde.t_max(), 0))?;
-            assert_eq!(out.nfe, n as u64);
-            Ok(rows(&out.state.x)?
-                .iter()
-                .flatten()
-                .zip(&exact)
-                .map(|(g, e)| (g - e).abs())
-                .fold(0.0, f64::max))
-        })
-        .collect()
+    pathwise_errors(
+        sde,
+        solver,
+        grid,
+        &normals(14, 4, 2)?,
+        steps,
+        |n, _, out| assert_eq!(out.nfe, n as u64),
+    )
 }
 
 /// Through the pipeline on λ-uniform grids (and Karras grids at order 3) the pathwise error
@@ -385,7 +357,7 @@ fn converges_at_its_order() -> Result<()> {
         (3, GridKind::LogSnr),
         (3, karras),
     ] {
-        let errors = pathwise_errors(Arc::new(Ou), grid, order, &steps)?;
+        let errors = pathwise(Arc::new(Ou), grid, order, &steps)?;
         let p = tail_order(&steps, &errors).expect("three errors above 1e-11");
         eprintln!("deis order {order}, {grid}: errors {errors:?}, fitted {p:.3}");
         assert!((p - order as f64).abs() <= 0.25, "order {p}, {errors:?}");

@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
     Discretization, Equation, ForwardSde, GridKind, Order, Pipeline, Result, RunContext, Solver,
     SolverClaims, State, StepSpan,
     testing::{
-        EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_step, rows, tail_order,
+        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, ou_entry, ou_step,
+        pathwise_errors, rows, tail_order,
     },
 };
 use sdeflow_solver_dpmpp_2m::DpmSolverPp2m;
@@ -185,17 +186,14 @@ fn registration() -> Result<()> {
 }
 
 fn pipeline(steps: usize) -> Result<Pipeline> {
-    Pipeline::builder()
-        .sde(Arc::new(Ou))
-        .param(Arc::new(EpsParam))
-        .model(Arc::new(Gaussian::default()))
-        .solver(Arc::new(DpmSolverPp2m))
-        .steps(steps)
-        .grid(GridKind::LogSnr)
-        .noise(Arc::new(NoNoise))
-        .chunk_rows(None)
-        .dtype(DType::F64)
-        .build()
+    let solver = Arc::new(DpmSolverPp2m);
+    gaussian_pipeline(
+        Arc::new(Ou),
+        solver,
+        GridKind::LogSnr,
+        steps,
+        Arc::new(NoNoise),
+    )
 }
 
 /// Through the pipeline on λ-uniform grids, the pathwise error at t_ε against the closed-form
@@ -204,31 +202,18 @@ fn pipeline(steps: usize) -> Result<Pipeline> {
 #[test]
 fn converges_at_order_two_on_log_snr_grids() -> Result<()> {
     let steps = [16, 32, 64, 128, 256, 512, 1024];
-    let model = Gaussian::default();
-    let x_t = normals(5, 8, 2)?;
-    let (ct, ce) = (Ou.coefs(1.0), Ou.coefs(1e-3));
-    let exact: Vec<Vec<f64>> = rows(&x_t)?
-        .iter()
-        .map(|r| {
-            let f = |(j, &x): (usize, &f64)| model.flow_map(x, j, &ct, &ce);
-            r.iter().enumerate().map(f).collect()
-        })
-        .collect();
-    let mut errors = Vec::new();
-    for &n in &steps {
-        let p = pipeline(n)?;
-        let out = p.run(State::new(x_t.clone(), 1.0, 0))?;
-        assert_eq!((out.nfe, out.state.draws), (n as u64, 0));
-        assert_eq!(out.state.history.len(), 1);
-        assert_eq!(out.state.history[0].lambda, Ou.log_snr(p.times()[n - 1]));
-        let err = rows(&out.state.x)?
-            .iter()
-            .flatten()
-            .zip(exact.iter().flatten())
-            .map(|(g, e)| (g - e).abs())
-            .fold(0.0, f64::max);
-        errors.push(err);
-    }
+    let errors = pathwise_errors(
+        Arc::new(Ou),
+        Arc::new(DpmSolverPp2m),
+        GridKind::LogSnr,
+        &normals(5, 8, 2)?,
+        &steps,
+        |n, p, out| {
+            assert_eq!((out.nfe, out.state.draws), (n as u64, 0));
+            assert_eq!(out.state.history.len(), 1);
+            assert_eq!(out.state.history[0].lambda, Ou.log_snr(p.times()[n - 1]));
+        },
+    )?;
     let p = tail_order(&steps, &errors).expect("three errors above 1e-11");
     eprintln!("dpmpp_2m pathwise errors {errors:?}: order {p:.3}");
     assert!((p - 2.0).abs() <= 0.25, "order {p}, errors {errors:?}");

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
-    Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, RunContext,
-    Solver, SolverClaims, State, StepSpan,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, RunContext, Solver,
+    SolverClaims, State, StepSpan,
+    testing::{Gaussian, NoNoise, Ou, assert_close, normals, pathwise_errors, rows, tail_order},
 };
 use sdeflow_solver_dpmpp_2s::{DpmSolverPp2s, Params};
 
@@ -192,50 +192,22 @@ fn registration_and_parameters() -> Result<()> {
     Ok(())
 }
 
-fn pipeline(r: f64, steps: usize) -> Result<Pipeline> {
-    Pipeline::builder()
-        .sde(Arc::new(Ou))
-        .param(Arc::new(EpsParam))
-        .model(Arc::new(Gaussian::default()))
-        .solver(Arc::new(solver(r)))
-        .steps(steps)
-        .grid(GridKind::LogSnr)
-        .noise(Arc::new(NoNoise))
-        .chunk_rows(None)
-        .dtype(DType::F64)
-        .build()
-}
-
 /// Through the pipeline on λ-uniform grids, the pathwise error at t_ε against the closed-form
 /// PF-ODE flow map falls at order 2 (tail fit ±0.25) for the midpoint and for r = 0.3; NFE
 /// counted = 2 × steps, no noise.
 #[test]
 fn converges_at_order_two_on_log_snr_grids() -> Result<()> {
     let steps = [16, 32, 64, 128, 256, 512];
-    let model = Gaussian::default();
     let x_t = normals(6, 8, 2)?;
-    let (ct, ce) = (Ou.coefs(1.0), Ou.coefs(1e-3));
-    let exact: Vec<f64> = rows(&x_t)?
-        .iter()
-        .flat_map(|r| {
-            let f = |(j, &x): (usize, &f64)| model.flow_map(x, j, &ct, &ce);
-            r.iter().enumerate().map(f).collect::<Vec<_>>()
-        })
-        .collect();
     for r in [0.5, 0.3] {
-        let mut errors = Vec::new();
-        for &n in &steps {
-            let out = pipeline(r, n)?.run(State::new(x_t.clone(), 1.0, 0))?;
-            assert_eq!((out.nfe, out.state.draws), (2 * n as u64, 0));
-            let got = rows(&out.state.x)?;
-            let err = got
-                .iter()
-                .flatten()
-                .zip(&exact)
-                .map(|(g, e)| (g - e).abs())
-                .fold(0.0, f64::max);
-            errors.push(err);
-        }
+        let errors = pathwise_errors(
+            Arc::new(Ou),
+            Arc::new(solver(r)),
+            GridKind::LogSnr,
+            &x_t,
+            &steps,
+            |n, _, out| assert_eq!((out.nfe, out.state.draws), (2 * n as u64, 0)),
+        )?;
         let p = tail_order(&steps, &errors).expect("three errors above 1e-11");
         eprintln!("dpmpp_2s(r = {r}) pathwise errors {errors:?}: order {p:.3}");
         assert!(

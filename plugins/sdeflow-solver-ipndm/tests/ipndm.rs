@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
-    Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result, RunContext,
-    Solver, State, StepSpan, TimeCoefs,
-    testing::{EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, rows, tail_order},
+    Equation, Error, ForwardSde, GridKind, HistoryEntry, Order, Result, RunContext, Solver, State,
+    StepSpan, TimeCoefs,
+    testing::{Gaussian, NoNoise, Ou, assert_close, normals, pathwise_errors, rows, tail_order},
 };
 use sdeflow_solver_ipndm::{Ipndm, Params};
 
@@ -243,42 +243,10 @@ fn errors(
     order: usize,
     ns: &[usize],
 ) -> Result<Vec<f64>> {
-    let model = Gaussian::default();
-    let x_t = normals(14, 4, 2)?;
-    let (ct, ce) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
-    let exact: Vec<f64> = rows(&x_t)?
-        .iter()
-        .flat_map(|r| {
-            let model = &model;
-            r.iter()
-                .enumerate()
-                .map(move |(j, &x)| model.flow_map(x, j, &ct, &ce))
-        })
-        .collect();
     let solver = Arc::new(Ipndm::new(Params { order })?);
-    ns.iter()
-        .map(|&n| {
-            let p = Pipeline::builder()
-                .sde(sde.clone())
-                .param(Arc::new(EpsParam))
-                .model(Arc::new(model.clone()))
-                .solver(solver.clone())
-                .steps(n)
-                .grid(grid)
-                .noise(Arc::new(NoNoise))
-                .chunk_rows(None)
-                .dtype(DType::F64)
-                .build()?;
-            let out = p.run(State::new(x_t.clone(), sde.t_max(), 0))?;
-            assert_eq!(out.nfe, n as u64);
-            Ok(rows(&out.state.x)?
-                .iter()
-                .flatten()
-                .zip(&exact)
-                .map(|(g, e)| (g - e).abs())
-                .fold(0.0, f64::max))
-        })
-        .collect()
+    pathwise_errors(sde, solver, grid, &normals(14, 4, 2)?, ns, |n, _, out| {
+        assert_eq!(out.nfe, n as u64)
+    })
 }
 
 /// The crate's derivation, globally: on λ-uniform grids (σ̃ geometric) orders 2 and 4 both

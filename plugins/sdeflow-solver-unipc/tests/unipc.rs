@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Solver,
     SolverClaims, State, TimeCoefs,
     testing::{
-        EpsParam, Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_step, rows, tail_order,
+        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, ou_entry, ou_step,
+        pathwise_errors, rows, tail_order,
     },
 };
 use sdeflow_solver_unipc::{Params, Unipc, Variant, X_PREV};
@@ -395,37 +396,28 @@ fn parameters_and_claims() -> Result<()> {
 }
 
 fn pipeline(solver: Unipc, steps: usize) -> Result<Pipeline> {
-    Pipeline::builder()
-        .sde(Arc::new(Ou))
-        .param(Arc::new(EpsParam))
-        .model(Arc::new(Gaussian::default()))
-        .solver(Arc::new(solver))
-        .steps(steps)
-        .grid(GridKind::LogSnr)
-        .noise(Arc::new(NoNoise))
-        .chunk_rows(None)
-        .dtype(DType::F64)
-        .build()
+    let solver = Arc::new(solver);
+    gaussian_pipeline(
+        Arc::new(Ou),
+        solver,
+        GridKind::LogSnr,
+        steps,
+        Arc::new(NoNoise),
+    )
 }
 
 /// The largest pathwise error at t_ε of `solver` from four starts through the pipeline on an
 /// N-step λ-uniform grid, against the closed-form PF-ODE flow map; NFE counted = N, no noise.
 fn flow_error(solver: Unipc, n: usize) -> Result<f64> {
-    let model = Gaussian::default();
-    let x_t = normals(5, 4, 2)?;
-    let (ct, ce) = (Ou.coefs(1.0), Ou.coefs(1e-3));
-    let exact: Vec<Vec<f64>> = rows(&x_t)?
-        .iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(j, &x)| model.flow_map(x, j, &ct, &ce))
-                .collect()
-        })
-        .collect();
-    let out = pipeline(solver, n)?.run(State::new(x_t, 1.0, 0))?;
-    assert_eq!((out.nfe, out.state.draws), (n as u64, 0));
-    Ok(max_gap(&rows(&out.state.x)?, &exact))
+    let errors = pathwise_errors(
+        Arc::new(Ou),
+        Arc::new(solver),
+        GridKind::LogSnr,
+        &normals(5, 4, 2)?,
+        &[n],
+        |n, _, out| assert_eq!((out.nfe, out.state.draws), (n as u64, 0)),
+    )?;
+    Ok(errors[0])
 }
 
 /// Through the pipeline on λ-uniform grids the pathwise error falls at the claimed order (tail
