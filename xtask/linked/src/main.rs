@@ -10,7 +10,8 @@
 //! - `bench [--batch N] [--threads N] [--repeats N] [--solver NAME]`: the framework's
 //!   overhead beside the model for every solver, samples/s, and the solver's own time per
 //!   step. `bench --train [--threads N]`: training steps/s of the mlp at batch 512 and
-//!   4,096, on 1 and 2 threads.
+//!   4,096, on 1 and 2 threads. `bench [--train] --torch [--python P]`: the same beside
+//!   PyTorch eager (xtask/torch/bench.py), with the ratios sdeflow ÷ PyTorch.
 //! - `train-table [--seeds N] [--steps N]`: the default job's training in every
 //!   parameterization, final SW2 and held-out loss over seeds.
 
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod conformance;
 mod peers;
+mod torch_bench;
 mod train_bench;
 
 #[global_allocator]
@@ -86,6 +88,14 @@ enum Command {
         /// Training steps/s of the mlp at batch 512 and 4,096 instead.
         #[arg(long)]
         train: bool,
+        /// Beside PyTorch eager instead (xtask/torch/bench.py): the mlp's sampling (Euler,
+        /// 100 NFE, batch 10,000) or, with `--train`, its training steps, at 1 and 2 threads,
+        /// with the ratios sdeflow ÷ PyTorch.
+        #[arg(long)]
+        torch: bool,
+        /// `--torch`: the Python that has the pinned torch (`bash xtask/torch/setup.sh`).
+        #[arg(long, default_value = "target/torch-venv/bin/python")]
+        python: PathBuf,
     },
     /// Train the default job's network in every parameterization (its usual weighting; VP,
     /// and EDM's SDE for `edm`) over seeds; print final SW2 and held-out loss, mean ± sd.
@@ -163,6 +173,14 @@ fn main() -> ExitCode {
         Command::Bench {
             threads,
             repeats,
+            train,
+            torch: true,
+            python,
+            ..
+        } => torch_bench::run(train, threads, repeats, &python),
+        Command::Bench {
+            threads,
+            repeats,
             train: true,
             ..
         } => train_bench::run(threads, repeats),
@@ -172,6 +190,7 @@ fn main() -> ExitCode {
             repeats,
             solver,
             train: false,
+            ..
         } => bench::run(bench::BenchArgs {
             batch,
             threads: threads.unwrap_or(1),

@@ -18,7 +18,7 @@ use sdeflow_train::Trainer;
 use crate::bench::pinned;
 
 /// The ring of the default job, as data.
-fn ring() -> Result<Data> {
+pub(crate) fn ring() -> Result<Data> {
     let config = sdeflow_cli::load(sdeflow_plugins::registry()?, None, None)?;
     config
         .data
