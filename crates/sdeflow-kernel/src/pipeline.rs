@@ -359,10 +359,13 @@ impl Pipeline {
         Some(guided * (self.solver.nfe(self.schedule.steps) as u64 + u64::from(self.denoise_final)))
     }
 
-    /// The model as a run reads it: through the target, chunked, guided.
+    /// The model as a run reads it: through the target, chunked, guided, with its weights off
+    /// autograd's graph ([`ScoreModel::frozen`], sharing their storage, so a model still in
+    /// training is read as it is now): a run records no graph that its detached outputs would
+    /// drop, and frees each layer's activations as soon as the next is computed.
     fn sampling_denoiser(&self) -> Result<Denoiser> {
         Denoiser::new(
-            self.model.clone(),
+            self.model.frozen().unwrap_or_else(|| self.model.clone()),
             self.param.clone(),
             self.chunk_rows,
             None,
