@@ -36,6 +36,8 @@
 //! Diffusion Models", NeurIPS 2021, §3 (conditioning on the log-SNR); Elfwing, Uchibe & Doya,
 //! Neural Networks 107, 2018 (SiLU).
 
+pub mod fused;
+
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor, Var};
@@ -88,6 +90,11 @@ struct Affine {
 impl Affine {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
+    }
+
+    /// SiLU(x Wᵀ + b), the bias and the activation in one pass ([`fused::bias_silu`]).
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(fused::bias_silu(&x.matmul(&self.w.t()?)?, &self.b)?)
     }
 }
 
@@ -290,13 +297,13 @@ impl ScoreModel for Mlp {
             .embedding(levels)?
             .matmul(&self.first_e.contiguous()?.t()?)?
             .broadcast_add(&self.first_b)?;
-        let mut h = x
-            .to_dtype(self.dtype)?
-            .matmul(&self.first_x.contiguous()?.t()?)?
-            .broadcast_add(&shift)?
-            .silu()?;
+        let mut h = fused::bias_silu(
+            &x.to_dtype(self.dtype)?
+                .matmul(&self.first_x.contiguous()?.t()?)?,
+            &shift,
+        )?;
         for layer in &self.hidden {
-            h = layer.forward(&h)?.silu()?;
+            h = layer.forward_silu(&h)?;
         }
         Ok(self.out.forward(&h)?.to_dtype(x.dtype())?)
     }
