@@ -14,15 +14,16 @@
 //! the thread count. Anything other than contiguous f32 or f64 on the CPU (a GPU, a strided
 //! view) falls back to candle's ops.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, InplaceOp2, Layout, Shape, Tensor,
+};
 use rayon::prelude::*;
 
-/// Rows per rayon task. (Outputs start as zeros: a fresh allocation the size of a layer's
-/// activations then comes from zeroed pages, with no pass to fill it.)
+/// Rows per rayon task.
 const BLOCK_ROWS: usize = 64;
 
 /// The element types the kernels run on.
-trait Real: Copy + Default + Send + Sync + 'static {
+trait Real: Copy + Send + Sync + 'static {
     /// e^x.
     fn exp(x: Self) -> Self;
     fn one() -> Self;
@@ -140,53 +141,105 @@ fn bias_row<T>(b: &[T], h: usize, per_row: bool, k: usize, r: usize) -> &[T] {
     }
 }
 
-/// y = SiLU(u + b) row by row: `u` holds rows of `h`; `b` one row of `h`, or one per row.
-fn silu_rows<T: Real>(u: &[T], b: &[T], h: usize) -> Vec<T> {
-    let (per_row, arch) = (b.len() != h, pulp::Arch::new());
-    let mut y = vec![T::default(); u.len()];
-    y.par_chunks_mut(BLOCK_ROWS * h)
-        .zip(u.par_chunks(BLOCK_ROWS * h))
-        .enumerate()
-        .for_each(|(k, (y, u))| {
-            arch.dispatch(|| {
-                for (r, (y, u)) in y.chunks_exact_mut(h).zip(u.chunks_exact(h)).enumerate() {
-                    let b = bias_row(b, h, per_row, k, r);
-                    for ((y, &u), &b) in y.iter_mut().zip(u).zip(b) {
-                        let z = T::add(u, b);
-                        *y = T::div(z, T::add(T::one(), T::exp(T::neg(z))));
-                    }
-                }
-            })
-        });
-    y
+/// One block of rows, in place: y ← SiLU(y + b). A [`pulp::WithSimd`] with everything inlined,
+/// so that [`pulp::Arch::dispatch`] compiles the loop for the CPU's widest instruction set.
+struct SiluBlock<'a, T> {
+    y: &'a mut [T],
+    b: &'a [T],
+    h: usize,
+    per_row: bool,
+    k: usize,
 }
 
-/// ∂L/∂z = g · s (1 + z (1 − s)), s = σ(z), z = u + b, row by row (`b` as in [`silu_rows`]).
-fn silu_grad_rows<T: Real>(u: &[T], b: &[T], g: &[T], h: usize) -> Vec<T> {
+impl<T: Real> pulp::WithSimd for SiluBlock<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            y,
+            b,
+            h,
+            per_row,
+            k,
+        } = self;
+        for (r, y) in y.chunks_exact_mut(h).enumerate() {
+            let b = bias_row(b, h, per_row, k, r);
+            for (y, &b) in y.iter_mut().zip(b) {
+                let z = T::add(*y, b);
+                *y = T::div(z, T::add(T::one(), T::exp(T::neg(z))));
+            }
+        }
+    }
+}
+
+/// One block of rows, in place: g ← g · s (1 + z (1 − s)), s = σ(z), z = u + b.
+struct SiluGradBlock<'a, T> {
+    g: &'a mut [T],
+    u: &'a [T],
+    b: &'a [T],
+    h: usize,
+    per_row: bool,
+    k: usize,
+}
+
+impl<T: Real> pulp::WithSimd for SiluGradBlock<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            g,
+            u,
+            b,
+            h,
+            per_row,
+            k,
+        } = self;
+        for (r, (g, u)) in g.chunks_exact_mut(h).zip(u.chunks_exact(h)).enumerate() {
+            let b = bias_row(b, h, per_row, k, r);
+            for ((g, &u), &b) in g.iter_mut().zip(u).zip(b) {
+                let z = T::add(u, b);
+                let s = T::div(T::one(), T::add(T::one(), T::exp(T::neg(z))));
+                let ds = T::mul(s, T::add(T::one(), T::mul(z, T::sub(T::one(), s))));
+                *g = T::mul(*g, ds);
+            }
+        }
+    }
+}
+
+/// y ← SiLU(y + b) row by row: `y` holds rows of `h`; `b` one row of `h`, or one per row.
+fn silu_rows<T: Real>(y: &mut [T], b: &[T], h: usize) {
     let (per_row, arch) = (b.len() != h, pulp::Arch::new());
-    let mut dz = vec![T::default(); u.len()];
-    dz.par_chunks_mut(BLOCK_ROWS * h)
-        .zip(u.par_chunks(BLOCK_ROWS * h))
-        .zip(g.par_chunks(BLOCK_ROWS * h))
+    y.par_chunks_mut(BLOCK_ROWS * h)
         .enumerate()
-        .for_each(|(k, ((dz, u), g))| {
-            arch.dispatch(|| {
-                let rows = dz
-                    .chunks_exact_mut(h)
-                    .zip(u.chunks_exact(h))
-                    .zip(g.chunks_exact(h));
-                for (r, ((dz, u), g)) in rows.enumerate() {
-                    let b = bias_row(b, h, per_row, k, r);
-                    for (((dz, &u), &b), &g) in dz.iter_mut().zip(u).zip(b).zip(g) {
-                        let z = T::add(u, b);
-                        let s = T::div(T::one(), T::add(T::one(), T::exp(T::neg(z))));
-                        let ds = T::mul(s, T::add(T::one(), T::mul(z, T::sub(T::one(), s))));
-                        *dz = T::mul(g, ds);
-                    }
-                }
+        .for_each(|(k, y)| {
+            arch.dispatch(SiluBlock {
+                y,
+                b,
+                h,
+                per_row,
+                k,
             })
         });
-    dz
+}
+
+/// g ← ∂L/∂z = g · s (1 + z (1 − s)), z = u + b, row by row (`b` as in [`silu_rows`]).
+fn silu_grad_rows<T: Real>(g: &mut [T], u: &[T], b: &[T], h: usize) {
+    let (per_row, arch) = (b.len() != h, pulp::Arch::new());
+    g.par_chunks_mut(BLOCK_ROWS * h)
+        .zip(u.par_chunks(BLOCK_ROWS * h))
+        .enumerate()
+        .for_each(|(k, (g, u))| {
+            arch.dispatch(SiluGradBlock {
+                g,
+                u,
+                b,
+                h,
+                per_row,
+                k,
+            })
+        });
 }
 
 /// A contiguous slice of `s` under `l`, or an error naming `what`.
@@ -217,10 +270,14 @@ impl CustomOp2 for BiasSilu {
         let h = l1.dims()[1];
         let out = match (s1, s2) {
             (CpuStorage::F32(u), CpuStorage::F32(b)) => {
-                CpuStorage::F32(silu_rows(slice(u, l1, "u")?, slice(b, l2, "b")?, h))
+                let mut y = slice(u, l1, "u")?.to_vec();
+                silu_rows(&mut y, slice(b, l2, "b")?, h);
+                CpuStorage::F32(y)
             }
             (CpuStorage::F64(u), CpuStorage::F64(b)) => {
-                CpuStorage::F64(silu_rows(slice(u, l1, "u")?, slice(b, l2, "b")?, h))
+                let mut y = slice(u, l1, "u")?.to_vec();
+                silu_rows(&mut y, slice(b, l2, "b")?, h);
+                CpuStorage::F64(y)
             }
             _ => candle_core::bail!("fused silu: f32 or f64 only"),
         };
@@ -266,20 +323,14 @@ impl CustomOp3 for SiluGrad {
         let h = l1.dims()[1];
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(u), CpuStorage::F32(b), CpuStorage::F32(g)) => {
-                CpuStorage::F32(silu_grad_rows(
-                    slice(u, l1, "u")?,
-                    slice(b, l2, "b")?,
-                    slice(g, l3, "the gradient")?,
-                    h,
-                ))
+                let mut dz = slice(g, l3, "the gradient")?.to_vec();
+                silu_grad_rows(&mut dz, slice(u, l1, "u")?, slice(b, l2, "b")?, h);
+                CpuStorage::F32(dz)
             }
             (CpuStorage::F64(u), CpuStorage::F64(b), CpuStorage::F64(g)) => {
-                CpuStorage::F64(silu_grad_rows(
-                    slice(u, l1, "u")?,
-                    slice(b, l2, "b")?,
-                    slice(g, l3, "the gradient")?,
-                    h,
-                ))
+                let mut dz = slice(g, l3, "the gradient")?.to_vec();
+                silu_grad_rows(&mut dz, slice(u, l1, "u")?, slice(b, l2, "b")?, h);
+                CpuStorage::F64(dz)
             }
             _ => candle_core::bail!("fused silu: f32 or f64 only"),
         };
@@ -287,25 +338,75 @@ impl CustomOp3 for SiluGrad {
     }
 }
 
-/// `SiLU(u + b)` for u `[n, h]` and b `[h]`, `[1, h]` or `[n, h]`: the fused kernel on
-/// contiguous f32 or f64 CPU tensors, candle's ops elsewhere.
-pub fn bias_silu(u: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+/// `SiLU(u + b)` written over u: for a u that no graph records (sampling, a frozen model),
+/// whose buffer nothing else reads.
+struct BiasSiluInPlace;
+
+impl InplaceOp2 for BiasSiluInPlace {
+    fn name(&self) -> &'static str {
+        "bias-silu-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let h = l1.dims()[1];
+        let Some((from, to)) = l1.contiguous_offsets() else {
+            candle_core::bail!("fused silu: u is not contiguous")
+        };
+        match (s1, s2) {
+            (CpuStorage::F32(u), CpuStorage::F32(b)) => {
+                silu_rows(&mut u[from..to], slice(b, l2, "b")?, h)
+            }
+            (CpuStorage::F64(u), CpuStorage::F64(b)) => {
+                silu_rows(&mut u[from..to], slice(b, l2, "b")?, h)
+            }
+            _ => candle_core::bail!("fused silu: f32 or f64 only"),
+        }
+        Ok(())
+    }
+}
+
+/// Whether the fused kernels take (u, b): contiguous f32 or f64 on the CPU, u `[n, h]` with
+/// h ≥ 1, b `[h]`, `[1, h]` or `[n, h]`.
+fn fusable(u: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
     let shape_ok = u.rank() == 2
         && u.dim(1)? > 0
         && (b.dims() == [u.dim(1)?]
             || (b.rank() == 2
                 && b.dim(1)? == u.dim(1)?
                 && (b.dim(0)? == 1 || b.dim(0)? == u.dim(0)?)));
-    let fused = shape_ok
+    Ok(shape_ok
         && matches!(u.device(), Device::Cpu)
         && matches!(u.dtype(), DType::F32 | DType::F64)
         && u.dtype() == b.dtype()
         && u.is_contiguous()
-        && b.is_contiguous();
-    if fused {
+        && b.is_contiguous())
+}
+
+/// `SiLU(u + b)` for u `[n, h]` and b `[h]`, `[1, h]` or `[n, h]`: the fused kernel on
+/// contiguous f32 or f64 CPU tensors, candle's ops elsewhere. u is left as it is.
+pub fn bias_silu(u: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if fusable(u, b)? {
         u.apply_op2(b, BiasSilu)
     } else {
         u.broadcast_add(b)?.silu()
+    }
+}
+
+/// [`bias_silu`] of a `u` whose buffer no other tensor shares (a matmul's fresh output): when
+/// no graph records u or b (sampling, a frozen model), the result is written over u's buffer,
+/// which saves a layer-sized allocation and a pass over memory.
+pub(crate) fn bias_silu_over(u: Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if fusable(&u, b)? && !u.track_op() && !b.track_op() {
+        u.inplace_op2(b, &BiasSiluInPlace)?;
+        Ok(u)
+    } else {
+        bias_silu(&u, b)
     }
 }
 
@@ -360,6 +461,8 @@ mod tests {
                 let grads = (&want * &w)?.sum_all()?.backward()?;
                 let (wu, wb) = (grads.get(&u).unwrap(), grads.get(&b).unwrap());
                 close(&got, &want, None, tol, &format!("{what}: y"));
+                let over = bias_silu_over(u0.copy()?, &b0)?;
+                close(&over, &want, None, tol, &format!("{what}: y in place"));
                 // ∂L/∂z = g s (1 + z (1 − s)) rounds 1 + z (1 − s) to about ε (1 + |z|) in
                 // either implementation, which is all of it where that factor crosses zero.
                 let z = u0.broadcast_add(&b0)?;

@@ -94,7 +94,7 @@ impl Affine {
 
     /// SiLU(x Wᵀ + b), the bias and the activation in one pass ([`fused::bias_silu`]).
     fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(fused::bias_silu(&x.matmul(&self.w.t()?)?, &self.b)?)
+        Ok(fused::bias_silu_over(x.matmul(&self.w.t()?)?, &self.b)?)
     }
 }
 
@@ -297,8 +297,8 @@ impl ScoreModel for Mlp {
             .embedding(levels)?
             .matmul(&self.first_e.contiguous()?.t()?)?
             .broadcast_add(&self.first_b)?;
-        let mut h = fused::bias_silu(
-            &x.to_dtype(self.dtype)?
+        let mut h = fused::bias_silu_over(
+            x.to_dtype(self.dtype)?
                 .matmul(&self.first_x.contiguous()?.t()?)?,
             &shift,
         )?;
