@@ -23,18 +23,25 @@ use rayon::prelude::*;
 const BLOCK_ROWS: usize = 64;
 
 /// The element types the kernels run on.
-trait Real: Copy + Send + Sync + 'static {
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
+    const ONE: Self;
     /// e^x.
     fn exp(x: Self) -> Self;
-    fn one() -> Self;
-    fn add(a: Self, b: Self) -> Self;
-    fn mul(a: Self, b: Self) -> Self;
-    fn div(a: Self, b: Self) -> Self;
-    fn sub(a: Self, b: Self) -> Self;
-    fn neg(a: Self) -> Self;
 }
 
 impl Real for f32 {
+    const ONE: f32 = 1.0;
+
     #[inline(always)]
     fn exp(x: f32) -> f32 {
         // Cephes expf: x = n ln 2 + r, |r| ≤ ½ ln 2, e^r by a degree-7 polynomial, 2^n by the
@@ -58,32 +65,11 @@ impl Real for f32 {
         let b = f32::from_bits(((k - half + 127) as u32) << 23);
         e * a * b
     }
-    fn one() -> f32 {
-        1.0
-    }
-    #[inline(always)]
-    fn add(a: f32, b: f32) -> f32 {
-        a + b
-    }
-    #[inline(always)]
-    fn mul(a: f32, b: f32) -> f32 {
-        a * b
-    }
-    #[inline(always)]
-    fn div(a: f32, b: f32) -> f32 {
-        a / b
-    }
-    #[inline(always)]
-    fn sub(a: f32, b: f32) -> f32 {
-        a - b
-    }
-    #[inline(always)]
-    fn neg(a: f32) -> f32 {
-        -a
-    }
 }
 
 impl Real for f64 {
+    const ONE: f64 = 1.0;
+
     #[inline(always)]
     fn exp(x: f64) -> f64 {
         // Cephes exp: x = n ln 2 + r, e^r = 1 + 2 r P(r²) / (Q(r²) − r P(r²)).
@@ -104,29 +90,6 @@ impl Real for f64 {
         let a = f64::from_bits(((half + 1023) as u64) << 52);
         let b = f64::from_bits(((k - half + 1023) as u64) << 52);
         e * a * b
-    }
-    fn one() -> f64 {
-        1.0
-    }
-    #[inline(always)]
-    fn add(a: f64, b: f64) -> f64 {
-        a + b
-    }
-    #[inline(always)]
-    fn mul(a: f64, b: f64) -> f64 {
-        a * b
-    }
-    #[inline(always)]
-    fn div(a: f64, b: f64) -> f64 {
-        a / b
-    }
-    #[inline(always)]
-    fn sub(a: f64, b: f64) -> f64 {
-        a - b
-    }
-    #[inline(always)]
-    fn neg(a: f64) -> f64 {
-        -a
     }
 }
 
@@ -166,8 +129,8 @@ impl<T: Real> pulp::WithSimd for SiluBlock<'_, T> {
         for (r, y) in y.chunks_exact_mut(h).enumerate() {
             let b = bias_row(b, h, per_row, k, r);
             for (y, &b) in y.iter_mut().zip(b) {
-                let z = T::add(*y, b);
-                *y = T::div(z, T::add(T::one(), T::exp(T::neg(z))));
+                let z = *y + b;
+                *y = z / (T::ONE + T::exp(-z));
             }
         }
     }
@@ -199,10 +162,9 @@ impl<T: Real> pulp::WithSimd for SiluGradBlock<'_, T> {
         for (r, (g, u)) in g.chunks_exact_mut(h).zip(u.chunks_exact(h)).enumerate() {
             let b = bias_row(b, h, per_row, k, r);
             for ((g, &u), &b) in g.iter_mut().zip(u).zip(b) {
-                let z = T::add(u, b);
-                let s = T::div(T::one(), T::add(T::one(), T::exp(T::neg(z))));
-                let ds = T::mul(s, T::add(T::one(), T::mul(z, T::sub(T::one(), s))));
-                *g = T::mul(*g, ds);
+                let z = u + b;
+                let s = T::ONE / (T::ONE + T::exp(-z));
+                *g = *g * (s * (T::ONE + z * (T::ONE - s)));
             }
         }
     }
