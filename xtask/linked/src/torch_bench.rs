@@ -22,8 +22,7 @@ use std::{
 };
 
 use candle_core::{DType, Device};
-use sdeflow_kernel::{Error, ModelContext, Pipeline, Result, TrainSpec};
-use sdeflow_train::Trainer;
+use sdeflow_kernel::{Error, ModelContext, Pipeline, Result};
 
 use crate::bench::pinned;
 
@@ -158,24 +157,9 @@ pub fn run(train: bool, threads: Option<usize>, repeats: usize, python: &Path) -
     if let Some(code) = pinned(k, &line(k))? {
         return Ok(code);
     }
-    let registry = sdeflow_plugins::registry()?;
     if train {
         for (batch, steps) in TRAIN {
-            let data = crate::train_bench::ring()?;
-            let ctx = ModelContext::new(Device::Cpu, DType::F32).with_data(data.clone());
-            let mut trainer = Trainer::new(
-                registry.model("mlp", "()", &ctx)?,
-                registry.param("eps", "()")?,
-                registry.sde("vp", "()")?,
-                registry.weighting("simple", "()")?,
-                data,
-                TrainSpec {
-                    batch,
-                    ..TrainSpec::default()
-                },
-                0,
-                (DType::F32, Device::Cpu),
-            )?;
+            let mut trainer = crate::train_bench::ring_trainer(batch)?;
             for _ in 0..5 {
                 trainer.step()?; // warm-up: allocations, caches
             }
@@ -206,6 +190,7 @@ pub fn run(train: bool, threads: Option<usize>, repeats: usize, python: &Path) -
             )?;
         }
     } else {
+        let registry = sdeflow_plugins::registry()?;
         let ctx = ModelContext::new(Device::Cpu, DType::F32);
         let pipeline = Pipeline::builder()
             .sde(registry.sde("vp", "()")?)

@@ -18,12 +18,33 @@ use sdeflow_train::Trainer;
 use crate::bench::pinned;
 
 /// The ring of the default job, as data.
-pub(crate) fn ring() -> Result<Data> {
+fn ring() -> Result<Data> {
     let config = sdeflow_cli::load(sdeflow_plugins::registry()?, None, None)?;
     config
         .data
         .map(|d| d.plugin)
         .ok_or_else(|| Error::Msg("the default config names no data".into()))
+}
+
+/// The benches' trainer: the default `mlp` on the ring, ε-prediction under VP with the simple
+/// weighting, the default training spec at `batch`, f32 on the CPU.
+pub(crate) fn ring_trainer(batch: usize) -> Result<Trainer> {
+    let registry = sdeflow_plugins::registry()?;
+    let data = ring()?;
+    let ctx = ModelContext::new(Device::Cpu, DType::F32).with_data(data.clone());
+    Trainer::new(
+        registry.model("mlp", "()", &ctx)?,
+        registry.param("eps", "()")?,
+        registry.sde("vp", "()")?,
+        registry.weighting("simple", "()")?,
+        data,
+        TrainSpec {
+            batch,
+            ..TrainSpec::default()
+        },
+        0,
+        (DType::F32, Device::Cpu),
+    )
 }
 
 /// `bench --train`: steps/s at batch 512 and 4,096 for each thread count.
@@ -56,25 +77,8 @@ pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
     if let Some(code) = pinned(k, &line(k))? {
         return Ok(code);
     }
-    let registry = sdeflow_plugins::registry()?;
     for batch in [512, 4_096] {
-        let data = ring()?;
-        let ctx = ModelContext::new(Device::Cpu, DType::F32).with_data(data.clone());
-        let model = registry.model("mlp", "()", &ctx)?;
-        let spec = TrainSpec {
-            batch,
-            ..TrainSpec::default()
-        };
-        let mut trainer = Trainer::new(
-            model,
-            registry.param("eps", "()")?,
-            registry.sde("vp", "()")?,
-            registry.weighting("simple", "()")?,
-            data,
-            spec,
-            0,
-            (DType::F32, Device::Cpu),
-        )?;
+        let mut trainer = ring_trainer(batch)?;
         for _ in 0..5 {
             trainer.step()?; // warm-up: allocations, caches
         }
