@@ -320,6 +320,18 @@ pub fn gaussian_pipeline(
         .build()
 }
 
+/// [`gaussian_pipeline`] on [`Ou`]'s λ-uniform grid with [`NoNoise`]: a deterministic solver's
+/// plain pipeline.
+pub fn ou_pipeline(solver: Arc<dyn Solver>, steps: usize) -> Result<crate::Pipeline> {
+    gaussian_pipeline(
+        Arc::new(Ou),
+        solver,
+        crate::GridKind::LogSnr,
+        steps,
+        Arc::new(NoNoise),
+    )
+}
+
 /// The pathwise errors of a deterministic `solver` through the pipeline
 /// ([`gaussian_pipeline`], with [`NoNoise`]): for each N of `steps`, the largest error at t_ε
 /// of the run from the rows of `x_t` at T against [`exact_flow`]. `check` sees each run's N,

@@ -11,7 +11,7 @@ use sdeflow_kernel::{
     Discretization, Equation, ForwardSde, GridKind, Order, Pipeline, Result, RunContext, Solver,
     SolverClaims, State, StepSpan,
     testing::{
-        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, ou_entry, ou_step,
+        Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_pipeline, ou_step,
         pathwise_errors, rows, tail_order,
     },
 };
@@ -186,14 +186,7 @@ fn registration() -> Result<()> {
 }
 
 fn pipeline(steps: usize) -> Result<Pipeline> {
-    let solver = Arc::new(DpmSolverPp2m);
-    gaussian_pipeline(
-        Arc::new(Ou),
-        solver,
-        GridKind::LogSnr,
-        steps,
-        Arc::new(NoNoise),
-    )
+    ou_pipeline(Arc::new(DpmSolverPp2m), steps)
 }
 
 /// Through the pipeline on λ-uniform grids, the pathwise error at t_ε against the closed-form

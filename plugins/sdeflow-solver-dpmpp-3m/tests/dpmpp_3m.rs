@@ -13,7 +13,7 @@ use sdeflow_kernel::{
     Discretization, Equation, ForwardSde, GridKind, HistoryEntry, Order, Pipeline, Result,
     RunContext, Solver, SolverClaims, State, StepSpan,
     testing::{
-        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, ou_entry, ou_step,
+        Gaussian, NoNoise, Ou, assert_close, normals, ou_entry, ou_pipeline, ou_step,
         pathwise_errors, rows, tail_order,
     },
 };
@@ -287,14 +287,7 @@ fn registration_and_parameters() -> Result<()> {
 }
 
 fn pipeline(steps: usize) -> Result<Pipeline> {
-    let solver = Arc::new(solver(true));
-    gaussian_pipeline(
-        Arc::new(Ou),
-        solver,
-        GridKind::LogSnr,
-        steps,
-        Arc::new(NoNoise),
-    )
+    ou_pipeline(Arc::new(solver(true)), steps)
 }
 
 /// Through the pipeline on λ-uniform grids, the pathwise error at t_ε against the closed-form

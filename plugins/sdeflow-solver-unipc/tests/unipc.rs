@@ -12,8 +12,8 @@ use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, Order, Pipeline, Result, Solver,
     SolverClaims, State, TimeCoefs,
     testing::{
-        Gaussian, NoNoise, Ou, assert_close, gaussian_pipeline, normals, ou_entry, ou_step,
-        pathwise_errors, rows, tail_order,
+        Gaussian, Ou, assert_close, normals, ou_entry, ou_pipeline, ou_step, pathwise_errors, rows,
+        tail_order,
     },
 };
 use sdeflow_solver_unipc::{Params, Unipc, Variant, X_PREV};
@@ -396,14 +396,7 @@ fn parameters_and_claims() -> Result<()> {
 }
 
 fn pipeline(solver: Unipc, steps: usize) -> Result<Pipeline> {
-    let solver = Arc::new(solver);
-    gaussian_pipeline(
-        Arc::new(Ou),
-        solver,
-        GridKind::LogSnr,
-        steps,
-        Arc::new(NoNoise),
-    )
+    ou_pipeline(Arc::new(solver), steps)
 }
 
 /// The largest pathwise error at t_ε of `solver` from four starts through the pipeline on an
