@@ -106,6 +106,19 @@ pub fn pinned(threads: usize, args: &[String]) -> Result<Option<ExitCode>> {
     }))
 }
 
+/// Runs `line(k)` (an `xtask-linked` command line) in its own pinned release process for each
+/// thread count k of 1 and 2 ([`pinned`]), in turn; the first failure's code.
+pub(crate) fn each_thread_count<L: AsRef<[String]>>(line: impl Fn(usize) -> L) -> Result<ExitCode> {
+    for k in [1, 2] {
+        if let Some(code) = pinned(k, line(k).as_ref())?
+            && code != ExitCode::SUCCESS
+        {
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A model that costs nothing: zeros out.
 #[derive(Debug)]
 struct Free(usize);
@@ -190,7 +203,7 @@ impl TwinRun {
 }
 
 /// The median of `v` and its range.
-fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }

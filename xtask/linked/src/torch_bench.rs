@@ -24,7 +24,7 @@ use std::{
 use candle_core::{DType, Device};
 use sdeflow_kernel::{Error, ModelContext, Pipeline, Result};
 
-use crate::bench::pinned;
+use crate::bench::{median_range, pinned};
 
 /// Samples per sampling run.
 const SAMPLE_BATCH: usize = 10_000;
@@ -72,12 +72,6 @@ fn torch_once(python: &Path, args: &[String]) -> Result<(f64, String)> {
     Ok((secs, v["torch"].as_str().unwrap_or("?").to_string()))
 }
 
-/// The median and the min of `v`.
-fn median_min(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0])
-}
-
 /// One row: sdeflow's and PyTorch's seconds per repeat, alternated.
 fn row(
     label: &str,
@@ -96,7 +90,7 @@ fn row(
         b.push(secs);
         version = v;
     }
-    let ((am, amin), (bm, bmin)) = (median_min(a), median_min(b));
+    let ((am, amin, _), (bm, bmin, _)) = (median_range(a), median_range(b));
     println!(
         "| {label} | {k} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.3} | {:.3} | {version} |",
         am * 1e3,
@@ -145,14 +139,7 @@ pub fn run(train: bool, threads: Option<usize>, repeats: usize, python: &Path) -
             "| run | threads | sdeflow ms | PyTorch ms | ratio (median) | ratio (min) | torch |"
         );
         println!("|---|---:|---:|---:|---:|---:|---|");
-        for k in [1, 2] {
-            if let Some(code) = pinned(k, &line(k))?
-                && code != ExitCode::SUCCESS
-            {
-                return Ok(code);
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+        return crate::bench::each_thread_count(line);
     };
     if let Some(code) = pinned(k, &line(k))? {
         return Ok(code);

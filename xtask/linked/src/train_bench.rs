@@ -65,14 +65,7 @@ pub fn run(threads: Option<usize>, repeats: usize) -> Result<ExitCode> {
         );
         println!("| threads | batch | steps/s | ms/step |");
         println!("|---:|---:|---:|---:|");
-        for k in [1, 2] {
-            if let Some(code) = pinned(k, &line(k))?
-                && code != ExitCode::SUCCESS
-            {
-                return Ok(code);
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
+        return crate::bench::each_thread_count(line);
     };
     if let Some(code) = pinned(k, &line(k))? {
         return Ok(code);
