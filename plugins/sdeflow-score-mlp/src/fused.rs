@@ -5,14 +5,16 @@
 //! `expf` of the C library per element; its backward is several more ops. Here the forward is
 //! one pass, `y = z / (1 + e^{−z})` with z = u + b, and the backward one pass,
 //! `∂L/∂z = ∂L/∂y · s (1 + z (1 − s))` with s = 1/(1 + e^{−z}) (recomputed, not stored), then
-//! ∂L/∂b = Σ_rows ∂L/∂z. The exp is Cephes' (a range reduction to |r| ≤ ½ ln 2 and a
-//! polynomial in f32, a Padé form in f64), written branch-free in safe Rust so that the
-//! compiler vectorises it, for AVX2 and FMA where the CPU has them (`pulp` picks at run time;
-//! the same code is compiled for each, so every machine computes the same values); it is within a few ulp of the C library's, and the tests hold the
-//! kernels and their gradients to candle's ops at 1e-6 (f32) and 1e-14 (f64) relative. Rows are split over rayon's
-//! threads in fixed blocks: every element is computed alone, so the result does not depend on
-//! the thread count. Anything other than contiguous f32 or f64 on the CPU (a GPU, a strided
-//! view) falls back to candle's ops.
+//! ∂L/∂b = Σ_rows ∂L/∂z (a product with a row of ones). The exp is Cephes' (a range
+//! reduction to |r| ≤ ½ ln 2 and a polynomial in f32, a Padé form in f64), written branch-free
+//! in safe Rust so that the compiler vectorises it, for AVX2 and FMA, or AVX-512, where the CPU
+//! has them (`pulp` picks at run time; the same code is compiled for each and no operation is
+//! contracted, so every machine computes the same values). It is within a few ulp of the C
+//! library's, and the tests hold the kernels and their gradients to candle's ops at 1e-6 (f32)
+//! and 1e-14 (f64) relative. Rows are split over rayon's threads in fixed blocks: every element
+//! is computed alone, so the elementwise results do not depend on the thread count. Anything
+//! other than contiguous f32 or f64 on the CPU (a GPU, a strided view) falls back to candle's
+//! ops.
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, InplaceOp2, Layout, Shape, Tensor,
@@ -258,7 +260,7 @@ impl CustomOp2 for BiasSilu {
         // The bias's gradient in its own shape: summed over the rows it was broadcast to, as
         // a product with a row of ones (gemm's vectorised kernels: candle's sum over dim 0
         // indexes each element alone, and took 18% of a training step).
-        let db = if b.rank() == 2 && b.dim(0)? == dz.dim(0)? && dz.dim(0)? != 1 {
+        let db = if b.dims() == dz.dims() {
             dz.clone()
         } else {
             let ones = Tensor::ones((1, dz.dim(0)?), dz.dtype(), dz.device())?;
