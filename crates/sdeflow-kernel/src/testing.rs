@@ -278,14 +278,13 @@ pub struct OdeFlowRun {
 pub fn exact_flow(sde: &dyn ForwardSde, x_t: &Tensor) -> Result<Vec<f64>> {
     let model = Gaussian::default();
     let (from, to) = (sde.coefs(sde.t_max()), sde.coefs(sde.t_eps()));
+    let (model, from, to) = (&model, &from, &to);
     Ok(rows(x_t)?
         .iter()
         .flat_map(|row| {
-            let model = &model;
             row.iter()
                 .enumerate()
-                .map(move |(j, &x)| model.flow_map(x, j, &from, &to))
-                .collect::<Vec<_>>()
+                .map(move |(j, &x)| model.flow_map(x, j, from, to))
         })
         .collect())
 }
