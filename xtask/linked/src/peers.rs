@@ -307,8 +307,8 @@ struct Scores {
 }
 
 impl Truth {
-    /// `cache`: the folder where the endpoints are kept between runs (solving them is most
-    /// of a `table` run's time), when `paired`.
+    /// `cache`: the folder where the endpoints are kept between runs (solving them is about a
+    /// third of a `table` run's time), when `paired`.
     fn new(
         registry: &Registry,
         spec: &MixtureSpec,
@@ -895,7 +895,7 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                 let v = |b: Option<(&Row, f64)>, p: usize| {
                     b.map_or("—".into(), |b| format!("{:.p$e}", b.1))
                 };
-                verdicts.push(format!(
+                let verdict = format!(
                     "{} NFE {budget}: paired {} vs best peer {} → {}; SW2 against the endpoints {} vs best peer {} → {} ({on_halves}; an exact stochastic sampler reads {})",
                     spec.name,
                     v(ours, 3),
@@ -905,8 +905,9 @@ pub fn table(dir: &Path, only_sdeflow: bool, top: usize, solvers: &[String]) -> 
                     v(theirs_sw, 3),
                     if no_worse { "no worse" } else { "WORSE" },
                     coupled_floor(&truth)
-                ));
-                eprintln!("verdict: {}", verdicts[verdicts.len() - 1]);
+                );
+                eprintln!("verdict: {verdict}");
+                verdicts.push(verdict);
             }
         }
     }
