@@ -92,7 +92,7 @@ pub fn save(root: &Path, trainer: &Trainer, manifest: &Manifest, keep: usize) ->
     for (k, ema) in trainer.emas().iter().enumerate() {
         save_tensors(&dir.join(ema_file(k)), named(ema.weights()), target)?;
     }
-    let (moments, _) = trainer.optimizer().state();
+    let (moments, _) = trainer.optimizer().state()?;
     save_tensors(&dir.join("optimizer.safetensors"), moments, None)?;
     let json = serde_json::to_string_pretty(manifest).map_err(|e| Error::Msg(e.to_string()))?;
     let train = dir.join("train.json");

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 use sdeflow_kernel::{Error, Result};
 
+use crate::inplace::{self, Update};
 use crate::{EmaRate, Params};
 
 /// One moving average of every variable, in name order.
@@ -35,6 +36,11 @@ impl Ema {
         // Off autograd's graph: the weights are variables, and an average computed from them
         // would hold every earlier average (and its step's tensors) alive through its graph.
         for (avg, (_, var)) in self.shadow.iter_mut().zip(params.vars()) {
+            let theta = var.as_tensor();
+            if inplace::fits(&[avg, theta]) && !avg.track_op() {
+                avg.inplace_op2(theta, &Update::Lerp { beta })?;
+                continue;
+            }
             *avg = avg
                 .detach()
                 .affine(beta, 0.0)?
@@ -43,7 +49,8 @@ impl Ema {
         Ok(())
     }
 
-    /// The averaged weights, in name order.
+    /// The averaged weights, in name order (updated in place by the next step: copy what must
+    /// outlive it).
     pub fn weights(&self) -> &[Tensor] {
         &self.shadow
     }
@@ -60,7 +67,11 @@ impl Ema {
                 "EMA weights do not match the model's variables".into(),
             ));
         }
-        self.shadow = weights;
+        // Copies of their own: the averages are updated in place.
+        self.shadow = weights
+            .iter()
+            .map(Tensor::copy)
+            .collect::<candle_core::Result<_>>()?;
         Ok(())
     }
 }

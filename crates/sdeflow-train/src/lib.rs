@@ -14,9 +14,13 @@
 //!   EDM's rate schedules;
 //! - [`Trainer`]: one run's state and its step on the kernel's DSM loss;
 //! - [`checkpoint`]: that state on disk, crash-safe, restored bit for bit.
+//!
+//! On the CPU the optimizer, the clip and the averages update their tensors in place, one
+//! pass each (`inplace`); elsewhere they are candle's ops.
 
 pub mod checkpoint;
 pub mod ema;
+mod inplace;
 pub mod optim;
 pub mod trainer;
 

@@ -6,6 +6,8 @@ use candle_core::{Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
 use sdeflow_kernel::{Error, Result, train::AdamWParams};
 
+use crate::inplace::{self, Update};
+
 /// A model's trainable variables by name, in name order.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -53,11 +55,14 @@ impl Params {
 pub fn clip_global_norm(params: &Params, grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
     for ((name, _), g) in params.vars.iter().zip(grads.iter()) {
-        let s = g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        let s = match inplace::sum_squares(g) {
+            Some(s) => s,
+            None => g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?,
+        };
         if !s.is_finite() {
             return Err(Error::Msg(format!(
                 "the gradient of `{name}` is not finite (its squared norm is {s})"
@@ -69,7 +74,13 @@ pub fn clip_global_norm(params: &Params, grads: &mut [Tensor], max_norm: f64) ->
     if norm > max_norm {
         let scale = max_norm / norm;
         for g in grads.iter_mut() {
-            *g = g.affine(scale, 0.0)?;
+            // Each gradient is its own tensor (autograd sums into a fresh one per variable),
+            // so scaling it in place changes nothing else.
+            if inplace::fits(&[g]) && !g.track_op() {
+                g.inplace_op1(&Update::Scale(scale))?;
+            } else {
+                *g = g.affine(scale, 0.0)?;
+            }
         }
     }
     Ok(norm)
@@ -146,6 +157,22 @@ impl AdamW {
             // The moments stay off autograd's graph (a gradient may carry one), or each
             // would hold the previous step's tensors alive.
             let g = &g.detach();
+            let theta = var.as_tensor();
+            if inplace::fits(&[theta, g, &self.m[i], &self.v[i]]) {
+                // One pass each over m, v and θ, in place (θ's storage is the variable's).
+                let moment = |beta, square| Update::Moment { beta, square };
+                self.m[i].inplace_op2(g, &moment(beta1, false))?;
+                self.v[i].inplace_op2(g, &moment(beta2, true))?;
+                let adam = Update::Adam {
+                    lr,
+                    decay: weight_decay,
+                    bc1,
+                    bc2,
+                    eps,
+                };
+                theta.inplace_op3(&self.m[i], &self.v[i], &adam)?;
+                continue;
+            }
             let m = self.m[i]
                 .affine(beta1, 0.0)?
                 .add(&g.affine(1.0 - beta1, 0.0)?)?;
@@ -154,7 +181,6 @@ impl AdamW {
                 .add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
             let m_hat = m.affine(1.0 / bc1, 0.0)?;
             let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, eps)?;
-            let theta = var.as_tensor();
             let next = theta
                 .affine(1.0 - lr * weight_decay, 0.0)?
                 .sub(&m_hat.div(&denom)?.affine(lr, 0.0)?)?;
@@ -166,13 +192,14 @@ impl AdamW {
     }
 
     /// The checkpointable state: `m.<name>` and `v.<name>` for every variable, and the step.
-    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+    /// The tensors are copies: the moments are updated in place.
+    pub fn state(&self) -> Result<(Vec<(String, Tensor)>, u64)> {
         let mut out = Vec::with_capacity(2 * self.m.len());
         for (i, (name, _)) in self.params.vars.iter().enumerate() {
-            out.push((format!("m.{name}"), self.m[i].clone()));
-            out.push((format!("v.{name}"), self.v[i].clone()));
+            out.push((format!("m.{name}"), self.m[i].copy()?));
+            out.push((format!("v.{name}"), self.v[i].copy()?));
         }
-        (out, self.step)
+        Ok((out, self.step))
     }
 
     /// Restores [`state`](Self::state): every moment must be present with its variable's shape
@@ -196,7 +223,8 @@ impl AdamW {
                         var.dims()
                     )));
                 }
-                into.push(t.to_dtype(var.dtype())?.to_device(var.device())?);
+                // A copy of its own: the moments are updated in place.
+                into.push(t.to_dtype(var.dtype())?.to_device(var.device())?.copy()?);
             }
         }
         (self.m, self.v, self.step) = (m, v, step);

@@ -115,7 +115,7 @@ fn a_restored_run_ends_on_the_same_bits() -> Result<()> {
     for ((_, to), (_, from)) in second.params().vars().iter().zip(first.params().vars()) {
         to.set(from.as_tensor())?;
     }
-    let (tensors, step) = first.optimizer_mut().state();
+    let (tensors, step) = first.optimizer_mut().state()?;
     let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
     second.optimizer_mut().load_state(&tensors, step)?;
     let ema = first.emas()[0].weights().to_vec();
