@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{Real, silu_grad, silu_in_place, silu_to};
+use crate::fused::{Real, silu_grad, silu_in_place, silu_to, sin_cos_into};
 use crate::gemm::{Mat, MatMut, matmul};
 
 /// Rows per block: a block's two hidden-layer buffers (256 × 256 f32 each) fit a core's L2.
@@ -142,12 +142,7 @@ impl<'a, T> Weights<'a, T> {
 
 /// The sinusoidal embedding e(c) = [sin(c ω_k), cos(c ω_k)] into `out` (E = 2 · freqs).
 fn embed_into<T: Real>(c: f64, freqs: &[f64], out: &mut [T]) {
-    let (sin, cos) = out.split_at_mut(freqs.len());
-    for ((s, co), w) in sin.iter_mut().zip(cos).zip(freqs) {
-        let (a, b) = (c * w).sin_cos();
-        *s = T::of(a);
-        *co = T::of(b);
-    }
+    sin_cos_into(c, freqs, out);
 }
 
 /// The rows [x_r; e(c_r)] of a block: `levels` holds one level per row, or one for all
