@@ -21,7 +21,7 @@
 //!   Sampling records none and keeps nothing, and its first layer, with one time per call, is
 //!   `W₁ˣ x + (W₁ᵉ e(c) + b₁)`: the embedding's product is one row.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -38,6 +38,45 @@ pub(crate) trait Elem: Real + candle_core::WithDType {
     fn of_storage(s: &CpuStorage) -> Option<&[Self]>;
     /// A CPU storage holding `v`.
     fn storage(v: Vec<Self>) -> CpuStorage;
+    /// The pool's free buffers of this type.
+    fn free(pool: &mut Pool) -> &mut Vec<Vec<Self>>;
+}
+
+/// Buffers a model's ops hand back for its next step: the kept activations (tens of MB at a
+/// training batch of thousands) and the backward's work space, which fresh each step cost
+/// the allocator's zeroing. A reused buffer is written whole before anything reads it.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    f32: Vec<Vec<f32>>,
+    f64: Vec<Vec<f64>>,
+}
+
+/// A model's pool, shared by its ops.
+pub(crate) type SharedPool = Arc<Mutex<Pool>>;
+
+/// The most buffers a pool keeps (the oldest go first).
+const POOL_MAX: usize = 32;
+
+/// A buffer of `len` elements from the pool, or a new one (zeros).
+fn take<T: Elem>(pool: &SharedPool, len: usize) -> Vec<T> {
+    if let Ok(mut p) = pool.lock() {
+        let free = T::free(&mut p);
+        if let Some(i) = free.iter().position(|v| v.len() == len) {
+            return free.swap_remove(i);
+        }
+    }
+    vec![T::ZERO; len]
+}
+
+/// Hands `v` back to the pool.
+fn give<T: Elem>(pool: &SharedPool, v: Vec<T>) {
+    if let Ok(mut p) = pool.lock() {
+        let free = T::free(&mut p);
+        if free.len() == POOL_MAX {
+            free.remove(0);
+        }
+        free.push(v);
+    }
 }
 
 impl Elem for f32 {
@@ -51,6 +90,10 @@ impl Elem for f32 {
     fn storage(v: Vec<f32>) -> CpuStorage {
         CpuStorage::F32(v)
     }
+
+    fn free(pool: &mut Pool) -> &mut Vec<Vec<f32>> {
+        &mut pool.f32
+    }
 }
 
 impl Elem for f64 {
@@ -63,6 +106,10 @@ impl Elem for f64 {
 
     fn storage(v: Vec<f64>) -> CpuStorage {
         CpuStorage::F64(v)
+    }
+
+    fn free(pool: &mut Pool) -> &mut Vec<Vec<f64>> {
+        &mut pool.f64
     }
 }
 
@@ -196,22 +243,33 @@ pub(crate) struct Stash<T> {
     h: Vec<Vec<T>>,
 }
 
+impl<T: Elem> Stash<T> {
+    /// Hands every buffer back to `pool`.
+    fn give_back(self, pool: &SharedPool) {
+        give(pool, self.input);
+        for v in self.u.into_iter().chain(self.h) {
+            give(pool, v);
+        }
+    }
+}
+
 /// The network's output at the n rows of x (n × d) and `levels` (one per row, or one for
-/// all), with what its backward reads.
-pub(crate) fn forward_kept<T: Real>(
+/// all), with what its backward reads (in buffers from `pool`).
+pub(crate) fn forward_kept<T: Elem>(
     w: &Weights<'_, T>,
     dims: Dims,
     freqs: &[f64],
     x: &[T],
     levels: &[f64],
+    pool: &SharedPool,
 ) -> (Vec<T>, Stash<T>) {
     let (d, h, win) = (dims.d, dims.h, dims.input());
     let n = x.len() / d;
     let mut out = vec![T::ZERO; n * d];
     let mut stash = Stash {
-        input: vec![T::ZERO; n * win],
-        u: (0..dims.layers).map(|_| vec![T::ZERO; n * h]).collect(),
-        h: (0..dims.layers).map(|_| vec![T::ZERO; n * h]).collect(),
+        input: take(pool, n * win),
+        u: (0..dims.layers).map(|_| take(pool, n * h)).collect(),
+        h: (0..dims.layers).map(|_| take(pool, n * h)).collect(),
     };
     let mut call = vec![T::ZERO; dims.e];
     if let [c] = levels {
@@ -352,19 +410,21 @@ pub(crate) fn forward<T: Real>(
 }
 
 /// The backward of [`forward_kept`]: from ∂L/∂out (n × d), ∂L/∂θ in θ's order when `theta`,
-/// and ∂L/∂x (n × d) when `x`.
-pub(crate) fn backward<T: Real>(
+/// and ∂L/∂x (n × d) when `x` (its work space from `pool`).
+pub(crate) fn backward<T: Elem>(
     w: &Weights<'_, T>,
     dims: Dims,
     stash: &Stash<T>,
     g: &[T],
     theta: bool,
     x: bool,
+    pool: &SharedPool,
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (d, h, win, layers) = (dims.d, dims.h, dims.input(), dims.layers);
     let n = g.len() / d;
     let threads = rayon::current_num_threads();
-    let ones = vec![T::ONE; n];
+    let mut ones = take(pool, n);
+    ones.fill(T::ONE);
     let mut dtheta = theta.then(|| vec![T::ZERO; dims.pieces().iter().sum()]);
     // ∂L/∂θ's pieces, in θ's order.
     let mut parts: Vec<&mut [T]> = Vec::new();
@@ -399,7 +459,7 @@ pub(crate) fn backward<T: Real>(
         weight_grads(dwo, dbo, g, h, last);
     }
     // δ_L = SiLU'(u_L + b_L) ⊙ (g W_o), block by block.
-    let mut delta = vec![T::ZERO; n * h];
+    let mut delta = take(pool, n * h);
     let b_last = w.hidden[layers - 1].1;
     delta
         .par_chunks_mut(BLOCK * h)
@@ -417,7 +477,7 @@ pub(crate) fn backward<T: Real>(
             silu_grad(dz, u, b_last);
         });
     let mut next = if layers > 1 {
-        vec![T::ZERO; n * h]
+        take(pool, n * h)
     } else {
         Vec::new()
     };
@@ -469,6 +529,9 @@ pub(crate) fn backward<T: Real>(
             dx = Some(out);
         }
     }
+    for v in [ones, delta, next] {
+        give(pool, v);
+    }
     (dtheta, dx)
 }
 
@@ -479,6 +542,18 @@ pub(crate) struct MlpOp {
     levels: Vec<f64>,
     /// What the backward reads, from the last forward.
     stash: Mutex<Option<Kept>>,
+    /// The model's buffers: the stash goes back to it when the graph lets the op go.
+    pool: SharedPool,
+}
+
+impl Drop for MlpOp {
+    fn drop(&mut self) {
+        match self.stash.get_mut().map(Option::take) {
+            Ok(Some(Kept::F32(s))) => s.give_back(&self.pool),
+            Ok(Some(Kept::F64(s))) => s.give_back(&self.pool),
+            _ => {}
+        }
+    }
 }
 
 /// A [`Stash`] of either element type.
@@ -490,12 +565,13 @@ enum Kept {
 impl MlpOp {
     /// The op for sizes `dims`, embedding frequencies `freqs` and one level per row of x (or
     /// one for all).
-    pub(crate) fn new(dims: Dims, freqs: Vec<f64>, levels: Vec<f64>) -> Self {
+    pub(crate) fn new(dims: Dims, freqs: Vec<f64>, levels: Vec<f64>, pool: SharedPool) -> Self {
         Self {
             dims,
             freqs,
             levels,
             stash: Mutex::new(None),
+            pool,
         }
     }
 
@@ -510,7 +586,14 @@ impl MlpOp {
         let theta = contiguous::<T>(theta, lt, "θ")?;
         let w = Weights::split(theta, self.dims)
             .ok_or_else(|| candle_core::Error::Msg("mlp: θ has the wrong length".into()))?;
-        Ok(forward_kept(&w, self.dims, &self.freqs, x, &self.levels))
+        Ok(forward_kept(
+            &w,
+            self.dims,
+            &self.freqs,
+            x,
+            &self.levels,
+            &self.pool,
+        ))
     }
 
     fn grads<T: Elem>(
@@ -529,7 +612,15 @@ impl MlpOp {
         let g = contiguous::<T>(gs, gl, "the output's gradient")?;
         let w = Weights::split(contiguous::<T>(ts, tl, "θ")?, self.dims)
             .ok_or_else(|| candle_core::Error::Msg("mlp: θ has the wrong length".into()))?;
-        let (dtheta, dx) = backward(&w, self.dims, stash, g, theta.track_op(), x.track_op());
+        let (dtheta, dx) = backward(
+            &w,
+            self.dims,
+            stash,
+            g,
+            theta.track_op(),
+            x.track_op(),
+            &self.pool,
+        );
         let dev = x.device();
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), dev))

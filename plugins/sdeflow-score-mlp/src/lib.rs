@@ -123,6 +123,8 @@ pub struct Mlp {
     theta: Vec<Tensor>,
     /// The embedding's frequencies ω_k.
     freqs: Vec<f64>,
+    /// Buffers the CPU network reuses from step to step.
+    pool: cpu::SharedPool,
     dtype: DType,
     device: Device,
 }
@@ -233,6 +235,7 @@ impl Mlp {
             out,
             theta,
             freqs,
+            pool: cpu::SharedPool::default(),
             params: p,
             varmap,
             dtype,
@@ -272,6 +275,7 @@ impl Mlp {
             out: self.out.detached(),
             theta: self.theta.iter().map(Tensor::detach).collect(),
             freqs: self.freqs.clone(),
+            pool: self.pool.clone(),
             dtype: self.dtype,
             device: self.device.clone(),
         }
@@ -298,7 +302,12 @@ impl Mlp {
                 .map(Tensor::flatten_all)
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let theta = Tensor::cat(&flat, 0)?;
-            let op = cpu::MlpOp::new(self.dims(), self.freqs.clone(), levels.to_vec());
+            let op = cpu::MlpOp::new(
+                self.dims(),
+                self.freqs.clone(),
+                levels.to_vec(),
+                self.pool.clone(),
+            );
             return Ok(x.apply_op2(&theta, op)?);
         }
         match self.dtype {
