@@ -16,8 +16,9 @@
 //! - **Weight gradients** ∂L/∂W_i = (∂L/∂z_i)ᵀ h_{i−1} and ∂L/∂b_i = 1ᵀ (∂L/∂z_i) are whole-batch
 //!   products on all of rayon's threads, written into ∂L/∂θ's slices. `gemm` splits their output,
 //!   not the sum over rows, so they too are the same bytes at any thread count.
-//! - **What the backward reads** (the input rows [x; e(c)], each hidden layer's pre-activation
-//!   u_i = W_i h_{i−1} and activation h_i) is kept by the forward, only when a graph records it.
+//! - **What the backward reads** (the input rows [x; e(c)], each hidden layer's σ(z_i) and
+//!   activation h_i = z_i σ(z_i), from which SiLU'(z_i) = σ + h_i (1 − σ) needs no exp) is kept
+//!   by the forward, only when a graph records it.
 //!   Sampling records none and keeps nothing, and its first layer, with one time per call, is
 //!   `W₁ˣ x + (W₁ᵉ e(c) + b₁)`: the embedding's product is one row.
 
@@ -26,11 +27,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{Real, silu_grad, silu_in_place, silu_to, sin_cos_into};
+use crate::fused::{Real, silu_grad_kept, silu_in_place, silu_keep, sin_cos_into};
 use crate::gemm::{Mat, MatMut, matmul};
 
 /// Rows per block: a block's two hidden-layer buffers (256 × 256 f32 each) fit a core's L2.
-const BLOCK: usize = 256;
+const BLOCK: usize = 1024;
 
 /// The element types of the CPU network, with their candle storage.
 pub(crate) trait Elem: Real + candle_core::WithDType {
@@ -237,7 +238,7 @@ fn output_layer<T: Real>(out: &mut [T], h: &[T], w: &Weights<'_, T>, dims: Dims)
 pub(crate) struct Stash<T> {
     /// The first layer's input rows [x; e(c)], n × (d + E).
     input: Vec<T>,
-    /// Each hidden layer's pre-activation u_i = W_i h_{i−1} (without b_i), n × h.
+    /// Each hidden layer's σ(z_i), z_i = W_i h_{i−1} + b_i, n × h (written over W_i h_{i−1}).
     u: Vec<Vec<T>>,
     /// Each hidden layer's activation h_i = SiLU(u_i + b_i), n × h.
     h: Vec<Vec<T>>,
@@ -324,7 +325,7 @@ pub(crate) fn forward_kept<T: Elem>(
                 false,
                 1,
             );
-            silu_to(u, bi, &mut *hh);
+            silu_keep(u, bi, &mut *hh);
             (prev, width) = (hh, h);
         }
         output_layer(b.out, prev, w, dims);
@@ -458,14 +459,14 @@ pub(crate) fn backward<T: Elem>(
     if let [.., dwo, dbo] = parts.as_mut_slice() {
         weight_grads(dwo, dbo, g, h, last);
     }
-    // δ_L = SiLU'(u_L + b_L) ⊙ (g W_o), block by block.
+    // δ_L = SiLU'(z_L) ⊙ (g W_o), block by block.
     let mut delta = take(pool, n * h);
-    let b_last = w.hidden[layers - 1].1;
     delta
         .par_chunks_mut(BLOCK * h)
         .zip(g.par_chunks(BLOCK * d))
         .zip(stash.u[layers - 1].par_chunks(BLOCK * h))
-        .for_each(|((dz, g), u)| {
+        .zip(last.par_chunks(BLOCK * h))
+        .for_each(|(((dz, g), s), hh)| {
             let rows = g.len() / d;
             matmul(
                 MatMut::rows(&mut *dz, rows, h),
@@ -474,7 +475,7 @@ pub(crate) fn backward<T: Elem>(
                 false,
                 1,
             );
-            silu_grad(dz, u, b_last);
+            silu_grad_kept(dz, s, hh);
         });
     let mut next = if layers > 1 {
         take(pool, n * h)
@@ -494,12 +495,12 @@ pub(crate) fn backward<T: Elem>(
         }
         let wi = w.hidden[i].0;
         if i > 0 {
-            // δ_{i−1} = SiLU'(u_{i−1} + b_{i−1}) ⊙ (δ_i W_i).
-            let b_prev = w.hidden[i - 1].1;
+            // δ_{i−1} = SiLU'(z_{i−1}) ⊙ (δ_i W_i).
             next.par_chunks_mut(BLOCK * h)
                 .zip(delta.par_chunks(BLOCK * h))
                 .zip(stash.u[i - 1].par_chunks(BLOCK * h))
-                .for_each(|((dz, dl), u)| {
+                .zip(stash.h[i - 1].par_chunks(BLOCK * h))
+                .for_each(|(((dz, dl), s), hh)| {
                     let rows = dl.len() / h;
                     matmul(
                         MatMut::rows(&mut *dz, rows, h),
@@ -508,7 +509,7 @@ pub(crate) fn backward<T: Elem>(
                         false,
                         1,
                     );
-                    silu_grad(dz, u, b_prev);
+                    silu_grad_kept(dz, s, hh);
                 });
             std::mem::swap(&mut delta, &mut next);
         } else if x {

@@ -4,7 +4,8 @@
 //! candle computes `u.broadcast_add(b)?.silu()` as two passes, the second calling the scalar
 //! `expf` of the C library per element; its backward is several more ops. Here the forward is
 //! one pass, `y = z / (1 + e^{−z})` with z = u + b, and the backward one pass,
-//! `∂L/∂z = ∂L/∂y · s (1 + z (1 − s))` with s = 1/(1 + e^{−z}) (recomputed, not stored). The
+//! `∂L/∂z = ∂L/∂y · (s + y (1 − s))` = ∂L/∂y · s (1 + z (1 − s)), s = 1/(1 + e^{−z}) kept by
+//! a recorded forward (in place of u), so the backward has no exp. The
 //! exp is Cephes' (a range reduction to |r| ≤ ½ ln 2 and a polynomial in f32, a Padé form in
 //! f64), written branch-free in safe Rust so that the compiler vectorises it, for AVX2 and FMA,
 //! or AVX-512, where the CPU has them (`pulp` picks at run time; the same code is compiled for
@@ -121,47 +122,46 @@ impl<T: Real> pulp::WithSimd for SiluInPlace<'_, T> {
     }
 }
 
-/// out ← SiLU(u + b), row by row.
-struct SiluTo<'a, T> {
-    u: &'a [T],
+/// With z = u + b and s = σ(z): h ← z s, and u ← s, row by row: the forward of a recorded
+/// layer, which keeps s for the backward.
+struct SiluKeep<'a, T> {
+    u: &'a mut [T],
     b: &'a [T],
-    out: &'a mut [T],
+    h: &'a mut [T],
 }
 
-impl<T: Real> pulp::WithSimd for SiluTo<'_, T> {
+impl<T: Real> pulp::WithSimd for SiluKeep<'_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let h = self.b.len();
-        for (out, u) in self.out.chunks_exact_mut(h).zip(self.u.chunks_exact(h)) {
-            for ((y, &u), &b) in out.iter_mut().zip(u).zip(self.b) {
-                let z = u + b;
-                *y = z / (T::ONE + T::exp(-z));
+        let w = self.b.len();
+        for (h, u) in self.h.chunks_exact_mut(w).zip(self.u.chunks_exact_mut(w)) {
+            for ((h, u), &b) in h.iter_mut().zip(u).zip(self.b) {
+                let z = *u + b;
+                let s = T::ONE / (T::ONE + T::exp(-z));
+                *h = z * s;
+                *u = s;
             }
         }
     }
 }
 
-/// g ← g · s (1 + z (1 − s)), s = σ(z), z = u + b, row by row.
-struct SiluGrad<'a, T> {
+/// g ← g · (s + h (1 − s)), from the kept s = σ(z) and h = z s: SiLU'(z) = s (1 + z (1 − s)),
+/// with no exp.
+struct SiluGradKept<'a, T> {
     g: &'a mut [T],
-    u: &'a [T],
-    b: &'a [T],
+    s: &'a [T],
+    h: &'a [T],
 }
 
-impl<T: Real> pulp::WithSimd for SiluGrad<'_, T> {
+impl<T: Real> pulp::WithSimd for SiluGradKept<'_, T> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let h = self.b.len();
-        for (g, u) in self.g.chunks_exact_mut(h).zip(self.u.chunks_exact(h)) {
-            for ((g, &u), &b) in g.iter_mut().zip(u).zip(self.b) {
-                let z = u + b;
-                let s = T::ONE / (T::ONE + T::exp(-z));
-                *g = *g * (s * (T::ONE + z * (T::ONE - s)));
-            }
+        for ((g, &s), &h) in self.g.iter_mut().zip(self.s).zip(self.h) {
+            *g = *g * (s + h * (T::ONE - s));
         }
     }
 }
@@ -171,14 +171,14 @@ pub(crate) fn silu_in_place<T: Real>(y: &mut [T], b: &[T]) {
     pulp::Arch::new().dispatch(SiluInPlace { y, b });
 }
 
-/// out ← SiLU(u + b) for the rows of `u` (each `b.len()` long).
-pub(crate) fn silu_to<T: Real>(u: &[T], b: &[T], out: &mut [T]) {
-    pulp::Arch::new().dispatch(SiluTo { u, b, out });
+/// h ← SiLU(u + b) and u ← σ(u + b) for the rows of `u` (each `b.len()` long).
+pub(crate) fn silu_keep<T: Real>(u: &mut [T], b: &[T], h: &mut [T]) {
+    pulp::Arch::new().dispatch(SiluKeep { u, b, h });
 }
 
-/// g ← ∂L/∂z = g · s (1 + z (1 − s)), z = u + b, for the rows of `g` and `u`.
-pub(crate) fn silu_grad<T: Real>(g: &mut [T], u: &[T], b: &[T]) {
-    pulp::Arch::new().dispatch(SiluGrad { g, u, b });
+/// g ← ∂L/∂z = g · (s + h (1 − s)) from the s and h [`silu_keep`] kept.
+pub(crate) fn silu_grad_kept<T: Real>(g: &mut [T], s: &[T], h: &[T]) {
+    pulp::Arch::new().dispatch(SiluGradKept { g, s, h });
 }
 
 /// [sin(c ω_k)] then [cos(c ω_k)] into `out` (2 · `freqs` long), in f64 rounded to T: the
@@ -279,23 +279,26 @@ mod tests {
             );
             let mut y = ut.clone();
             silu_in_place(&mut y, &bt);
-            let mut to = vec![T::ZERO; ut.len()];
-            silu_to(&ut, &bt, &mut to);
+            let (mut s, mut hk) = (ut.clone(), vec![T::ZERO; ut.len()]);
+            silu_keep(&mut s, &bt, &mut hk);
             let mut dz = gt.clone();
-            silu_grad(&mut dz, &ut, &bt);
+            silu_grad_kept(&mut dz, &s, &hk);
             for i in 0..u.len() {
                 // z as the kernel rounds it: e^{−z} carries z's rounding times |z|.
                 let z: f64 = (ut[i] + bt[i % h]).into();
-                let s = 1.0 / (1.0 + (-z).exp());
-                let want = z * s;
-                let got: f64 = y[i].into();
-                assert!(
-                    (got - want).abs() <= tol * want.abs(),
-                    "y[{i}]: {got:e} vs {want:e}"
-                );
-                assert_eq!(y[i].into(), to[i].into(), "silu_to[{i}]");
+                let sig = 1.0 / (1.0 + (-z).exp());
+                let want = z * sig;
+                for (got, what) in [(y[i].into(), "in place"), (hk[i].into(), "kept")] {
+                    let got: f64 = got;
+                    assert!(
+                        (got - want).abs() <= tol * want.abs(),
+                        "y[{i}] {what}: {got:e} vs {want:e}"
+                    );
+                }
+                let got: f64 = s[i].into();
+                assert!((got - sig).abs() <= tol * sig, "s[{i}]: {got:e} vs {sig:e}");
                 let gi: f64 = gt[i].into();
-                let want = gi * s * (1.0 + z * (1.0 - s));
+                let want = gi * sig * (1.0 + z * (1.0 - sig));
                 let got: f64 = dz[i].into();
                 let floor = gi.abs() * (1.0 + z.abs());
                 assert!(
