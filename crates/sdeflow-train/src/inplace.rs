@@ -32,6 +32,9 @@ pub(crate) enum Update {
 /// The element types the loops run in.
 trait Float:
     Copy
+    + Send
+    + Sync
+    + 'static
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
@@ -42,18 +45,22 @@ trait Float:
 }
 
 impl Float for f32 {
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
 }
 
 impl Float for f64 {
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
@@ -61,6 +68,7 @@ impl Float for f64 {
 
 impl Update {
     /// The update over slices: `a` and `b` are the other tensors it reads (empty if none).
+    #[inline(always)]
     fn run<T: Float>(self, dst: &mut [T], a: &[T], b: &[T]) {
         match self {
             Update::Moment { beta, square } => {
@@ -137,7 +145,7 @@ impl Update {
                 if ins.iter().any(|x| x.len() != dst.len()) {
                     candle_core::bail!("in-place update: shapes differ");
                 }
-                self.run(dst, a, b);
+                pulp::Arch::new().dispatch(Run { u: self, dst, a, b });
             }};
         }
         match dst {
@@ -146,6 +154,25 @@ impl Update {
             _ => candle_core::bail!("in-place update: f32 or f64 only"),
         }
         Ok(())
+    }
+}
+
+/// [`Update::run`] for [`pulp::Arch::dispatch`]: the loop compiled for the CPU's widest
+/// vectors (AVX2 or AVX-512), picked at run time. No operation is contracted, so every
+/// machine computes the same values.
+struct Run<'a, T> {
+    u: Update,
+    dst: &'a mut [T],
+    a: &'a [T],
+    b: &'a [T],
+}
+
+impl<T: Float> pulp::WithSimd for Run<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.u.run(self.dst, self.a, self.b);
     }
 }
 
