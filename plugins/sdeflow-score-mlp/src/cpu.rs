@@ -437,7 +437,10 @@ pub(crate) fn backward<T: Elem>(
             rest = b;
         }
     }
-    // Whole-batch products: ∂W = δᵀ prev (rows × cols), ∂b = 1ᵀ δ.
+    // Whole-batch products: ∂W = δᵀ prev (rows × cols), ∂b = 1ᵀ δ. They run beside the next
+    // δ (rayon::join), on half the threads: with two, one thread takes the weight gradients
+    // while the other takes δ's blocks, instead of both splitting each small product.
+    let grad_threads = (threads / 2).max(1);
     let weight_grads = |dw: &mut [T], db: &mut [T], delta: &[T], cols: usize, prev: &[T]| {
         let width = db.len();
         matmul(
@@ -445,38 +448,52 @@ pub(crate) fn backward<T: Elem>(
             Mat::rows(delta, n, width).t(),
             Mat::rows(prev, n, cols),
             false,
-            threads,
+            grad_threads,
         );
         matmul(
             MatMut::rows(db, 1, width),
             Mat::rows(&ones, 1, n),
             Mat::rows(delta, n, width),
             false,
-            threads,
+            grad_threads,
         );
     };
+    // ∂L/∂θ's pieces, taken from the back: the output layer's, then each hidden layer's.
+    let mut pieces = parts.into_iter().rev();
+    let mut next_pair = || -> Option<(&mut [T], &mut [T])> {
+        let db = pieces.next()?;
+        let dw = pieces.next()?;
+        Some((dw, db))
+    };
     let last = &stash.h[layers - 1];
-    if let [.., dwo, dbo] = parts.as_mut_slice() {
-        weight_grads(dwo, dbo, g, h, last);
-    }
-    // δ_L = SiLU'(z_L) ⊙ (g W_o), block by block.
+    // δ_L = SiLU'(z_L) ⊙ (g W_o), block by block, beside ∂W_o and ∂b_o.
     let mut delta = take(pool, n * h);
-    delta
-        .par_chunks_mut(BLOCK * h)
-        .zip(g.par_chunks(BLOCK * d))
-        .zip(stash.u[layers - 1].par_chunks(BLOCK * h))
-        .zip(last.par_chunks(BLOCK * h))
-        .for_each(|(((dz, g), s), hh)| {
-            let rows = g.len() / d;
-            matmul(
-                MatMut::rows(&mut *dz, rows, h),
-                Mat::rows(g, rows, d),
-                Mat::rows(w.wo, d, h),
-                false,
-                1,
-            );
-            silu_grad_kept(dz, s, hh);
-        });
+    let output_grads = next_pair();
+    rayon::join(
+        || {
+            if let Some((dwo, dbo)) = output_grads {
+                weight_grads(dwo, dbo, g, h, last);
+            }
+        },
+        || {
+            delta
+                .par_chunks_mut(BLOCK * h)
+                .zip(g.par_chunks(BLOCK * d))
+                .zip(stash.u[layers - 1].par_chunks(BLOCK * h))
+                .zip(last.par_chunks(BLOCK * h))
+                .for_each(|(((dz, g), s), hh)| {
+                    let rows = g.len() / d;
+                    matmul(
+                        MatMut::rows(&mut *dz, rows, h),
+                        Mat::rows(g, rows, d),
+                        Mat::rows(w.wo, d, h),
+                        false,
+                        1,
+                    );
+                    silu_grad_kept(dz, s, hh);
+                });
+        },
+    );
     let mut next = if layers > 1 {
         take(pool, n * h)
     } else {
@@ -489,45 +506,61 @@ pub(crate) fn backward<T: Elem>(
         } else {
             (&stash.h[i - 1], h)
         };
-        if theta {
-            let (dw, rest) = parts[2 * i..].split_at_mut(1);
-            weight_grads(&mut *dw[0], &mut *rest[0], &delta, cols, prev);
-        }
+        let grads = next_pair();
         let wi = w.hidden[i].0;
+        let delta_ref = &delta;
+        let next_ref = &mut next;
+        let ((), out) = rayon::join(
+            || {
+                if let Some((dw, db)) = grads {
+                    weight_grads(dw, db, delta_ref, cols, prev);
+                }
+            },
+            || {
+                if i > 0 {
+                    // δ_{i−1} = SiLU'(z_{i−1}) ⊙ (δ_i W_i).
+                    next_ref
+                        .par_chunks_mut(BLOCK * h)
+                        .zip(delta_ref.par_chunks(BLOCK * h))
+                        .zip(stash.u[i - 1].par_chunks(BLOCK * h))
+                        .zip(stash.h[i - 1].par_chunks(BLOCK * h))
+                        .for_each(|(((dz, dl), s), hh)| {
+                            let rows = dl.len() / h;
+                            matmul(
+                                MatMut::rows(&mut *dz, rows, h),
+                                Mat::rows(dl, rows, h),
+                                Mat::rows(wi, h, h),
+                                false,
+                                1,
+                            );
+                            silu_grad_kept(dz, s, hh);
+                        });
+                    None
+                } else if x {
+                    // ∂L/∂x = δ₁ W₁ˣ, W₁ˣ the first d columns of W₁.
+                    let mut out = vec![T::ZERO; n * d];
+                    out.par_chunks_mut(BLOCK * d)
+                        .zip(delta_ref.par_chunks(BLOCK * h))
+                        .for_each(|(dx, dl)| {
+                            let rows = dl.len() / h;
+                            matmul(
+                                MatMut::rows(dx, rows, d),
+                                Mat::rows(dl, rows, h),
+                                Mat::new(wi, h, d, win, 1),
+                                false,
+                                1,
+                            );
+                        });
+                    Some(out)
+                } else {
+                    None
+                }
+            },
+        );
         if i > 0 {
-            // δ_{i−1} = SiLU'(z_{i−1}) ⊙ (δ_i W_i).
-            next.par_chunks_mut(BLOCK * h)
-                .zip(delta.par_chunks(BLOCK * h))
-                .zip(stash.u[i - 1].par_chunks(BLOCK * h))
-                .zip(stash.h[i - 1].par_chunks(BLOCK * h))
-                .for_each(|(((dz, dl), s), hh)| {
-                    let rows = dl.len() / h;
-                    matmul(
-                        MatMut::rows(&mut *dz, rows, h),
-                        Mat::rows(dl, rows, h),
-                        Mat::rows(wi, h, h),
-                        false,
-                        1,
-                    );
-                    silu_grad_kept(dz, s, hh);
-                });
             std::mem::swap(&mut delta, &mut next);
-        } else if x {
-            // ∂L/∂x = δ₁ W₁ˣ, W₁ˣ the first d columns of W₁.
-            let mut out = vec![T::ZERO; n * d];
-            out.par_chunks_mut(BLOCK * d)
-                .zip(delta.par_chunks(BLOCK * h))
-                .for_each(|(dx, dl)| {
-                    let rows = dl.len() / h;
-                    matmul(
-                        MatMut::rows(dx, rows, d),
-                        Mat::rows(dl, rows, h),
-                        Mat::new(wi, h, d, win, 1),
-                        false,
-                        1,
-                    );
-                });
-            dx = Some(out);
+        } else {
+            dx = out;
         }
     }
     for v in [ones, delta, next] {
