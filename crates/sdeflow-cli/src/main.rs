@@ -4,6 +4,20 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // candle's elementwise ops on 64K elements or more run on its own thread pool, whose
+    // workers spin 25,000 pauses (about a millisecond here) after each op before they park:
+    // on the cores sdeflow's kernels (rayon) need next. A training step runs several such
+    // ops (autograd's gradient sums), and at two threads the spinning cost a step at batch
+    // 512 about 12% (`bench --train`). A short spin keeps back-to-back ops fast; a value the
+    // user set is kept.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: first thing in `main`, before any other thread exists (tracing, rayon and
+        // candle start theirs later), so nothing reads the environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
