@@ -224,7 +224,10 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let param = registry.param("eps", "()")?;
     let sde = registry.sde("vp", "()")?;
     let ctx = ModelContext::new(Device::Cpu, DType::F32);
-    let mlp = registry.model("mlp", "()", &ctx)?;
+    // The copy sampling evaluates: weights off autograd's graph (the pipeline samples with
+    // it too), so the model's time is the sampling path's, with no activations kept.
+    let trained = registry.model("mlp", "()", &ctx)?;
+    let mlp = trained.frozen().unwrap_or(trained);
     if let Some(name) = &args.solver {
         registry.solvers.get(name)?; // an unknown name: the error lists the registered ones
     }
