@@ -31,7 +31,7 @@ use crate::fused::{Real, silu_grad_kept, silu_in_place, silu_keep, sin_cos_into}
 use crate::gemm::{Mat, MatMut, matmul};
 
 /// Rows per block: a block's two hidden-layer buffers (256 × 256 f32 each) fit a core's L2.
-const BLOCK: usize = 1024;
+const BLOCK: usize = 256;
 
 /// The element types of the CPU network, with their candle storage.
 pub(crate) trait Elem: Real + candle_core::WithDType {
