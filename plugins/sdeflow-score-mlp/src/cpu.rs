@@ -41,6 +41,31 @@ pub(crate) trait Elem: Real + candle_core::WithDType {
     fn storage(v: Vec<Self>) -> CpuStorage;
     /// The pool's free buffers of this type.
     fn free(pool: &mut Pool) -> &mut Vec<Vec<Self>>;
+    /// `f` on this thread's scratch buffer of `len` elements (kept between calls, so a
+    /// sampling step allocates and zeroes nothing; a fresh one if the thread's is in use).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+/// [`Elem::with_scratch`] over a thread-local buffer.
+fn scratch<T: Real, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, T::ZERO);
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![T::ZERO; len]),
+    })
+}
+
+thread_local! {
+    static SCRATCH_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_F64: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Buffers a model's ops hand back for its next step: the kept activations (tens of MB at a
@@ -95,6 +120,10 @@ impl Elem for f32 {
     fn free(pool: &mut Pool) -> &mut Vec<Vec<f32>> {
         &mut pool.f32
     }
+
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        scratch(&SCRATCH_F32, len, f)
+    }
 }
 
 impl Elem for f64 {
@@ -111,6 +140,10 @@ impl Elem for f64 {
 
     fn free(pool: &mut Pool) -> &mut Vec<Vec<f64>> {
         &mut pool.f64
+    }
+
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+        scratch(&SCRATCH_F64, len, f)
     }
 }
 
@@ -335,7 +368,7 @@ pub(crate) fn forward_kept<T: Elem>(
 
 /// The network's output at the n rows of x and `levels`, keeping nothing (sampling): with one
 /// level for all rows, the first layer adds W₁ᵉ e(c) + b₁, computed once, to W₁ˣ x.
-pub(crate) fn forward<T: Real>(
+pub(crate) fn forward<T: Elem>(
     w: &Weights<'_, T>,
     dims: Dims,
     freqs: &[f64],
@@ -359,54 +392,51 @@ pub(crate) fn forward<T: Real>(
             1,
         );
     }
-    out.par_chunks_mut(BLOCK * d).enumerate().for_each_init(
-        || {
-            (
-                vec![T::ZERO; BLOCK * h],
-                vec![T::ZERO; BLOCK * h],
-                vec![T::ZERO; BLOCK * win],
-            )
-        },
-        |(a, b, input), (k, out)| {
-            let rows = out.len() / d;
-            let (a, b) = (&mut a[..rows * h], &mut b[..rows * h]);
-            let x = &x[k * BLOCK * d..(k * BLOCK + rows) * d];
-            if levels.len() == 1 {
-                matmul(
-                    MatMut::rows(&mut *a, rows, h),
-                    Mat::rows(x, rows, d),
-                    Mat::new(w1, d, h, 1, win),
-                    false,
-                    1,
-                );
-            } else {
-                let input = &mut input[..rows * win];
-                let lv = &levels[k * BLOCK..k * BLOCK + rows];
-                fill_input(input, x, dims, freqs, lv, &[]);
-                matmul(
-                    MatMut::rows(&mut *a, rows, h),
-                    Mat::rows(input, rows, win),
-                    Mat::rows(w1, h, win).t(),
-                    false,
-                    1,
-                );
-            }
-            silu_in_place(&mut *a, &shift);
-            let (mut cur, mut next) = (a, b);
-            for &(wi, bi) in &w.hidden[1..] {
-                matmul(
-                    MatMut::rows(&mut *next, rows, h),
-                    Mat::rows(cur, rows, h),
-                    Mat::rows(wi, h, h).t(),
-                    false,
-                    1,
-                );
-                silu_in_place(&mut *next, bi);
-                std::mem::swap(&mut cur, &mut next);
-            }
-            output_layer(out, cur, w, dims);
-        },
-    );
+    out.par_chunks_mut(BLOCK * d)
+        .enumerate()
+        .for_each(|(k, out)| {
+            T::with_scratch(BLOCK * (2 * h + win), |buf| {
+                let (a, rest) = buf.split_at_mut(BLOCK * h);
+                let (b, input) = rest.split_at_mut(BLOCK * h);
+                let rows = out.len() / d;
+                let (a, b) = (&mut a[..rows * h], &mut b[..rows * h]);
+                let x = &x[k * BLOCK * d..(k * BLOCK + rows) * d];
+                if levels.len() == 1 {
+                    matmul(
+                        MatMut::rows(&mut *a, rows, h),
+                        Mat::rows(x, rows, d),
+                        Mat::new(w1, d, h, 1, win),
+                        false,
+                        1,
+                    );
+                } else {
+                    let input = &mut input[..rows * win];
+                    let lv = &levels[k * BLOCK..k * BLOCK + rows];
+                    fill_input(input, x, dims, freqs, lv, &[]);
+                    matmul(
+                        MatMut::rows(&mut *a, rows, h),
+                        Mat::rows(input, rows, win),
+                        Mat::rows(w1, h, win).t(),
+                        false,
+                        1,
+                    );
+                }
+                silu_in_place(&mut *a, &shift);
+                let (mut cur, mut next) = (a, b);
+                for &(wi, bi) in &w.hidden[1..] {
+                    matmul(
+                        MatMut::rows(&mut *next, rows, h),
+                        Mat::rows(cur, rows, h),
+                        Mat::rows(wi, h, h).t(),
+                        false,
+                        1,
+                    );
+                    silu_in_place(&mut *next, bi);
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                output_layer(out, cur, w, dims);
+            })
+        });
     out
 }
 
