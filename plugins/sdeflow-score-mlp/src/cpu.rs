@@ -470,24 +470,25 @@ pub(crate) fn backward<T: Elem>(
     // Whole-batch products: ∂W = δᵀ prev (rows × cols), ∂b = 1ᵀ δ. They run beside the next
     // δ (rayon::join), on half the threads: with two, one thread takes the weight gradients
     // while the other takes δ's blocks, instead of both splitting each small product.
-    let grad_threads = (threads / 2).max(1);
-    let weight_grads = |dw: &mut [T], db: &mut [T], delta: &[T], cols: usize, prev: &[T]| {
-        let width = db.len();
-        matmul(
-            MatMut::rows(dw, width, cols),
-            Mat::rows(delta, n, width).t(),
-            Mat::rows(prev, n, cols),
-            false,
-            grad_threads,
-        );
-        matmul(
-            MatMut::rows(db, 1, width),
-            Mat::rows(&ones, 1, n),
-            Mat::rows(delta, n, width),
-            false,
-            grad_threads,
-        );
-    };
+    let half = (threads / 2).max(1);
+    let weight_grads =
+        |dw: &mut [T], db: &mut [T], delta: &[T], cols: usize, prev: &[T], grad_threads: usize| {
+            let width = db.len();
+            matmul(
+                MatMut::rows(dw, width, cols),
+                Mat::rows(delta, n, width).t(),
+                Mat::rows(prev, n, cols),
+                false,
+                grad_threads,
+            );
+            matmul(
+                MatMut::rows(db, 1, width),
+                Mat::rows(&ones, 1, n),
+                Mat::rows(delta, n, width),
+                false,
+                grad_threads,
+            );
+        };
     // ∂L/∂θ's pieces, taken from the back: the output layer's, then each hidden layer's.
     let mut pieces = parts.into_iter().rev();
     let mut next_pair = || -> Option<(&mut [T], &mut [T])> {
@@ -502,7 +503,7 @@ pub(crate) fn backward<T: Elem>(
     rayon::join(
         || {
             if let Some((dwo, dbo)) = output_grads {
-                weight_grads(dwo, dbo, g, h, last);
+                weight_grads(dwo, dbo, g, h, last, half);
             }
         },
         || {
@@ -543,7 +544,16 @@ pub(crate) fn backward<T: Elem>(
         let ((), out) = rayon::join(
             || {
                 if let Some((dw, db)) = grads {
-                    weight_grads(dw, db, delta_ref, cols, prev);
+                    // The first layer's, with no δ to compute beside them, on every thread.
+                    let alone = i == 0 && !x;
+                    weight_grads(
+                        dw,
+                        db,
+                        delta_ref,
+                        cols,
+                        prev,
+                        if alone { threads } else { half },
+                    );
                 }
             },
             || {
