@@ -429,7 +429,7 @@ impl ScoreModel for Mlp {
 
 register_model!(
     "mlp",
-    "MLP score network: sinusoidal log-SNR embedding, SiLU hidden layers (candle-nn)",
+    "MLP score network: sinusoidal log-SNR embedding, SiLU hidden layers (its own fused CPU op; candle's ops elsewhere)",
     Params,
     |p: Params, ctx: &ModelContext| Mlp::new(p, ctx)
 );
