@@ -221,11 +221,6 @@ impl<'a, T> Weights<'a, T> {
     }
 }
 
-/// The sinusoidal embedding e(c) = [sin(c ω_k), cos(c ω_k)] into `out` (E = 2 · freqs).
-fn embed_into<T: Real>(c: f64, freqs: &[f64], out: &mut [T]) {
-    sin_cos_into(c, freqs, out);
-}
-
 /// The rows [x_r; e(c_r)] of a block: `levels` holds one level per row, or one for all
 /// (whose embedding `call` then holds).
 fn fill_input<T: Real>(
@@ -247,7 +242,7 @@ fn fill_input<T: Real>(
         if levels.len() == 1 {
             es.copy_from_slice(call);
         } else {
-            embed_into(levels[r], freqs, es);
+            sin_cos_into(levels[r], freqs, es);
         }
     }
 }
@@ -307,7 +302,7 @@ pub(crate) fn forward_kept<T: Elem>(
     };
     let mut call = vec![T::ZERO; dims.e];
     if let [c] = levels {
-        embed_into(*c, freqs, &mut call);
+        sin_cos_into(*c, freqs, &mut call);
     }
     // Each block's slices of every buffer, so that blocks run on any thread.
     struct Block<'b, T> {
@@ -383,7 +378,7 @@ pub(crate) fn forward<T: Elem>(
     let mut shift = b1.to_vec();
     if let [c] = levels {
         let mut e = vec![T::ZERO; dims.e];
-        embed_into(*c, freqs, &mut e);
+        sin_cos_into(*c, freqs, &mut e);
         matmul(
             MatMut::rows(&mut shift, 1, h),
             Mat::rows(&e, 1, dims.e),

@@ -91,34 +91,10 @@ impl Default for Params {
     }
 }
 
-/// One affine layer: `y = x Wᵀ + b`.
-#[derive(Debug, Clone)]
-struct Affine {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Affine {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
-    }
-
-    /// SiLU(x Wᵀ + b).
-    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward(x)?.silu()?)
-    }
-}
-
 /// The MLP.
 pub struct Mlp {
     params: Params,
     varmap: VarMap,
-    /// The first layer's weight split into its x and embedding columns.
-    first_x: Tensor,
-    first_e: Tensor,
-    first_b: Tensor,
-    hidden: Vec<Affine>,
-    out: Affine,
     /// Every weight in θ's order ([`cpu::Dims::pieces`]): W₁, b₁, …, W_o, b_o.
     theta: Vec<Tensor>,
     /// The embedding's frequencies ω_k.
@@ -190,7 +166,7 @@ impl Mlp {
             };
             shapes.push((fan_out, fan_in));
         }
-        let mut layers = Vec::with_capacity(names.len());
+        let mut theta = Vec::with_capacity(2 * names.len());
         {
             let mut data = varmap
                 .data()
@@ -206,33 +182,17 @@ impl Mlp {
                     &Tensor::from_vec(w, (fan_out, fan_in), &device)?.to_dtype(dtype)?,
                 )?;
                 let b = Var::from_tensor(&Tensor::from_vec(b, fan_out, &device)?.to_dtype(dtype)?)?;
-                layers.push(Affine {
-                    w: w.as_tensor().clone(),
-                    b: b.as_tensor().clone(),
-                });
+                theta.extend([w.as_tensor().clone(), b.as_tensor().clone()]);
                 data.insert(format!("{name}.weight"), w);
                 data.insert(format!("{name}.bias"), b);
             }
         }
-        let theta = layers
-            .iter()
-            .flat_map(|l| [l.w.clone(), l.b.clone()])
-            .collect();
-        let out = layers
-            .pop()
-            .ok_or_else(|| Error::Msg("mlp: no layers".into()))?;
-        let first = layers.remove(0);
         let half = p.embed_dim / 2;
         let ln_p = p.max_period.ln();
         let freqs = (0..half)
             .map(|k| (-ln_p * k as f64 / half as f64).exp())
             .collect();
         Ok(Self {
-            first_x: first.w.narrow(1, 0, p.dim)?,
-            first_e: first.w.narrow(1, p.dim, p.embed_dim)?,
-            first_b: first.b,
-            hidden: layers,
-            out,
             theta,
             freqs,
             pool: cpu::SharedPool::default(),
@@ -268,11 +228,6 @@ impl Mlp {
         Self {
             params: self.params.clone(),
             varmap: self.varmap.clone(),
-            first_x: self.first_x.detach(),
-            first_e: self.first_e.detach(),
-            first_b: self.first_b.detach(),
-            hidden: self.hidden.iter().map(Affine::detached).collect(),
-            out: self.out.detached(),
             theta: self.theta.iter().map(Tensor::detach).collect(),
             freqs: self.freqs.clone(),
             pool: self.pool.clone(),
@@ -342,27 +297,29 @@ impl Mlp {
         // W₁ [x; e] + b₁ = W₁ˣ x + (W₁ᵉ e + b₁): per call, the embedding's part is one row. The
         // two column blocks of W₁ are copied contiguous first: cuBLAS (candle's CUDA matmul)
         // refuses the transposed view of a column slice, which the CPU's gemm accepts.
+        let (d, e) = (self.params.dim, self.params.embed_dim);
+        let affine = |h: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+            Ok(h.matmul(&w.t()?)?.broadcast_add(b)?)
+        };
+        let [w1, b1, rest @ ..] = self.theta.as_slice() else {
+            return Err(Error::Msg("mlp: no first layer".into()));
+        };
         let shift = self
             .embedding(levels)?
-            .matmul(&self.first_e.contiguous()?.t()?)?
-            .broadcast_add(&self.first_b)?;
+            .matmul(&w1.narrow(1, d, e)?.contiguous()?.t()?)?
+            .broadcast_add(b1)?;
         let mut h = x
-            .matmul(&self.first_x.contiguous()?.t()?)?
+            .matmul(&w1.narrow(1, 0, d)?.contiguous()?.t()?)?
             .broadcast_add(&shift)?
             .silu()?;
-        for layer in &self.hidden {
-            h = layer.forward_silu(&h)?;
+        let (hidden, out) = rest.split_at(rest.len().saturating_sub(2));
+        for wb in hidden.chunks_exact(2) {
+            h = affine(&h, &wb[0], &wb[1])?.silu()?;
         }
-        self.out.forward(&h)
-    }
-}
-
-impl Affine {
-    fn detached(&self) -> Self {
-        Self {
-            w: self.w.detach(),
-            b: self.b.detach(),
-        }
+        let [wo, bo] = out else {
+            return Err(Error::Msg("mlp: no output layer".into()));
+        };
+        affine(&h, wo, bo)
     }
 }
 
