@@ -316,26 +316,6 @@ fn sin_cos_turn_f32(u: f32) -> (f32, f32) {
     )
 }
 
-/// Box–Muller over 16 lanes, for [`pulp::Arch::dispatch`]: the loop compiled for the CPU's
-/// widest vectors.
-struct BoxMullerLanes<'a> {
-    a: &'a [u32; LANES],
-    b: &'a [u32; LANES],
-    even: &'a mut [f32; LANES],
-    odd: &'a mut [f32; LANES],
-}
-
-impl pulp::WithSimd for BoxMullerLanes<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        for l in 0..LANES {
-            (self.even[l], self.odd[l]) = box_muller_f32(self.a[l], self.b[l]);
-        }
-    }
-}
-
 /// One request for standard normal noise: `rows` samples starting at global index
 /// `sample_offset`, `cols` draws each starting at draw index `draw_offset`, for a step from
 /// `t_from` to `t_to` (which a Brownian source uses; others ignore it).
@@ -544,46 +524,71 @@ fn philox_lanes(c: &mut [[u32; LANES]; 4], mut key: [u32; 2]) {
 
 /// Fills `out`, the rows of samples `first..first + out.len() / cols`, at most [`LANES`] of
 /// them, with their normals at draw indices `draw..draw + cols`, in f32: the same bits as
-/// [`fill_normals_f32`] row by row. The Philox blocks run across the lanes; Box–Muller, with
-/// libm's logarithm and sines, one lane at a time.
+/// [`fill_normals_f32`] row by row. The Philox blocks and Box–Muller run across the lanes,
+/// compiled through [`pulp::Arch::dispatch`] for the CPU's widest vectors (integer products
+/// and fused multiply-adds are exact, so every target gives the same bits).
 fn fill_rows_f32(key: [u32; 2], first: u64, draw: u64, cols: usize, out: &mut [f32]) {
-    let rows = out.len() / cols;
-    let mut idx = draw;
-    let mut j = 0;
-    while j < cols {
-        let b = idx / 4;
-        let word = (idx % 4) as usize;
-        let end = 4.min(word + cols - j);
+    pulp::Arch::new().dispatch(FillRows {
+        key,
+        first,
+        draw,
+        cols,
+        out,
+    });
+}
+
+/// [`fill_rows_f32`]'s body, for [`pulp::Arch::dispatch`].
+struct FillRows<'a> {
+    key: [u32; 2],
+    first: u64,
+    draw: u64,
+    cols: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for FillRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let FillRows {
+            key,
+            first,
+            draw,
+            cols,
+            out,
+        } = self;
+        let rows = out.len() / cols;
         let samples: [u64; LANES] = std::array::from_fn(|l| first + l as u64);
-        let mut c = [
-            [b as u32; LANES],
-            [(b >> 32) as u32; LANES],
-            samples.map(|s| s as u32),
-            samples.map(|s| (s >> 32) as u32),
-        ];
-        philox_lanes(&mut c, key);
-        // Box–Muller on words (0, 1) for draws 4b, 4b + 1 and on (2, 3) for 4b + 2, 4b + 3.
-        for pair in [0, 2] {
-            if word >= pair + 2 || end <= pair {
-                continue; // none of this pair's draws is asked for
-            }
-            let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
-            pulp::Arch::new().dispatch(BoxMullerLanes {
-                a: &c[pair],
-                b: &c[pair + 1],
-                even: &mut even,
-                odd: &mut odd,
-            });
-            for k in word.max(pair)..end.min(pair + 2) {
-                let col = j + k - word;
-                let normals = if k == pair { &even } else { &odd };
-                for (row, n) in out.chunks_exact_mut(cols).zip(normals).take(rows) {
-                    row[col] = *n;
+        let (lo, hi) = (samples.map(|s| s as u32), samples.map(|s| (s >> 32) as u32));
+        let mut idx = draw;
+        let mut j = 0;
+        while j < cols {
+            let b = idx / 4;
+            let word = (idx % 4) as usize;
+            let end = 4.min(word + cols - j);
+            let mut c = [[b as u32; LANES], [(b >> 32) as u32; LANES], lo, hi];
+            philox_lanes(&mut c, key);
+            // Box–Muller on words (0, 1) for draws 4b, 4b + 1 and on (2, 3) for 4b + 2, 4b + 3.
+            for pair in [0, 2] {
+                if word >= pair + 2 || end <= pair {
+                    continue; // none of this pair's draws is asked for
+                }
+                let (mut even, mut odd) = ([0f32; LANES], [0f32; LANES]);
+                for l in 0..LANES {
+                    (even[l], odd[l]) = box_muller_f32(c[pair][l], c[pair + 1][l]);
+                }
+                for k in word.max(pair)..end.min(pair + 2) {
+                    let col = j + k - word;
+                    let normals = if k == pair { &even } else { &odd };
+                    for (row, n) in out.chunks_exact_mut(cols).zip(normals).take(rows) {
+                        row[col] = *n;
+                    }
                 }
             }
+            j += end - word;
+            idx += (end - word) as u64;
         }
-        j += end - word;
-        idx += (end - word) as u64;
     }
 }
 
