@@ -40,6 +40,7 @@ pub mod sde;
 pub mod solver;
 pub mod state;
 pub mod testing;
+pub mod threads;
 pub mod train;
 pub mod tune;
 pub mod weighting;

@@ -488,6 +488,17 @@ impl Pipeline {
     fn steps_over(
         &self,
         times: &[f64],
+        state: State,
+        denoiser: &Denoiser,
+    ) -> Result<(State, Vec<(f64, Tensor)>, Option<crate::RowStats>)> {
+        crate::threads::on_workers(|| self.steps_here(times, state, denoiser))
+    }
+
+    /// [`steps_over`](Self::steps_over) on the current thread.
+    #[allow(clippy::type_complexity)]
+    fn steps_here(
+        &self,
+        times: &[f64],
         mut state: State,
         denoiser: &Denoiser,
     ) -> Result<(State, Vec<(f64, Tensor)>, Option<crate::RowStats>)> {

@@ -216,7 +216,13 @@ impl Trainer {
     /// is taken as a micro-batches whose losses are weighted by their share of the rows, so
     /// the loss and gradient are the whole batch's. A non-finite loss or gradient is an error
     /// naming the step and the range of t in the batch, before anything is updated.
+    /// Runs on a rayon worker ([`on_workers`](sdeflow_kernel::threads::on_workers)).
     pub fn step(&mut self) -> Result<StepReport> {
+        sdeflow_kernel::threads::on_workers(|| self.step_here())
+    }
+
+    /// [`step`](Self::step) on the current thread.
+    fn step_here(&mut self) -> Result<StepReport> {
         let n = self.opt.step_count() + 1;
         let b = self.spec.batch;
         let parts = self.spec.accumulate;
