@@ -141,11 +141,13 @@ pub fn is_user_error(e: &Error) -> bool {
 }
 
 /// Runs the command line `args` (program name first), writing to `out` and `err`; returns the
-/// exit code.
+/// exit code. The command runs on a rayon worker
+/// ([`on_workers`](sdeflow_kernel::threads::on_workers)), so that its parallel calls start on
+/// one; the `sdeflow` binary gives the workers the main thread's 8 MiB stacks.
 pub fn main_with(
     args: impl IntoIterator<Item = String>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
 ) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -160,7 +162,7 @@ pub fn main_with(
             return code;
         }
     };
-    match dispatch(cli, out) {
+    match sdeflow_kernel::threads::on_workers(|| dispatch(cli, out)) {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

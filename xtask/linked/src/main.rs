@@ -18,6 +18,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use sdeflow_kernel::threads::on_workers;
 
 mod bench;
 mod conformance;
@@ -172,6 +173,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The benches run on rayon's workers, as the `sdeflow` binary's commands do: give them the
+    // main thread's stack. An error means a pool exists already, and it is used as it is.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Conformance {
@@ -191,13 +197,13 @@ fn main() -> ExitCode {
             torch: true,
             python,
             ..
-        } => torch_bench::run(train, threads, repeats, &python),
+        } => on_workers(|| torch_bench::run(train, threads, repeats, &python)),
         Command::Bench {
             threads,
             repeats,
             train: true,
             ..
-        } => train_bench::run(threads, repeats),
+        } => on_workers(|| train_bench::run(threads, repeats)),
         Command::Bench {
             batch,
             threads,
@@ -205,18 +211,20 @@ fn main() -> ExitCode {
             solver,
             train: false,
             ..
-        } => bench::run(bench::BenchArgs {
-            batch,
-            threads: threads.unwrap_or(1),
-            repeats,
-            solver,
+        } => on_workers(|| {
+            bench::run(bench::BenchArgs {
+                batch,
+                threads: threads.unwrap_or(1),
+                repeats,
+                solver,
+            })
         }),
         Command::TrainTable {
             seeds,
             steps,
             threads,
             out,
-        } => train_bench::table(seeds, steps, threads, out),
+        } => on_workers(|| train_bench::table(seeds, steps, threads, out)),
         Command::Peers {
             action,
             dir,
