@@ -18,11 +18,8 @@ fn main() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
         }
     }
-    // Commands run on rayon's workers (`main_with`): give them the main thread's stack. An
-    // error means a pool exists already, and it is used as it is.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .stack_size(8 << 20)
-        .build_global();
+    // Commands run on rayon's workers (`main_with`), with the main thread's stack.
+    sdeflow_kernel::threads::build_global_pool();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -7,11 +7,12 @@
 //! a stream tag; Box–Muller turns each pair of words into two normals.
 //!
 //! Tensors of f32 draws are computed 16 samples at a time, one per SIMD lane (Philox, then
-//! Box–Muller with its own branch-free logarithm and sines, compiled for AVX2 or AVX-512 where
-//! the CPU has them), across the current pool's threads from 2^14 draws: 5.9 ns per normal on
-//! one thread here (2-D samples, which use half of each Philox block), against 10.5 ns with the
-//! C library's `lnf` and `sincosf` lane by lane (`cargo xtask bench` prints it). The lanes give
-//! the row filler's bits (tested); f64 draws use the C library's functions.
+//! Box–Muller with its own branch-free logarithm and sines, both compiled for AVX2 or AVX-512
+//! where the CPU has them), across the current pool's threads from 2^14 draws: 2.7–3.6 ns per
+//! normal on one thread here (2-D samples, which use half of each Philox block), against
+//! 10.5 ns with the C library's `lnf` and `sincosf` lane by lane and Philox for baseline
+//! x86-64 (`cargo xtask bench` prints it). The lanes give the row filler's bits (tested); f64
+//! draws use the C library's functions.
 
 use std::{
     fmt::Debug,
@@ -748,8 +749,6 @@ impl NoiseSource for BrownianNoise {
 mod tests {
     use super::*;
 
-    /// Every lane computes `rand_philox`'s block of its own counter, whatever the words hold
-    /// (high bits of the block and sample words included) and whatever the key.
     #[test]
     fn box_muller_f32_parts_are_within_two_ulp() {
         // Every 3rd of the 2^23 uniforms u32_to_unit_f32 makes, against f64.
@@ -770,6 +769,8 @@ mod tests {
         assert!(sc_worst <= 2.0 * ulp, "sin, cos: {sc_worst:e} absolute");
     }
 
+    /// Every lane computes `rand_philox`'s block of its own counter, whatever the words hold
+    /// (high bits of the block and sample words included) and whatever the key.
     #[test]
     fn philox_lanes_are_the_scalar_block_function() {
         for (seed, base) in [

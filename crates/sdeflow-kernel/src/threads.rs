@@ -1,5 +1,17 @@
 //! Where the framework's loops run: on a rayon worker.
 
+/// A worker's stack: the main thread's (8 MiB), since whole commands run on workers.
+pub const WORKER_STACK: usize = 8 << 20;
+
+/// Builds rayon's global pool with [`WORKER_STACK`] stacks (its size from `RAYON_NUM_THREADS`
+/// or the cores), for a binary whose commands run through [`on_workers`]. Call it early in
+/// `main`; if a pool exists already, it is used as it is.
+pub fn build_global_pool() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(WORKER_STACK)
+        .build_global();
+}
+
 /// Runs `f` on a rayon worker, or right here when this thread is one already.
 ///
 /// Every parallel call made from a thread outside a pool (`par_iter`, `join`, candle's
@@ -34,7 +46,7 @@ pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         static OWN: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .thread_name(|_| "sdeflow-worker".into())
-            .stack_size(8 << 20)
+            .stack_size(WORKER_STACK)
             .build()
             .ok();
     }

@@ -216,6 +216,7 @@ impl Trainer {
     /// is taken as a micro-batches whose losses are weighted by their share of the rows, so
     /// the loss and gradient are the whole batch's. A non-finite loss or gradient is an error
     /// naming the step and the range of t in the batch, before anything is updated.
+    ///
     /// Runs on a rayon worker ([`on_workers`](sdeflow_kernel::threads::on_workers)).
     pub fn step(&mut self) -> Result<StepReport> {
         sdeflow_kernel::threads::on_workers(|| self.step_here())

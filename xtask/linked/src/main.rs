@@ -173,11 +173,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // The benches run on rayon's workers, as the `sdeflow` binary's commands do: give them the
-    // main thread's stack. An error means a pool exists already, and it is used as it is.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .stack_size(8 << 20)
-        .build_global();
+    // The benches run on rayon's workers, as the `sdeflow` binary's commands do.
+    sdeflow_kernel::threads::build_global_pool();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Conformance {
