@@ -274,6 +274,14 @@ fn jobs(
     Ok(())
 }
 
+/// What `check` prints for the config `text` (named `name` in messages): parse it, build its
+/// pipeline and write the plan, all without calling the model. The fuzz target
+/// (`tests/fuzz`) drives this with arbitrary text: it must return an error, never panic.
+pub fn check_text(registry: &Registry, name: &str, text: &str) -> Result<String> {
+    let config = Config::parse(name, text, registry, &device::resolve)?;
+    plan::plan(&config, false)
+}
+
 /// Reads and parses a config (the embedded default when `file` is `None`), resolving its
 /// device (or `device_override`).
 pub fn load(

@@ -7,7 +7,9 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sdeflow_conformance::sw2::{REFERENCE_SEED, reference_and_floor};
 use sdeflow_kernel::{
-    Config, Error, Result, Split, TimeCoefs, io::write_atomic, pipeline::Progress,
+    Config, Error, Result, Split, TimeCoefs,
+    io::{NpyRows, write_atomic},
+    pipeline::Progress,
 };
 use serde::Serialize;
 
@@ -68,8 +70,14 @@ pub struct Summary {
     pub nfe: u64,
     /// An adaptive run's NFE per sample: mean, min and max.
     pub nfe_per_sample: Option<(f64, u64, u64)>,
-    /// Samples drawn.
+    /// Samples drawn (every one is in `samples.npy`).
     pub samples: usize,
+    /// Samples holding NaN or infinities (only with `outputs: (keep_non_finite: true)`;
+    /// otherwise the run stops at the step that makes one).
+    pub non_finite_samples: usize,
+    /// The first rows that the sliced W2, the mode shares, the image metrics and the plots
+    /// read (all of them up to 20,000; the mean and covariance errors read every row).
+    pub metric_rows: usize,
     /// Seed.
     pub seed: u64,
     /// Device.
@@ -177,8 +185,9 @@ impl fmt::Display for Summary {
             )?;
             writeln!(
                 f,
-                "sliced W2 {:.4} (exact-sample floor {:.4} ± {:.4}; threshold {:.4}): {}",
+                "sliced W2 {:.4}{} (exact-sample floor {:.4} ± {:.4}; threshold {:.4}): {}",
                 m.sliced_w2,
+                self.first_rows(),
                 m.sliced_w2_floor_mean,
                 m.sliced_w2_floor_sd,
                 m.sliced_w2_floor_mean + 3.0 * m.sliced_w2_floor_sd,
@@ -198,8 +207,9 @@ impl fmt::Display for Summary {
         if let Some(m) = &self.heldout {
             writeln!(
                 f,
-                "sliced W2 against held-out data {:.4} (training-data floor {:.4} ± {:.4}, {:.2}× its mean)",
+                "sliced W2 against held-out data {:.4}{} (training-data floor {:.4} ± {:.4}, {:.2}× its mean)",
                 m.sliced_w2,
+                self.first_rows(),
                 m.sliced_w2_floor_mean,
                 m.sliced_w2_floor_sd,
                 m.sliced_w2 / m.sliced_w2_floor_mean
@@ -270,10 +280,28 @@ impl fmt::Display for Summary {
                 m.sliced_w2 / m.sliced_w2_floor_mean
             )?;
         }
+        if self.non_finite_samples > 0 {
+            writeln!(
+                f,
+                "{} samples hold NaN or infinities (kept, as `keep_non_finite` asks; the mean and covariance leave them out)",
+                self.non_finite_samples
+            )?;
+        }
         for file in &self.files {
             writeln!(f, "wrote {file}")?;
         }
         Ok(())
+    }
+}
+
+impl Summary {
+    /// " of the first N samples" when the metrics read fewer rows than were drawn.
+    fn first_rows(&self) -> String {
+        if self.metric_rows < self.samples {
+            format!(" of the first {} samples", self.metric_rows)
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -297,24 +325,90 @@ pub fn output_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
         })
 }
 
-fn moments(rows: &[f64], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let n = (rows.len() / d) as f64;
-    let mean: Vec<f64> = (0..d)
-        .map(|j| rows.chunks(d).map(|r| r[j]).sum::<f64>() / n)
-        .collect();
-    let cov = (0..d)
-        .map(|a| {
-            (0..d)
-                .map(|b| {
-                    rows.chunks(d)
-                        .map(|r| (r[a] - mean[a]) * (r[b] - mean[b]))
-                        .sum::<f64>()
-                        / (n - 1.0)
-                })
-                .collect()
-        })
-        .collect();
-    (mean, cov)
+/// The image metrics' row cap: about 64 MiB of f64 rows.
+const METRIC_BYTES: usize = 64 << 20;
+
+/// What the pieces of a run add up to: the first rows (for metrics and plots), the moments of
+/// all rows, the cost, and the whole output of a run of one piece (for its trajectory).
+struct Drawn {
+    d: usize,
+    cap: usize,
+    kept: Vec<f64>,
+    count: usize,
+    non_finite: usize,
+    sum: Vec<f64>,
+    outer: Vec<f64>,
+    nfe: u64,
+    rows: Option<sdeflow_kernel::RowStats>,
+    single: Option<(Tensor, sdeflow_kernel::SampleOutput)>,
+}
+
+impl Drawn {
+    fn new(n: usize, d: usize) -> Self {
+        let d = d.max(1);
+        Self {
+            d,
+            cap: n
+                .min(sdeflow_kernel::config::METRIC_ROWS)
+                .min((METRIC_BYTES / (8 * d)).max(2)),
+            kept: Vec::new(),
+            count: 0,
+            non_finite: 0,
+            sum: vec![0.0; d],
+            outer: vec![0.0; d * d],
+            nfe: 0,
+            rows: None,
+            single: None,
+        }
+    }
+
+    /// Adds a piece's samples `x` (on the CPU) and its run's cost.
+    fn add(&mut self, x: &Tensor, out: &sdeflow_kernel::SampleOutput) -> Result<()> {
+        let host = sdeflow_kernel::ops::host_f64(x)?;
+        let d = self.d;
+        for row in host.chunks(d) {
+            if row.iter().any(|v| !v.is_finite()) {
+                // Kept (the user asked), but left out of the moments.
+                self.non_finite += 1;
+                continue;
+            }
+            self.count += 1;
+            for a in 0..d {
+                self.sum[a] += row[a];
+                for b in a..d {
+                    self.outer[a * d + b] += row[a] * row[b];
+                }
+            }
+        }
+        let room = (self.cap * d).saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&host[..room.min(host.len())]);
+        // A grid's NFE is every piece's; an adaptive run's batched calls, the longest piece's.
+        self.nfe = self.nfe.max(out.nfe);
+        if let Some(r) = &out.rows {
+            let all = self.rows.get_or_insert_with(Default::default);
+            all.nfe.extend(&r.nfe);
+            all.accepted.extend(&r.accepted);
+            all.rejected.extend(&r.rejected);
+        }
+        Ok(())
+    }
+
+    /// The mean and (unbiased) covariance of every row.
+    fn moments(&self) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let (d, n) = (self.d, self.count as f64);
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let cov = (0..d)
+            .map(|a| {
+                (0..d)
+                    .map(|b| {
+                        let (i, j) = (a.min(b), a.max(b));
+                        (self.outer[i * d + j] - n * mean[i] * mean[j]) / (n - 1.0)
+                    })
+                    .collect()
+            })
+            .collect();
+        (mean, cov)
+    }
 }
 
 /// The time whose exact law the samples follow: t_ε, or t = 0 after the final denoising step.
@@ -332,12 +426,13 @@ pub fn target_coefs(pipeline: &sdeflow_kernel::Pipeline) -> TimeCoefs {
     }
 }
 
-/// The first state of a run from `latents` (`[samples, ...]` at T), checked against the run.
-fn latent_state(
+/// The states at T a run starts from, from `latents` (`[samples, ...]`), checked against the
+/// run.
+fn latent_rows(
     config: &Config,
     pipeline: &sdeflow_kernel::Pipeline,
     path: &std::path::Path,
-) -> Result<sdeflow_kernel::State> {
+) -> Result<Tensor> {
     let bad = |why: String| Error::invalid("latents", path.display().to_string(), why);
     let x = Tensor::read_npy(path).map_err(|e| bad(format!("cannot read a .npy array: {e}")))?;
     let shape = pipeline.model().sample_shape();
@@ -354,7 +449,7 @@ fn latent_state(
     if !sdeflow_kernel::ops::all_finite(&x)? {
         return Err(bad("holds values that are not finite".into()));
     }
-    pipeline.start_state(x, 0)
+    Ok(x)
 }
 
 /// Runs the config's sampling job on `device` and writes its outputs; a network samples with
@@ -384,10 +479,6 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let classes = config.model.plugin.classes();
     let reference = image_reference(config)?;
     let (scale, trials) = choose_scale(config, &device, spec.as_ref(), reference.as_ref())?;
-    let labels = match (&spec, classes) {
-        (Some(g), Some(k)) => Some(g.labels(0, n, k, &device)?),
-        _ => None,
-    };
     let pipeline = config
         .builder(device.clone())
         .guidance(scale)
@@ -402,44 +493,83 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     if adaptive.is_some() {
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} sampling [{bar:40}] {pos}/{len} samples done {elapsed_precise}",
+                "{spinner} sampling {prefix}[{bar:40}] {pos}/{len} samples done {elapsed_precise}",
             )
             .map_err(|e| Error::Msg(e.to_string()))?
             .progress_chars("=> "),
         );
     }
-    let start = Instant::now();
-    let mut first = match &config.latents {
-        None => pipeline.prior_state(0, config.samples)?,
-        Some(path) => latent_state(config, &pipeline, path)?,
+    let latents = match &config.latents {
+        Some(path) => Some(latent_rows(config, &pipeline, path)?),
+        None => None,
     };
-    if let Some(y) = &labels {
-        first = first.with_cond(y.clone())?;
+    // The run, piece by piece (each a multiple of the model's chunks, so the bytes are those
+    // of one run), each piece streamed to samples.npy: memory does not grow with `samples`.
+    let start = Instant::now();
+    let shape = pipeline.model().sample_shape();
+    let mut drawn = Drawn::new(n, shape.iter().product());
+    let mut draw = |sink: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<()> {
+        let piece = config.sample_piece_rows();
+        let pieces = n.div_ceil(piece);
+        for p in 0..pieces {
+            let (offset, rows) = (p * piece, piece.min(n - p * piece));
+            if pieces > 1 {
+                bar.set_prefix(format!("rows {}–{} of {n} ", offset + 1, offset + rows));
+            }
+            let mut state = match &latents {
+                None => pipeline.prior_state(offset as u64, rows)?,
+                Some(x) => pipeline.start_state(x.narrow(0, offset, rows)?, offset as u64)?,
+            };
+            if let (Some(g), Some(k)) = (&spec, classes) {
+                state = state.with_cond(g.labels(offset as u64, rows, k, &device)?)?;
+            }
+            let x_start = (pieces == 1).then(|| state.x.clone());
+            let result = pipeline.run(state)?;
+            let x = result.state.x.to_device(&Device::Cpu)?;
+            sink(&x)?;
+            drawn.add(&x, &result)?;
+            if let Some(x_start) = x_start {
+                drawn.single = Some((x_start, result));
+            }
+        }
+        Ok(())
+    };
+    let mut files = Vec::new();
+    if config.outputs.npy {
+        let path = dir.join("samples.npy");
+        let mut full = vec![n];
+        full.extend(&shape);
+        write_atomic(&path, |tmp| {
+            let mut file = NpyRows::create(tmp, &full, pipeline.dtype())?;
+            draw(&mut |x| file.push(x))?;
+            file.finish()
+        })?;
+        files.push(path.display().to_string());
+    } else {
+        draw(&mut |_| Ok(()))?;
     }
-    let x_start = first.x.clone();
-    let result = pipeline.run(first)?;
     let wall = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let x = result.state.x.to_device(&Device::Cpu)?;
-    let d = x.elem_count() / n;
-    let shape = pipeline.model().sample_shape();
+    let d = drawn.d;
     let image = shape.len() >= 2;
-    let wanted: Option<Vec<u32>> = labels.as_ref().map(|y| y.to_vec1::<u32>()).transpose()?;
+    // Metrics and plots read the first rows (all of them up to METRIC_ROWS).
+    let host = std::mem::take(&mut drawn.kept);
+    let kept = host.len() / d.max(1);
+    let wanted: Option<Vec<u32>> = match (&spec, classes) {
+        (Some(g), Some(k)) => Some((0..kept as u64).map(|i| g.label(i, k)).collect()),
+        _ => None,
+    };
     let display_range = config
         .data
         .as_ref()
         .and_then(|data| data.plugin.source().range())
         .unwrap_or((-1.0, 1.0));
-    let host = sdeflow_kernel::ops::host_f64(&x)?;
-    let mut files = Vec::new();
-    if config.outputs.npy {
-        let path = dir.join("samples.npy");
-        write_atomic(&path, |tmp| Ok(x.write_npy(tmp)?))?;
-        files.push(path.display().to_string());
-    }
+    let (result_nfe, result_rows) = (drawn.nfe, drawn.rows.take());
 
-    if config.outputs.trajectory {
+    if config.outputs.trajectory
+        && let Some((x_start, result)) = &drawn.single
+    {
         let mut frames = vec![x_start.to_device(&Device::Cpu)?];
         for (_, x) in &result.trajectory {
             frames.push(x.to_device(&Device::Cpu)?);
@@ -477,9 +607,12 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
                 rows.len(),
                 &Device::Cpu,
             )?;
-            let cond = labels
+            let cond = wanted
                 .as_ref()
-                .map(|y| y.to_device(&Device::Cpu)?.index_select(&ids, 0))
+                .map(|y| {
+                    let picked: Vec<u32> = rows.iter().map(|&r| y[r]).collect();
+                    Tensor::from_vec(picked, rows.len(), &device)
+                })
                 .transpose()?;
             let times = std::iter::once(pipeline.times()[0])
                 .chain(result.trajectory.iter().map(|(t, _)| *t));
@@ -509,7 +642,7 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let exact = match law {
         Some(law) if law.dim() == d => {
             let target = law.marginal(c.alpha, c.sigma)?;
-            let (mean, cov) = moments(&host, d);
+            let (mean, cov) = drawn.moments();
             let exact_mean: Vec<f64> = law.mean().iter().map(|m| c.alpha * m).collect();
             let exact_cov = law.covariance();
             let mean_error = mean
@@ -526,9 +659,9 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
                     cov_sq += (cov[a][b] - e).powi(2);
                 }
             }
-            let (sw, floor) = reference_and_floor(&target, n)?;
+            let (sw, floor) = reference_and_floor(&target, kept)?;
             let sliced_w2 = sw.distance(&host)?;
-            exact_rows = Some(("exact p(t_ε)", target.sample(REFERENCE_SEED, 0, n)));
+            exact_rows = Some(("exact p(t_ε)", target.sample(REFERENCE_SEED, 0, kept)));
             let (mode_shares, worst_mode_deviation) = crate::train::mode_shares(&target, &host);
             Some(ExactMetrics {
                 mode_shares,
@@ -558,10 +691,10 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let mut heldout = None;
     if exact.is_none()
         && d == 2
-        && n >= 2
+        && kept >= 2
         && let Some(data) = &config.data
     {
-        let (sw, floor, rows) = crate::train::heldout_reference(&data.plugin, config.seed, n)?;
+        let (sw, floor, rows) = crate::train::heldout_reference(&data.plugin, config.seed, kept)?;
         heldout = Some(HeldoutMetrics {
             sliced_w2: sw.distance(&host)?,
             sliced_w2_floor_mean: floor.mean,
@@ -576,7 +709,14 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
             &device,
             r,
             (&host, wanted.as_deref()),
-            (scale, labels.as_ref()),
+            (
+                scale,
+                wanted
+                    .clone()
+                    .map(|y| Tensor::from_vec(y, kept, &device))
+                    .transpose()?
+                    .as_ref(),
+            ),
             trials,
         )?),
         _ => None,
@@ -622,17 +762,18 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
         } else {
             schedule.grid.to_string()
         },
-        steps: match &result.rows {
+        steps: match &result_rows {
             Some(r) => r.accepted.iter().copied().max().unwrap_or(0) as usize,
             None => schedule.steps,
         },
         schedule: schedule_text.clone(),
-        nfe: result.nfe,
-        nfe_per_sample: result
-            .rows
+        nfe: result_nfe,
+        nfe_per_sample: result_rows
             .as_ref()
             .map(sdeflow_kernel::RowStats::nfe_spread),
         samples: n,
+        metric_rows: kept,
+        non_finite_samples: drawn.non_finite,
         seed: config.seed,
         device: device_name(&device),
         wall_seconds: wall,

@@ -560,6 +560,7 @@ pub(crate) fn integrate(
             &next,
             attempt,
             clocks.iter().map(|c| c.t).fold(f64::NAN, f64::min),
+            Some(&active),
         )?;
         live = next;
         if !finished.is_empty() {

@@ -102,6 +102,10 @@ pub struct Outputs {
     pub json: bool,
     /// Every sample's path: `trajectory.npy` ([steps + 1, n, d]) and, in 2-D, `trajectory.png`.
     pub trajectory: bool,
+    /// Write samples with NaN or infinities instead of stopping at the step that made them
+    /// (the default stops with the step, t and the first offending samples); the summary
+    /// counts them.
+    pub keep_non_finite: bool,
 }
 
 impl Default for Outputs {
@@ -112,6 +116,7 @@ impl Default for Outputs {
             png: true,
             json: true,
             trajectory: false,
+            keep_non_finite: false,
         }
     }
 }
@@ -166,7 +171,7 @@ pub struct NllSpec {
     #[serde(deserialize_with = "steps")]
     pub steps: Option<usize>,
     /// The grid of a solver on a grid (default uniform in t); an adaptive solver takes none.
-    #[serde(deserialize_with = "some")]
+    #[serde(deserialize_with = "grid")]
     pub grid: Option<GridKind>,
     /// Integer data: add uniform noise within each level's cell before evaluating, and report
     /// bits per dimension with the levels' offset (MATH.md §9).
@@ -411,7 +416,7 @@ pub struct Config {
     /// The solver.
     pub solver: Entry<SolverKind>,
     /// The grid (default: the solver's for this SDE).
-    #[serde(default, deserialize_with = "some")]
+    #[serde(default, deserialize_with = "grid")]
     pub grid: Option<GridKind>,
     /// The step count (default: the solver's for this SDE).
     #[serde(default, deserialize_with = "steps")]
@@ -455,6 +460,13 @@ pub struct Config {
     pub hash: String,
 }
 
+/// About how many bytes of state one piece of a `sample` run holds ([`Config::sample_piece_rows`]).
+pub const SAMPLE_PIECE_BYTES: usize = 4 << 20;
+/// The most rows `sample`'s sliced W2, mode shares and plots read: the first ones (the files
+/// hold every row, and the mean and covariance errors are over every row). Conformance's
+/// set size; the metric holds 256 sorted projections of its rows (40 MiB here).
+pub const METRIC_ROWS: usize = 20_000;
+
 /// The default sample count.
 pub const DEFAULT_SAMPLES: usize = 10_000;
 
@@ -488,6 +500,13 @@ fn at_least_one<E: serde::de::Error>(field: &str, v: usize) -> std::result::Resu
 
 fn steps<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     at_least_one("steps", usize::deserialize(d)?).map(Some)
+}
+
+/// A grid, its parameters checked where they are read (so the error has a position).
+fn grid<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<GridKind>, D::Error> {
+    let grid = GridKind::deserialize(d)?;
+    grid.validate().map_err(serde::de::Error::custom)?;
+    Ok(Some(grid))
 }
 
 fn samples<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
@@ -705,6 +724,25 @@ impl Config {
                 .entry::<WeightingKind>(DEFAULT_WEIGHTING, "()", &())
                 .ok();
         }
+        if let Err((outer, field, why)) =
+            config.check_resources(&crate::resources::Budget::current()?)
+        {
+            let (line, col) = match outer {
+                Some(outer) => crate::de::locate_field_in(text, outer, field)
+                    .or_else(|| locate_field(text, outer)),
+                None => locate_field(text, field),
+            }
+            .unwrap_or((1, 1));
+            return Err(Error::Config {
+                file: file.to_string(),
+                line,
+                col,
+                msg: format!(
+                    "{}invalid `{field}`: {why}",
+                    outer.map_or(String::new(), |o| format!("{o}: "))
+                ),
+            });
+        }
         match (config.model.plugin.target(), &config.param) {
             (Some(fixed), Some(param)) if fixed.name != param.name => {
                 return Err(at_field(
@@ -734,6 +772,125 @@ impl Config {
             _ => {}
         }
         Ok(config)
+    }
+
+    /// Rows per piece of a `sample` run: the run is drawn piece by piece and streamed to its
+    /// files, so that its memory does not grow with `samples`. About
+    /// [`SAMPLE_PIECE_BYTES`] of state, a multiple of `chunk_rows` (the model's batches, and
+    /// so the bytes, do not change); the whole run where chunking is off or a trajectory is
+    /// kept.
+    pub fn sample_piece_rows(&self) -> usize {
+        let cols: usize = self.model.plugin.sample_shape().iter().product();
+        let per_row = (cols * self.dtype.dtype().size_in_bytes()).max(1);
+        let rows = match self.chunk_rows {
+            _ if self.outputs.trajectory => self.samples,
+            None => self.samples,
+            Some(c) => (SAMPLE_PIECE_BYTES / per_row / c).max(1).saturating_mul(c),
+        };
+        rows.min(self.samples).max(1)
+    }
+
+    /// The memory each job will hold at once, checked against `budget` before anything is
+    /// allocated; an error names the section (if any), the field and the estimate.
+    #[allow(clippy::type_complexity)]
+    pub fn check_resources(
+        &self,
+        budget: &crate::resources::Budget,
+    ) -> std::result::Result<(), (Option<&'static str>, &'static str, String)> {
+        use crate::{pipeline::STATE_COPIES, resources::Estimate};
+        let model = &self.model.plugin;
+        let cols = model.sample_shape().iter().product::<usize>() as u128;
+        let dtype = self.dtype.dtype();
+        let elem = dtype.size_in_bytes() as u128;
+        let act = u128::from(model.activation_bytes_per_row(dtype));
+        let chunk = |rows: usize| self.chunk_rows.map_or(rows, |c| c.min(rows)) as u128;
+        let steps = self.steps.unwrap_or_else(|| {
+            self.solver
+                .plugin
+                .default_discretization(&*self.sde.plugin)
+                .steps
+        });
+        // Sampling: the grid, one piece's state and model batch, the trajectory, the
+        // metrics' rows.
+        let piece = self.sample_piece_rows();
+        let mut e = Estimate::new();
+        e.add(
+            "the grid's tables",
+            steps as u128 + 1,
+            crate::pipeline::GRID_BYTES_PER_STEP,
+        )
+        .add(
+            "the state and its copies",
+            piece as u128 * cols,
+            STATE_COPIES * elem,
+        )
+        .add("the model's working memory", chunk(piece), act)
+        .add(
+            "the metrics' rows",
+            self.samples.min(METRIC_ROWS) as u128 * cols,
+            8 * 3,
+        );
+        if self.outputs.trajectory {
+            e.add(
+                "the trajectory",
+                (steps as u128 + 2) * self.samples as u128 * cols,
+                2 * elem,
+            );
+        }
+        let field = match e.largest() {
+            Some("the grid's tables") => "steps",
+            Some("the trajectory") => "trajectory",
+            _ => "chunk_rows",
+        };
+        let fix = match field {
+            "steps" => "use fewer steps",
+            "trajectory" => {
+                "a trajectory keeps every step of every sample: draw fewer samples or steps, or drop `trajectory: true`"
+            }
+            _ => "use fewer `chunk_rows`, or turn chunking on (`chunk_rows: Some(1024)`)",
+        };
+        e.check(budget, fix).map_err(|why| (None, field, why))?;
+        if let Some(g) = &self.guidance
+            && !g.search.is_empty()
+        {
+            let rows = g.search_samples;
+            let mut e = Estimate::new();
+            e.add(
+                "the state and its copies",
+                rows as u128 * cols,
+                STATE_COPIES * elem,
+            )
+            .add("the model's working memory", chunk(rows), act);
+            e.check(budget, "use fewer search samples")
+                .map_err(|why| (Some("guidance"), "search_samples", why))?;
+        }
+        if let Some(t) = &self.train {
+            let rows = t.batch.div_ceil(t.accumulate.max(1));
+            let mut e = Estimate::new();
+            e.add(
+                "the batch and its copies",
+                rows as u128 * cols,
+                STATE_COPIES * elem,
+            )
+            .add("the model's activations", rows as u128, act);
+            e.check(
+                budget,
+                "use a smaller batch, or accumulate it (`accumulate: 4`)",
+            )
+            .map_err(|why| (Some("train"), "batch", why))?;
+        }
+        if let Some(n) = &self.nll {
+            let mut e = Estimate::new();
+            e.add(
+                "the rows and their copies",
+                n.rows as u128 * cols,
+                (STATE_COPIES + 4) * 8,
+            )
+            .add("the model's working memory", chunk(n.rows), 2 * act);
+            e.check(budget, "evaluate fewer rows")
+                .map_err(|why| (Some("nll"), "rows", why))?;
+        }
+        Ok(())
     }
 
     /// The registered name of the target the model predicts in: the model's own, or `param:`.
@@ -768,6 +925,7 @@ impl Config {
             .chunk_rows(self.chunk_rows)
             .denoise_final(self.denoise_final)
             .capture_trajectory(self.outputs.trajectory)
+            .keep_non_finite(self.outputs.keep_non_finite)
             .device(device)
             .dtype(self.dtype.dtype());
         if self.model.plugin.target().is_none()

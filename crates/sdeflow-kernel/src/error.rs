@@ -39,8 +39,11 @@ pub enum Error {
         /// Why it is invalid and what would be valid.
         reason: String,
     },
-    /// NaN or infinity appeared; `step` and `t` say where.
-    #[error("non-finite values in {what} at step {step} (t = {t:e})")]
+    /// NaN or infinity appeared; `step` and `t` say where, `rows` which samples.
+    #[error(
+        "non-finite values in {what} at step {step} (t = {t:e}){}",
+        rows_text(rows)
+    )]
     NonFinite {
         /// What held the non-finite values.
         what: String,
@@ -48,6 +51,9 @@ pub enum Error {
         step: usize,
         /// The time reached by that step.
         t: f64,
+        /// The first offending samples (their indices in the run; at most
+        /// [`NON_FINITE_ROWS`]); empty where unknown.
+        rows: Vec<u64>,
     },
     /// A configuration text that does not parse or validate, with its position.
     #[error("{file}:{line}:{col}: {msg}")]
@@ -78,6 +84,24 @@ pub enum Error {
     /// Anything else, with a message that says what to do.
     #[error("{0}")]
     Msg(String),
+}
+
+/// How many offending rows a [`Error::NonFinite`] names.
+pub const NON_FINITE_ROWS: usize = 8;
+
+/// ", first in samples 3, 17 and 20" for [`Error::NonFinite`].
+fn rows_text(rows: &[u64]) -> String {
+    match rows {
+        [] => String::new(),
+        [r] => format!(", in sample {r}"),
+        [init @ .., last] => format!(
+            ", first in samples {} and {last}",
+            init.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// " (did you mean `x`?)" for the registered name nearest to `name`, or nothing.

@@ -48,6 +48,25 @@ impl std::fmt::Display for GridKind {
 }
 
 impl GridKind {
+    /// Checks the grid's own parameters (ρ positive and finite, at least one calibration
+    /// row); the error says what would be valid. A config checks this as it reads the grid,
+    /// so the message carries the line and column.
+    #[allow(
+        clippy::neg_cmp_op_on_partial_ord,
+        reason = "`!(rho > 0.0)` also rejects NaN"
+    )]
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match *self {
+            GridKind::Karras { rho } if !(rho > 0.0 && rho.is_finite()) => Err(format!(
+                "invalid `rho`: {rho}; the Karras grid's exponent must be positive and finite (EDM: karras(rho: 7.0))"
+            )),
+            GridKind::Tuned { rows: 0 } => Err(
+                "invalid `rows`: 0; a tuned grid needs at least one calibration row (default tuned(rows: 256))".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The N + 1 times of an N-step grid on `sde`, strictly decreasing from T to t_ε. A
     /// [`Tuned`](Self::Tuned) grid depends on the model and solver: the pipeline chooses it
     /// ([`crate::tune::tune`]), and here it is an error.
@@ -83,12 +102,8 @@ impl GridKind {
                     .collect()
             }
             GridKind::Karras { rho } => {
-                if !(rho > 0.0) {
-                    return Err(Error::invalid(
-                        "grid",
-                        "rho",
-                        format!("rho = {rho} must be positive"),
-                    ));
+                if let Err(why) = self.validate() {
+                    return Err(Error::invalid("grid", "rho", why));
                 }
                 let s_max = (-sde.log_snr(t_max)).exp().powf(1.0 / rho);
                 let s_min = (-sde.log_snr(t_eps)).exp().powf(1.0 / rho);

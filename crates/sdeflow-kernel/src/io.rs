@@ -245,3 +245,143 @@ pub fn load_trained(vm: &VarMap, target: &str, path: &Path) -> Result<()> {
         ))),
     }
 }
+
+/// A `.npy` array of `[rows, ...]` written piece by piece, so that a file larger than memory
+/// can be produced in bounded memory: the header (shape and dtype) first, then each piece's
+/// rows in order. f32 or f64, little-endian, C order; the bytes are those of candle's
+/// `Tensor::write_npy` of the whole array (the same header, padded to 16 bytes).
+pub struct NpyRows {
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    dtype: candle_core::DType,
+    left: u64,
+}
+
+impl NpyRows {
+    /// Creates `path` for an array of `shape` (its first dimension the row count) in `dtype`
+    /// (f32 or f64).
+    pub fn create(path: &Path, shape: &[usize], dtype: candle_core::DType) -> Result<Self> {
+        use std::io::Write;
+        let descr = match dtype {
+            candle_core::DType::F32 => "f4",
+            candle_core::DType::F64 => "f8",
+            other => {
+                return Err(Error::Msg(format!(
+                    "{}: cannot stream {other:?} rows; f32 or f64",
+                    path.display()
+                )));
+            }
+        };
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dims: String = shape.iter().map(|d| format!("{d},")).collect();
+        let mut header =
+            format!("{{'descr': '<{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
+        // Magic (6), version (2), length (2), header and its newline: a multiple of 16.
+        let pad = (16 - (6 + 2 + 2 + header.len() + 1) % 16) % 16;
+        header.extend(std::iter::repeat_n(' ', pad));
+        header.push('\n');
+        let len = u16::try_from(header.len()).map_err(|_| {
+            Error::Msg(format!(
+                "{}: shape {shape:?} too long for a .npy header",
+                path.display()
+            ))
+        })?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        file.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+        file.write_all(&len.to_le_bytes()).map_err(io)?;
+        file.write_all(header.as_bytes()).map_err(io)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            dtype,
+            left: shape.iter().map(|&d| d as u64).product(),
+        })
+    }
+
+    /// Appends the rows of `x` (converted to the file's dtype; its values in order).
+    pub fn push(&mut self, x: &candle_core::Tensor) -> Result<()> {
+        use std::io::Write;
+        let count = x.elem_count() as u64;
+        if count > self.left {
+            return Err(Error::Shape(format!(
+                "{}: {count} more values than the header's shape holds",
+                self.path.display()
+            )));
+        }
+        self.left -= count;
+        let x = x.flatten_all()?.to_dtype(self.dtype)?;
+        let bytes: Vec<u8> = match self.dtype {
+            candle_core::DType::F32 => x
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => x
+                .to_vec1::<f64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        self.file.write_all(&bytes).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Ends the file; an error if fewer rows were pushed than its shape says.
+    pub fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        if self.left != 0 {
+            return Err(Error::Shape(format!(
+                "{}: {} values short of the header's shape",
+                self.path.display(),
+                self.left
+            )));
+        }
+        self.file.flush().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod npy_tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    /// Streamed in pieces, the file is byte for byte candle's `write_npy` of the whole array.
+    #[test]
+    fn streamed_rows_are_candles_npy_bytes() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("sdeflow-npyrows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Msg(e.to_string()))?;
+        for (dtype, shape) in [
+            (DType::F32, vec![7, 3]),
+            (DType::F64, vec![5, 2, 2]),
+            (DType::F32, vec![1000, 1]),
+        ] {
+            let n: usize = shape.iter().product();
+            let x = Tensor::arange(0u32, n as u32, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .affine(0.37, -1.5)?
+                .reshape(shape.as_slice())?;
+            let whole = dir.join("whole.npy");
+            x.write_npy(&whole)?;
+            let streamed = dir.join("streamed.npy");
+            let mut w = NpyRows::create(&streamed, &shape, dtype)?;
+            w.push(&x.narrow(0, 0, 2)?)?;
+            w.push(&x.narrow(0, 2, shape[0] - 2)?)?;
+            w.finish()?;
+            let read = |p: &Path| std::fs::read(p).map_err(|e| Error::Msg(e.to_string()));
+            assert_eq!(read(&whole)?, read(&streamed)?, "{dtype:?} {shape:?}");
+        }
+        let mut short = NpyRows::create(&dir.join("short.npy"), &[3, 2], DType::F32)?;
+        short.push(&Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?)?;
+        assert!(short.finish().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}

@@ -34,6 +34,7 @@ pub mod ops;
 pub mod param;
 pub mod pipeline;
 pub mod registry;
+pub mod resources;
 pub mod rk;
 pub mod schedule;
 pub mod sde;

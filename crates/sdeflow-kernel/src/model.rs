@@ -107,6 +107,15 @@ pub trait ScoreModel: Send + Sync + Debug {
     /// `None` as ∅ for every row; an unconditional one ignores `cond`.
     fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor>;
 
+    /// The bytes one row holds while the model evaluates it (activations, and for training
+    /// what the backward pass keeps), for the run's [memory estimate](crate::resources).
+    /// The default, 64 values of `dtype` per input value, suits small networks; a large
+    /// one says more.
+    fn activation_bytes_per_row(&self, dtype: candle_core::DType) -> u64 {
+        let cols: usize = self.sample_shape().iter().product();
+        64 * cols as u64 * dtype.size_in_bytes() as u64
+    }
+
     /// The number of classes a conditional model takes in `cond` (its label ∅ is
     /// [`null_label`]`(classes)`); `None` (the default): unconditional.
     fn classes(&self) -> Option<usize> {
@@ -239,6 +248,10 @@ impl ScoreModel for Retarget {
 
     fn classes(&self) -> Option<usize> {
         self.inner.classes()
+    }
+
+    fn activation_bytes_per_row(&self, dtype: candle_core::DType) -> u64 {
+        self.inner.activation_bytes_per_row(dtype)
     }
 
     fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {

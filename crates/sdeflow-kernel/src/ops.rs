@@ -116,6 +116,20 @@ pub fn all_finite(x: &Tensor) -> Result<bool> {
     Ok(s.is_finite())
 }
 
+/// The first `limit` rows of `x` (`[n, ...]`) holding a NaN or an infinity, by position.
+pub fn non_finite_rows(x: &Tensor, limit: usize) -> Result<Vec<usize>> {
+    let n = x.dim(0)?;
+    let values = host_f64(x)?;
+    let cols = values.len() / n.max(1);
+    Ok(values
+        .chunks(cols.max(1))
+        .enumerate()
+        .filter(|(_, r)| r.iter().any(|v| !v.is_finite()))
+        .map(|(i, _)| i)
+        .take(limit)
+        .collect())
+}
+
 /// Checks that `x` has `rows` rows, naming `what` otherwise.
 pub fn expect_rows(x: &Tensor, rows: usize, what: &str) -> Result<()> {
     let n = x.dim(0)?;

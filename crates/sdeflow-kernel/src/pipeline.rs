@@ -11,8 +11,16 @@ use crate::{
     grid::GridKind,
     noise::{NoiseRequest, NoiseSource, PhiloxNoise, Prefetch},
     ops::all_finite,
+    resources::{Budget, Estimate},
     solver::{Discretization, RunContext, StepSpan},
 };
+
+/// Bytes per grid step of the tables a pipeline keeps (the time, its coefficients, a
+/// solver's per-step constants): a generous round figure for [`Estimate`]s.
+pub const GRID_BYTES_PER_STEP: u128 = 256;
+/// Copies of the state a run holds at once (x, a multistep solver's history, the noise, the
+/// model's input and output, temporaries): a generous round figure for [`Estimate`]s.
+pub const STATE_COPIES: u128 = 12;
 
 /// A callback after every step: `(steps done, total steps)`.
 #[derive(Clone)]
@@ -42,9 +50,18 @@ pub struct PipelineBuilder {
     progress: Option<Progress>,
     denoise_final: bool,
     guidance: Option<f64>,
+    keep_non_finite: bool,
 }
 
 impl PipelineBuilder {
+    /// Let NaN and infinities through instead of stopping at the first step that makes them
+    /// ([`Error::NonFinite`], with the step, t and the first offending samples). Off by
+    /// default; for studying a diverging run. An adaptive solver stops on them regardless:
+    /// its step control cannot go on.
+    pub fn keep_non_finite(mut self, on: bool) -> Self {
+        self.keep_non_finite = on;
+        self
+    }
     /// Classifier-free guidance with scale w for runs whose rows carry labels
     /// ([`State::with_cond`]); see [`Denoiser::guided`]. Default: none.
     pub fn guidance(mut self, w: Option<f64>) -> Self {
@@ -214,6 +231,24 @@ impl PipelineBuilder {
             GridKind::Tuned { rows } => Some(rows),
             _ => None,
         };
+        // The grid's tables, and a tuned grid's calibration solves, before any is allocated.
+        let mut estimate = Estimate::new();
+        estimate.add(
+            "the grid's tables",
+            schedule.steps as u128 + 1,
+            GRID_BYTES_PER_STEP,
+        );
+        if let Some(rows) = tuned_rows {
+            let cols: usize = model.sample_shape().iter().product();
+            estimate.add(
+                "the tuned grid's calibration",
+                rows as u128 * cols as u128,
+                STATE_COPIES * 8,
+            );
+        }
+        estimate
+            .check(&Budget::current()?, "use fewer steps (or calibration rows)")
+            .map_err(|why| Error::invalid("pipeline", "steps", why))?;
         let times = match tuned_rows {
             // A placeholder until the search below replaces it.
             Some(_) => GridKind::LogSnr.times(&*sde, schedule.steps)?,
@@ -236,6 +271,7 @@ impl PipelineBuilder {
             denoise_final: self.denoise_final,
             guidance: self.guidance,
             tuning: None,
+            check_finite: !self.keep_non_finite,
         };
         if let Some(rows) = tuned_rows {
             let tuning = crate::tune::tune(&pipeline, schedule.steps, rows)?;
@@ -265,6 +301,7 @@ pub struct Pipeline {
     denoise_final: bool,
     guidance: Option<f64>,
     tuning: Option<Arc<crate::tune::Tuning>>,
+    check_finite: bool,
 }
 
 /// What a run returns.
@@ -440,8 +477,32 @@ impl Pipeline {
         self.run(self.prior_state(offset, n)?)
     }
 
+    /// What a run of `rows` samples will hold at once: the state's copies, the model's
+    /// working memory on one chunk, and the trajectory when it is captured.
+    pub fn memory_estimate(&self, rows: usize) -> Estimate {
+        let cols: u128 = self.model.sample_shape().iter().product::<usize>() as u128;
+        let elem = self.dtype.size_in_bytes() as u128;
+        let values = rows as u128 * cols;
+        let mut e = Estimate::new();
+        e.add("the state and its copies", values, STATE_COPIES * elem);
+        let chunk = self.chunk_rows.map_or(rows, |c| c.min(rows)) as u128;
+        e.add(
+            "the model's working memory",
+            chunk,
+            u128::from(self.model.activation_bytes_per_row(self.dtype)),
+        );
+        if self.capture_trajectory {
+            let frames = self.schedule.steps as u128 + 2;
+            e.add("the trajectory", frames.saturating_mul(values), elem);
+        }
+        e
+    }
+
     /// Runs the loop from a given state at T (exact p_T samples, a resumed state).
     pub fn run(&self, state: State) -> Result<SampleOutput> {
+        self.memory_estimate(state.x.dim(0)?)
+            .check(&Budget::current()?, "draw fewer samples at once")
+            .map_err(|why| Error::invalid("pipeline", "samples", why))?;
         let denoiser = self.sampling_denoiser()?;
         let span = tracing::debug_span!(
             "sample",
@@ -457,11 +518,15 @@ impl Pipeline {
             let x0 = denoiser
                 .eval_cond(&state.x, &c.into(), state.cond())?
                 .x0()?;
-            if !all_finite(&x0)? {
+            if self.check_finite && !all_finite(&x0)? {
                 return Err(Error::NonFinite {
                     what: "the final denoised samples".into(),
                     step: steps,
                     t: c.t,
+                    rows: crate::ops::non_finite_rows(&x0, crate::error::NON_FINITE_ROWS)?
+                        .into_iter()
+                        .map(|i| state.sample_offset + i as u64)
+                        .collect(),
                 });
             }
             if self.capture_trajectory {
@@ -543,7 +608,9 @@ impl Pipeline {
             next.step = i + 1;
             next.draws = state.draws + ctx.draws_taken();
             next.sample_offset = state.sample_offset;
-            check_finite(&next, i, to.t)?;
+            if self.check_finite {
+                check_finite(&next, i, to.t, None)?;
+            }
             if self.capture_trajectory {
                 trajectory.push((to.t, next.x.clone()));
             }
@@ -779,14 +846,18 @@ impl Pipeline {
             integral.push(span * mean);
             se.push(span * (var / k).sqrt());
         }
-        if let Some(i) = integral.iter().position(|v| !v.is_finite()) {
+        if integral.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
-                what: format!(
-                    "the variational bound's integral of row {}",
-                    offset + i as u64
-                ),
+                what: "the variational bound's integral".into(),
                 step: 0,
                 t: t0,
+                rows: integral
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_finite())
+                    .map(|(r, _)| offset + r as u64)
+                    .take(crate::error::NON_FINITE_ROWS)
+                    .collect(),
             });
         }
         Ok(Bound {
@@ -801,13 +872,28 @@ impl Pipeline {
 }
 
 /// Checks a step's result: x, and the log-density change when the state carries one, must be
-/// finite (`step` and `t` say where, for the error).
-pub(crate) fn check_finite(next: &State, step: usize, t: f64) -> Result<()> {
+/// finite (`step` and `t` say where, for the error, and `rows` maps the state's rows to sample
+/// indices; `None`: the state's own offset onwards).
+pub(crate) fn check_finite(
+    next: &State,
+    step: usize,
+    t: f64,
+    rows: Option<&[usize]>,
+) -> Result<()> {
+    let offending = |x: &Tensor| -> Result<Vec<u64>> {
+        Ok(
+            crate::ops::non_finite_rows(x, crate::error::NON_FINITE_ROWS)?
+                .into_iter()
+                .map(|i| next.sample_offset + rows.map_or(i, |r| r[i]) as u64)
+                .collect(),
+        )
+    };
     if !all_finite(&next.x)? {
         return Err(Error::NonFinite {
             what: "samples".into(),
             step,
             t,
+            rows: offending(&next.x)?,
         });
     }
     if let Some((delta, _)) = crate::likelihood::augmented(next)
@@ -817,6 +903,7 @@ pub(crate) fn check_finite(next: &State, step: usize, t: f64) -> Result<()> {
             what: "the log-density change".into(),
             step,
             t,
+            rows: offending(delta)?,
         });
     }
     Ok(())

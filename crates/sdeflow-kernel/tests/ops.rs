@@ -95,8 +95,18 @@ fn error_messages_name_the_fix() -> Result<()> {
                 what: "samples".into(),
                 step: 3,
                 t: 0.25,
+                rows: vec![],
             },
             "non-finite values in samples at step 3 (t = 2.5e-1)",
+        ),
+        (
+            Error::NonFinite {
+                what: "samples".into(),
+                step: 3,
+                t: 0.25,
+                rows: vec![4, 9, 12],
+            },
+            "non-finite values in samples at step 3 (t = 2.5e-1), first in samples 4, 9 and 12",
         ),
         (
             Error::Config {

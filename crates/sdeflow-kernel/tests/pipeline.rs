@@ -200,12 +200,20 @@ fn non_finite_values_are_caught_at_the_step_they_appear() -> Result<()> {
         let ts = p.times().to_vec();
         // OdeEuler evaluates at the step's start: the first step starting below the threshold.
         let want = (0..steps).find(|&i| ts[i] < below_t).unwrap_or(0);
-        match p.sample(4) {
+        match p.sample_range(10, 4) {
             Err(e @ Error::NonFinite { .. }) => {
-                let Error::NonFinite { ref what, step, t } = e else {
+                let Error::NonFinite {
+                    ref what,
+                    step,
+                    t,
+                    ref rows,
+                } = e
+                else {
                     unreachable!()
                 };
                 assert_eq!(what, "samples");
+                // Every row broke: the first ones, by their index in the run.
+                assert_eq!(rows, &[10, 11, 12, 13]);
                 assert_eq!(step, want, "below {below_t}");
                 assert_eq!(t, ts[want + 1]);
                 let msg = e.to_string();
@@ -214,6 +222,15 @@ fn non_finite_values_are_caught_at_the_step_they_appear() -> Result<()> {
             }
             other => panic!("below {below_t}: expected NonFinite, got {other:?}"),
         }
+        // Asked for, the values go through to the end.
+        let kept = builder()
+            .model(Arc::new(BreaksBelow { below_t, value }))
+            .steps(steps)
+            .grid(GridKind::Uniform)
+            .keep_non_finite(true)
+            .build()?
+            .sample(4)?;
+        assert!(!sdeflow_kernel::ops::all_finite(&kept.state.x)?);
     }
     Ok(())
 }

@@ -328,6 +328,13 @@ impl ScoreModel for Mlp {
         vec![self.params.dim]
     }
 
+    /// Each layer's pre-activation, activation and their gradients, and the embedding.
+    fn activation_bytes_per_row(&self, dtype: DType) -> u64 {
+        let p = &self.params;
+        let values = 4 * p.layers * p.hidden + 2 * p.embed_dim + 4 * p.dim;
+        values as u64 * dtype.size_in_bytes() as u64
+    }
+
     fn frozen(&self) -> Option<std::sync::Arc<dyn ScoreModel>> {
         Some(std::sync::Arc::new(self.detached()))
     }

@@ -451,6 +451,25 @@ impl ScoreModel for Unet {
         vec![self.params.channels, self.params.height, self.params.width]
     }
 
+    /// Per level, on the way down and up: each block's normalised input, activation and
+    /// convolution outputs kept for the backward pass (about 12 feature maps a block, the
+    /// skips included), and at an attention resolution its scores.
+    fn activation_bytes_per_row(&self, dtype: DType) -> u64 {
+        let p = &self.params;
+        let mut values: u64 = 0;
+        for (level, mult) in p.multipliers.iter().enumerate() {
+            let pixels = ((p.height >> level).max(1) * (p.width >> level).max(1)) as u64;
+            let maps = (p.base * mult) as u64 * pixels;
+            values += 2 * (p.blocks as u64 + 1) * 12 * maps;
+            if p.attention
+                .contains(&(p.height >> level).min(p.width >> level))
+            {
+                values += 4 * pixels * pixels;
+            }
+        }
+        values * dtype.size_in_bytes() as u64
+    }
+
     fn classes(&self) -> Option<usize> {
         self.params.classes
     }
