@@ -137,6 +137,7 @@ pub fn is_user_error(e: &Error) -> bool {
             | Error::UnknownPlugin { .. }
             | Error::InvalidParam { .. }
             | Error::Io { .. }
+            | Error::File { .. }
     )
 }
 
@@ -190,7 +191,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             data_png,
         } => {
             let config = load(registry, file.as_ref(), device_override)?;
-            write!(out, "{}", plan::plan(&config, all)?).map_err(io)?;
+            let plan = plan::plan(&config, all).map_err(|e| config.locate(e))?;
+            write!(out, "{plan}").map_err(io)?;
             if let Some(path) = data_png {
                 let Some(data) = &config.data else {
                     return Err(Error::invalid(
@@ -253,25 +255,36 @@ fn jobs(
 ) -> Result<()> {
     let config = load(registry, file.as_ref(), device_override)?;
     let device = device::resolve(device_override.unwrap_or(config.device))?;
-    let io = |e: std::io::Error| Error::Msg(format!("cannot write output: {e}"));
     let jobs = only.map_or_else(|| config.jobs.clone(), |j| vec![j]);
     for job in jobs {
-        match job {
-            Job::Sample => {
-                let summary = sample::sample(&config, device.clone(), dir.clone())?;
-                write!(out, "{summary}").map_err(io)?;
-            }
-            Job::Train => {
-                let summary = train::train(&config, device.clone(), dir.clone(), resume)?;
-                write!(out, "{summary}").map_err(io)?;
-            }
-            Job::Nll => {
-                let summary = nll::nll(&config, device.clone(), dir.clone())?;
-                write!(out, "{summary}").map_err(io)?;
-            }
-        }
+        run_job(&config, job, &device, (dir.clone(), resume), out).map_err(|e| config.locate(e))?;
     }
     Ok(())
+}
+
+/// Runs one job of `config` into `dir`, printing its summary.
+fn run_job(
+    config: &Config,
+    job: Job,
+    device: &candle_core::Device,
+    (dir, resume): (Option<PathBuf>, train::Resume),
+    out: &mut dyn Write,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::Msg(format!("cannot write output: {e}"));
+    match job {
+        Job::Sample => {
+            let summary = sample::sample(config, device.clone(), dir)?;
+            write!(out, "{summary}").map_err(io)
+        }
+        Job::Train => {
+            let summary = train::train(config, device.clone(), dir, resume)?;
+            write!(out, "{summary}").map_err(io)
+        }
+        Job::Nll => {
+            let summary = nll::nll(config, device.clone(), dir)?;
+            write!(out, "{summary}").map_err(io)
+        }
+    }
 }
 
 /// What `check` prints for the config `text` (named `name` in messages): parse it, build its
@@ -279,7 +292,7 @@ fn jobs(
 /// (`tests/fuzz`) drives this with arbitrary text: it must return an error, never panic.
 pub fn check_text(registry: &Registry, name: &str, text: &str) -> Result<String> {
     let config = Config::parse(name, text, registry, &device::resolve)?;
-    plan::plan(&config, false)
+    plan::plan(&config, false).map_err(|e| config.locate(e))
 }
 
 /// Reads and parses a config (the embedded default when `file` is `None`), resolving its

@@ -156,6 +156,7 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
         return Err(Error::invalid("nll", "rows", "must be at least 1"));
     }
     let dir = output_dir(config, out);
+    sdeflow_kernel::io::ensure_writable_dir(&dir)?;
     crate::train::load_for_sampling(config, &dir)?;
     // The rows, on the host in f64, and their shape.
     let (mut values, shape, rows_from, levels) = match &spec.npy {

@@ -455,7 +455,20 @@ fn latent_rows(
 /// Runs the config's sampling job on `device` and writes its outputs; a network samples with
 /// the weights of its checkpoint ([`crate::train::load_for_sampling`]).
 pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<Summary> {
+    sample_in_pieces(config, device, out, config.sample_piece_rows())
+}
+
+/// [`sample`], drawing and writing `piece` rows at a time (a multiple of the config's
+/// `chunk_rows` keeps every byte that of one run; [`Config::sample_piece_rows`] is one).
+pub fn sample_in_pieces(
+    config: &Config,
+    device: Device,
+    out: Option<PathBuf>,
+    piece: usize,
+) -> Result<Summary> {
+    let piece = piece.max(1);
     let dir = output_dir(config, out);
+    sdeflow_kernel::io::ensure_writable_dir(&dir)?;
     let checkpoint = crate::train::load_for_sampling(config, &dir)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -509,7 +522,6 @@ pub fn sample(config: &Config, device: Device, out: Option<PathBuf>) -> Result<S
     let shape = pipeline.model().sample_shape();
     let mut drawn = Drawn::new(n, shape.iter().product());
     let mut draw = |sink: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<()> {
-        let piece = config.sample_piece_rows();
         let pieces = n.div_ceil(piece);
         for p in 0..pieces {
             let (offset, rows) = (p * piece, piece.min(n - p * piece));

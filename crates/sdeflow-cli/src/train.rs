@@ -395,6 +395,7 @@ pub fn train(
         ));
     };
     let dir = output_dir(config, out);
+    sdeflow_kernel::io::ensure_writable_dir(&dir)?;
     let root = checkpoint_root(&dir);
     let metrics_path = dir.join("metrics.jsonl");
     let mut trainer = Trainer::new(

@@ -446,3 +446,104 @@ fn data_without_a_law_is_measured_against_held_out_rows() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Bad files (issue 22): a truncated, a corrupted and a diverged (NaN) checkpoint, a torn
+/// manifest and torn optimizer moments on resume, and an output directory that cannot be
+/// written. Each exits 2 naming the file and the problem, and nothing is overwritten: the
+/// samples of the last good run and every checkpoint keep their bytes.
+#[test]
+fn bad_checkpoints_and_outputs_are_named_and_nothing_is_overwritten() {
+    let base = scratch("bad-files");
+    let config = write_config(&base, &TINY.replace("steps: 24,", "steps: 6,"));
+    let out = base.join("out");
+    let (c, o_dir) = (
+        config.to_str().expect("utf-8"),
+        out.to_str().expect("utf-8"),
+    );
+    let o = sdeflow(&["run", c, "--out", o_dir], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let samples = std::fs::read(out.join("samples.npy")).expect("samples");
+    let checkpoint_bytes = final_bytes_at(&out, 6);
+    let dir = out.join("checkpoints").join("step-00000006");
+    let ema = dir.join("ema.safetensors");
+    let good = std::fs::read(&ema).expect("ema");
+    let fails = |args: &[&str], says: &[&str]| {
+        let o = sdeflow(args, None);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        for s in says {
+            assert!(err.contains(s), "{args:?}: want …{s}…, got {err}");
+        }
+        assert!(
+            std::fs::read(out.join("samples.npy")).expect("samples") == samples,
+            "{args:?} changed samples.npy"
+        );
+    };
+
+    // Truncated to half.
+    std::fs::write(&ema, &good[..good.len() / 2]).expect("truncate");
+    fails(
+        &["sample", c, "--out", o_dir],
+        &["ema.safetensors: cannot read safetensors"],
+    );
+    // Corrupted: the header's length and JSON overwritten.
+    let mut bad = good.clone();
+    bad[..16].copy_from_slice(b"not a tensor fil");
+    std::fs::write(&ema, &bad).expect("corrupt");
+    fails(
+        &["sample", c, "--out", o_dir],
+        &["ema.safetensors: cannot read safetensors"],
+    );
+    // A diverged run's weights.
+    std::fs::write(&ema, &good).expect("restore");
+    let mut tensors: Vec<_> = candle_core::safetensors::load(&ema, &candle_core::Device::Cpu)
+        .expect("load")
+        .into_iter()
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, t) = tensors[0].clone();
+    tensors[0] = (name.clone(), (t * f64::NAN).expect("nan"));
+    sdeflow_kernel::io::save_tensors(&ema, tensors, Some("eps")).expect("save");
+    fails(
+        &["sample", c, "--out", o_dir],
+        &["ema.safetensors", &format!("`{name}` holds NaN")],
+    );
+    std::fs::write(&ema, &good).expect("restore");
+    assert!(final_bytes_at(&out, 6) == checkpoint_bytes);
+
+    // On resume: torn optimizer moments, then a torn manifest; the checkpoint is kept as it is.
+    let longer = write_config(&base, &TINY.replace("steps: 24,", "steps: 6,"));
+    let l = longer.to_str().expect("utf-8");
+    let optimizer = dir.join("optimizer.safetensors");
+    let moments = std::fs::read(&optimizer).expect("moments");
+    std::fs::write(&optimizer, &moments[..moments.len() - 8]).expect("tear");
+    fails(
+        &["train", l, "--out", o_dir, "--resume"],
+        &["optimizer.safetensors: cannot read safetensors"],
+    );
+    std::fs::write(&optimizer, &moments).expect("restore");
+    let manifest = dir.join("train.json");
+    let json = std::fs::read(&manifest).expect("manifest");
+    std::fs::write(&manifest, &json[..json.len() / 2]).expect("tear");
+    fails(
+        &["train", l, "--out", o_dir, "--resume"],
+        &["train.json: not a checkpoint manifest"],
+    );
+    std::fs::write(&manifest, &json).expect("restore");
+    assert!(final_bytes_at(&out, 6) == checkpoint_bytes);
+
+    // An output directory under a regular file: refused before anything runs.
+    let file = base.join("a-file");
+    std::fs::write(&file, b"").expect("file");
+    let under = file.join("out");
+    for job in ["sample", "train", "nll"] {
+        let o = sdeflow(&[job, c, "--out", under.to_str().expect("utf-8")], None);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{job}: {}", text(&o));
+        assert!(
+            err.contains("a-file/out: cannot write the output directory") && err.contains("--out"),
+            "{job}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -458,6 +458,9 @@ pub struct Config {
     /// is an error.
     #[serde(skip)]
     pub hash: String,
+    /// The text it was read from (for the positions of errors found after reading).
+    #[serde(skip)]
+    pub text: String,
 }
 
 /// About how many bytes of state one piece of a `sample` run holds ([`Config::sample_piece_rows`]).
@@ -590,6 +593,7 @@ impl Config {
             .map_err(at)?;
         config.file = file.to_string();
         config.hash = text_hash(text);
+        config.text = text.to_string();
         config.data = prelude.data;
         if let Some(data) = &config.data {
             let (model, rows) = (
@@ -850,6 +854,20 @@ impl Config {
             _ => "use fewer `chunk_rows`, or turn chunking on (`chunk_rows: Some(1024)`)",
         };
         e.check(budget, fix).map_err(|why| (None, field, why))?;
+        if let Some(GridKind::Tuned { rows }) = self.grid {
+            let mut e = Estimate::new();
+            e.add(
+                "the tuned grid's calibration",
+                rows as u128 * cols,
+                STATE_COPIES * 8,
+            )
+            .add("the model's working memory", chunk(rows), act);
+            e.check(
+                budget,
+                "use fewer calibration rows (default tuned(rows: 256))",
+            )
+            .map_err(|why| (None, "grid", why))?;
+        }
         if let Some(g) = &self.guidance
             && !g.search.is_empty()
         {
@@ -891,6 +909,34 @@ impl Config {
                 .map_err(|why| (Some("nll"), "rows", why))?;
         }
         Ok(())
+    }
+
+    /// An error of a part built from this config (the pipeline, its grid) at the line and
+    /// column of the field it names, when the config sets that field; other errors as they
+    /// are.
+    pub fn locate(&self, e: Error) -> Error {
+        match e {
+            Error::InvalidParam {
+                plugin,
+                field,
+                reason,
+            } if matches!(plugin.as_str(), "pipeline" | "grid") => {
+                match locate_field(&self.text, &field) {
+                    Some((line, col)) => Error::Config {
+                        file: self.file.clone(),
+                        line,
+                        col,
+                        msg: format!("invalid `{field}`: {reason}"),
+                    },
+                    None => Error::InvalidParam {
+                        plugin,
+                        field,
+                        reason,
+                    },
+                }
+            }
+            other => other,
+        }
     }
 
     /// The registered name of the target the model predicts in: the model's own, or `param:`.

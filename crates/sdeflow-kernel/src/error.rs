@@ -78,6 +78,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A file that exists but cannot be used (truncated, corrupted, or written for another
+    /// model): `problem` says which and what would fix it.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -125,6 +134,14 @@ pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An [`Error::File`] for `path`.
+    pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Self::File {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
     /// An [`Error::InvalidParam`] for `plugin`'s `field`.
     pub fn invalid(
         plugin: impl Into<String>,

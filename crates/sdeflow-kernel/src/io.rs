@@ -7,6 +7,22 @@ use candle_nn::VarMap;
 
 use crate::{Error, Result};
 
+/// Makes sure `dir` is a directory this process can write (creating it), before a run
+/// spends time on outputs it could not keep: an error names the directory and says to pick
+/// another with `--out`.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    let bad = |e: std::io::Error| {
+        Error::file(
+            dir,
+            format!("cannot write the output directory ({e}); pick another with `--out DIR`"),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(bad)?;
+    let probe = dir.join(format!(".sdeflow-probe{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(bad)?;
+    std::fs::remove_file(&probe).map_err(bad)
+}
+
 /// Runs `write` on a temporary file beside `path`, flushes it to the disk (fsync), renames it
 /// into place and flushes the directory, so that a crash at any instant leaves either the old
 /// file or the whole new one, and a completed call survives a power loss.
@@ -145,7 +161,7 @@ pub fn save_varmap_atomic(vm: &VarMap, path: &Path) -> Result<()> {
 /// in place (they are shared), so a model behind an `Arc` loads without `Arc::get_mut`.
 pub fn load_varmap(vm: &VarMap, path: &Path) -> Result<()> {
     let file = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
+        .map_err(|e| Error::file(path, format!("cannot read safetensors: {e}")))?;
     let vars = vm
         .data()
         .lock()
@@ -156,20 +172,32 @@ pub fn load_varmap(vm: &VarMap, path: &Path) -> Result<()> {
     for name in names {
         let var = &vars[name];
         let Some(value) = file.get(name) else {
-            return Err(Error::Msg(format!(
-                "{}: no variable `{name}` (the model has {} variables; the file has {})",
-                path.display(),
-                vars.len(),
-                file.len()
-            )));
+            return Err(Error::file(
+                path,
+                format!(
+                    "no variable `{name}` (the model has {} variables; the file has {})",
+                    vars.len(),
+                    file.len()
+                ),
+            ));
         };
         if value.dims() != var.dims() {
-            return Err(Error::Msg(format!(
-                "{}: `{name}` has shape {:?} but the model's is {:?}",
-                path.display(),
-                value.dims(),
-                var.dims()
-            )));
+            return Err(Error::file(
+                path,
+                format!(
+                    "`{name}` has shape {:?} but the model's is {:?}",
+                    value.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        if !crate::ops::all_finite(value)? {
+            return Err(Error::file(
+                path,
+                format!(
+                    "`{name}` holds NaN or infinite values: the weights of a diverged run; read an earlier checkpoint (`checkpoint: (step: …)`)"
+                ),
+            ));
         }
         staged.push((var, value.to_dtype(var.dtype())?.to_device(var.device())?));
     }
@@ -210,7 +238,7 @@ pub fn save_tensors(
         target.map(|t| std::collections::HashMap::from([(TARGET_KEY.to_string(), t.to_string())]));
     write_atomic(path, |tmp| {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k, t)), meta, tmp)
-            .map_err(|e| Error::Msg(format!("{}: cannot write safetensors: {e}", path.display())))
+            .map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))
     })
 }
 
@@ -221,7 +249,7 @@ pub fn recorded_target(path: &Path) -> Result<Option<String>> {
         source,
     })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))?;
+        .map_err(|e| Error::file(path, format!("cannot read safetensors: {e}")))?;
     Ok(meta
         .metadata()
         .as_ref()
@@ -235,14 +263,18 @@ pub fn recorded_target(path: &Path) -> Result<Option<String>> {
 pub fn load_trained(vm: &VarMap, target: &str, path: &Path) -> Result<()> {
     match recorded_target(path)? {
         Some(t) if t == target => load_varmap(vm, path),
-        Some(t) => Err(Error::Msg(format!(
-            "{}: the network was trained to predict `{t}()`, but it is read as `{target}()`; write `param: {t}()`",
-            path.display()
-        ))),
-        None => Err(Error::Msg(format!(
-            "{}: records no target (`{TARGET_KEY}` metadata): it was not written by sdeflow's save_trained, so what the network predicts is unknown",
-            path.display()
-        ))),
+        Some(t) => Err(Error::file(
+            path,
+            format!(
+                "the network was trained to predict `{t}()`, but it is read as `{target}()`; write `param: {t}()`"
+            ),
+        )),
+        None => Err(Error::file(
+            path,
+            format!(
+                "records no target (`{TARGET_KEY}` metadata): it was not written by sdeflow's save_trained, so what the network predicts is unknown"
+            ),
+        )),
     }
 }
 
@@ -266,10 +298,10 @@ impl NpyRows {
             candle_core::DType::F32 => "f4",
             candle_core::DType::F64 => "f8",
             other => {
-                return Err(Error::Msg(format!(
-                    "{}: cannot stream {other:?} rows; f32 or f64",
-                    path.display()
-                )));
+                return Err(Error::file(
+                    path,
+                    format!("cannot stream {other:?} rows; f32 or f64"),
+                ));
             }
         };
         let io = |source| Error::Io {
@@ -284,10 +316,7 @@ impl NpyRows {
         header.extend(std::iter::repeat_n(' ', pad));
         header.push('\n');
         let len = u16::try_from(header.len()).map_err(|_| {
-            Error::Msg(format!(
-                "{}: shape {shape:?} too long for a .npy header",
-                path.display()
-            ))
+            Error::file(path, format!("shape {shape:?} too long for a .npy header"))
         })?;
         let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
         file.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;

@@ -71,10 +71,10 @@ pub fn save(root: &Path, trainer: &Trainer, manifest: &Manifest, keep: usize) ->
         // A folder of this step that `latest` does not name is what a crash left: replace it.
         let current = latest_name(root)?;
         if current.as_deref() == Some(name.as_str()) {
-            return Err(Error::Msg(format!(
-                "{}: is the latest checkpoint; a run does not write a step twice",
-                dir.display()
-            )));
+            return Err(Error::file(
+                dir,
+                "is the latest checkpoint; a run does not write a step twice",
+            ));
         }
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
@@ -153,17 +153,13 @@ pub fn latest(root: &Path) -> Result<Option<(PathBuf, Manifest)>> {
 pub fn manifest(dir: &Path) -> Result<Manifest> {
     let train = dir.join("train.json");
     let text = std::fs::read_to_string(&train).map_err(io(&train))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::Msg(format!(
-            "{}: not a checkpoint manifest: {e}",
-            train.display()
-        ))
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(train, format!("not a checkpoint manifest: {e}")))
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| Error::Msg(format!("{}: cannot read safetensors: {e}", path.display())))
+        .map_err(|e| Error::file(path, format!("cannot read safetensors: {e}")))
 }
 
 /// A checkpoint folder read whole.
@@ -185,11 +181,13 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let manifest = manifest(dir)?;
     let expected = format!("step-{:08}", manifest.step);
     if dir.file_name().is_none_or(|n| n != expected.as_str()) {
-        return Err(Error::Msg(format!(
-            "{}: the manifest says step {}, the folder should be {expected}",
-            dir.display(),
-            manifest.step
-        )));
+        return Err(Error::file(
+            dir,
+            format!(
+                "the manifest says step {}, the folder should be {expected}",
+                manifest.step
+            ),
+        ));
     }
     let model = load_tensors(&dir.join("model.safetensors"))?;
     let emas = (0..manifest.emas)
@@ -204,26 +202,26 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
                 vec![format!("m.{name}"), format!("v.{name}")]
             };
             for key in keys {
-                let other = map.get(&key).ok_or_else(|| {
-                    Error::Msg(format!("{}: no tensor `{key}`", dir.join(&file).display()))
-                })?;
+                let other = map
+                    .get(&key)
+                    .ok_or_else(|| Error::file(dir.join(&file), format!("no tensor `{key}`")))?;
                 if other.dims() != t.dims() {
-                    return Err(Error::Shape(format!(
-                        "{}: tensor `{key}` has shape {:?}, the model's {:?}",
-                        dir.join(&file).display(),
-                        other.dims(),
-                        t.dims()
-                    )));
+                    return Err(Error::file(
+                        dir.join(&file),
+                        format!(
+                            "tensor `{key}` has shape {:?}, the model's {:?}",
+                            other.dims(),
+                            t.dims()
+                        ),
+                    ));
                 }
             }
         }
         if map.len() != model.len() * if prefix.is_empty() { 1 } else { 2 } {
-            return Err(Error::Msg(format!(
-                "{}: {} tensors for a model of {}",
-                dir.join(&file).display(),
-                map.len(),
-                model.len()
-            )));
+            return Err(Error::file(
+                dir.join(&file),
+                format!("{} tensors for a model of {}", map.len(), model.len()),
+            ));
         }
         Ok(())
     };
@@ -245,12 +243,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 pub fn restore(dir: &Path, trainer: &mut Trainer) -> Result<Manifest> {
     let ckpt = load(dir)?;
     if ckpt.manifest.emas != trainer.emas().len() {
-        return Err(Error::Msg(format!(
-            "{}: holds {} EMAs, the run has {}",
-            dir.display(),
-            ckpt.manifest.emas,
-            trainer.emas().len()
-        )));
+        return Err(Error::file(
+            dir,
+            format!(
+                "holds {} EMAs, the run has {}",
+                ckpt.manifest.emas,
+                trainer.emas().len()
+            ),
+        ));
     }
     let pick = |file: &str, map: &HashMap<String, Tensor>| -> Result<Vec<Tensor>> {
         trainer
@@ -258,16 +258,24 @@ pub fn restore(dir: &Path, trainer: &mut Trainer) -> Result<Manifest> {
             .vars()
             .iter()
             .map(|(name, var)| {
-                let t = map.get(name).ok_or_else(|| {
-                    Error::Msg(format!("{}: no tensor `{name}`", dir.join(file).display()))
-                })?;
+                let t = map
+                    .get(name)
+                    .ok_or_else(|| Error::file(dir.join(file), format!("no tensor `{name}`")))?;
                 if t.dims() != var.dims() {
-                    return Err(Error::Shape(format!(
-                        "{}: tensor `{name}` has shape {:?}, the model's {:?}",
-                        dir.join(file).display(),
-                        t.dims(),
-                        var.dims()
-                    )));
+                    return Err(Error::file(
+                        dir.join(file),
+                        format!(
+                            "tensor `{name}` has shape {:?}, the model's {:?}",
+                            t.dims(),
+                            var.dims()
+                        ),
+                    ));
+                }
+                if !sdeflow_kernel::ops::all_finite(t)? {
+                    return Err(Error::file(
+                        dir.join(file),
+                        format!("tensor `{name}` holds NaN or infinite values: a diverged run's state; resume from an earlier checkpoint"),
+                    ));
                 }
                 Ok(t.to_dtype(var.dtype())?.to_device(var.device())?)
             })
