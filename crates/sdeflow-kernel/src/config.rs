@@ -854,6 +854,11 @@ impl Config {
             _ => "use fewer `chunk_rows`, or turn chunking on (`chunk_rows: Some(1024)`)",
         };
         e.check(budget, fix).map_err(|why| (None, field, why))?;
+        if let Some(GridKind::Tuned { .. }) = self.grid
+            && steps > crate::tune::MAX_STEPS
+        {
+            return Err((None, "grid", crate::tune::too_many_steps(steps)));
+        }
         if let Some(GridKind::Tuned { rows }) = self.grid {
             let mut e = Estimate::new();
             e.add(

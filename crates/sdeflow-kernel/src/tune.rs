@@ -27,6 +27,10 @@ use crate::{Error, GridKind, Pipeline, Result, State, ops::host_f64, rk::RkSolve
 pub const DEFAULT_ROWS: usize = 256;
 /// XOR-ed into the run's seed for the calibration draws ("tunegrid" in ASCII).
 pub const CALIBRATION_SEED: u64 = 0x7475_6e65_6772_6964;
+/// The most steps a grid is tuned for. The descent costs about
+/// `MAX_SWEEPS · GOLDEN_EVALS · N²` solver steps (40·N²: 400 steps would be 6.4 million), and
+/// beyond a few dozen steps the plain grids have converged (README, "Few steps").
+pub const MAX_STEPS: usize = 64;
 /// The most RK4 steps of the reference solve.
 pub const MAX_REFERENCE_STEPS: usize = 4096;
 /// The most coordinate sweeps.
@@ -156,6 +160,9 @@ pub fn tune(pipeline: &Pipeline, steps: usize, rows: usize) -> Result<Tuning> {
             "tuned",
             format!("needs at least one step and one row (steps {steps}, rows {rows})"),
         ));
+    }
+    if steps > MAX_STEPS {
+        return Err(Error::invalid("grid", "grid", too_many_steps(steps)));
     }
     let sde = pipeline.sde();
     let start = pipeline.calibration_state(rows)?;
@@ -290,4 +297,12 @@ pub(crate) fn calibration_labels(rows: usize, classes: usize) -> Result<Tensor> 
         .map(|i| u32::try_from(i % classes.max(1)).unwrap_or(0))
         .collect();
     Ok(Tensor::new(labels.as_slice(), &candle_core::Device::Cpu)?)
+}
+
+/// Why a grid of `steps` steps is not tuned.
+pub fn too_many_steps(steps: usize) -> String {
+    format!(
+        "a tuned grid is searched with about 40·N² solver steps, {} for N = {steps}; tune at most {MAX_STEPS} steps, or use `log_snr` or `karras(rho: 7.0)`, which converge at this many",
+        40 * steps as u128 * steps as u128
+    )
 }

@@ -257,17 +257,53 @@ impl Trainer {
                 self.dtype,
                 &self.device,
             )?;
-            match &draws.time {
-                sdeflow_kernel::PerRow::Rows(r) => times.extend(r.values().iter().map(|c| c.t)),
-                sdeflow_kernel::PerRow::Call(c) => times.push(c.t),
-            }
+            let batch_times: Vec<f64> = match &draws.time {
+                sdeflow_kernel::PerRow::Rows(r) => r.values().iter().map(|c| c.t).collect(),
+                sdeflow_kernel::PerRow::Call(c) => vec![c.t; hi - lo],
+            };
+            times.extend(&batch_times);
             let mut loss = self
                 .dsm
                 .loss(&self.denoiser, &x0, labels.as_ref(), &draws)?;
             if parts > 1 {
                 loss = loss.affine((hi - lo) as f64 / b as f64, 0.0)?;
             }
-            value += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let part = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !part.is_finite() {
+                // The rows that made it, by their index in the run's stream of training rows.
+                let rows = self
+                    .dsm
+                    .row_losses(&self.denoiser, &x0, labels.as_ref(), &draws)?
+                    .detach();
+                let first = sdeflow_kernel::ops::non_finite_rows(
+                    &rows.unsqueeze(1)?,
+                    sdeflow_kernel::error::NON_FINITE_ROWS,
+                )?;
+                let at: Vec<String> = first
+                    .iter()
+                    .map(|&i| {
+                        format!(
+                            "row {} (t = {:.4e})",
+                            (n - 1) * b as u64 + (lo + i) as u64,
+                            batch_times[i]
+                        )
+                    })
+                    .collect();
+                let (t_lo, t_hi) = batch_times
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, z), &t| {
+                        (a.min(t), z.max(t))
+                    });
+                return Err(Error::Msg(format!(
+                    "training step {n}: the loss is {part} (t in [{t_lo:.4e}, {t_hi:.4e}]), first in {}; the weights are left as they were",
+                    if at.is_empty() {
+                        "no single row (their mean overflows)".to_string()
+                    } else {
+                        at.join(", ")
+                    }
+                )));
+            }
+            value += part;
             let g = self.params.grads(&loss.backward()?)?;
             grads = Some(match grads {
                 None => g,

@@ -266,5 +266,10 @@ fn a_non_finite_step_is_an_error_that_changes_nothing() -> Result<()> {
         msg.contains("the loss is") || msg.contains("the gradient of `"),
         "names the loss or the tensor: {msg}"
     );
+    // A non-finite loss names its first rows, by their index in the run, and their t.
+    assert!(
+        !msg.contains("the loss is") || (msg.contains("first in row ") && msg.contains("(t = ")),
+        "names the rows: {msg}"
+    );
     Ok(())
 }
