@@ -30,6 +30,8 @@ const BROKEN: &[(&str, &str, &str)] = &[
         "train: invalid `batch`: the run would allocate about",
     ),
     ("binary.ron", "", "stream did not contain valid UTF-8"),
+    // A device would be read forever: only regular files are data.
+    ("dev_zero.ron", "3:13", "/dev/zero: not a regular file"),
     (
         "chunk0.ron",
         "5:3",
@@ -221,6 +223,45 @@ fn a_run_drawn_in_pieces_writes_the_bytes_of_one_run() -> Result<()> {
     assert!(
         std::fs::read(&path).map_err(io)? == read("pieces")?,
         "the pieces differ from one run's write_npy"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A `.npy` of latents whose header claims more than the file holds (candle would allocate
+/// the claim) is refused, naming the file, before any allocation.
+#[test]
+fn an_npy_header_claiming_more_than_its_file_is_refused() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sdeflow-npy-bomb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let mut header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 2), }".to_string();
+    header.push_str(&" ".repeat((16 - (10 + header.len() + 1) % 16) % 16));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 64]);
+    let npy = dir.join("bomb.npy");
+    std::fs::write(&npy, bytes).map_err(io)?;
+    let config = dir.join("bomb.ron");
+    std::fs::write(
+        &config,
+        format!(
+            "(\n  sde: vp(),\n  model: gmm_oracle(weights: [1.0], means: [[0.0, 0.0]], covariances: [isotropic(1.0)]),\n  \
+             solver: euler(),\n  latents: {:?},\n  samples: 1000000000000,\n  steps: 10,\n)\n",
+            npy.display().to_string()
+        ),
+    )
+    .map_err(io)?;
+    let out = dir.join("out").display().to_string();
+    let (code, _, err) = run_cli(&["sample", &config.display().to_string(), "--out", &out]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "bomb.npy: truncated: its header claims 8000000000000 bytes of data, the file holds 64"
+        ),
+        "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -161,6 +161,7 @@ pub fn nll(config: &Config, device: Device, out: Option<PathBuf>) -> Result<NllS
     // The rows, on the host in f64, and their shape.
     let (mut values, shape, rows_from, levels) = match &spec.npy {
         Some(path) => {
+            sdeflow_kernel::io::check_npy(path)?;
             let t = Tensor::read_npy(path).map_err(|e| {
                 Error::invalid(
                     "nll",

@@ -434,6 +434,7 @@ fn latent_rows(
     path: &std::path::Path,
 ) -> Result<Tensor> {
     let bad = |why: String| Error::invalid("latents", path.display().to_string(), why);
+    sdeflow_kernel::io::check_npy(path)?;
     let x = Tensor::read_npy(path).map_err(|e| bad(format!("cannot read a .npy array: {e}")))?;
     let shape = pipeline.model().sample_shape();
     let mut want = vec![config.samples];

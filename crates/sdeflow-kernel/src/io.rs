@@ -7,6 +7,131 @@ use candle_nn::VarMap;
 
 use crate::{Error, Result};
 
+/// Reads the whole regular file at `path`, after checking that it is one (a device such as
+/// `/dev/zero` would never end) and that `expansion` times its size (what the caller will
+/// hold: the bytes and, say, their f64 values) fits in the memory available
+/// ([`Budget`](crate::resources::Budget)). Errors name the file and say the estimate.
+pub fn read_bounded(path: &Path, expansion: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(Error::file(path, "not a regular file; name a file of data"));
+    }
+    let mut e = crate::resources::Estimate::new();
+    e.add(
+        "the file and its values",
+        u128::from(meta.len()),
+        u128::from(expansion.max(1)),
+    );
+    e.check(
+        &crate::resources::Budget::current()?,
+        "use a smaller file, or a machine with more memory",
+    )
+    .map_err(|why| Error::file(path, why))?;
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The text of the header's `shape` and the number of values it claims (`Some(None)`: more
+/// than u64 holds). A decoy `'shape': (…)` inside a string cannot hide the real one: every
+/// match counts, the largest claim wins, and one that does not read is `None`.
+pub fn npy_claimed_shape(header: &str) -> Option<(&str, Option<u64>)> {
+    let mut found: Option<(&str, Option<u64>)> = None;
+    for key in ["'shape'", "\"shape\""] {
+        for (i, _) in header.match_indices(key) {
+            let Some(rest) = header[i + key.len()..].trim_start().strip_prefix(':') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let close = [('(', ')'), ('[', ']')]
+                .into_iter()
+                .find(|&(o, _)| rest.starts_with(o))?
+                .1;
+            let dims = &rest[1..rest.find(close)?];
+            let mut n = Some(1u64);
+            for dim in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let dim: u64 = dim
+                    .trim_end_matches(['L', 'l'])
+                    .replace('_', "")
+                    .parse()
+                    .ok()?;
+                n = n.and_then(|n| n.checked_mul(dim));
+            }
+            if found.is_none_or(|(_, m)| m.is_some_and(|m| n.is_none_or(|n| n > m))) {
+                found = Some((dims, n));
+            }
+        }
+    }
+    found
+}
+
+/// Checks a `.npy` file before candle reads it (candle allocates what the header claims):
+/// a regular file whose header's shape and dtype need no more bytes than the file holds, and
+/// whose values fit in the memory available. Errors name the file.
+pub fn check_npy(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(Error::file(path, "not a regular file; name a .npy file"));
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 16).read_to_end(&mut head))
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let le = |r: std::ops::Range<usize>| -> Option<usize> {
+        Some(
+            head.get(r)?
+                .iter()
+                .rev()
+                .fold(0, |n, &b| n << 8 | usize::from(b)),
+        )
+    };
+    let (start, len): (usize, _) = match (head.starts_with(b"\x93NUMPY"), head.get(6)) {
+        (true, Some(1)) => (10, le(8..10)),
+        (true, Some(2 | 3)) => (12, le(8..12)),
+        _ => (0, None),
+    };
+    let text = len
+        .and_then(|len| head.get(start..start.checked_add(len)?))
+        .map(String::from_utf8_lossy)
+        .ok_or_else(|| Error::file(path, "not a .npy file (a version 1–3 preamble and header)"))?;
+    let width = [
+        "<f4", "<f8", "<f2", "<i4", "<i8", "<u4", "|u1", "<i2", "|i1", "<u8",
+    ]
+    .iter()
+    .find(|d| text.contains(*d))
+    .and_then(|d| d[2..].parse::<u64>().ok())
+    .ok_or_else(|| Error::file(path, format!("unsupported dtype in the header {text:?}")))?;
+    let (_, count) = npy_claimed_shape(&text)
+        .ok_or_else(|| Error::file(path, "the header has no shape (write it with numpy.save)"))?;
+    let data = meta.len().saturating_sub((start + text.len()) as u64);
+    match count.and_then(|c| c.checked_mul(width)) {
+        Some(need) if need <= data => {
+            let mut e = crate::resources::Estimate::new();
+            e.add("its values", u128::from(need), 3);
+            e.check(&crate::resources::Budget::current()?, "use a smaller array")
+                .map_err(|why| Error::file(path, why))
+        }
+        need => Err(Error::file(
+            path,
+            format!(
+                "truncated: its header claims {} bytes of data, the file holds {data}",
+                need.map_or("more than 2⁶⁴".into(), |n| n.to_string())
+            ),
+        )),
+    }
+}
+
 /// Makes sure `dir` is a directory this process can write (creating it), before a run
 /// spends time on outputs it could not keep: an error names the directory and says to pick
 /// another with `--out`.

@@ -108,7 +108,12 @@ const MAX_GZIP_RATIO: u64 = 1032;
 /// one byte past the size its dimensions give (so a gzip bomb stops there).
 pub fn read_idx(path: &Path, rank: usize, field: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |what: String| invalid(field, format!("{}: {what}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    // The bytes and the decoded values (a gzip stream's expansion is checked below).
+    let bytes = sdeflow_kernel::io::read_bounded(path, 2).map_err(|e| match e {
+        sdeflow_kernel::Error::File { problem, .. } => bad(problem),
+        sdeflow_kernel::Error::Io { source, .. } => bad(format!("cannot read: {source}")),
+        other => bad(format!("cannot read: {other}")),
+    })?;
     let gz = bytes.starts_with(&[0x1f, 0x8b]);
     let limit = (bytes.len() as u64).saturating_mul(if gz { MAX_GZIP_RATIO } else { 1 });
     let (mut plain, mut unzip) = (&bytes[..], flate2::bufread::GzDecoder::new(&bytes[..]));
@@ -151,6 +156,14 @@ pub fn read_idx(path: &Path, rank: usize, field: &str) -> Result<(Vec<usize>, Ve
         let what = "need more bytes than the file can hold";
         return Err(bad(format!("truncated: dimensions {dims:?} {what}")));
     };
+    let mut decoded = sdeflow_kernel::resources::Estimate::new();
+    decoded.add("the decoded values", count as u128, 1);
+    decoded
+        .check(
+            &sdeflow_kernel::resources::Budget::current()?,
+            "use a smaller file, or a machine with more memory",
+        )
+        .map_err(bad)?;
     let mut values = Vec::with_capacity(count.min(bytes.len().saturating_mul(8)));
     Read::take(reader, count as u64 + 1)
         .read_to_end(&mut values)

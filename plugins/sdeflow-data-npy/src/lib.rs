@@ -172,7 +172,12 @@ impl NpyData {
 /// The shape and the values (as f64) of the `.npy` file at `path`.
 fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let bad = |what: String| invalid("path", format!("{}: {what}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    // The bytes, and up to twice as many in f64 values.
+    let bytes = sdeflow_kernel::io::read_bounded(path, 3).map_err(|e| match e {
+        sdeflow_kernel::Error::File { problem, .. } => bad(problem),
+        sdeflow_kernel::Error::Io { source, .. } => bad(format!("cannot read: {source}")),
+        other => bad(format!("cannot read: {other}")),
+    })?;
     // npyz allocates the length the preamble claims and multiplies the shape unchecked: check
     // both against the file first.
     let le = |r: std::ops::Range<usize>| -> Option<usize> {
@@ -196,7 +201,7 @@ fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let text = String::from_utf8_lossy(text);
     let no_shape =
         || bad("not a .npy file: the header has no shape (write it with numpy.save)".into());
-    let (dims, claimed) = claimed_shape(&text).ok_or_else(no_shape)?;
+    let (dims, claimed) = sdeflow_kernel::io::npy_claimed_shape(&text).ok_or_else(no_shape)?;
     if claimed.is_none_or(|n| n > data_len as u64) {
         let has = format!("the file has {data_len} bytes of data");
         return Err(bad(format!(
@@ -252,39 +257,6 @@ fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         shape,
         values.map_err(|e| bad(format!("cannot read the data: {e}")))?,
     ))
-}
-
-/// The text of the header's `shape` and the number of values it claims (`Some(None)`: more
-/// than u64 holds). A decoy `'shape': (…)` inside a string cannot hide the real one: every
-/// match counts, the largest claim wins, and one that does not read is `None`.
-fn claimed_shape(header: &str) -> Option<(&str, Option<u64>)> {
-    let mut found: Option<(&str, Option<u64>)> = None;
-    for key in ["'shape'", "\"shape\""] {
-        for (i, _) in header.match_indices(key) {
-            let Some(rest) = header[i + key.len()..].trim_start().strip_prefix(':') else {
-                continue;
-            };
-            let rest = rest.trim_start();
-            let close = [('(', ')'), ('[', ']')]
-                .into_iter()
-                .find(|&(o, _)| rest.starts_with(o))?
-                .1;
-            let dims = &rest[1..rest.find(close)?];
-            let mut n = Some(1u64);
-            for dim in dims.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                let dim: u64 = dim
-                    .trim_end_matches(['L', 'l'])
-                    .replace('_', "")
-                    .parse()
-                    .ok()?;
-                n = n.and_then(|n| n.checked_mul(dim));
-            }
-            if found.is_none_or(|(_, m)| m.is_some_and(|m| n.is_none_or(|n| n > m))) {
-                found = Some((dims, n));
-            }
-        }
-    }
-    found
 }
 
 impl DataSource for NpyData {
