@@ -69,6 +69,28 @@ pub fn npy_claimed_shape(header: &str) -> Option<(&str, Option<u64>)> {
     found
 }
 
+/// The header of the `.npy` bytes `bytes`: where it starts (after the version 1–3 preamble)
+/// and its text, or `None` when the preamble is not a `.npy` one or claims more than `bytes`
+/// holds (a reader that trusted the claimed length would allocate it).
+pub fn npy_header(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let le = |r: std::ops::Range<usize>| -> Option<usize> {
+        Some(
+            bytes
+                .get(r)?
+                .iter()
+                .rev()
+                .fold(0, |n, &b| n << 8 | usize::from(b)),
+        )
+    };
+    let (start, len): (usize, _) = match (bytes.starts_with(b"\x93NUMPY"), bytes.get(6)) {
+        (true, Some(1)) => (10, le(8..10)),
+        (true, Some(2 | 3)) => (12, le(8..12)),
+        _ => return None,
+    };
+    let len = len?;
+    Some((start, bytes.get(start..start.checked_add(len)?)?))
+}
+
 /// Checks a `.npy` file before candle reads it (candle allocates what the header claims):
 /// a regular file whose header's shape and dtype need no more bytes than the file holds, and
 /// whose values fit in the memory available. Errors name the file.
@@ -88,23 +110,9 @@ pub fn check_npy(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
             source,
         })?;
-    let le = |r: std::ops::Range<usize>| -> Option<usize> {
-        Some(
-            head.get(r)?
-                .iter()
-                .rev()
-                .fold(0, |n, &b| n << 8 | usize::from(b)),
-        )
-    };
-    let (start, len): (usize, _) = match (head.starts_with(b"\x93NUMPY"), head.get(6)) {
-        (true, Some(1)) => (10, le(8..10)),
-        (true, Some(2 | 3)) => (12, le(8..12)),
-        _ => (0, None),
-    };
-    let text = len
-        .and_then(|len| head.get(start..start.checked_add(len)?))
-        .map(String::from_utf8_lossy)
+    let (start, text) = npy_header(&head)
         .ok_or_else(|| Error::file(path, "not a .npy file (a version 1–3 preamble and header)"))?;
+    let text = String::from_utf8_lossy(text);
     let width = [
         "<f4", "<f8", "<f2", "<i4", "<i8", "<u4", "|u1", "<i2", "|i1", "<u8",
     ]

@@ -180,23 +180,8 @@ fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     })?;
     // npyz allocates the length the preamble claims and multiplies the shape unchecked: check
     // both against the file first.
-    let le = |r: std::ops::Range<usize>| -> Option<usize> {
-        Some(
-            bytes
-                .get(r)?
-                .iter()
-                .rev()
-                .fold(0, |n, &b| n << 8 | usize::from(b)),
-        )
-    };
-    let (start, len): (usize, _) = match (bytes.starts_with(b"\x93NUMPY"), bytes.get(6)) {
-        (true, Some(1)) => (10, le(8..10)),
-        (true, Some(2 | 3)) => (12, le(8..12)),
-        _ => (0, None),
-    };
-    let text = len.and_then(|len| bytes.get(start..start.checked_add(len)?));
-    let text =
-        text.ok_or_else(|| bad("not a .npy file (a version 1–3 preamble and header)".into()))?;
+    let (start, text) = sdeflow_kernel::io::npy_header(&bytes)
+        .ok_or_else(|| bad("not a .npy file (a version 1–3 preamble and header)".into()))?;
     let data_len = bytes.len() - start - text.len();
     let text = String::from_utf8_lossy(text);
     let no_shape =
