@@ -44,8 +44,16 @@ const BROKEN: &[(&str, &str, &str)] = &[
     ),
     ("guidance.ron", "5:3", "`gmm_oracle` is not conditional"),
     ("missing_sde.ron", "4:1", "missing field `sde`"),
-    ("nan_seed.ron", "5:10", ""),
-    ("neg_samples.ron", "5:13", ""),
+    (
+        "nan_seed.ron",
+        "5:10",
+        "Expected comma in the value of `seed`",
+    ),
+    (
+        "neg_samples.ron",
+        "5:13",
+        "Integer is out of bounds in the value of `samples`",
+    ),
     (
         "nll_rows.ron",
         "7:9",
@@ -77,7 +85,11 @@ const BROKEN: &[(&str, &str, &str)] = &[
         "5:3",
         "invalid `steps`: the run would allocate about 4.7e21 B",
     ),
-    ("steps_text.ron", "5:9", "Expected integer"),
+    (
+        "steps_text.ron",
+        "5:9",
+        "Expected integer in the value of `steps`",
+    ),
     ("trailing.ron", "5:2", "trailing characters"),
     (
         "traj.ron",

@@ -400,7 +400,14 @@ pub fn spanned(file: &str, text: &str, e: &ron::error::SpannedError) -> Error {
             Some((found, expected)) => unknown("field", &found, None, &expected),
             None => text.clone(),
         },
-        other => other.to_string(),
+        // The end of the text has no field to name.
+        ron::Error::Eof => ron::Error::Eof.to_string(),
+        // A value of the wrong type ("Expected integer", "Integer is out of bounds"): name the
+        // field it was read for, when its name is on the error's line.
+        other => match field_on_line(text, e.span.start.line, e.span.start.col) {
+            Some(field) => format!("{other} in the value of `{field}`"),
+            None => other.to_string(),
+        },
     };
     let (mut line, mut col) = (e.span.start.line, e.span.start.col);
     if let Some(field) = invalid_field(&msg)
@@ -414,6 +421,21 @@ pub fn spanned(file: &str, text: &str, e: &ron::error::SpannedError) -> Error {
         col,
         msg,
     }
+}
+
+/// The last `name:` on line `line` before column `col` (1-based), if any.
+fn field_on_line(text: &str, line: usize, col: usize) -> Option<&str> {
+    let l = text.split('\n').nth(line.checked_sub(1)?)?;
+    let end = l
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(l.len(), |(b, _)| b);
+    let head = l[..end].rsplit_once(':')?.0.trim_end();
+    let start = head
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = &head[start..];
+    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit())).then_some(name)
 }
 
 /// The field of an "<plugin>: invalid `<field>`: ..." or "invalid `<field>`: ..." message.
