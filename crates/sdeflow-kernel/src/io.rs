@@ -25,11 +25,9 @@ pub fn read_bounded(path: &Path, expansion: u64) -> Result<Vec<u8>> {
         u128::from(meta.len()),
         u128::from(expansion.max(1)),
     );
-    e.check(
-        &crate::resources::Budget::current()?,
-        "use a smaller file, or a machine with more memory",
-    )
-    .map_err(|why| Error::file(path, why))?;
+    e.ensure("use a smaller file, or a machine with more memory", |why| {
+        Error::file(path, why)
+    })?;
     std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -127,8 +125,7 @@ pub fn check_npy(path: &Path) -> Result<()> {
         Some(need) if need <= data => {
             let mut e = crate::resources::Estimate::new();
             e.add("its values", u128::from(need), 3);
-            e.check(&crate::resources::Budget::current()?, "use a smaller array")
-                .map_err(|why| Error::file(path, why))
+            e.ensure("use a smaller array", |why| Error::file(path, why))
         }
         need => Err(Error::file(
             path,

@@ -11,7 +11,7 @@ use crate::{
     grid::GridKind,
     noise::{NoiseRequest, NoiseSource, PhiloxNoise, Prefetch},
     ops::all_finite,
-    resources::{Budget, Estimate},
+    resources::Estimate,
     solver::{Discretization, RunContext, StepSpan},
 };
 
@@ -246,9 +246,9 @@ impl PipelineBuilder {
                 STATE_COPIES * 8,
             );
         }
-        estimate
-            .check(&Budget::current()?, "use fewer steps (or calibration rows)")
-            .map_err(|why| Error::invalid("pipeline", "steps", why))?;
+        estimate.ensure("use fewer steps (or calibration rows)", |why| {
+            Error::invalid("pipeline", "steps", why)
+        })?;
         let times = match tuned_rows {
             // A placeholder until the search below replaces it.
             Some(_) => GridKind::LogSnr.times(&*sde, schedule.steps)?,
@@ -501,8 +501,9 @@ impl Pipeline {
     /// Runs the loop from a given state at T (exact p_T samples, a resumed state).
     pub fn run(&self, state: State) -> Result<SampleOutput> {
         self.memory_estimate(state.x.dim(0)?)
-            .check(&Budget::current()?, "draw fewer samples at once")
-            .map_err(|why| Error::invalid("pipeline", "samples", why))?;
+            .ensure("draw fewer samples at once", |why| {
+                Error::invalid("pipeline", "samples", why)
+            })?;
         let denoiser = self.sampling_denoiser()?;
         let span = tracing::debug_span!(
             "sample",

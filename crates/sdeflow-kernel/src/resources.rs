@@ -13,6 +13,10 @@ use crate::{Error, Result};
 /// The environment variable that caps the memory a run may plan to use.
 pub const LIMIT_VAR: &str = "SDEFLOW_MEMORY_LIMIT";
 
+/// Estimates up to this many bytes are not checked ([`Estimate::ensure`]): any machine a run
+/// starts on has them.
+pub const ALWAYS_AVAILABLE: u128 = 64 << 20;
+
 /// A sum of named parts, in bytes (saturating: an absurd size stays absurd, never wraps).
 #[derive(Debug, Clone, Default)]
 pub struct Estimate {
@@ -41,6 +45,17 @@ impl Estimate {
     /// The name of the largest part.
     pub fn largest(&self) -> Option<&str> {
         self.parts.iter().max_by_key(|p| p.1).map(|p| p.0.as_str())
+    }
+
+    /// Checks the total against the memory available now ([`Budget::current`]), unless it is
+    /// below [`ALWAYS_AVAILABLE`]: reading the budget costs system calls, and a tuned grid's
+    /// search runs the pipeline, and so this check, up to 10⁵ times. `error` makes the
+    /// error of the message [`check`](Self::check) writes.
+    pub fn ensure(&self, fix: &str, error: impl FnOnce(String) -> Error) -> Result<()> {
+        if self.total() <= ALWAYS_AVAILABLE {
+            return Ok(());
+        }
+        self.check(&Budget::current()?, fix).map_err(error)
     }
 
     /// Checks the total against `budget`; the error's text says the estimate, its largest

@@ -158,12 +158,7 @@ pub fn read_idx(path: &Path, rank: usize, field: &str) -> Result<(Vec<usize>, Ve
     };
     let mut decoded = sdeflow_kernel::resources::Estimate::new();
     decoded.add("the decoded values", count as u128, 1);
-    decoded
-        .check(
-            &sdeflow_kernel::resources::Budget::current()?,
-            "use a smaller file, or a machine with more memory",
-        )
-        .map_err(bad)?;
+    decoded.ensure("use a smaller file, or a machine with more memory", bad)?;
     let mut values = Vec::with_capacity(count.min(bytes.len().saturating_mul(8)));
     Read::take(reader, count as u64 + 1)
         .read_to_end(&mut values)
