@@ -4,7 +4,7 @@
 //! `configs/default.ron`) and runs it on candle's CPU, CUDA or Metal device.
 //!
 //! `list` · `describe KIND/NAME` · `check [FILE]` · `sample [FILE]` · `train [FILE]` ·
-//! `nll [FILE]` · `run [FILE]`, with
+//! `nll [FILE]` · `run [FILE]` · `merge [FILE]` (`sample` and `nll` take `--shard i/n`), with
 //! `--device cpu|cuda:N|metal:N`. User errors (a bad config, an unknown plugin, a device
 //! whose feature is off) print one message naming the fix and exit 2; they never panic.
 //!
@@ -17,6 +17,7 @@ pub mod nll;
 pub mod plan;
 pub mod plot;
 pub mod sample;
+pub mod shard;
 pub mod train;
 
 use std::{io::Write, path::PathBuf};
@@ -75,6 +76,9 @@ enum Command {
         /// Output directory (default: the config's, else out/<config name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Draw only shard i of n (0 ≤ i < n) into <out>/shards/; `merge` joins them.
+        #[arg(long, value_name = "i/n")]
+        shard: Option<shard::Shard>,
     },
     /// Train the config's network by denoising score matching: checkpoints, metrics.jsonl, loss.png.
     Train {
@@ -89,6 +93,18 @@ enum Command {
     /// −log p(x) of data rows through the probability-flow ODE: nll.npy, latents.npy, nll.png.
     Nll {
         /// The config.
+        file: Option<PathBuf>,
+        /// Output directory (default: the config's, else out/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Evaluate only shard i of n (0 ≤ i < n) into <out>/shards/; `merge` joins them.
+        #[arg(long, value_name = "i/n")]
+        shard: Option<shard::Shard>,
+    },
+    /// Join the shards (`sample --shard i/n`, `nll --shard i/n`) in <out>/shards/ into the
+    /// outputs of the unsharded run, byte for byte, with its summary.
+    Merge {
+        /// The config the shards ran.
         file: Option<PathBuf>,
         /// Output directory (default: the config's, else out/<config name>).
         #[arg(long)]
@@ -206,7 +222,62 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sample { file, out: dir } => jobs(
+        Command::Sample {
+            file,
+            out: dir,
+            shard: Some(shard),
+        } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            let report =
+                sample::sample_shard(&config, device, dir, shard).map_err(|e| config.locate(e))?;
+            write!(out, "{report}").map_err(io)
+        }
+        Command::Nll {
+            file,
+            out: dir,
+            shard: Some(shard),
+        } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            let report =
+                nll::nll_shard(&config, device, dir, shard).map_err(|e| config.locate(e))?;
+            write!(out, "{report}").map_err(io)
+        }
+        Command::Merge { file, out: dir } => {
+            let config = load(registry, file.as_ref(), device_override)?;
+            let device = device::resolve(device_override.unwrap_or(config.device))?;
+            let dir = sample::output_dir(&config, dir);
+            let mut merged = 0;
+            if shard::present(&dir, shard::SAMPLE) {
+                let summary =
+                    sample::merge(&config, device.clone(), &dir).map_err(|e| config.locate(e))?;
+                write!(out, "{summary}").map_err(io)?;
+                merged += 1;
+            }
+            if shard::present(&dir, shard::NLL) {
+                let summary = nll::merge(&config, device, &dir).map_err(|e| config.locate(e))?;
+                write!(out, "{summary}").map_err(io)?;
+                merged += 1;
+            }
+            if merged == 0 {
+                return Err(Error::invalid(
+                    "merge",
+                    "shards",
+                    format!(
+                        "{} holds no shards; draw them with `sdeflow sample {} --shard i/n` (or `nll`) for i = 0 … n − 1",
+                        dir.join(shard::SHARDS).display(),
+                        config.file
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Command::Sample {
+            file,
+            out: dir,
+            shard: None,
+        } => jobs(
             registry,
             file,
             device_override,
@@ -224,7 +295,11 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             (dir, Some(Job::Train), resume.mode()),
             out,
         ),
-        Command::Nll { file, out: dir } => jobs(
+        Command::Nll {
+            file,
+            out: dir,
+            shard: None,
+        } => jobs(
             registry,
             file,
             device_override,

@@ -11,7 +11,7 @@ use sdeflow_kernel::{
     io::{NpyRows, write_atomic},
     pipeline::Progress,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Metrics against the exact law at t_ε.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +86,9 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Samples per second.
     pub samples_per_second: f64,
+    /// The shards (`--shard i/n`) the run was merged from (`sdeflow merge`); its wall time is
+    /// the longest shard's.
+    pub shards: Option<usize>,
     /// The trained weights sampled with, for a network.
     pub checkpoint: Option<String>,
     /// Against the exact law: the oracle's, or the data's.
@@ -103,7 +106,7 @@ pub struct Summary {
 }
 
 /// One candidate guidance scale, scored on the selection seed's samples.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GuidanceTrial {
     /// w.
     pub scale: f64,
@@ -142,7 +145,7 @@ pub struct ImageMetrics {
 
 /// A guidance-scale search: the candidates on the seed after the config's, and the floor of
 /// the criterion.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Search {
     /// The candidates, in the config's order.
     pub trials: Vec<GuidanceTrial>,
@@ -160,6 +163,12 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(c) = &self.checkpoint {
             writeln!(f, "weights from {c}")?;
+        }
+        if let Some(k) = self.shards {
+            writeln!(
+                f,
+                "merged from {k} shards (the time is the longest shard's)"
+            )?;
         }
         writeln!(
             f,
@@ -329,7 +338,8 @@ pub fn output_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
 const METRIC_BYTES: usize = 64 << 20;
 
 /// What the pieces of a run add up to: the first rows (for metrics and plots), the moments of
-/// all rows, the cost, and the whole output of a run of one piece (for its trajectory).
+/// all rows, the cost, and the steps of a run of one piece (its trajectory: the times and the
+/// states, the first the start).
 struct Drawn {
     d: usize,
     cap: usize,
@@ -339,8 +349,62 @@ struct Drawn {
     sum: Vec<f64>,
     outer: Vec<f64>,
     nfe: u64,
-    rows: Option<sdeflow_kernel::RowStats>,
-    single: Option<(Tensor, sdeflow_kernel::SampleOutput)>,
+    spread: Option<Spread>,
+    trajectory: Option<(Vec<f64>, Vec<Tensor>)>,
+}
+
+/// An adaptive run's cost per sample, summed up so that shards join exactly: the NFE's sum,
+/// least and most, the most accepted steps, over `rows` samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Samples.
+    pub rows: u64,
+    /// Their NFE, summed.
+    pub sum: u64,
+    /// The least NFE of a sample.
+    pub min: u64,
+    /// The most.
+    pub max: u64,
+    /// The most steps a sample took.
+    pub accepted_max: u64,
+}
+
+impl Spread {
+    /// The spread of an adaptive run's rows.
+    pub fn of(r: &sdeflow_kernel::RowStats) -> Self {
+        let (_, min, max) = r.nfe_spread();
+        Self {
+            rows: r.nfe.len() as u64,
+            sum: r.nfe.iter().sum(),
+            min,
+            max,
+            accepted_max: r.accepted.iter().copied().max().map_or(0, u64::from),
+        }
+    }
+
+    /// Two parts' spread (`None`: a grid run's).
+    pub fn join(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) if a.rows > 0 && b.rows > 0 => Some(Self {
+                rows: a.rows + b.rows,
+                sum: a.sum + b.sum,
+                min: a.min.min(b.min),
+                max: a.max.max(b.max),
+                accepted_max: a.accepted_max.max(b.accepted_max),
+            }),
+            (Some(a), Some(b)) => Some(if a.rows > 0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Mean, least and most NFE per sample ([`RowStats::nfe_spread`](sdeflow_kernel::RowStats::nfe_spread)).
+    pub fn nfe_spread(&self) -> (f64, u64, u64) {
+        (
+            self.sum as f64 / self.rows.max(1) as f64,
+            self.min,
+            self.max,
+        )
+    }
 }
 
 impl Drawn {
@@ -357,13 +421,13 @@ impl Drawn {
             sum: vec![0.0; d],
             outer: vec![0.0; d * d],
             nfe: 0,
-            rows: None,
-            single: None,
+            spread: None,
+            trajectory: None,
         }
     }
 
-    /// Adds a piece's samples `x` (on the CPU) and its run's cost.
-    fn add(&mut self, x: &Tensor, out: &sdeflow_kernel::SampleOutput) -> Result<()> {
+    /// Adds the next samples `x` (on the CPU).
+    fn add_rows(&mut self, x: &Tensor) -> Result<()> {
         let host = sdeflow_kernel::ops::host_f64(x)?;
         let d = self.d;
         for row in host.chunks(d) {
@@ -382,14 +446,6 @@ impl Drawn {
         }
         let room = (self.cap * d).saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&host[..room.min(host.len())]);
-        // A grid's NFE is every piece's; an adaptive run's batched calls, the longest piece's.
-        self.nfe = self.nfe.max(out.nfe);
-        if let Some(r) = &out.rows {
-            let all = self.rows.get_or_insert_with(Default::default);
-            all.nfe.extend(&r.nfe);
-            all.accepted.extend(&r.accepted);
-            all.rejected.extend(&r.rejected);
-        }
         Ok(())
     }
 
@@ -467,353 +523,623 @@ pub fn sample_in_pieces(
     out: Option<PathBuf>,
     piece: usize,
 ) -> Result<Summary> {
-    let piece = piece.max(1);
     let dir = output_dir(config, out);
     sdeflow_kernel::io::ensure_writable_dir(&dir)?;
-    let checkpoint = crate::train::load_for_sampling(config, &dir)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} sampling [{bar:40}] {pos}/{len} steps {elapsed_precise} (eta {eta})",
-        )
-        .map_err(|e| Error::Msg(e.to_string()))?
-        .progress_chars("=> "),
-    );
-    let progress = {
-        let bar = bar.clone();
-        Progress(Arc::new(move |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }))
-    };
-    let n = config.samples;
-    let spec = config
-        .guidance_spec()
-        .filter(|g| g.classes != sdeflow_kernel::config::Classes::None);
-    let classes = config.model.plugin.classes();
-    let reference = image_reference(config)?;
-    let (scale, trials) = choose_scale(config, &device, spec.as_ref(), reference.as_ref())?;
-    let pipeline = config
-        .builder(device.clone())
-        .guidance(scale)
-        .progress(progress)
-        .build()?;
-    let schedule = pipeline.discretization();
-    let adaptive = pipeline.solver().adaptive();
-    let schedule_text = match adaptive {
-        Some(a) => a.to_string(),
-        None => format!("{} steps, {} grid", schedule.steps, schedule.grid),
-    };
-    if adaptive.is_some() {
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} sampling {prefix}[{bar:40}] {pos}/{len} samples done {elapsed_precise}",
-            )
-            .map_err(|e| Error::Msg(e.to_string()))?
-            .progress_chars("=> "),
-        );
-    }
-    let latents = match &config.latents {
-        Some(path) => Some(latent_rows(config, &pipeline, path)?),
-        None => None,
-    };
-    // The run, piece by piece (each a multiple of the model's chunks, so the bytes are those
-    // of one run), each piece streamed to samples.npy: memory does not grow with `samples`.
+    let run = Run::prepare(config, device, &dir, None)?;
     let start = Instant::now();
-    let shape = pipeline.model().sample_shape();
+    let n = config.samples;
+    let drawn = run.draw(config, 0..n, piece.max(1), n <= piece.max(1), &dir)?;
+    let wall = start.elapsed().as_secs_f64();
+    let files = if config.outputs.npy {
+        vec![dir.join("samples.npy").display().to_string()]
+    } else {
+        Vec::new()
+    };
+    run.finish(config, drawn, &dir, (wall, None), files)
+}
+
+/// One shard of [`sample`] (`--shard i/n`): the rows [`Shard::rows`](crate::shard::Shard::rows)
+/// gives it, drawn as the unsharded run draws them (sample i's bytes never depend on the shard
+/// it lands in), into `<out>/shards/sample-i-of-n/`: `samples.npy`, `trajectory.npy` when the
+/// run keeps one, and `shard.json` last. `sdeflow merge` joins the shards.
+pub fn sample_shard(
+    config: &Config,
+    device: Device,
+    out: Option<PathBuf>,
+    shard: crate::shard::Shard,
+) -> Result<crate::shard::Report> {
+    let dir = output_dir(config, out);
+    let folder = shard.folder(&dir, crate::shard::SAMPLE);
+    crate::shard::begin(&folder)?;
+    let run = Run::prepare(config, device.clone(), &dir, None)?;
+    let n = config.samples;
+    let piece = config.sample_piece_rows();
+    let rows = shard.rows(n, config.chunk_rows.unwrap_or(1));
+    let start = Instant::now();
+    let drawn = run.draw(config, rows.clone(), piece, n <= piece, &folder)?;
+    let wall = start.elapsed().as_secs_f64();
+    let mut files = vec![folder.join("samples.npy").display().to_string()];
+    let trajectory_times = match &drawn.trajectory {
+        Some((times, frames)) if config.outputs.trajectory => {
+            let path = folder.join("trajectory.npy");
+            let stacked = Tensor::stack(frames, 0)?;
+            write_atomic(&path, |tmp| Ok(stacked.write_npy(tmp)?))?;
+            files.push(path.display().to_string());
+            Some(times.clone())
+        }
+        _ => None,
+    };
+    let mut manifest = crate::shard::Manifest::new(
+        config,
+        crate::shard::SAMPLE,
+        shard,
+        (rows, n),
+        &device,
+        run.checkpoint.as_deref(),
+    )?;
+    manifest.wall_seconds = wall;
+    manifest.sample = Some(crate::shard::SampleShard {
+        nfe: drawn.nfe,
+        spread: drawn.spread,
+        guidance: run.scale,
+        search: run.trials.clone(),
+        trajectory_times,
+    });
+    crate::shard::finish(&folder, &manifest, files)
+}
+
+/// Joins the shards of `sample` in `dir` (checked: [`crate::shard::collect`]) into the
+/// outputs of the unsharded run: `samples.npy` byte for byte, `trajectory.npy`, and the
+/// summary, its metrics computed from the joined rows as the unsharded run computes them.
+pub fn merge(config: &Config, device: Device, dir: &std::path::Path) -> Result<Summary> {
+    let run_weights = crate::train::load_for_sampling(config, dir)?;
+    let shards = crate::shard::collect(
+        config,
+        dir,
+        crate::shard::SAMPLE,
+        Some(config.samples),
+        config.chunk_rows.unwrap_or(1),
+        &device,
+        run_weights.as_deref(),
+    )?;
+    let first = shards[0]
+        .1
+        .sample
+        .clone()
+        .ok_or_else(|| Error::file(&shards[0].0, "is not a `sample` shard's manifest"))?;
+    for (folder, m) in &shards[1..] {
+        let s = m
+            .sample
+            .as_ref()
+            .ok_or_else(|| Error::file(folder, "is not a `sample` shard's manifest"))?;
+        if s.guidance.map(f64::to_bits) != first.guidance.map(f64::to_bits) {
+            return Err(crate::shard::mismatch(
+                folder,
+                format!(
+                    "sampled at guidance scale {:?}, the first shard at {:?}",
+                    s.guidance, first.guidance
+                ),
+            ));
+        }
+    }
+    let run = Run::prepare(
+        config,
+        device,
+        dir,
+        Some((first.guidance, first.search.clone())),
+    )?;
+    let n = config.samples;
+    let shape = run.pipeline.model().sample_shape();
     let mut drawn = Drawn::new(n, shape.iter().product());
-    let mut draw = |sink: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<()> {
-        let pieces = n.div_ceil(piece);
-        for p in 0..pieces {
-            let (offset, rows) = (p * piece, piece.min(n - p * piece));
-            if pieces > 1 {
-                bar.set_prefix(format!("rows {}–{} of {n} ", offset + 1, offset + rows));
+    let wall = shards
+        .iter()
+        .map(|(_, m)| m.wall_seconds)
+        .fold(0.0, f64::max);
+    let mut files = Vec::new();
+    let mut join = |sink: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<()> {
+        for (folder, m) in &shards {
+            let path = folder.join("samples.npy");
+            let mut reader = sdeflow_kernel::io::NpyReader::open(&path)?;
+            let mut want = vec![m.rows];
+            want.extend(&shape);
+            if reader.shape() != want.as_slice() || reader.dtype() != run.pipeline.dtype() {
+                return Err(crate::shard::mismatch(
+                    folder,
+                    format!(
+                        "its samples.npy holds {:?} {:?}, not the {want:?} {:?} of its rows",
+                        reader.shape(),
+                        reader.dtype(),
+                        run.pipeline.dtype()
+                    ),
+                ));
             }
-            let mut state = match &latents {
-                None => pipeline.prior_state(offset as u64, rows)?,
-                Some(x) => pipeline.start_state(x.narrow(0, offset, rows)?, offset as u64)?,
-            };
-            if let (Some(g), Some(k)) = (&spec, classes) {
-                state = state.with_cond(g.labels(offset as u64, rows, k, &device)?)?;
+            let per_piece = config.sample_piece_rows();
+            let mut left = m.rows;
+            while left > 0 {
+                let x = reader.read_rows(per_piece.min(left))?;
+                left -= x.dim(0)?;
+                sink(&x)?;
+                drawn.add_rows(&x)?;
             }
-            let x_start = (pieces == 1).then(|| state.x.clone());
-            let result = pipeline.run(state)?;
-            let x = result.state.x.to_device(&Device::Cpu)?;
-            sink(&x)?;
-            drawn.add(&x, &result)?;
-            if let Some(x_start) = x_start {
-                drawn.single = Some((x_start, result));
-            }
+            let s = m.sample.as_ref().expect("checked above");
+            drawn.nfe = drawn.nfe.max(s.nfe);
+            drawn.spread = Spread::join(drawn.spread, s.spread);
         }
         Ok(())
     };
-    let mut files = Vec::new();
     if config.outputs.npy {
         let path = dir.join("samples.npy");
         let mut full = vec![n];
         full.extend(&shape);
         write_atomic(&path, |tmp| {
-            let mut file = NpyRows::create(tmp, &full, pipeline.dtype())?;
-            draw(&mut |x| file.push(x))?;
+            let mut file = NpyRows::create(tmp, &full, run.pipeline.dtype())?;
+            join(&mut |x| file.push(x))?;
             file.finish()
         })?;
         files.push(path.display().to_string());
     } else {
-        draw(&mut |_| Ok(()))?;
+        join(&mut |_| Ok(()))?;
     }
-    let wall = start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-
-    let d = drawn.d;
-    let image = shape.len() >= 2;
-    // Metrics and plots read the first rows (all of them up to METRIC_ROWS).
-    let host = std::mem::take(&mut drawn.kept);
-    let kept = host.len() / d.max(1);
-    let wanted: Option<Vec<u32>> = match (&spec, classes) {
-        (Some(g), Some(k)) => Some((0..kept as u64).map(|i| g.label(i, k)).collect()),
-        _ => None,
-    };
-    let display_range = config
-        .data
-        .as_ref()
-        .and_then(|data| data.plugin.source().range())
-        .unwrap_or((-1.0, 1.0));
-    let (result_nfe, result_rows) = (drawn.nfe, drawn.rows.take());
-
-    if config.outputs.trajectory
-        && let Some((x_start, result)) = &drawn.single
-    {
-        let mut frames = vec![x_start.to_device(&Device::Cpu)?];
-        for (_, x) in &result.trajectory {
-            frames.push(x.to_device(&Device::Cpu)?);
-        }
-        let stacked = Tensor::stack(&frames, 0)?;
-        let path = dir.join("trajectory.npy");
-        write_atomic(&path, |tmp| Ok(stacked.write_npy(tmp)?))?;
-        files.push(path.display().to_string());
-        if d == 2 {
-            let host_frames = frames
-                .iter()
-                .map(sdeflow_kernel::ops::host_f64)
-                .collect::<Result<Vec<_>>>()?;
-            let path = dir.join("trajectory.png");
-            let title = format!(
-                "{} · {} · {}: paths of the first samples",
-                config.solver.name, config.sde.name, schedule_text
-            );
-            crate::plot::paths(&path, &host_frames, &title)?;
-            files.push(path.display().to_string());
-        }
-        if image {
-            // x̂₀ over the steps for the first sample of each class (or the first samples).
-            let rows: Vec<usize> = match (&wanted, &spec, classes) {
-                (Some(y), Some(g), Some(k)) => g
-                    .drawn(k)
-                    .iter()
-                    .filter_map(|c| y.iter().position(|l| l == c))
-                    .take(10)
-                    .collect(),
-                _ => (0..n.min(8)).collect(),
+    // The trajectory of a run drawn in one piece: every shard's frames, side by side.
+    if n <= config.sample_piece_rows() && config.outputs.trajectory {
+        let mut times = None;
+        let mut parts = Vec::new();
+        for (folder, m) in &shards {
+            let s = m.sample.as_ref().expect("checked above");
+            let Some(t) = &s.trajectory_times else {
+                parts.clear();
+                break;
             };
-            let ids = Tensor::from_vec(
-                rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
-                rows.len(),
-                &Device::Cpu,
-            )?;
-            let cond = wanted
-                .as_ref()
-                .map(|y| {
-                    let picked: Vec<u32> = rows.iter().map(|&r| y[r]).collect();
-                    Tensor::from_vec(picked, rows.len(), &device)
-                })
-                .transpose()?;
-            let times = std::iter::once(pipeline.times()[0])
-                .chain(result.trajectory.iter().map(|(t, _)| *t));
-            let mut strip_frames = Vec::with_capacity(frames.len());
-            for (t, frame) in times.zip(&frames) {
-                let part = frame.index_select(&ids, 0)?;
-                let x0 = pipeline.denoised(&part, t.max(pipeline.sde().t_eps()), cond.as_ref())?;
-                strip_frames.push(sdeflow_kernel::ops::host_f64(&x0)?);
+            if times.get_or_insert_with(|| t.clone()) != t {
+                return Err(crate::shard::mismatch(
+                    folder,
+                    "its trajectory has other times".into(),
+                ));
             }
-            let all: Vec<usize> = (0..rows.len()).collect();
-            let columns = (crate::plot::GRID_ROWS / rows.len().max(1)).clamp(2, 8);
-            let values = crate::images::strip(&strip_frames, &all, d, columns);
-            let path = dir.join("trajectory.png");
-            crate::plot::image_grid(&path, &values, &shape, display_range, columns)?;
-            files.push(path.display().to_string());
+            let path = folder.join("trajectory.npy");
+            sdeflow_kernel::io::check_npy(&path)?;
+            parts.push(Tensor::read_npy(&path).map_err(|e| Error::file(&path, e.to_string()))?);
+        }
+        if let (Some(times), false) = (times, parts.is_empty()) {
+            let all = Tensor::cat(&parts, 1)?;
+            let frames = (0..all.dim(0)?)
+                .map(|f| all.get(f))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            drawn.trajectory = Some((times, frames));
         }
     }
+    run.finish(config, drawn, dir, (wall, Some(shards.len())), files)
+}
 
-    let c = target_coefs(&pipeline);
-    let mut exact_rows = None;
-    let law = pipeline.model().exact_law().or_else(|| {
-        config
-            .data
-            .as_ref()
-            .and_then(|data| data.plugin.source().exact_law())
-    });
-    let exact = match law {
-        Some(law) if law.dim() == d => {
-            let target = law.marginal(c.alpha, c.sigma)?;
-            let (mean, cov) = drawn.moments();
-            let exact_mean: Vec<f64> = law.mean().iter().map(|m| c.alpha * m).collect();
-            let exact_cov = law.covariance();
-            let mean_error = mean
-                .iter()
-                .zip(&exact_mean)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let mut cov_sq = 0.0;
-            for a in 0..d {
-                for b in 0..d {
-                    let e = c.alpha * c.alpha * exact_cov[a][b]
-                        + if a == b { c.sigma * c.sigma } else { 0.0 };
-                    cov_sq += (cov[a][b] - e).powi(2);
+/// A prepared sampling run: the pipeline with its weights and guidance scale, and what its
+/// metrics compare with.
+struct Run {
+    pipeline: sdeflow_kernel::Pipeline,
+    device: Device,
+    spec: Option<sdeflow_kernel::config::GuidanceSpec>,
+    classes: Option<usize>,
+    reference: Option<crate::images::Reference>,
+    scale: Option<f64>,
+    trials: Option<Search>,
+    schedule_text: String,
+    latents: Option<Tensor>,
+    checkpoint: Option<PathBuf>,
+    bar: ProgressBar,
+}
+
+impl Run {
+    /// Loads the weights (from `dir`'s checkpoints, or the config's), chooses the guidance
+    /// scale (or takes `chosen`: a merge takes its shards') and builds the pipeline.
+    fn prepare(
+        config: &Config,
+        device: Device,
+        dir: &std::path::Path,
+        chosen: Option<(Option<f64>, Option<Search>)>,
+    ) -> Result<Self> {
+        let checkpoint = crate::train::load_for_sampling(config, dir)?;
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} sampling [{bar:40}] {pos}/{len} steps {elapsed_precise} (eta {eta})",
+            )
+            .map_err(|e| Error::Msg(e.to_string()))?
+            .progress_chars("=> "),
+        );
+        let progress = {
+            let bar = bar.clone();
+            Progress(Arc::new(move |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }))
+        };
+        let spec = config
+            .guidance_spec()
+            .filter(|g| g.classes != sdeflow_kernel::config::Classes::None);
+        let classes = config.model.plugin.classes();
+        let reference = image_reference(config)?;
+        let (scale, trials) = match chosen {
+            Some(c) => c,
+            None => choose_scale(config, &device, spec.as_ref(), reference.as_ref())?,
+        };
+        let pipeline = config
+            .builder(device.clone())
+            .guidance(scale)
+            .progress(progress)
+            .build()?;
+        let schedule = pipeline.discretization();
+        let adaptive = pipeline.solver().adaptive();
+        let schedule_text = match adaptive {
+            Some(a) => a.to_string(),
+            None => format!("{} steps, {} grid", schedule.steps, schedule.grid),
+        };
+        if adaptive.is_some() {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} sampling {prefix}[{bar:40}] {pos}/{len} samples done {elapsed_precise}",
+                )
+                .map_err(|e| Error::Msg(e.to_string()))?
+                .progress_chars("=> "),
+            );
+        }
+        let latents = match &config.latents {
+            Some(path) => Some(latent_rows(config, &pipeline, path)?),
+            None => None,
+        };
+        Ok(Self {
+            pipeline,
+            device,
+            spec,
+            classes,
+            reference,
+            scale,
+            trials,
+            schedule_text,
+            latents,
+            checkpoint,
+            bar,
+        })
+    }
+
+    /// Draws the samples `rows` of the run, `piece` rows at a time (each a multiple of the
+    /// model's chunks, so the bytes are those of one run), streaming them to
+    /// `folder/samples.npy` when the config writes it or the run is a shard: memory does not
+    /// grow with `samples`. `trajectory`: keep the steps (a run of one piece).
+    fn draw(
+        &self,
+        config: &Config,
+        rows: std::ops::Range<usize>,
+        piece: usize,
+        trajectory: bool,
+        folder: &std::path::Path,
+    ) -> Result<Drawn> {
+        let (n, count) = (config.samples, rows.len());
+        let shape = self.pipeline.model().sample_shape();
+        let mut drawn = Drawn::new(count, shape.iter().product());
+        let mut draw = |sink: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<()> {
+            let pieces = count.div_ceil(piece);
+            for p in 0..pieces {
+                let (offset, len) = (rows.start + p * piece, piece.min(count - p * piece));
+                if pieces > 1 || count < n {
+                    self.bar
+                        .set_prefix(format!("rows {}–{} of {n} ", offset + 1, offset + len));
+                }
+                let mut state = match &self.latents {
+                    None => self.pipeline.prior_state(offset as u64, len)?,
+                    Some(x) => self
+                        .pipeline
+                        .start_state(x.narrow(0, offset, len)?, offset as u64)?,
+                };
+                if let (Some(g), Some(k)) = (&self.spec, self.classes) {
+                    state = state.with_cond(g.labels(offset as u64, len, k, &self.device)?)?;
+                }
+                let x_start = (trajectory && pieces == 1).then(|| state.x.clone());
+                let result = self.pipeline.run(state)?;
+                let x = result.state.x.to_device(&Device::Cpu)?;
+                sink(&x)?;
+                drawn.add_rows(&x)?;
+                drawn.nfe = drawn.nfe.max(result.nfe);
+                drawn.spread = Spread::join(drawn.spread, result.rows.as_ref().map(Spread::of));
+                if let Some(x_start) = x_start {
+                    let mut times = vec![self.pipeline.times()[0]];
+                    let mut frames = vec![x_start.to_device(&Device::Cpu)?];
+                    for (t, x) in &result.trajectory {
+                        times.push(*t);
+                        frames.push(x.to_device(&Device::Cpu)?);
+                    }
+                    drawn.trajectory = Some((times, frames));
                 }
             }
-            let (sw, floor) = reference_and_floor(&target, kept)?;
-            let sliced_w2 = sw.distance(&host)?;
-            exact_rows = Some(("exact p(t_ε)", target.sample(REFERENCE_SEED, 0, kept)));
-            let (mode_shares, worst_mode_deviation) = crate::train::mode_shares(&target, &host);
-            Some(ExactMetrics {
-                mode_shares,
-                mode_weights: target.weights(),
-                worst_mode_deviation,
-                mean_error,
-                covariance_error: cov_sq.sqrt(),
-                sliced_w2,
+            Ok(())
+        };
+        if config.outputs.npy || count < n {
+            let path = folder.join("samples.npy");
+            let mut full = vec![count];
+            full.extend(&shape);
+            write_atomic(&path, |tmp| {
+                let mut file = NpyRows::create(tmp, &full, self.pipeline.dtype())?;
+                draw(&mut |x| file.push(x))?;
+                file.finish()
+            })?;
+        } else {
+            draw(&mut |_| Ok(()))?;
+        }
+        self.bar.finish_and_clear();
+        Ok(drawn)
+    }
+
+    /// The metrics, plots and summary of the run's samples `drawn` (all `samples` of the
+    /// config), written to `dir`; `wall`: the sampling time, and the shards it was merged from.
+    fn finish(
+        self,
+        config: &Config,
+        mut drawn: Drawn,
+        dir: &std::path::Path,
+        (wall, shards): (f64, Option<usize>),
+        mut files: Vec<String>,
+    ) -> Result<Summary> {
+        let Self {
+            pipeline,
+            device,
+            spec,
+            classes,
+            reference,
+            scale,
+            trials,
+            schedule_text,
+            checkpoint,
+            ..
+        } = self;
+        let n = config.samples;
+        let schedule = pipeline.discretization();
+        let adaptive = pipeline.solver().adaptive();
+        let shape = pipeline.model().sample_shape();
+        let d = drawn.d;
+        let image = shape.len() >= 2;
+        // Metrics and plots read the first rows (all of them up to METRIC_ROWS).
+        let host = std::mem::take(&mut drawn.kept);
+        let kept = host.len() / d.max(1);
+        let wanted: Option<Vec<u32>> = match (&spec, classes) {
+            (Some(g), Some(k)) => Some((0..kept as u64).map(|i| g.label(i, k)).collect()),
+            _ => None,
+        };
+        let display_range = config
+            .data
+            .as_ref()
+            .and_then(|data| data.plugin.source().range())
+            .unwrap_or((-1.0, 1.0));
+        let (result_nfe, spread) = (drawn.nfe, drawn.spread);
+
+        if config.outputs.trajectory
+            && let Some((times, frames)) = &drawn.trajectory
+        {
+            let stacked = Tensor::stack(frames, 0)?;
+            let path = dir.join("trajectory.npy");
+            write_atomic(&path, |tmp| Ok(stacked.write_npy(tmp)?))?;
+            files.push(path.display().to_string());
+            if d == 2 {
+                let host_frames = frames
+                    .iter()
+                    .map(sdeflow_kernel::ops::host_f64)
+                    .collect::<Result<Vec<_>>>()?;
+                let path = dir.join("trajectory.png");
+                let title = format!(
+                    "{} · {} · {}: paths of the first samples",
+                    config.solver.name, config.sde.name, schedule_text
+                );
+                crate::plot::paths(&path, &host_frames, &title)?;
+                files.push(path.display().to_string());
+            }
+            if image {
+                // x̂₀ over the steps for the first sample of each class (or the first samples).
+                let rows: Vec<usize> = match (&wanted, &spec, classes) {
+                    (Some(y), Some(g), Some(k)) => g
+                        .drawn(k)
+                        .iter()
+                        .filter_map(|c| y.iter().position(|l| l == c))
+                        .take(10)
+                        .collect(),
+                    _ => (0..n.min(8)).collect(),
+                };
+                let ids = Tensor::from_vec(
+                    rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    rows.len(),
+                    &Device::Cpu,
+                )?;
+                let cond = wanted
+                    .as_ref()
+                    .map(|y| {
+                        let picked: Vec<u32> = rows.iter().map(|&r| y[r]).collect();
+                        Tensor::from_vec(picked, rows.len(), &device)
+                    })
+                    .transpose()?;
+                let mut strip_frames = Vec::with_capacity(frames.len());
+                for (&t, frame) in times.iter().zip(frames) {
+                    let part = frame.index_select(&ids, 0)?;
+                    let x0 =
+                        pipeline.denoised(&part, t.max(pipeline.sde().t_eps()), cond.as_ref())?;
+                    strip_frames.push(sdeflow_kernel::ops::host_f64(&x0)?);
+                }
+                let all: Vec<usize> = (0..rows.len()).collect();
+                let columns = (crate::plot::GRID_ROWS / rows.len().max(1)).clamp(2, 8);
+                let values = crate::images::strip(&strip_frames, &all, d, columns);
+                let path = dir.join("trajectory.png");
+                crate::plot::image_grid(&path, &values, &shape, display_range, columns)?;
+                files.push(path.display().to_string());
+            }
+        }
+
+        let c = target_coefs(&pipeline);
+        let mut exact_rows = None;
+        let law = pipeline.model().exact_law().or_else(|| {
+            config
+                .data
+                .as_ref()
+                .and_then(|data| data.plugin.source().exact_law())
+        });
+        let exact = match law {
+            Some(law) if law.dim() == d => {
+                let target = law.marginal(c.alpha, c.sigma)?;
+                let (mean, cov) = drawn.moments();
+                let exact_mean: Vec<f64> = law.mean().iter().map(|m| c.alpha * m).collect();
+                let exact_cov = law.covariance();
+                let mean_error = mean
+                    .iter()
+                    .zip(&exact_mean)
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let mut cov_sq = 0.0;
+                for a in 0..d {
+                    for b in 0..d {
+                        let e = c.alpha * c.alpha * exact_cov[a][b]
+                            + if a == b { c.sigma * c.sigma } else { 0.0 };
+                        cov_sq += (cov[a][b] - e).powi(2);
+                    }
+                }
+                let (sw, floor) = reference_and_floor(&target, kept)?;
+                let sliced_w2 = sw.distance(&host)?;
+                exact_rows = Some(("exact p(t_ε)", target.sample(REFERENCE_SEED, 0, kept)));
+                let (mode_shares, worst_mode_deviation) = crate::train::mode_shares(&target, &host);
+                Some(ExactMetrics {
+                    mode_shares,
+                    mode_weights: target.weights(),
+                    worst_mode_deviation,
+                    mean_error,
+                    covariance_error: cov_sq.sqrt(),
+                    sliced_w2,
+                    sliced_w2_floor_mean: floor.mean,
+                    sliced_w2_floor_sd: floor.sd,
+                    within_floor: sliced_w2 <= floor.threshold(),
+                })
+            }
+            Some(law) => {
+                return Err(Error::invalid(
+                    "model",
+                    "sample shape",
+                    format!(
+                        "the model makes {d}-dimensional samples but its exact law is {}-dimensional",
+                        law.dim()
+                    ),
+                ));
+            }
+            None => None,
+        };
+
+        let mut heldout = None;
+        if exact.is_none()
+            && d == 2
+            && kept >= 2
+            && let Some(data) = &config.data
+        {
+            let (sw, floor, rows) =
+                crate::train::heldout_reference(&data.plugin, config.seed, kept)?;
+            heldout = Some(HeldoutMetrics {
+                sliced_w2: sw.distance(&host)?,
                 sliced_w2_floor_mean: floor.mean,
                 sliced_w2_floor_sd: floor.sd,
-                within_floor: sliced_w2 <= floor.threshold(),
-            })
+            });
+            exact_rows = Some(("held-out data", rows));
         }
-        Some(law) => {
-            return Err(Error::invalid(
-                "model",
-                "sample shape",
-                format!(
-                    "the model makes {d}-dimensional samples but its exact law is {}-dimensional",
-                    law.dim()
+
+        let images = match &reference {
+            Some(r) if r.dim() == d => Some(image_metrics(
+                config,
+                &device,
+                r,
+                (&host, wanted.as_deref()),
+                (
+                    scale,
+                    wanted
+                        .clone()
+                        .map(|y| Tensor::from_vec(y, kept, &device))
+                        .transpose()?
+                        .as_ref(),
                 ),
-            ));
-        }
-        None => None,
-    };
-
-    let mut heldout = None;
-    if exact.is_none()
-        && d == 2
-        && kept >= 2
-        && let Some(data) = &config.data
-    {
-        let (sw, floor, rows) = crate::train::heldout_reference(&data.plugin, config.seed, kept)?;
-        heldout = Some(HeldoutMetrics {
-            sliced_w2: sw.distance(&host)?,
-            sliced_w2_floor_mean: floor.mean,
-            sliced_w2_floor_sd: floor.sd,
-        });
-        exact_rows = Some(("held-out data", rows));
-    }
-
-    let images = match &reference {
-        Some(r) if r.dim() == d => Some(image_metrics(
-            config,
-            &device,
-            r,
-            (&host, wanted.as_deref()),
-            (
-                scale,
-                wanted
-                    .clone()
-                    .map(|y| Tensor::from_vec(y, kept, &device))
-                    .transpose()?
-                    .as_ref(),
-            ),
-            trials,
-        )?),
-        _ => None,
-    };
-    if config.outputs.png && image {
-        let path = dir.join("samples.png");
-        match (&wanted, &spec, classes) {
-            (Some(y), Some(g), Some(k)) => {
-                let drawn = g.drawn(k);
-                let per = (crate::plot::GRID_ROWS / drawn.len().max(1)).clamp(1, 8);
-                let values = crate::images::by_class(&host, y, d, &drawn, per);
-                crate::plot::image_grid(&path, &values, &shape, display_range, per)?;
+                trials,
+            )?),
+            _ => None,
+        };
+        if config.outputs.png && image {
+            let path = dir.join("samples.png");
+            match (&wanted, &spec, classes) {
+                (Some(y), Some(g), Some(k)) => {
+                    let drawn = g.drawn(k);
+                    let per = (crate::plot::GRID_ROWS / drawn.len().max(1)).clamp(1, 8);
+                    let values = crate::images::by_class(&host, y, d, &drawn, per);
+                    crate::plot::image_grid(&path, &values, &shape, display_range, per)?;
+                }
+                _ => crate::plot::image_grid(&path, &host, &shape, display_range, 8)?,
             }
-            _ => crate::plot::image_grid(&path, &host, &shape, display_range, 8)?,
+            files.push(path.display().to_string());
         }
-        files.push(path.display().to_string());
-    }
-    if config.outputs.png && d == 2 {
-        let path = dir.join("samples.png");
-        let title = format!(
-            "{} · {} · {}",
-            config.solver.name, config.sde.name, schedule_text
-        );
-        crate::plot::scatter_beside(
-            &path,
-            &host,
-            exact_rows
-                .as_ref()
-                .map(|(name, rows)| (*name, rows.as_slice())),
-            &title,
-        )?;
-        files.push(path.display().to_string());
-    }
+        if config.outputs.png && d == 2 {
+            let path = dir.join("samples.png");
+            let title = format!(
+                "{} · {} · {}",
+                config.solver.name, config.sde.name, schedule_text
+            );
+            crate::plot::scatter_beside(
+                &path,
+                &host,
+                exact_rows
+                    .as_ref()
+                    .map(|(name, rows)| (*name, rows.as_slice())),
+                &title,
+            )?;
+            files.push(path.display().to_string());
+        }
 
-    let mut summary = Summary {
-        config: config.file.clone(),
-        sde: config.sde.name.to_string(),
-        param: config.target_name().to_string(),
-        model: config.model.name.to_string(),
-        solver: config.solver.name.to_string(),
-        grid: if adaptive.is_some() {
-            "adaptive".into()
-        } else {
-            schedule.grid.to_string()
-        },
-        steps: match &result_rows {
-            Some(r) => r.accepted.iter().copied().max().unwrap_or(0) as usize,
-            None => schedule.steps,
-        },
-        schedule: schedule_text.clone(),
-        nfe: result_nfe,
-        nfe_per_sample: result_rows
-            .as_ref()
-            .map(sdeflow_kernel::RowStats::nfe_spread),
-        samples: n,
-        metric_rows: kept,
-        non_finite_samples: drawn.non_finite,
-        seed: config.seed,
-        device: device_name(&device),
-        wall_seconds: wall,
-        samples_per_second: n as f64 / wall,
-        checkpoint: checkpoint.map(|p| p.display().to_string()),
-        exact,
-        heldout,
-        guidance: scale,
-        classes: match (&spec, classes) {
-            (Some(g), Some(k)) => g.drawn(k),
-            _ => Vec::new(),
-        },
-        images,
-        files,
-    };
-    if config.outputs.json {
-        let path = dir.join("summary.json");
-        summary.files.push(path.display().to_string());
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
-        write_atomic(&path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|source| Error::Io {
-                path: tmp.to_path_buf(),
-                source,
-            })
-        })?;
+        let mut summary = Summary {
+            config: config.file.clone(),
+            sde: config.sde.name.to_string(),
+            param: config.target_name().to_string(),
+            model: config.model.name.to_string(),
+            solver: config.solver.name.to_string(),
+            grid: if adaptive.is_some() {
+                "adaptive".into()
+            } else {
+                schedule.grid.to_string()
+            },
+            steps: match &spread {
+                Some(s) => s.accepted_max as usize,
+                None => schedule.steps,
+            },
+            schedule: schedule_text.clone(),
+            nfe: result_nfe,
+            nfe_per_sample: spread.map(|s| s.nfe_spread()),
+            samples: n,
+            metric_rows: kept,
+            non_finite_samples: drawn.non_finite,
+            seed: config.seed,
+            device: device_name(&device),
+            wall_seconds: wall,
+            samples_per_second: n as f64 / wall,
+            shards,
+            checkpoint: checkpoint.map(|p| p.display().to_string()),
+            exact,
+            heldout,
+            guidance: scale,
+            classes: match (&spec, classes) {
+                (Some(g), Some(k)) => g.drawn(k),
+                _ => Vec::new(),
+            },
+            images,
+            files,
+        };
+        if config.outputs.json {
+            let path = dir.join("summary.json");
+            summary.files.push(path.display().to_string());
+            let text =
+                serde_json::to_string_pretty(&summary).map_err(|e| Error::Msg(e.to_string()))?;
+            write_atomic(&path, |tmp| {
+                std::fs::write(tmp, &text).map_err(|source| Error::Io {
+                    path: tmp.to_path_buf(),
+                    source,
+                })
+            })?;
+        }
+        Ok(summary)
     }
-    Ok(summary)
 }
 
 /// The training images and labels of stored, labelled image data (what samples are judged

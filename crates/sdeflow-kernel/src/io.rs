@@ -507,6 +507,119 @@ impl NpyRows {
     }
 }
 
+/// A `.npy` array of `[rows, ...]` read piece by piece (the reader of [`NpyRows`]' files, and
+/// of candle's): f32 or f64, little-endian, C order. The header is checked against the file's
+/// size first ([`check_npy`]), so a lying header allocates nothing.
+pub struct NpyReader {
+    file: std::io::BufReader<std::fs::File>,
+    path: PathBuf,
+    shape: Vec<usize>,
+    dtype: candle_core::DType,
+    left: usize,
+}
+
+impl NpyReader {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::io::{Read, Seek};
+        check_npy(path)?;
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut head = Vec::new();
+        (&mut file)
+            .take(1 << 16)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        let (start, text) = npy_header(&head).ok_or_else(|| {
+            Error::file(path, "not a .npy file (a version 1–3 preamble and header)")
+        })?;
+        let text = String::from_utf8_lossy(text).into_owned();
+        let dtype = if text.contains("'<f4'") {
+            candle_core::DType::F32
+        } else if text.contains("'<f8'") {
+            candle_core::DType::F64
+        } else {
+            return Err(Error::file(
+                path,
+                format!("holds neither little-endian f32 nor f64 values: {text:?}"),
+            ));
+        };
+        if text.contains("True") {
+            return Err(Error::file(
+                path,
+                "is in Fortran order; write it in C order",
+            ));
+        }
+        let (dims, _) = npy_claimed_shape(&text).ok_or_else(|| {
+            Error::file(path, "the header has no shape (write it with numpy.save)")
+        })?;
+        let shape = dims
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                d.trim_end_matches(['L', 'l'])
+                    .replace('_', "")
+                    .parse::<usize>()
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::file(
+                    path,
+                    format!("a dimension of its shape ({dims}) does not read: {e}"),
+                )
+            })?;
+        if shape.is_empty() {
+            return Err(Error::file(path, "holds a scalar, not rows"));
+        }
+        file.seek(std::io::SeekFrom::Start((start + text.len()) as u64))
+            .map_err(io)?;
+        Ok(Self {
+            file: std::io::BufReader::new(file),
+            path: path.to_path_buf(),
+            left: shape[0],
+            shape,
+            dtype,
+        })
+    }
+
+    /// The array's shape (its first dimension the rows).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Its values' type.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.dtype
+    }
+
+    /// The next `rows` rows (fewer at the end), on the CPU.
+    pub fn read_rows(&mut self, rows: usize) -> Result<candle_core::Tensor> {
+        use std::io::Read;
+        let rows = rows.min(self.left);
+        let per_row: usize = self.shape[1..].iter().product();
+        let mut bytes = vec![0u8; rows * per_row * self.dtype.size_in_bytes()];
+        self.file
+            .read_exact(&mut bytes)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.left -= rows;
+        let mut shape = self.shape.clone();
+        shape[0] = rows;
+        Ok(candle_core::Tensor::from_raw_buffer(
+            &bytes,
+            self.dtype,
+            &shape,
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod npy_tests {
     use super::*;
@@ -536,6 +649,16 @@ mod npy_tests {
             w.finish()?;
             let read = |p: &Path| std::fs::read(p).map_err(|e| Error::Msg(e.to_string()));
             assert_eq!(read(&whole)?, read(&streamed)?, "{dtype:?} {shape:?}");
+            // Read back in pieces, the rows are the array's.
+            let mut r = NpyReader::open(&streamed)?;
+            assert_eq!((r.shape(), r.dtype()), (shape.as_slice(), dtype));
+            let (a, b) = (r.read_rows(3)?, r.read_rows(usize::MAX)?);
+            assert_eq!(b.dim(0)?, shape[0] - 3);
+            let back = Tensor::cat(&[a, b], 0)?;
+            let flat = |t: &Tensor| -> Result<Vec<f64>> {
+                Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+            };
+            assert_eq!(flat(&back)?, flat(&x)?);
         }
         let mut short = NpyRows::create(&dir.join("short.npy"), &[3, 2], DType::F32)?;
         short.push(&Tensor::zeros((2, 2), DType::F32, &Device::Cpu)?)?;
