@@ -132,12 +132,26 @@ pub struct TrainSummary {
     pub last: Option<Evaluation>,
     /// The sample count of the SW2 evaluations.
     pub eval_samples: usize,
+    /// This process's rank and the world's size, in a data-parallel run (rank 0 evaluates and
+    /// writes; every rank steps on its slice of each batch).
+    pub ranks: Option<(usize, usize)>,
     /// Files written.
     pub files: Vec<String>,
 }
 
 impl fmt::Display for TrainSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((rank, world)) = self.ranks {
+            writeln!(
+                f,
+                "rank {rank} of {world}: each step's batch split over the ranks, gradients summed over NCCL{}",
+                if rank == 0 {
+                    ""
+                } else {
+                    "; rank 0 evaluates and writes"
+                }
+            )?;
+        }
         let from = if self.resumed_from > 0 {
             format!(", resumed at step {}", self.resumed_from)
         } else {
@@ -359,7 +373,53 @@ fn write_lines(path: &Path, lines: &[MetricLine]) -> Result<()> {
     write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(io(tmp)))
 }
 
-/// Runs the config's training job on `device`; returns its summary.
+/// The data-parallel rank this process is, from the launcher's environment
+/// ([`Launch::from_env`](sdeflow_train::parallel::Launch::from_env): torchrun's or Slurm's
+/// variables), with the device it trains on (`cuda:LOCAL_RANK`) and the NCCL communicator
+/// that sums the ranks' gradients; `None` for a plain process.
+fn join_launch(
+    device: Device,
+) -> Result<(
+    Device,
+    Option<std::sync::Arc<dyn sdeflow_train::parallel::Reduce>>,
+)> {
+    let Some(launch) = sdeflow_train::parallel::Launch::from_env(|k| std::env::var(k).ok())? else {
+        return Ok((device, None));
+    };
+    tracing::info!(
+        rank = launch.rank,
+        world = launch.world,
+        local_rank = launch.local_rank,
+        "data-parallel launch"
+    );
+    #[cfg(feature = "nccl")]
+    {
+        let device = match device {
+            Device::Cuda(_) => Device::new_cuda(launch.local_rank)?,
+            other => other,
+        };
+        let nccl = sdeflow_train::parallel::Nccl::join(&launch, &device)?;
+        Ok((device, Some(std::sync::Arc::new(nccl))))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        if launch.world == 1 {
+            return Ok((device, None));
+        }
+        Err(Error::invalid(
+            "train",
+            "WORLD_SIZE",
+            format!(
+                "this process is rank {} of {}, but this sdeflow was built without NCCL: build it with `cargo build --release -p sdeflow-cli --features nccl` for data-parallel training on GPUs",
+                launch.rank, launch.world
+            ),
+        ))
+    }
+}
+
+/// Runs the config's training job on `device`; returns its summary. Launched as one rank of
+/// several (torchrun, `srun`; built with the `nccl` feature), it trains its slice of every
+/// batch on `cuda:LOCAL_RANK`; rank 0 alone evaluates and writes.
 pub fn train(
     config: &Config,
     device: Device,
@@ -398,6 +458,8 @@ pub fn train(
     sdeflow_kernel::io::ensure_writable_dir(&dir)?;
     let root = checkpoint_root(&dir);
     let metrics_path = dir.join("metrics.jsonl");
+    let (device, reduce) = join_launch(device)?;
+    let lead = reduce.as_ref().is_none_or(|r| r.rank() == 0);
     let mut trainer = Trainer::new(
         config.model.plugin.clone(),
         param.plugin.clone(),
@@ -408,6 +470,9 @@ pub fn train(
         config.seed,
         (config.dtype.dtype(), device.clone()),
     )?;
+    if let Some(r) = reduce {
+        trainer = trainer.with_reduce(r)?;
+    }
     let manifest = |step| Manifest {
         step,
         seed: config.seed,
@@ -416,10 +481,16 @@ pub fn train(
         emas: spec.ema.len(),
     };
 
-    if resume == Resume::Fresh && root.exists() {
+    if resume == Resume::Fresh && root.exists() && lead {
         std::fs::remove_dir_all(&root).map_err(io(&root))?;
     }
-    let resumed_from = match checkpoint::latest(&root)? {
+    // The other ranks of a fresh run do not read what rank 0 is removing.
+    let latest = if resume == Resume::Fresh && !lead {
+        None
+    } else {
+        checkpoint::latest(&root)?
+    };
+    let resumed_from = match latest {
         Some((ckpt, m)) => {
             if m.config_hash != config.hash || m.seed != config.seed {
                 return Err(Error::invalid(
@@ -448,6 +519,37 @@ pub fn train(
         }
         None => 0,
     };
+    trainer.check_ranks_agree()?;
+    if !lead {
+        // Rank 1 … W − 1 of a data-parallel run: the steps only (rank 0 evaluates, logs and
+        // checkpoints, with the same weights).
+        let start = Instant::now();
+        for _ in resumed_from + 1..=spec.steps {
+            trainer.step()?;
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let (rank, world) = trainer.rank();
+        tracing::info!(rank, world, "trained its slices of the batches");
+        return Ok(TrainSummary {
+            config: config.file.clone(),
+            model: config.model.name.to_string(),
+            param: param.name.to_string(),
+            sde: config.sde.name.to_string(),
+            weighting: weighting.name.to_string(),
+            data: data.name.to_string(),
+            steps: spec.steps,
+            batch: spec.batch,
+            resumed_from,
+            seed: config.seed,
+            device: device_name(&device),
+            wall_seconds: wall,
+            steps_per_second: (spec.steps - resumed_from) as f64 / wall.max(1e-9),
+            last: None,
+            eval_samples: 0,
+            ranks: Some((rank, world)),
+            files: Vec::new(),
+        });
+    }
     let mut lines = earlier_metrics(&metrics_path, resumed_from)?;
     write_lines(&metrics_path, &lines)?;
     let mut metrics = std::fs::OpenOptions::new()
@@ -590,6 +692,10 @@ pub fn train(
         steps_per_second: ran as f64 / train_seconds.max(1e-9),
         last: last_eval.or_else(|| lines.iter().rev().find_map(|l| l.eval.clone())),
         eval_samples: reference.as_ref().map_or(0, |r| r.n),
+        ranks: match trainer.rank() {
+            (_, 1) => None,
+            r => Some(r),
+        },
         files,
     };
     let path = dir.join("train-summary.json");

@@ -13,7 +13,9 @@
 //! - [`Ema`]: exponential moving averages of the weights, with score_sde's, k-diffusion's and
 //!   EDM's rate schedules;
 //! - [`Trainer`]: one run's state and its step on the kernel's DSM loss;
-//! - [`checkpoint`]: that state on disk, crash-safe, restored bit for bit.
+//! - [`checkpoint`]: that state on disk, crash-safe, restored bit for bit;
+//! - [`parallel`]: data parallelism, each rank a slice of every batch and their gradients
+//!   summed through a [`parallel::Reduce`] (one process: the identity; threads; NCCL).
 //!
 //! On the CPU the optimizer, the clip and the averages update their tensors in place, one
 //! pass each (`inplace`); elsewhere they are candle's ops.
@@ -22,6 +24,7 @@ pub mod checkpoint;
 pub mod ema;
 mod inplace;
 pub mod optim;
+pub mod parallel;
 pub mod trainer;
 
 pub use ema::Ema;

@@ -12,7 +12,10 @@ use sdeflow_kernel::{
     data::{Data, Split},
 };
 
-use crate::{AdamW, Ema, Params, clip_global_norm};
+use crate::{
+    AdamW, Ema, Params, clip_global_norm,
+    parallel::{Reduce, Single},
+};
 
 /// Evaluation draws are the training stream's under this seed offset: apart from every
 /// training step's, and the same at every evaluation.
@@ -48,6 +51,8 @@ pub struct Trainer {
     emas: Vec<Ema>,
     dtype: DType,
     device: Device,
+    /// How the ranks of a data-parallel run sum their gradients ([`Single`]: one process).
+    reduce: Arc<dyn Reduce>,
 }
 
 impl Trainer {
@@ -107,7 +112,79 @@ impl Trainer {
             dtype,
             device,
             spec,
+            reduce: Arc::new(Single),
         })
+    }
+
+    /// The run as one rank of a data-parallel group: each step takes this rank's slice of the
+    /// batch, and `reduce` sums the ranks' losses and gradients ([`crate::parallel`]). Every
+    /// rank must start from the same weights (the same seed, or the same checkpoint).
+    pub fn with_reduce(mut self, reduce: Arc<dyn Reduce>) -> Result<Self> {
+        if reduce.world() == 0 || reduce.world() > self.spec.batch {
+            return Err(Error::invalid(
+                "train",
+                "batch",
+                format!(
+                    "{} rows per step cannot be split over {} ranks; use a batch of at least {}",
+                    self.spec.batch,
+                    reduce.world(),
+                    reduce.world()
+                ),
+            ));
+        }
+        self.reduce = reduce;
+        Ok(self)
+    }
+
+    /// Checks that every rank holds the same state (step count, weights, EMAs) before a
+    /// data-parallel run steps: ranks that read different checkpoints, or none, would train
+    /// apart without an error. One small all-reduce; nothing in one process.
+    pub fn check_ranks_agree(&self) -> Result<()> {
+        use sha2::Digest;
+        let (rank, world) = (self.reduce.rank(), self.reduce.world());
+        if world == 1 {
+            return Ok(());
+        }
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.step_count().to_le_bytes());
+        let mut tensors: Vec<&Tensor> = self
+            .params
+            .vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor())
+            .collect();
+        for ema in &self.emas {
+            tensors.extend(ema.weights());
+        }
+        for t in tensors {
+            for v in t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()? {
+                hasher.update(v.to_bits().to_le_bytes());
+            }
+        }
+        // 16-bit pieces of the digest, and their squares: all ranks agree iff Σx² = (Σx)²/W.
+        let pieces: Vec<f64> = hasher.finalize()[..8]
+            .chunks(2)
+            .map(|c| f64::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        let mut wire = pieces.clone();
+        wire.extend(pieces.iter().map(|p| p * p));
+        let sum = self
+            .reduce
+            .all_reduce_sum(&Tensor::new(wire.as_slice(), &self.device)?)?
+            .to_vec1::<f64>()?;
+        let w = world as f64;
+        if (0..pieces.len()).any(|i| sum[pieces.len() + i] * w != sum[i] * sum[i]) {
+            return Err(Error::Msg(format!(
+                "rank {rank} of {world}: the ranks start from different states (step {} here); every rank must start fresh or read the same checkpoint",
+                self.step_count()
+            )));
+        }
+        Ok(())
+    }
+
+    /// This run's rank and the world's size.
+    pub fn rank(&self) -> (usize, usize) {
+        (self.reduce.rank(), self.reduce.world())
     }
 
     /// Steps taken.
@@ -217,9 +294,49 @@ impl Trainer {
     /// the loss and gradient are the whole batch's. A non-finite loss or gradient is an error
     /// naming the step and the range of t in the batch, before anything is updated.
     ///
+    /// One rank of W ([`with_reduce`](Self::with_reduce)) takes rows r·B/W … (r + 1)·B/W − 1
+    /// of the batch (in its micro-batches), and the ranks' weighted losses and gradients are
+    /// summed: the whole batch's, on every rank.
+    ///
     /// Runs on a rayon worker ([`on_workers`](sdeflow_kernel::threads::on_workers)).
     pub fn step(&mut self) -> Result<StepReport> {
         sdeflow_kernel::threads::on_workers(|| self.step_here())
+    }
+
+    /// The ranks' gradients summed (this rank's `grads`, zeros when it had no rows), in one
+    /// all-reduce of their concatenation: in f64 for an f64 model, f32 otherwise.
+    fn sum_over_ranks(&self, grads: Option<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let vars = self.params.vars();
+        let grads = match grads {
+            Some(g) => g,
+            None => vars
+                .iter()
+                .map(|(_, v)| v.as_tensor().zeros_like())
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        let wire = if self.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let flat = grads
+            .iter()
+            .map(|g| g.flatten_all()?.to_dtype(wire))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let summed = self.reduce.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
+        let mut at = 0;
+        grads
+            .iter()
+            .map(|g| {
+                let n = g.elem_count();
+                let part = summed
+                    .narrow(0, at, n)?
+                    .reshape(g.shape())?
+                    .to_dtype(g.dtype());
+                at += n;
+                Ok(part?)
+            })
+            .collect()
     }
 
     /// [`step`](Self::step) on the current thread.
@@ -227,11 +344,20 @@ impl Trainer {
         let n = self.opt.step_count() + 1;
         let b = self.spec.batch;
         let parts = self.spec.accumulate;
+        let (rank, world) = (self.reduce.rank(), self.reduce.world());
+        let (mine, mine_end) = (rank * b / world, (rank + 1) * b / world);
+        let len = mine_end - mine;
         let mut value = 0.0;
         let mut grads: Option<Vec<Tensor>> = None;
-        let mut times = Vec::with_capacity(b);
+        let mut times = Vec::with_capacity(len);
+        // A non-finite part: the message naming its rows (every rank must reach the sum below
+        // before any of them stops).
+        let mut bad: Option<String> = None;
         for k in 0..parts {
-            let (lo, hi) = (k * b / parts, (k + 1) * b / parts);
+            let (lo, hi) = (mine + k * len / parts, mine + (k + 1) * len / parts);
+            if hi == lo {
+                continue;
+            }
             let batch = self.data.batch(
                 Split::Train,
                 self.seed,
@@ -265,7 +391,7 @@ impl Trainer {
             let mut loss = self
                 .dsm
                 .loss(&self.denoiser, &x0, labels.as_ref(), &draws)?;
-            if parts > 1 {
+            if parts > 1 || world > 1 {
                 loss = loss.affine((hi - lo) as f64 / b as f64, 0.0)?;
             }
             let part = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -294,14 +420,16 @@ impl Trainer {
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, z), &t| {
                         (a.min(t), z.max(t))
                     });
-                return Err(Error::Msg(format!(
+                bad = Some(format!(
                     "training step {n}: the loss is {part} (t in [{t_lo:.4e}, {t_hi:.4e}]), first in {}; the weights are left as they were",
                     if at.is_empty() {
                         "no single row (their mean overflows)".to_string()
                     } else {
                         at.join(", ")
                     }
-                )));
+                ));
+                value = part;
+                break;
             }
             value += part;
             let g = self.params.grads(&loss.backward()?)?;
@@ -313,6 +441,25 @@ impl Trainer {
                     .map(|(a, b)| a.add(b))
                     .collect::<candle_core::Result<Vec<_>>>()?,
             });
+        }
+        if world > 1 {
+            // The batch's loss: every rank's part, summed (a NaN anywhere stops every rank).
+            let sum = self
+                .reduce
+                .all_reduce_sum(&Tensor::new(&[value], &self.device)?)?;
+            let total = sum.to_vec1::<f64>()?[0];
+            if !total.is_finite() {
+                return Err(Error::Msg(bad.unwrap_or_else(|| {
+                    format!(
+                        "training step {n}: the loss is {total} on another rank than {rank} of {world}; the weights are left as they were"
+                    )
+                })));
+            }
+            value = total;
+            grads = Some(self.sum_over_ranks(grads)?);
+        }
+        if let Some(message) = bad {
+            return Err(Error::Msg(message));
         }
         let t_range = || {
             let lo = times.iter().copied().fold(f64::INFINITY, f64::min);

@@ -273,3 +273,131 @@ fn a_non_finite_step_is_an_error_that_changes_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Data parallelism over threads: 4 ranks' steps of a batch of 90 rows (ranks of 22 and 23
+/// rows, each in 2 micro-batches) give the one-process run's losses, gradient norms and
+/// weights up to the order of the sums, on every rank the same bits; one rank is the
+/// one-process run exactly.
+#[test]
+fn data_parallel_ranks_train_as_one_process() -> Result<()> {
+    use sdeflow_train::parallel::{Reduce, Threads};
+    let spec = TrainSpec {
+        steps: 5,
+        batch: 90,
+        warmup: 1,
+        lr: 3e-3,
+        accumulate: 2,
+        ..TrainSpec::default()
+    };
+    let (mut one, _) = trainer(spec.clone())?;
+    let reports: Vec<_> = (0..5).map(|_| one.step()).collect::<Result<_>>()?;
+    let weights = |t: &Trainer| -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for (_, v) in t.params().vars() {
+            out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    };
+    let reference = weights(&one)?;
+    for world in [1usize, 2, 4] {
+        let ranks = std::thread::scope(|s| {
+            let handles: Vec<_> = Threads::group(world)
+                .into_iter()
+                .map(|rank| {
+                    let spec = spec.clone();
+                    s.spawn(move || -> Result<(Vec<f32>, Vec<u32>, Vec<f64>)> {
+                        // Each rank on a pool of its own: ranks wait for each other.
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .map_err(|e| sdeflow_kernel::Error::Msg(e.to_string()))?;
+                        pool.install(|| {
+                            let reduce: Arc<dyn Reduce> = Arc::new(rank);
+                            let (t, _) = trainer(spec)?;
+                            let mut t = t.with_reduce(reduce)?;
+                            let mut seen = Vec::new();
+                            for _ in 0..5 {
+                                let r = t.step()?;
+                                seen.extend([r.loss, r.grad_norm]);
+                            }
+                            Ok((weights(&t)?, bits(&t, true)?, seen))
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a rank panicked"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for r in &ranks[1..] {
+            assert!(r.1 == ranks[0].1, "world {world}: ranks differ");
+        }
+        let (w, _, seen) = &ranks[0];
+        if world == 1 {
+            assert!(*w == reference, "one rank is not the one-process run");
+        }
+        let gap = w
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(gap <= 1e-6, "world {world}: weights differ by {gap}");
+        for (k, r) in reports.iter().enumerate() {
+            let (loss, norm) = (seen[2 * k], seen[2 * k + 1]);
+            assert!(
+                (loss - r.loss).abs() <= 1e-6 * r.loss,
+                "world {world}, step {k}: loss {loss} vs {}",
+                r.loss
+            );
+            assert!(
+                (norm - r.grad_norm).abs() <= 1e-5 * r.grad_norm,
+                "world {world}, step {k}: norm {norm} vs {}",
+                r.grad_norm
+            );
+        }
+        eprintln!("world {world}: largest weight difference {gap:e}");
+    }
+    Ok(())
+}
+
+/// Ranks that start from different weights are an error on every rank before a step.
+#[test]
+fn ranks_that_start_apart_are_an_error() -> Result<()> {
+    use sdeflow_train::parallel::{Reduce, Threads};
+    let spec = TrainSpec {
+        steps: 2,
+        batch: 8,
+        ..TrainSpec::default()
+    };
+    let verdicts = std::thread::scope(|s| {
+        let handles: Vec<_> = Threads::group(2)
+            .into_iter()
+            .map(|rank| {
+                let spec = spec.clone();
+                s.spawn(move || -> Result<(bool, bool)> {
+                    let apart = rank.rank() == 1;
+                    let reduce: Arc<dyn Reduce> = Arc::new(rank);
+                    let (t, _) = trainer(spec)?;
+                    let t = t.with_reduce(reduce)?;
+                    let agreed = t.check_ranks_agree().is_ok();
+                    if apart {
+                        let (_, v) = &t.params().vars()[0];
+                        v.set(&v.as_tensor().affine(1.0, 1e-3)?)?;
+                    }
+                    let e = t.check_ranks_agree();
+                    if let Err(e) = &e {
+                        assert!(e.to_string().contains("different states"), "{e}");
+                    }
+                    Ok((agreed, e.is_err()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a rank panicked"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    assert_eq!(verdicts, vec![(true, true), (true, true)]);
+    Ok(())
+}
