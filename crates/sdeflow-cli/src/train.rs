@@ -375,7 +375,7 @@ fn write_lines(path: &Path, lines: &[MetricLine]) -> Result<()> {
 
 /// The data-parallel rank this process is, from the launcher's environment
 /// ([`Launch::from_env`](sdeflow_train::parallel::Launch::from_env): torchrun's or Slurm's
-/// variables), with the device it trains on (`cuda:LOCAL_RANK`) and the NCCL communicator
+/// variables), with the device it trains on (`cuda:LOCAL_RANK`, or the one GPU it sees) and the NCCL communicator
 /// that sums the ranks' gradients; `None` for a plain process.
 fn join_launch(
     device: Device,
@@ -395,7 +395,7 @@ fn join_launch(
     #[cfg(feature = "nccl")]
     {
         let device = match device {
-            Device::Cuda(_) => Device::new_cuda(launch.local_rank)?,
+            Device::Cuda(_) => Device::new_cuda(launch.gpu)?,
             other => other,
         };
         let nccl = sdeflow_train::parallel::Nccl::join(&launch, &device)?;

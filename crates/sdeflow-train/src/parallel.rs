@@ -132,9 +132,14 @@ pub struct Launch {
     pub rank: usize,
     /// The number of processes.
     pub world: usize,
-    /// Its rank on its node: the GPU it takes (`cuda:LOCAL_RANK`).
+    /// Its rank on its node.
     pub local_rank: usize,
-    /// Where rank 0 listens for the others, to hand them NCCL's unique id.
+    /// The GPU it takes: `cuda:LOCAL_RANK`, or `cuda:0` when `CUDA_VISIBLE_DEVICES` shows it
+    /// one GPU (Slurm's `--gpus-per-task=1`).
+    pub gpu: usize,
+    /// Where rank 0 listens for the others, to hand them NCCL's unique id: `MASTER_ADDR` and
+    /// `SDEFLOW_RENDEZVOUS_PORT`, else `MASTER_PORT` + 1 (torchrun's agent holds `MASTER_PORT`
+    /// for its own store).
     pub master: String,
 }
 
@@ -177,7 +182,32 @@ impl Launch {
                 format!("rank {rank} of a world of {world}: a rank is 0 … {world_var} − 1"),
             ));
         }
-        let master = match (env("MASTER_ADDR"), env("MASTER_PORT")) {
+        let port = match (env("SDEFLOW_RENDEZVOUS_PORT"), env("MASTER_PORT")) {
+            (Some(p), _) => Some(p.trim().parse::<u16>().map_err(|_| {
+                Error::invalid(
+                    "train",
+                    "SDEFLOW_RENDEZVOUS_PORT",
+                    format!("`{p}` is not a port"),
+                )
+            })?),
+            (None, Some(p)) => Some(
+                p.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|p| p.checked_add(1))
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "train",
+                            "MASTER_PORT",
+                            format!(
+                                "`{p}` is not a port below 65535 (rank 0 listens on the next one)"
+                            ),
+                        )
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        let master = match (env("MASTER_ADDR"), port) {
             (Some(a), Some(p)) => format!("{a}:{p}"),
             _ if world == 1 => String::new(),
             _ => {
@@ -188,10 +218,13 @@ impl Launch {
                 ));
             }
         };
+        let one_visible = env("CUDA_VISIBLE_DEVICES")
+            .is_some_and(|v| v.split(',').filter(|d| !d.trim().is_empty()).count() == 1);
         Ok(Some(Self {
             rank,
             world,
             local_rank,
+            gpu: if one_visible { 0 } else { local_rank },
             master,
         }))
     }
@@ -407,7 +440,8 @@ mod tests {
                 rank: 3,
                 world: 4,
                 local_rank: 1,
-                master: "node7:29500".into()
+                gpu: 1,
+                master: "node7:29501".into()
             })
         );
         let slurm = Launch::from_env(env(&[
@@ -419,6 +453,17 @@ mod tests {
         ]))?
         .expect("a launch");
         assert_eq!((slurm.rank, slurm.world, slurm.local_rank), (1, 2, 1));
+        let bound = Launch::from_env(env(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "1"),
+            ("CUDA_VISIBLE_DEVICES", "3"),
+            ("MASTER_ADDR", "n1"),
+            ("MASTER_PORT", "1234"),
+            ("SDEFLOW_RENDEZVOUS_PORT", "4000"),
+        ]))?
+        .expect("a launch");
+        assert_eq!((bound.gpu, bound.master.as_str()), (0, "n1:4000"));
         // A one-task Slurm job (an array task, say) is a single process.
         assert_eq!(
             Launch::from_env(env(&[("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")]))?,
@@ -439,6 +484,38 @@ mod tests {
                     .expect_err("a bad launch");
             assert!(e.to_string().contains(var), "{e}");
         }
+        Ok(())
+    }
+
+    /// Rank 0 hands its id to three others over TCP on the loopback.
+    #[test]
+    fn rank_zero_hands_the_id_to_every_rank() -> Result<()> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::Msg(e.to_string()))?
+            .port();
+        let id: [u8; 128] = std::array::from_fn(|i| (i * 7) as u8);
+        let got = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|rank| {
+                    s.spawn(move || {
+                        let launch = Launch {
+                            rank,
+                            world: 4,
+                            local_rank: rank,
+                            gpu: rank,
+                            master: format!("127.0.0.1:{port}"),
+                        };
+                        rendezvous(&launch, (rank == 0).then_some(id))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        assert!(got.iter().all(|g| *g == id));
         Ok(())
     }
 
