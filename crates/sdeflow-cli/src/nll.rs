@@ -385,20 +385,7 @@ fn evaluate(
             *v = l.lo + cell * (k + uniform_f64(key, row, col));
         }
     }
-    let x = Tensor::from_vec(values.clone(), shape, &Device::Cpu)?;
     let pipeline = &setup.pipeline;
-    let offset = range.start as u64;
-    let start = Instant::now();
-    let out = pipeline.log_likelihood(&x, offset, spec.trace)?;
-    let wall = start.elapsed().as_secs_f64();
-    let (bound, bound_wall) = match spec.bound {
-        None => (None, None),
-        Some(k) => {
-            let start = Instant::now();
-            let b = pipeline.variational_bound(&x, offset, k)?;
-            (Some((b.value, b.se)), Some(start.elapsed().as_secs_f64()))
-        }
-    };
     let exact = match (
         &spec.npy,
         config
@@ -412,6 +399,38 @@ fn evaluate(
             Some(m.eval(&values).iter().map(|e| e.log_prob).collect())
         }
         _ => None,
+    };
+    if range.is_empty() {
+        // A shard the split left no rows (fewer whole chunks than shards).
+        let mut latent_shape = vec![0];
+        latent_shape.extend(&config.model.plugin.sample_shape());
+        return Ok(Evaluated {
+            per_row: PerRow {
+                nll: Vec::new(),
+                probe_se: matches!(spec.trace, Trace::Hutchinson { probes, .. } if probes > 1)
+                    .then(Vec::new),
+                bound: spec.bound.map(|_| (Vec::new(), Vec::new())),
+                exact,
+            },
+            latent: Tensor::zeros(latent_shape, setup.pipeline.dtype(), &Device::Cpu)?,
+            nfe: 0,
+            spread: None,
+            wall: 0.0,
+            bound_wall: None,
+        });
+    }
+    let x = Tensor::from_vec(values, shape, &Device::Cpu)?;
+    let offset = range.start as u64;
+    let start = Instant::now();
+    let out = pipeline.log_likelihood(&x, offset, spec.trace)?;
+    let wall = start.elapsed().as_secs_f64();
+    let (bound, bound_wall) = match spec.bound {
+        None => (None, None),
+        Some(k) => {
+            let start = Instant::now();
+            let b = pipeline.variational_bound(&x, offset, k)?;
+            (Some((b.value, b.se)), Some(start.elapsed().as_secs_f64()))
+        }
     };
     Ok(Evaluated {
         per_row: PerRow {

@@ -244,6 +244,12 @@ impl fmt::Display for Report {
             m.config,
             m.shard.count
         )?;
+        if m.rows == 0 {
+            writeln!(
+                f,
+                "(no rows: the run has fewer whole model chunks than shards; this shard only marks its place)"
+            )?;
+        }
         for file in &self.files {
             writeln!(f, "wrote {file}")?;
         }

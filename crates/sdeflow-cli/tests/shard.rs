@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sdeflow");
 /// A network trained for a few steps; chunks of 64 rows, so that 3 shards split 500 samples
 /// into whole chunks (128, 192, 180) and 150 nll rows (64, 64, 22); a trajectory; an nll with
 /// Hutchinson's probes (their standard errors), the variational bound and latents, solved by
-/// the adaptive default solver (per-row NFE).
+/// the adaptive default solver (per-row NFE). Split in 4, the nll rows leave shard 0 empty.
 const RUN: &str = r#"(
     seed: 3,
     sde: vp(),
@@ -134,6 +134,23 @@ fn shards_merge_to_the_unsharded_bytes_and_bad_sets_are_refused() {
     assert_eq!(rows("sample-2-of-3"), (Some(320), Some(180)));
     assert_eq!(rows("nll-1-of-3"), (Some(64), Some(64)));
 
+    // Four nll shards of 150 rows in chunks of 64: the first is empty (3 chunks, 4 shards).
+    for i in 0..3 {
+        std::fs::remove_dir_all(out.join("shards").join(format!("nll-{i}-of-3"))).expect("removed");
+    }
+    for i in 0..4 {
+        ok(&["nll", cfg, "--out", out_s, "--shard", &format!("{i}/4")]);
+    }
+    assert_eq!(rows("nll-0-of-4"), (Some(0), Some(0)));
+    ok(&["merge", cfg, "--out", out_s]);
+    for (f, bytes) in FILES.iter().zip(&whole) {
+        assert!(
+            read(&out.join(f)) == *bytes,
+            "{f} differs after a split with an empty shard"
+        );
+    }
+    assert_eq!(numbers(&out.join("nll-summary.json")), nll_json);
+
     // What a merge refuses, each without touching the merged files.
     let shards = out.join("shards");
     let merge = ["merge", cfg, "--out", out_s];
@@ -153,9 +170,9 @@ fn shards_merge_to_the_unsharded_bytes_and_bad_sets_are_refused() {
     ok(&["sample", cfg, "--out", out_s, "--shard", "0/2"]);
     fails(&merge, &["two splits", "one of 2", "one of 3", "stale"]);
     std::fs::remove_dir_all(shards.join("sample-0-of-2")).expect("removed");
-    std::fs::remove_file(shards.join("nll-2-of-3").join("shard.json")).expect("removed");
-    fails(&merge, &["nll-2-of-3", "unfinished shard"]);
-    ok(&["nll", cfg, "--out", out_s, "--shard", "2/3"]);
+    std::fs::remove_file(shards.join("nll-2-of-4").join("shard.json")).expect("removed");
+    fails(&merge, &["nll-2-of-4", "unfinished shard"]);
+    ok(&["nll", cfg, "--out", out_s, "--shard", "2/4"]);
     // A shard of another seed: another config.
     let other = dir.join("other.ron");
     std::fs::write(&other, RUN.replace("seed: 3", "seed: 4")).expect("config");
