@@ -50,7 +50,9 @@ impl Reduce for Single {
 }
 
 /// Ranks as threads of one process, meeting at a barrier: each puts its tensor on the host,
-/// and every rank sums them in rank order (so every rank gets the same bits).
+/// and every rank sums them in rank order (so every rank gets the same bits). Each rank runs
+/// on a thread of its own outside rayon's global pool (in a pool of its own, as the test
+/// does): ranks wait for each other, and two ranks queued on one worker would wait forever.
 #[derive(Debug, Clone)]
 pub struct Threads {
     rank: usize,
