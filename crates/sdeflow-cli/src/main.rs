@@ -18,6 +18,17 @@ fn main() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
         }
     }
+    // Implicit and sliced score matching differentiate a gradient (∇ₓ·ŝ) again; candle
+    // detaches every gradient unless this is set before a thread's first backward pass. Kept
+    // on (the values of first-order gradients are the same either way), a value the user set
+    // is kept.
+    if std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none() {
+        // SAFETY: as above, before any other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+    }
     // Commands run on rayon's workers (`main_with`), with the main thread's stack.
     sdeflow_kernel::threads::build_global_pool();
     tracing_subscriber::fmt()

@@ -258,6 +258,7 @@ impl Context<'_> {
                 sde::check(&mut report, named_sdes[i].0, named_sdes[i].1);
                 let (name, sde) = &sdes[i];
                 loss::closed_form(&mut report, self.registry, name, sde, self.target);
+                loss::implicit_closed_form(&mut report, self.registry, name, sde, self.target);
             }
             Unit::Param(i) => {
                 param::check(

@@ -35,6 +35,7 @@ pub struct Denoiser {
     padded_rows: AtomicU64,
     keep_graph: bool,
     training: bool,
+    second_order: bool,
     guidance: Option<f64>,
 }
 
@@ -56,6 +57,7 @@ impl Denoiser {
             padded_rows: AtomicU64::new(0),
             keep_graph: false,
             training: false,
+            second_order: false,
             guidance: None,
         }
     }
@@ -82,11 +84,24 @@ impl Denoiser {
         self
     }
 
+    /// Whether the model's outputs stay on autograd's graph ([`keep_graph`](Self::keep_graph)).
+    pub fn keeps_graph(&self) -> bool {
+        self.keep_graph
+    }
+
     /// Evaluates the model as in training: [`eval_keyed`](Self::eval_keyed)'s draws reach
     /// the model (its dropout). Off by default: evaluation, sampling and likelihoods see the
     /// network without dropout.
     pub fn training(mut self, on: bool) -> Self {
         self.training = on;
+        self
+    }
+
+    /// Asks the model for outputs whose gradients with respect to x autograd can
+    /// differentiate again ([`At::second_order`]): a loss of ∇ₓ·ŝ (implicit and sliced score
+    /// matching) trains through it.
+    pub fn second_order(mut self, on: bool) -> Self {
+        self.second_order = on;
         self
     }
 
@@ -233,7 +248,9 @@ impl Denoiser {
         keep: bool,
         key: Option<RowKey>,
     ) -> Result<Tensor> {
-        let at = At::new(time.clone(), &*self.param).with_dropout(key);
+        let at = At::new(time.clone(), &*self.param)
+            .with_dropout(key)
+            .with_second_order(self.second_order);
         let out = self.model.forward(&self.param.input(x, time)?, &at, cond)?;
         Ok(if keep { out } else { out.detach() })
     }

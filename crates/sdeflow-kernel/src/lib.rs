@@ -54,7 +54,7 @@ pub use de::{Entry, SolverRef};
 pub use denoiser::{Denoiser, Prediction};
 pub use error::{Error, Result};
 pub use grid::GridKind;
-pub use loss::{Draws, Dsm};
+pub use loss::{Draws, Dsm, Objective};
 pub use model::{At, ModelContext, ParamEntry, Retarget, ScoreModel, null_label};
 pub use param::{Conversions, Lin, Parameterization, TargetLin, convert};
 pub use pipeline::{Pipeline, PipelineBuilder, SampleOutput};

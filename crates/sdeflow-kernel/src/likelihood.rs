@@ -75,8 +75,29 @@ pub fn probes(
     dist: Probe,
     (dtype, device): (DType, &Device),
 ) -> Result<Tensor> {
+    probes_keyed(
+        philox_key(seed, Stream::Hutchinson),
+        offset,
+        n,
+        sample,
+        k,
+        dist,
+        (dtype, device),
+    )
+}
+
+/// [`probes`] from the Philox `key` (sliced score matching draws its projections afresh at
+/// every training step: the key of (seed, step)).
+pub fn probes_keyed(
+    key: [u32; 2],
+    offset: u64,
+    n: usize,
+    sample: &[usize],
+    k: usize,
+    dist: Probe,
+    (dtype, device): (DType, &Device),
+) -> Result<Tensor> {
     let d: usize = sample.iter().product();
-    let key = philox_key(seed, Stream::Hutchinson);
     let mut v = vec![0.0f64; k * n * d];
     for i in 0..n {
         for j in 0..k {
@@ -132,9 +153,60 @@ pub fn score_divergence(
             }
         }
     }
-    // Autograd: ŝ on the graph of a fresh leaf x, then one backward pass per direction.
+    let (s, div) = by_autograd(denoiser, x, time, probes, None)?;
+    Ok((s.detach(), div.detach()))
+}
+
+/// What a loss needs to differentiate ∇·ŝ with respect to the weights (implicit and sliced
+/// score matching): ŝ and the divergence of [`score_divergence`] — exact by D vector-Jacobian
+/// products, or one per probe — computed on autograd's graph, for the batch's conditioning
+/// `cond` and a training step's dropout draws `key`. The denoiser must keep its graph and ask
+/// its model for [second-order](crate::At::second_order) outputs, and the process must run
+/// with `CANDLE_GRAD_DO_NOT_DETACH=1` ([`second_order_gradients`]).
+pub fn score_divergence_on_graph(
+    denoiser: &Denoiser,
+    x: &Tensor,
+    time: &Time,
+    probes: Option<&Tensor>,
+    (cond, key): (Option<&Tensor>, Option<crate::noise::RowKey>),
+) -> Result<(Tensor, Tensor)> {
+    by_autograd(denoiser, x, time, probes, Some((cond, key)))
+}
+
+/// Whether autograd's gradients are themselves differentiable in this thread: candle detaches
+/// them unless `CANDLE_GRAD_DO_NOT_DETACH=1` was set before the thread's first backward pass.
+pub fn second_order_gradients() -> Result<bool> {
+    let x = Var::new(&[1.5f64], &Device::Cpu)?;
+    let y = x.as_tensor().sqr()?.sum_all()?;
+    let g = y
+        .backward()?
+        .get(x.as_tensor())
+        .cloned()
+        .ok_or_else(|| Error::Msg("autograd gave no gradient for x²".into()))?;
+    Ok(g.track_op())
+}
+
+/// ŝ on the graph of a fresh leaf x, then one backward pass per direction: the divergence
+/// exactly (`probes` = `None`, D passes) or one estimate per probe. `training`: the batch's
+/// conditioning and dropout draws, and everything left on the graph (for a loss); otherwise
+/// the denoiser's own conditioning.
+fn by_autograd(
+    denoiser: &Denoiser,
+    x: &Tensor,
+    time: &Time,
+    probes: Option<&Tensor>,
+    training: Option<(Option<&Tensor>, Option<crate::noise::RowKey>)>,
+) -> Result<(Tensor, Tensor)> {
+    let n = x.dim(0)?;
+    let d = x.elem_count() / n.max(1);
     let leaf = Var::from_tensor(&x.detach())?;
-    let s = denoiser.eval_tracked(leaf.as_tensor(), time)?.score()?;
+    let s = match training {
+        None => denoiser.eval_tracked(leaf.as_tensor(), time)?.score()?,
+        Some((cond, Some(key))) => denoiser
+            .eval_keyed(leaf.as_tensor(), time, cond, key)?
+            .score()?,
+        Some((cond, None)) => denoiser.eval_cond(leaf.as_tensor(), time, cond)?.score()?,
+    };
     let flat = s.reshape((n, d))?;
     let grad_along = |w: &Tensor| -> Result<Tensor> {
         let grads = (&flat * w)?.sum_all()?.backward()?;
@@ -166,7 +238,7 @@ pub fn score_divergence(
             Tensor::stack(&ests, 1)?
         }
     };
-    Ok((s.detach(), div.detach()))
+    Ok((s, div))
 }
 
 /// The PF-ODE augmented with the log-density change: y = (x, Δ), F = (f x − ½ g² ŝ,

@@ -1,5 +1,6 @@
-//! The denoising score-matching loss (MATH.md §4, §9), one formula for training and for the
-//! contracts that check it.
+//! The score-matching losses (MATH.md §4, §9), one formula each for training and for the
+//! contracts that check them: denoising score matching below, and implicit and sliced score
+//! matching ([`Objective`]) through the likelihood's divergence machinery.
 //!
 //! For clean rows x₀, each row i gets its own time t_i drawn from the weighting's t-density
 //! (uniform on [t_ε, T] unless the weighting has its own) and its own ε_i ~ N(0, I), both from
@@ -18,6 +19,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Conversions, Denoiser, ForwardSde, PerRow, Result, Rows, Time, TimeCoefs, Weighting, convert,
@@ -34,13 +36,99 @@ pub struct Draws {
     /// The step's draws for a network's dropout, keyed by the batch's first row (`None`: no
     /// dropout, as in a loss evaluated at fixed draws).
     pub dropout: Option<RowKey>,
+    /// Sliced score matching's projections, `[n, k, ...]` (`None` for the other objectives).
+    pub probes: Option<Tensor>,
 }
 
-/// The denoising score-matching objective of an SDE under a weighting.
+/// Which score-matching objective a run minimises (`train: (objective: …)`), each at every
+/// row's own noise level x_t = α x₀ + σ ε and weighted in time by the run's weighting.
+///
+/// - `dsm()` (the default; Vincent 2011): w_ε ‖ε̂ − ε‖², as above.
+/// - `ism()`, implicit score matching (Hyvärinen 2005): J = ½‖ŝ‖² + ∇·ŝ, the divergence exact
+///   (D vector-Jacobian products: for small D).
+/// - `ssm(projections: k, dist, variance_reduced)`, sliced score matching (Song, Garg, Shi &
+///   Ermon 2019): J = ½ (vᵀŝ)² + vᵀ (∂ŝ/∂x) v averaged over k projections v per row
+///   (Rademacher or Gaussian, from the kernel's noise source keyed by (seed, step, row)); with
+///   `variance_reduced` (SSM-VR) the first term is ½‖ŝ‖², its expectation over v.
+///
+/// ISM and SSM are weighted as 2 w_ε σ² J, which makes them DSM's objective less a constant:
+/// E_ε‖ŝ − (−ε/σ)‖² = E[‖ŝ‖² + 2 ∇·ŝ] + d/σ² (integration by parts; MATH.md §9's
+/// E‖ε̂* − ε‖² = d + σ² E[∇·s]), so L_ISM = L_DSM − d E_t[w_ε] for every model, and all three
+/// have the same minimiser. On the exact score E[J] = −½ E‖s‖² (E‖s‖² = −E[∇·s]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Objective {
+    /// Denoising score matching.
+    Dsm {},
+    /// Implicit score matching, the divergence exact.
+    Ism {},
+    /// Sliced score matching.
+    Ssm {
+        /// Projections per row, k ≥ 1 (default 1).
+        #[serde(default = "one")]
+        projections: usize,
+        /// Their distribution (default Rademacher).
+        #[serde(default = "rademacher")]
+        dist: crate::likelihood::Probe,
+        /// SSM-VR: ½‖ŝ‖² for ½ (vᵀŝ)² (default true).
+        #[serde(default = "yes")]
+        variance_reduced: bool,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+fn rademacher() -> crate::likelihood::Probe {
+    crate::likelihood::Probe::Rademacher
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Self::Dsm {}
+    }
+}
+
+impl Objective {
+    /// Whether the objective differentiates ∇ₓ·ŝ (ISM, SSM): second-order gradients.
+    pub fn needs_divergence(&self) -> bool {
+        !matches!(self, Self::Dsm {})
+    }
+
+    /// Its name as a config writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dsm {} => "dsm",
+            Self::Ism {} => "ism",
+            Self::Ssm { .. } => "ssm",
+        }
+    }
+
+    /// Checks the objective's fields.
+    pub fn validate(&self) -> Result<()> {
+        if let Self::Ssm { projections: 0, .. } = self {
+            return Err(crate::Error::invalid(
+                "train",
+                "objective",
+                "ssm needs at least 1 projection per row (`ssm(projections: 1)`)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The score-matching loss of an SDE under a weighting: denoising score matching by default,
+/// or another [`Objective`].
 #[derive(Debug, Clone)]
 pub struct Dsm {
     sde: Arc<dyn ForwardSde>,
     weighting: Arc<dyn Weighting>,
+    objective: Objective,
 }
 
 /// The uniform index of a row's time among its training draws.
@@ -51,7 +139,22 @@ const LABEL_DRAW: u64 = 1;
 impl Dsm {
     /// The objective of `sde` under `weighting`.
     pub fn new(sde: Arc<dyn ForwardSde>, weighting: Arc<dyn Weighting>) -> Self {
-        Self { sde, weighting }
+        Self {
+            sde,
+            weighting,
+            objective: Objective::default(),
+        }
+    }
+
+    /// The same SDE and weighting with another objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// The objective.
+    pub fn objective(&self) -> Objective {
+        self.objective
     }
 
     /// The SDE.
@@ -106,6 +209,20 @@ impl Dsm {
             .collect();
         let cols: usize = shape.iter().product();
         let eps = philox_normal_tensor(key, offset, n, cols, 0, dtype, device)?;
+        let probes = match self.objective {
+            Objective::Ssm {
+                projections, dist, ..
+            } => Some(crate::likelihood::probes_keyed(
+                philox_step_key(seed, Stream::Projection, step),
+                offset,
+                n,
+                shape,
+                projections,
+                dist,
+                (dtype, device),
+            )?),
+            _ => None,
+        };
         Ok(Draws {
             time: PerRow::Rows(Rows::new(times)),
             eps: eps.reshape([vec![n], shape.to_vec()].concat())?,
@@ -113,6 +230,7 @@ impl Dsm {
                 key: philox_step_key(seed, Stream::Dropout, step),
                 first_row: offset,
             }),
+            probes,
         })
     }
 
@@ -154,6 +272,7 @@ impl Dsm {
             time: PerRow::Call(self.sde.coefs(t)),
             eps: draws.eps.clone(),
             dropout: draws.dropout,
+            probes: draws.probes.clone(),
         }
     }
 
@@ -167,6 +286,15 @@ impl Dsm {
         cond: Option<&Tensor>,
         draws: &Draws,
     ) -> Result<Tensor> {
+        if self.objective.needs_divergence() {
+            // 2 w_ε σ² J: DSM's objective less d w_ε (see [`Objective`]).
+            let j = self.row_objectives(denoiser, x0, cond, draws)?;
+            return crate::param::scale(
+                &draws.time,
+                |c| 2.0 * self.weighting.eps_weight(c) * c.sigma * c.sigma,
+                &j,
+            );
+        }
         let time = &draws.time;
         let x = convert::noisy(x0, &draws.eps, time)?;
         let out = match draws.dropout {
@@ -187,6 +315,73 @@ impl Dsm {
             },
             &sq,
         )
+    }
+
+    /// Each row's implicit or sliced score-matching term J, unweighted, shape `[n]`: ISM's
+    /// ½‖ŝ‖² + ∇·ŝ, or SSM's ½ (vᵀŝ)² + vᵀ (∂ŝ/∂x) v averaged over the row's projections
+    /// (SSM-VR: ½‖ŝ‖² + …) at x_t = α x₀ + σ ε. ŝ and the divergence are the likelihood's
+    /// ([`crate::likelihood::score_divergence`]: the model's closed form when it has one);
+    /// on autograd's graph when the denoiser keeps it ([`score_divergence_on_graph`](crate::likelihood::score_divergence_on_graph)),
+    /// for a training step. DSM has no such term: an error.
+    pub fn row_objectives(
+        &self,
+        denoiser: &Denoiser,
+        x0: &Tensor,
+        cond: Option<&Tensor>,
+        draws: &Draws,
+    ) -> Result<Tensor> {
+        let time = &draws.time;
+        let x = convert::noisy(x0, &draws.eps, time)?;
+        let n = x0.dim(0)?;
+        let probes = match self.objective {
+            Objective::Dsm {} => {
+                return Err(crate::Error::Msg(
+                    "denoising score matching has no implicit term; use row_losses".into(),
+                ));
+            }
+            Objective::Ism {} => None,
+            Objective::Ssm { .. } => Some(draws.probes.as_ref().ok_or_else(|| {
+                crate::Error::Msg("sliced score matching's draws hold no projections".into())
+            })?),
+        };
+        let (s, div) = if denoiser.keeps_graph() {
+            crate::likelihood::score_divergence_on_graph(
+                denoiser,
+                &x,
+                time,
+                probes,
+                (cond, draws.dropout),
+            )?
+        } else if cond.is_some() {
+            let (s, div) = crate::likelihood::score_divergence_on_graph(
+                denoiser,
+                &x,
+                time,
+                probes,
+                (cond, None),
+            )?;
+            (s.detach(), div.detach())
+        } else {
+            crate::likelihood::score_divergence(denoiser, &x, time, probes)?
+        };
+        let flat = s.reshape((n, ()))?;
+        let (first, div) = match (self.objective, probes) {
+            (
+                Objective::Ssm {
+                    variance_reduced: false,
+                    projections,
+                    ..
+                },
+                Some(v),
+            ) => {
+                let v = v.reshape((n, projections, ()))?.to_dtype(flat.dtype())?;
+                let vs = v.broadcast_mul(&flat.unsqueeze(1)?)?.sum(2)?;
+                (vs.sqr()?.mean(1)?, div.mean(1)?)
+            }
+            (_, Some(_)) => (flat.sqr()?.sum(1)?, div.mean(1)?),
+            (_, None) => (flat.sqr()?.sum(1)?, div),
+        };
+        Ok((first.affine(0.5, 0.0)? + div.to_dtype(first.dtype())?)?)
     }
 
     /// The loss L = mean of [`row_losses`](Self::row_losses): the scalar a training step

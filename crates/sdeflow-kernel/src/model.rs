@@ -53,6 +53,11 @@ pub struct At {
     /// The draws of a training step, for a network's dropout ([`crate::noise::RowKey::dropout`]);
     /// `None` everywhere else (evaluation, sampling, likelihoods): dropout is off.
     pub dropout: Option<crate::noise::RowKey>,
+    /// The caller differentiates a gradient of this output again (implicit and sliced score
+    /// matching differentiate ∇ₓ·ŝ with respect to the weights): the model must compute with
+    /// ops whose backward autograd can itself differentiate (candle's), not a fused op with a
+    /// hand-written backward ([`ScoreModel::second_order`]).
+    pub second_order: bool,
 }
 
 impl At {
@@ -73,12 +78,20 @@ impl At {
             c_noise: param.noise_level(&time),
             time,
             dropout: None,
+            second_order: false,
         }
     }
 
     /// This evaluation with a training step's dropout draws.
     pub fn with_dropout(mut self, key: Option<crate::noise::RowKey>) -> Self {
         self.dropout = key;
+        self
+    }
+
+    /// This evaluation for a caller that differentiates its gradient again
+    /// ([`second_order`](Self::second_order)).
+    pub fn with_second_order(mut self, on: bool) -> Self {
+        self.second_order = on;
         self
     }
 }
@@ -139,6 +152,15 @@ pub trait ScoreModel: Send + Sync + Debug {
     /// The exact law p₀ when the model is an oracle (for metrics against truth).
     fn exact_law(&self) -> Option<&crate::mixture::GaussianMixture> {
         None
+    }
+
+    /// Whether the model honours [`At::second_order`]: its output's gradients with respect to
+    /// x are themselves on autograd's graph (with `CANDLE_GRAD_DO_NOT_DETACH=1`), so that a
+    /// loss of ∇ₓ·ŝ (implicit or sliced score matching) trains it. The default is no: a
+    /// model that does not say so is refused such a loss rather than trained on a gradient
+    /// that silently lacks its second-order terms.
+    fn second_order(&self) -> bool {
+        false
     }
 
     /// The trainable variables, if any.
@@ -230,7 +252,9 @@ impl ScoreModel for Retarget {
     fn forward(&self, x: &Tensor, at: &At, cond: Option<&Tensor>) -> Result<Tensor> {
         let (to, from) = (&*self.to.plugin, &*self.from.plugin);
         let x = to.undo_input(x, &at.time)?;
-        let inner_at = At::new(at.time.clone(), from).with_dropout(at.dropout);
+        let inner_at = At::new(at.time.clone(), from)
+            .with_dropout(at.dropout)
+            .with_second_order(at.second_order);
         let out = self
             .inner
             .forward(&from.input(&x, &at.time)?, &inner_at, cond)?;
@@ -244,6 +268,10 @@ impl ScoreModel for Retarget {
 
     fn rows_independent(&self) -> bool {
         self.inner.rows_independent()
+    }
+
+    fn second_order(&self) -> bool {
+        self.inner.second_order()
     }
 
     fn classes(&self) -> Option<usize> {

@@ -49,6 +49,8 @@ pub enum Stream {
     Bound = 9,
     /// A network's dropout masks in training, keyed by (seed, step, row) ([`RowKey`]).
     Dropout = 10,
+    /// Sliced score matching's projections, keyed by (seed, step, row) ([`crate::loss`]).
+    Projection = 11,
 }
 
 /// A Philox key for `seed` and `stream`.

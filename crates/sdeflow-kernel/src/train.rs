@@ -260,6 +260,9 @@ impl Default for CheckpointSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename = "train", deny_unknown_fields, default)]
 pub struct TrainSpec {
+    /// The score-matching objective: `dsm()` (the default), `ism()` or
+    /// `ssm(projections: 1, dist: rademacher, variance_reduced: true)` ([`crate::loss::Objective`]).
+    pub objective: crate::loss::Objective,
     /// Optimizer steps.
     pub steps: u64,
     /// Rows per step.
@@ -298,6 +301,7 @@ impl Default for TrainSpec {
     /// evaluated and checkpointed every 1,000 steps.
     fn default() -> Self {
         Self {
+            objective: crate::loss::Objective::default(),
             steps: 3_000,
             batch: 512,
             accumulate: 1,
@@ -378,6 +382,7 @@ impl TrainSpec {
             return bad("rows", "eval rows must be at least 1".into());
         }
         self.optimizer.validate()?;
+        self.objective.validate()?;
         self.schedule().validate()
     }
 }

@@ -141,6 +141,7 @@ fn per_row_and_per_call_losses_agree() -> Result<()> {
             time: PerRow::Rows(Rows::new(vec![Ou.coefs(t); n])),
             eps: draws.eps.clone(),
             dropout: None,
+            probes: None,
         };
         let d = law.denoiser();
         let (a, b) = (

@@ -90,6 +90,28 @@ impl Trainer {
             }
             _ => {}
         }
+        if spec.objective.needs_divergence() {
+            if !model.second_order() {
+                return Err(Error::invalid(
+                    "train",
+                    "objective",
+                    format!(
+                        "`{}()` differentiates ∇ₓ·ŝ, and {model:?} does not compute second-order gradients (ScoreModel::second_order); train it with `dsm()`",
+                        spec.objective.name()
+                    ),
+                ));
+            }
+            if !sdeflow_kernel::likelihood::second_order_gradients()? {
+                return Err(Error::invalid(
+                    "train",
+                    "objective",
+                    format!(
+                        "`{}()` differentiates ∇ₓ·ŝ, and candle detaches gradients unless CANDLE_GRAD_DO_NOT_DETACH=1 is set before the process starts (the sdeflow binary sets it)",
+                        spec.objective.name()
+                    ),
+                ));
+            }
+        }
         let schedule = spec.schedule();
         let opt = AdamW::new(params.clone(), spec.optimizer)?;
         let emas = spec
@@ -100,11 +122,12 @@ impl Trainer {
         Ok(Self {
             schedule,
             seed,
-            dsm: Dsm::new(sde, weighting),
+            dsm: Dsm::new(sde, weighting).with_objective(spec.objective),
             eval: Denoiser::new(model.clone(), param.clone(), None, None),
             denoiser: Denoiser::new(model, param, None, None)
                 .keep_graph(true)
-                .training(true),
+                .training(true)
+                .second_order(spec.objective.needs_divergence()),
             data,
             params,
             opt,

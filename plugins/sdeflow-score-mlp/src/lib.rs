@@ -20,8 +20,9 @@
 //! `gemm` crate's kernels with bias + SiLU fused and a vectorised exp; the output and every
 //! gradient are the same bytes at any thread count (tested), and match the network written as
 //! candle's ops to 1e-5 of each tensor's scale in f32 and 1e-12 in f64 (tested). A forward no
-//! graph records (sampling) keeps nothing for a backward. Elsewhere (a GPU), the network is
-//! candle's ops.
+//! graph records (sampling) keeps nothing for a backward. Elsewhere (a GPU), and for a caller
+//! that differentiates a gradient again (`At::second_order`: implicit and sliced score
+//! matching), the network is candle's ops.
 //!
 //! # Parameters
 //! - `dim`: the sample dimension d. Default 2.
@@ -37,7 +38,8 @@
 //! bit for bit (a row's products depend on its block of rows), so the pipeline chunks;
 //! every parameter receives a gradient; save then load reproduces the outputs bit for bit; its
 //! frozen copy (weights off autograd's graph, sharing their storage, for a likelihood's trace)
-//! gives the same score and divergence.
+//! gives the same score and divergence; with `At::second_order` its input gradients are on
+//! autograd's graph (`second_order`), so losses of ∇ₓ·ŝ train it.
 //!
 //! # References
 //! Vaswani et al., "Attention Is All You Need", NeurIPS 2017, §3.5 (sinusoidal embedding);
@@ -363,14 +365,22 @@ impl ScoreModel for Mlp {
             ));
         }
         let xm = x.to_dtype(self.dtype)?;
+        // A caller that differentiates a gradient again (implicit or sliced score matching)
+        // gets candle's ops, whose backward autograd differentiates; the CPU op's hand-written
+        // backward is first order.
         let out = if matches!(self.device, Device::Cpu)
             && matches!(self.dtype, DType::F32 | DType::F64)
+            && !at.second_order
         {
             self.forward_cpu(&xm.contiguous()?, levels)?
         } else {
             self.forward_ops(&xm, levels)?
         };
         Ok(out.to_dtype(x.dtype())?)
+    }
+
+    fn second_order(&self) -> bool {
+        true
     }
 
     fn varmap(&self) -> Option<&VarMap> {

@@ -40,6 +40,7 @@ fn call(c: f64) -> At {
         time: PerRow::Call(coefs()),
         c_noise: PerRow::Call(c),
         dropout: None,
+        second_order: false,
     }
 }
 
@@ -49,6 +50,7 @@ fn per_row(cs: &[f64]) -> At {
         time: PerRow::Rows(Rows::new(vec![coefs(); cs.len()])),
         c_noise: PerRow::Rows(Rows::new(cs.to_vec())),
         dropout: None,
+        second_order: false,
     }
 }
 
