@@ -526,13 +526,49 @@ fn loss_plan(
     } else {
         "t uniform on [t_ε, T]"
     };
-    let _ = writeln!(
-        s,
-        "\nloss    weighting {}(): E_t~p[w_ε(t) ‖ε̂ − ε‖²], {density}; in the {}() target \
-         w_ε/k² on ‖out − target‖²",
-        w.name,
-        config.target_name()
-    );
+    let objective = config
+        .train
+        .as_ref()
+        .map(|t| t.objective)
+        .unwrap_or_default();
+    let _ = match objective {
+        sdeflow_kernel::Objective::Dsm {} => writeln!(
+            s,
+            "\nloss    weighting {}(): E_t~p[w_ε(t) ‖ε̂ − ε‖²], {density}; in the {}() target \
+             w_ε/k² on ‖out − target‖²",
+            w.name,
+            config.target_name()
+        ),
+        sdeflow_kernel::Objective::Ism {} => writeln!(
+            s,
+            "\nloss    implicit score matching under weighting {}(): E_t~p[2 w_ε σ² (½‖ŝ‖² + ∇·ŝ)], \
+             {density}, the divergence exact ({} vector-Jacobian products per row, differentiated again); \
+             DSM's objective less d E[w_ε]",
+            w.name,
+            pipeline.model().sample_shape().iter().product::<usize>()
+        ),
+        sdeflow_kernel::Objective::Ssm {
+            projections,
+            dist,
+            variance_reduced,
+        } => writeln!(
+            s,
+            "\nloss    sliced score matching{} under weighting {}(): E_t~p[2 w_ε σ² ({} + vᵀ(∂ŝ/∂x)v)], \
+             {density}, {projections} {dist:?} projection{} per row; DSM's objective less d E[w_ε]",
+            if variance_reduced {
+                " (variance-reduced)"
+            } else {
+                ""
+            },
+            w.name,
+            if variance_reduced {
+                "½‖ŝ‖²"
+            } else {
+                "½(vᵀŝ)²"
+            },
+            if projections == 1 { "" } else { "s" }
+        ),
+    };
     let _ = writeln!(
         s,
         "\n{:>8} {:>13} {:>11} {:>11} {:>11} {:>11} {:>9}",
@@ -578,11 +614,16 @@ pub fn train_text(t: &sdeflow_kernel::TrainSpec) -> String {
         .collect();
     let o = &t.optimizer;
     format!(
-        "{} steps × {} rows{}, AdamW(β = ({}, {}), ε = {:e}, decay {}) at lr {:e} (warm-up {} steps, {decay}), clip {}, EMA {}; eval every {} ({} held-out rows, {} samples), checkpoint every {} (keep {})",
+        "{} steps × {} rows{}{}, AdamW(β = ({}, {}), ε = {:e}, decay {}) at lr {:e} (warm-up {} steps, {decay}), clip {}, EMA {}; eval every {} ({} held-out rows, {} samples), checkpoint every {} (keep {})",
         t.steps,
         t.batch,
         if t.accumulate > 1 {
             format!(" in {} micro-batches", t.accumulate)
+        } else {
+            String::new()
+        },
+        if t.objective.needs_divergence() {
+            format!(" by {}()", t.objective.name())
         } else {
             String::new()
         },

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use candle_core::{DType, Device, Tensor};
-use sdeflow_kernel::{Data, Denoiser, Result, ScoreModel, Split, data::MixtureData};
+use sdeflow_kernel::{Data, Denoiser, Dsm, Result, ScoreModel, Split, data::MixtureData};
 use sdeflow_train::{EmaRate, TrainSpec, Trainer};
 
 const SEED: u64 = 3;
@@ -399,5 +399,83 @@ fn ranks_that_start_apart_are_an_error() -> Result<()> {
             .collect::<Result<Vec<_>>>()
     })?;
     assert_eq!(verdicts, vec![(true, true), (true, true)]);
+    Ok(())
+}
+
+/// ISM's and SSM's gradients with respect to the weights are those of their loss: against
+/// central differences in f64, for an mlp whose input gradients autograd differentiates again
+/// (`second_order`). The CPU op's first-order backward, asked for the same loss, misses the
+/// second-order terms: the check can fail.
+#[test]
+fn implicit_and_sliced_gradients_match_finite_differences() -> Result<()> {
+    use sdeflow_kernel::{Objective, likelihood::Probe};
+    assert!(
+        sdeflow_kernel::likelihood::second_order_gradients()?,
+        "run with CANDLE_GRAD_DO_NOT_DETACH=1 (.cargo/config.toml sets it)"
+    );
+    let r = sdeflow_plugins::registry()?;
+    let ctx = sdeflow_kernel::ModelContext::new(Device::Cpu, DType::F64).with_data(data()?);
+    let model = r.model("mlp", "(hidden: 8, layers: 2, embed_dim: 4)", &ctx)?;
+    let (param, sde) = (r.param("eps", "()")?, r.sde("vp", "()")?);
+    let x0 = data()?
+        .batch(Split::Train, SEED, 0, 16)?
+        .tensors(DType::F64, &Device::Cpu)?
+        .0;
+    let vm = model.varmap().expect("a network");
+    let var = vm.data().lock().expect("unpoisoned")["l1.weight"].clone();
+    for objective in [
+        Objective::Ism {},
+        Objective::Ssm {
+            projections: 2,
+            dist: Probe::Gaussian,
+            variance_reduced: false,
+        },
+    ] {
+        let loss = Dsm::new(sde.clone(), r.weighting("simple", "()")?).with_objective(objective);
+        let draws = loss.draw(SEED, 1, 0, 16, &[2], DType::F64, &Device::Cpu)?;
+        let value = |second: bool| -> Result<Tensor> {
+            let d = Denoiser::new(model.clone(), param.clone(), None, None)
+                .keep_graph(true)
+                .second_order(second);
+            loss.loss(&d, &x0, None, &draws)
+        };
+        let grad = |second: bool| -> Result<Vec<f64>> {
+            let g = value(second)?.backward()?;
+            Ok(g.get(var.as_tensor())
+                .expect("a gradient")
+                .flatten_all()?
+                .to_vec1::<f64>()?)
+        };
+        let (autograd, first_order) = (grad(true)?, grad(false)?);
+        let w0 = var.as_tensor().copy()?;
+        let flat0 = w0.flatten_all()?.to_vec1::<f64>()?;
+        let h = 1e-5;
+        let (mut worst, mut missed) = (0.0f64, 0.0f64);
+        for k in [0, 3, 7, 12] {
+            let at = |delta: f64| -> Result<f64> {
+                let mut w = flat0.clone();
+                w[k] += delta;
+                var.set(&Tensor::from_vec(w, w0.shape(), &Device::Cpu)?)?;
+                let v = value(true)?.to_scalar::<f64>()?;
+                var.set(&w0)?;
+                Ok(v)
+            };
+            let fd = (at(h)? - at(-h)?) / (2.0 * h);
+            worst = worst.max((autograd[k] - fd).abs() / fd.abs().max(1e-3));
+            missed = missed.max((first_order[k] - fd).abs() / fd.abs().max(1e-3));
+        }
+        assert!(
+            worst < 1e-5,
+            "{objective:?}: autograd vs differences {worst:e}"
+        );
+        assert!(
+            missed > 1e-3,
+            "{objective:?}: the first-order op matched ({missed:e})"
+        );
+        eprintln!(
+            "{}: relative gap {worst:e}; first-order op {missed:e}",
+            objective.name()
+        );
+    }
     Ok(())
 }
