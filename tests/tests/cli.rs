@@ -48,7 +48,7 @@ fn golden_error_messages() -> Result<()> {
         (
             edited("euler_maruyama()", "euler_maruyam()"),
             "error: bad.ron:5:13: unknown solver plugin `euler_maruyam` (did you mean `euler_maruyama`?); \
-             registered solver plugins: bosh3, ddim, ddpm, deis, dopri5, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, edm, euler, euler_ancestral, euler_maruyama, heun, ipndm, pc, reverse_diffusion, rk4, unipc\n",
+             registered solver plugins: annealed_langevin, bosh3, ddim, ddpm, deis, dopri5, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, dpmpp_3m, edm, euler, euler_ancestral, euler_maruyama, heun, ipndm, pc, reverse_diffusion, rk4, unipc\n",
         ),
         (
             edited("sde: vp()", "sde: heat()"),
@@ -179,7 +179,7 @@ fn golden_error_messages() -> Result<()> {
         ),
         (
             edited("samples: 100,", "samples: 100,\n    train: (stpes: 10),"),
-            "error: bad.ron:8:13: unknown field `stpes` in `train` (did you mean `steps`?); valid fields: steps, batch, accumulate, label_dropout, lr, warmup, decay, optimizer, clip, ema, log_every, eval, checkpoint\n",
+            "error: bad.ron:8:13: unknown field `stpes` in `train` (did you mean `steps`?); valid fields: objective, steps, batch, accumulate, label_dropout, lr, warmup, decay, optimizer, clip, ema, log_every, eval, checkpoint\n",
         ),
         (
             edited("samples: 100,", "samples: 100,\n    train: (steps: 10, eval: (evry: 5)),"),

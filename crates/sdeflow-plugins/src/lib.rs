@@ -32,6 +32,7 @@ use sdeflow_sde_ve as _;
 use sdeflow_sde_vp as _;
 use sdeflow_sde_vp_cosine as _;
 use sdeflow_sde_vp_discrete as _;
+use sdeflow_solver_annealed_langevin as _;
 use sdeflow_solver_bosh3 as _;
 use sdeflow_solver_ddim as _;
 use sdeflow_solver_ddpm as _;
@@ -58,6 +59,11 @@ use sdeflow_weighting_snr as _;
 
 /// Every built-in plugin as (kind, registered name, crate).
 pub const BUILT_IN: &[(&str, &str, &str)] = &[
+    (
+        "solver",
+        "annealed_langevin",
+        "sdeflow-solver-annealed-langevin",
+    ),
     ("solver", "edm", "sdeflow-solver-edm"),
     ("solver", "dpmpp_2m_sde", "sdeflow-solver-dpmpp-2m-sde"),
     ("solver", "ipndm", "sdeflow-solver-ipndm"),

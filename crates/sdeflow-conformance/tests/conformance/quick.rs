@@ -9,7 +9,8 @@ use sdeflow_conformance::{Options, Part};
 use sdeflow_kernel::Result;
 
 /// The built-in solvers, each with its own test below.
-const SOLVERS: [&str; 19] = [
+const SOLVERS: [&str; 20] = [
+    "annealed_langevin",
     "bosh3",
     "ddim",
     "ddpm",
@@ -68,6 +69,11 @@ fn weightings_pass_quick_conformance() -> Result<()> {
 #[test]
 fn models_pass_quick_conformance() -> Result<()> {
     quick("model", Part::Whole)
+}
+
+#[test]
+fn annealed_langevin_passes_quick_conformance() -> Result<()> {
+    solver("annealed_langevin")
 }
 
 #[test]
