@@ -304,18 +304,21 @@ pub struct Curve<'a> {
     pub markers: bool,
 }
 
-/// Writes curves on shared axes with a log-scaled y axis (losses span decades), x labelled
-/// `x_label`; non-finite or non-positive points are left out.
+/// Writes curves on shared axes, x labelled `x_label`, the y axis log-scaled when every point
+/// is positive (losses span decades) and linear otherwise (implicit and sliced score matching
+/// are DSM less a constant: their losses go negative); non-finite points are left out.
 pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> Result<()> {
     register_font();
-    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite() && p.1 > 0.0;
     let all: Vec<(f64, f64)> = curves
         .iter()
-        .flat_map(|c| c.points.iter().filter(finite).copied())
+        .flat_map(|c| c.points.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
         .collect();
     if all.is_empty() {
-        return Err(plot_err("no finite positive points"));
+        return Err(plot_err("no finite points"));
     }
+    let positive = all.iter().all(|p| p.1 > 0.0);
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let (x0, x1) = all
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -327,47 +330,56 @@ pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> 
             (a.min(p.1), b.max(p.1))
         });
     let x_range = x0..(x1.max(x0 + 1.0));
-    let y_range = (y0 / 1.2)..(y1 * 1.2);
-    save_png(path, (900, 540), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x_range.clone(), y_range.clone().log_scale())
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_desc("loss")
-            .draw()
-            .map_err(plot_err)?;
-        for (i, c) in curves.iter().enumerate() {
-            let color = Palette99::pick(i);
-            let pts: Vec<(f64, f64)> = c.points.iter().filter(finite).copied().collect();
-            let legend = if c.markers {
-                chart.draw_series(
-                    pts.iter()
-                        .map(|&p| Circle::new(p, 4, color.filled()))
-                        .collect::<Vec<_>>(),
-                )
-            } else {
-                chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            }
-            .map_err(plot_err)?;
-            legend.label(c.name).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
-            });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
-    })
+    macro_rules! draw {
+        ($y_range:expr) => {
+            save_png(path, (900, 540), |root| {
+                let mut chart = ChartBuilder::on(root)
+                    .caption(title, ("sans-serif", 18))
+                    .margin(12)
+                    .x_label_area_size(36)
+                    .y_label_area_size(56)
+                    .build_cartesian_2d(x_range.clone(), $y_range)
+                    .map_err(plot_err)?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_label)
+                    .x_label_formatter(&|x| format!("{x:.0}"))
+                    .y_desc("loss")
+                    .draw()
+                    .map_err(plot_err)?;
+                for (i, c) in curves.iter().enumerate() {
+                    let color = Palette99::pick(i);
+                    let pts: Vec<(f64, f64)> = c.points.iter().filter(finite).copied().collect();
+                    let legend = if c.markers {
+                        chart.draw_series(
+                            pts.iter()
+                                .map(|&p| Circle::new(p, 4, color.filled()))
+                                .collect::<Vec<_>>(),
+                        )
+                    } else {
+                        chart.draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    }
+                    .map_err(plot_err)?;
+                    legend.label(c.name).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 4), (x + 16, y + 4)], color.filled())
+                    });
+                }
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(plot_err)?;
+                Ok(())
+            })
+        };
+    }
+    if positive {
+        draw!(((y0 / 1.2)..(y1 * 1.2)).log_scale())
+    } else {
+        let pad = 0.05 * (y1 - y0).max(1e-12);
+        draw!((y0 - pad)..(y1 + pad))
+    }
 }
 
 /// Writes a histogram of `values` (40 bins over their finite range), with vertical lines at

@@ -547,3 +547,46 @@ fn bad_checkpoints_and_outputs_are_named_and_nothing_is_overwritten() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Implicit and sliced score matching through the binary: their losses (DSM's less d·w_ε) go
+/// negative, and the run still writes its plot, summary and a checkpoint that samples.
+#[test]
+fn implicit_and_sliced_runs_train_and_plot_negative_losses() {
+    for objective in ["ism()", "ssm(projections: 2, dist: gaussian)"] {
+        let dir = scratch(&format!("objective-{}", &objective[..3]));
+        let ron = TINY
+            .replace(
+                "steps: 24, batch: 64",
+                &format!("objective: {objective}, steps: 12, batch: 64"),
+            )
+            .replace("eval: (every: 12,", "eval: (every: 6,")
+            .replace(
+                "checkpoint: (every: 6, keep: 2)",
+                "checkpoint: (every: 12, keep: 1)",
+            );
+        let config = write_config(&dir, &ron);
+        let out = dir.join("out");
+        let o = sdeflow(
+            &[
+                "run",
+                config.to_str().expect("utf-8"),
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{objective}: {}", text(&o));
+        for f in ["loss.png", "train-summary.json", "samples.npy"] {
+            assert!(out.join(f).exists(), "{objective}: no {f}");
+        }
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+        let last: serde_json::Value =
+            serde_json::from_str(metrics.lines().last().expect("a line")).expect("json");
+        let loss = last["heldout_loss"].as_f64().expect("an evaluation");
+        assert!(
+            loss < 0.0 && loss.is_finite(),
+            "{objective}: held-out loss {loss}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
