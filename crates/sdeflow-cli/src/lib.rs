@@ -227,10 +227,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             out: dir,
             shard: Some(shard),
         } => {
-            let config = load(registry, file.as_ref(), device_override)?;
-            let device = device::resolve(device_override.unwrap_or(config.device))?;
-            let report =
-                sample::sample_shard(&config, device, dir, shard).map_err(|e| config.locate(e))?;
+            let report = with_config(registry, file, device_override, |config, device| {
+                sample::sample_shard(config, device, dir, shard)
+            })?;
             write!(out, "{report}").map_err(io)
         }
         Command::Nll {
@@ -238,10 +237,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             out: dir,
             shard: Some(shard),
         } => {
-            let config = load(registry, file.as_ref(), device_override)?;
-            let device = device::resolve(device_override.unwrap_or(config.device))?;
-            let report =
-                nll::nll_shard(&config, device, dir, shard).map_err(|e| config.locate(e))?;
+            let report = with_config(registry, file, device_override, |config, device| {
+                nll::nll_shard(config, device, dir, shard)
+            })?;
             write!(out, "{report}").map_err(io)
         }
         Command::Merge { file, out: dir } => {
@@ -318,6 +316,19 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             out,
         ),
     }
+}
+
+/// Runs `f` on the config `file` (the embedded default when `None`) and its device (or
+/// `device_override`), errors placed at the config's fields.
+fn with_config<T>(
+    registry: &Registry,
+    file: Option<PathBuf>,
+    device_override: Option<DeviceSpec>,
+    f: impl FnOnce(&Config, candle_core::Device) -> Result<T>,
+) -> Result<T> {
+    let config = load(registry, file.as_ref(), device_override)?;
+    let device = device::resolve(device_override.unwrap_or(config.device))?;
+    f(&config, device).map_err(|e| config.locate(e))
 }
 
 /// Runs `only` (or every job the config names) into `dir`, printing each job's summary.

@@ -373,6 +373,35 @@ fn write_lines(path: &Path, lines: &[MetricLine]) -> Result<()> {
     write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(io(tmp)))
 }
 
+/// A run's summary before it has measured anything: what it trains, on what, from where.
+fn summary_of(
+    config: &Config,
+    spec: &TrainSpec,
+    device: &Device,
+    resumed_from: u64,
+) -> TrainSummary {
+    let name = |e: Option<&'static str>| e.unwrap_or_default().to_string();
+    TrainSummary {
+        config: config.file.clone(),
+        model: config.model.name.to_string(),
+        param: name(config.param.as_ref().map(|p| p.name)),
+        sde: config.sde.name.to_string(),
+        weighting: name(config.weighting.as_ref().map(|w| w.name)),
+        data: name(config.data.as_ref().map(|d| d.name)),
+        steps: spec.steps,
+        batch: spec.batch,
+        resumed_from,
+        seed: config.seed,
+        device: device_name(device),
+        wall_seconds: 0.0,
+        steps_per_second: 0.0,
+        last: None,
+        eval_samples: 0,
+        ranks: None,
+        files: Vec::new(),
+    }
+}
+
 /// The data-parallel rank this process is, from the launcher's environment
 /// ([`Launch::from_env`](sdeflow_train::parallel::Launch::from_env): torchrun's or Slurm's
 /// variables), with the device it trains on (`cuda:LOCAL_RANK`, or the one GPU it sees) and the NCCL communicator
@@ -531,23 +560,10 @@ pub fn train(
         let (rank, world) = trainer.rank();
         tracing::info!(rank, world, "trained its slices of the batches");
         return Ok(TrainSummary {
-            config: config.file.clone(),
-            model: config.model.name.to_string(),
-            param: param.name.to_string(),
-            sde: config.sde.name.to_string(),
-            weighting: weighting.name.to_string(),
-            data: data.name.to_string(),
-            steps: spec.steps,
-            batch: spec.batch,
-            resumed_from,
-            seed: config.seed,
-            device: device_name(&device),
             wall_seconds: wall,
             steps_per_second: (spec.steps - resumed_from) as f64 / wall.max(1e-9),
-            last: None,
-            eval_samples: 0,
             ranks: Some((rank, world)),
-            files: Vec::new(),
+            ..summary_of(config, &spec, &device, resumed_from)
         });
     }
     let mut lines = earlier_metrics(&metrics_path, resumed_from)?;
@@ -677,17 +693,6 @@ pub fn train(
     }
     files.push(root.display().to_string());
     let mut summary = TrainSummary {
-        config: config.file.clone(),
-        model: config.model.name.to_string(),
-        param: param.name.to_string(),
-        sde: config.sde.name.to_string(),
-        weighting: weighting.name.to_string(),
-        data: data.name.to_string(),
-        steps: spec.steps,
-        batch: spec.batch,
-        resumed_from,
-        seed: config.seed,
-        device: device_name(&device),
         wall_seconds: wall,
         steps_per_second: ran as f64 / train_seconds.max(1e-9),
         last: last_eval.or_else(|| lines.iter().rev().find_map(|l| l.eval.clone())),
@@ -697,6 +702,7 @@ pub fn train(
             r => Some(r),
         },
         files,
+        ..summary_of(config, &spec, &device, resumed_from)
     };
     let path = dir.join("train-summary.json");
     summary.files.push(path.display().to_string());
