@@ -391,11 +391,12 @@ pub fn run(registry: &Registry, opts: &Options) -> Report {
         .iter()
         .map(|p| p.info.name)
         .filter(|name| opts.wants(SolverKind::NAME, name))
-        // An adaptive solver's runs cost far more evaluations: the matrix goes to a grid solver.
+        // An adaptive solver's runs cost far more evaluations, and so do annealed Langevin's
+        // 100 per level: the matrix goes to a grid solver of at most 2 NFE per step.
         .filter(|name| {
-            registry
-                .solver(name, policy::DEFAULTS)
-                .map_or(true, |s| s.adaptive().is_none())
+            registry.solver(name, policy::DEFAULTS).map_or(true, |s| {
+                s.adaptive().is_none() && s.claims().nfe_per_step <= 2
+            })
         });
     let ctx = Context {
         registry,
