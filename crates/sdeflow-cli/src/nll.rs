@@ -300,8 +300,8 @@ impl PerRow {
 
     /// Appends a shard's rows, read from its `rows.safetensors`.
     fn extend_from(&mut self, path: &std::path::Path, first: bool, rows: usize) -> Result<()> {
-        sdeflow_kernel::io::read_bounded(path, 1)?;
-        let t = candle_core::safetensors::load(path, &Device::Cpu)
+        let bytes = sdeflow_kernel::io::read_bounded(path, 1)?;
+        let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| Error::file(path, format!("cannot read safetensors: {e}")))?;
         let get = |k: &str| -> Result<Option<Vec<f64>>> {
             t.get(k)
