@@ -282,15 +282,25 @@ pub fn mismatch(folder: &Path, why: String) -> Error {
     )
 }
 
-/// Whether `dir` holds shards of `job` (finished or not).
-pub fn present(dir: &Path, job: &str) -> bool {
-    std::fs::read_dir(dir.join(SHARDS)).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
+/// The folders of `job`'s shards (finished or not) in `root`, sorted.
+fn folders(root: &Path, job: &str) -> std::io::Result<Vec<PathBuf>> {
+    let prefix = format!("{job}-");
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(root)?
+        .flatten()
+        .filter(|e| {
             e.file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{job}-")))
+                .is_some_and(|n| n.starts_with(&prefix))
         })
-    })
+        .map(|e| e.path())
+        .collect();
+    folders.sort();
+    Ok(folders)
+}
+
+/// Whether `dir` holds shards of `job` (finished or not).
+pub fn present(dir: &Path, job: &str) -> bool {
+    folders(&dir.join(SHARDS), job).is_ok_and(|f| !f.is_empty())
 }
 
 /// The shards of `config`'s `job` under `dir/shards`, in index order, checked to be one run's:
@@ -319,20 +329,10 @@ pub fn collect(
             }
         )
     };
-    let entries = std::fs::read_dir(&root).map_err(|source| Error::Io {
+    let folders = folders(&root, job).map_err(|source| Error::Io {
         path: root.clone(),
         source,
     })?;
-    let mut folders: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("{job}-")))
-        })
-        .map(|e| e.path())
-        .collect();
-    folders.sort();
     if folders.is_empty() {
         return Err(Error::invalid(
             "merge",
