@@ -13,7 +13,8 @@
 //!   4,096, on 1 and 2 threads. `bench [--train] --torch [--python P]`: the same beside
 //!   PyTorch eager (xtask/torch/bench.py), with the ratios sdeflow ÷ PyTorch.
 //! - `train-table [--seeds N] [--steps N]`: the default job's training in every
-//!   parameterization, final SW2 and held-out loss over seeds.
+//!   parameterization, final SW2 and held-out loss over seeds. `train-table --objectives`:
+//!   its model trained with DSM, ISM and SSM, the training time and the samples' SW2.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -101,6 +102,11 @@ enum Command {
     /// Train the default job's network in every parameterization (its usual weighting; VP,
     /// and EDM's SDE for `edm`) over seeds; print final SW2 and held-out loss, mean ± sd.
     TrainTable {
+        /// Instead: the default job's model trained with each objective (DSM, and
+        /// configs/train-vp-ring-mlp-{ism,ssm}.ron as they stand), then sampled as each
+        /// config says; training wall time beside DSM's, and SW2 against the floor.
+        #[arg(long, conflicts_with = "steps")]
+        objectives: bool,
         /// Seeds per parameterization.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
@@ -217,10 +223,18 @@ fn main() -> ExitCode {
             })
         }),
         Command::TrainTable {
+            objectives: true,
+            seeds,
+            threads,
+            out,
+            ..
+        } => on_workers(|| train_bench::objectives(seeds, threads, out)),
+        Command::TrainTable {
             seeds,
             steps,
             threads,
             out,
+            ..
         } => on_workers(|| train_bench::table(seeds, steps, threads, out)),
         Command::Peers {
             action,
