@@ -9,7 +9,11 @@
 //! seeds (of the run and of the network's initial weights); prints the final sliced W2 (2,000 EMA samples, dpmpp_2m, 50 steps) against its
 //! floor and the held-out loss, mean ± sd, as a Markdown table.
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
 
 use candle_core::{DType, Device};
 use sdeflow_kernel::{Error, ModelContext, Result, TrainSpec, data::Data};
@@ -120,21 +124,32 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// `train-table`: every row × `seeds` seeds, `steps` training steps each (default: the
-/// default job's).
-pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Result<ExitCode> {
-    let mut args = vec![
-        "train-table".to_string(),
+/// The `xtask-linked train-table` command line that [`pinned`] re-runs: `flags`, then the
+/// seeds, threads and output folder.
+fn line(flags: &[String], seeds: u64, threads: usize, out: &Path) -> Vec<String> {
+    let mut args = vec!["train-table".to_string()];
+    args.extend_from_slice(flags);
+    args.extend([
         "--seeds".into(),
         seeds.to_string(),
         "--threads".into(),
         threads.to_string(),
         "--out".into(),
         out.display().to_string(),
-    ];
-    if let Some(s) = steps {
-        args.extend(["--steps".into(), s.to_string()]);
-    }
+    ]);
+    args
+}
+
+/// `train-table`: every row × `seeds` seeds, `steps` training steps each (default: the
+/// default job's).
+pub fn table(seeds: u64, steps: Option<u64>, threads: usize, out: PathBuf) -> Result<ExitCode> {
+    let steps_flag = steps.map(|s| ["--steps".to_string(), s.to_string()]);
+    let args = line(
+        steps_flag.as_ref().map_or(&[][..], |f| &f[..]),
+        seeds,
+        threads,
+        &out,
+    );
     if let Some(code) = pinned(threads, &args)? {
         return Ok(code);
     }
@@ -241,22 +256,13 @@ fn objective_label(objective: &sdeflow_kernel::Objective) -> String {
 /// network's initial weights), trained and then sampled as the config says; the training wall
 /// time beside DSM's and the samples' sliced W2 against the exact-sample floor.
 pub fn objectives(seeds: u64, threads: usize, out: PathBuf) -> Result<ExitCode> {
-    let args = [
-        "train-table".to_string(),
-        "--objectives".into(),
-        "--seeds".into(),
-        seeds.to_string(),
-        "--threads".into(),
-        threads.to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
+    let args = line(&["--objectives".to_string()], seeds, threads, &out);
     if let Some(code) = pinned(threads, &args)? {
         return Ok(code);
     }
     let registry = sdeflow_plugins::registry()?;
     println!(
-        "| objective | steps | train wall (s) | × DSM's | ms/step (no evaluations) | SW2 of the samples | × floor mean (worst seed) | worst mode share off its weight | seeds within 2× the floor mean |"
+        "| objective | steps × rows | train wall (s) | × DSM's | ms/step (no evaluations) | SW2 of the samples | × floor mean (worst seed) | worst mode share off its weight | seeds within 2× the floor mean |"
     );
     println!("|---|---:|---:|---:|---:|---|---|---:|---:|");
     let mut dsm_wall = None;
@@ -264,7 +270,7 @@ pub fn objectives(seeds: u64, threads: usize, out: PathBuf) -> Result<ExitCode> 
         let (mut walls, mut ms, mut sws, mut ratios, mut modes) =
             (vec![], vec![], vec![], vec![], vec![]);
         let mut label = String::new();
-        let mut steps = 0;
+        let mut steps = (0, 0);
         for seed in 0..seeds {
             let text = base
                 .replace("seed: 0,", &format!("seed: {seed},"))
@@ -273,7 +279,7 @@ pub fn objectives(seeds: u64, threads: usize, out: PathBuf) -> Result<ExitCode> 
                 sdeflow_kernel::Config::parse(file, &text, registry, &|_| Ok(Device::Cpu))?;
             let spec = config.train.clone().unwrap_or_default();
             label = objective_label(&spec.objective);
-            steps = spec.steps;
+            steps = (spec.steps, spec.batch);
             let stem = file.trim_start_matches("configs/").trim_end_matches(".ron");
             let dir = out.join(format!("{stem}-seed{seed}"));
             let trained = sdeflow_cli::train::train(
@@ -308,7 +314,9 @@ pub fn objectives(seeds: u64, threads: usize, out: PathBuf) -> Result<ExitCode> 
         let mode = modes.iter().copied().fold(f64::NAN, f64::max);
         let within = ratios.iter().filter(|r| **r <= 2.0).count();
         println!(
-            "| {label} | {steps} | {wall:.1} | {:.1} | {:.1} | {sw:.4} ± {sw_sd:.4} | {r:.2} ({worst:.2}) | {:.1}% | {within}/{seeds} |",
+            "| {label} | {} × {} | {wall:.1} | {:.1} | {:.1} | {sw:.4} ± {sw_sd:.4} | {r:.2} ({worst:.2}) | {:.1}% | {within}/{seeds} |",
+            steps.0,
+            steps.1,
             wall / base_wall,
             step_ms,
             100.0 * mode
