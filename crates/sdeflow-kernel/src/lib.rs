@@ -62,6 +62,7 @@ pub use registry::{KINDS, Registry};
 pub use sde::ForwardSde;
 pub use solver::{
     Discretization, Equation, Order, RunContext, Solver, SolverClaims, Step, StepContext, StepSpan,
+    corrector_snr,
 };
 pub use state::{COND, HistoryEntry, State, previous_evaluations};
 pub use train::TrainSpec;

@@ -38,6 +38,22 @@ pub enum Order {
     Unclaimed,
 }
 
+/// A corrector's signal-to-noise ratio r ([`Order::Plateau`]), checked to lie in (0, 1) for
+/// `solver`'s `snr` field: the plateau inflates the variance by up to 1/(1 − r²), unbounded
+/// at r = 1.
+pub fn corrector_snr(solver: &str, snr: f64) -> Result<f64> {
+    if !(snr > 0.0 && snr < 1.0) {
+        return Err(crate::Error::invalid(
+            solver,
+            "snr",
+            format!(
+                "snr = {snr} must lie in (0, 1): the plateau inflates the variance by up to 1/(1 − snr²)"
+            ),
+        ));
+    }
+    Ok(snr)
+}
+
 /// Which equation a solver integrates (MATH.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Equation {
@@ -267,6 +283,14 @@ impl<'a> StepContext<'a> {
             .noise
             .standard_normal(&req, state.x.dtype(), state.x.device())?;
         Ok(z.reshape(state.x.shape())?)
+    }
+
+    /// One Langevin step toward p_to of size `eps` ([`Order::Plateau`]'s):
+    /// x ← x + ε ŝ(x, to) + sqrt(2ε) z, one evaluation, then one standard normal draw.
+    pub fn langevin(&self, state: &State, eps: f64) -> Result<Tensor> {
+        let score = self.eval(&state.x, &self.to)?.score()?;
+        let z = self.standard_normal(state)?;
+        crate::ops::lin3(1.0, &state.x, eps, &score, (2.0 * eps).sqrt(), &z)
     }
 
     /// Calls to [`StepContext::standard_normal`] in this step so far.

@@ -40,7 +40,7 @@
 
 use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, GridKind, Order, Result, Solver, SolverClaims,
-    State, Step, StepContext, ops::lin3, register_solver,
+    State, Step, StepContext, corrector_snr, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,19 +83,9 @@ impl AnnealedLangevin {
                 "must be at least 1 (NCSN takes 100 Langevin steps per level)",
             ));
         }
-        if !(p.snr > 0.0 && p.snr < 1.0) {
-            return Err(Error::invalid(
-                "annealed_langevin",
-                "snr",
-                format!(
-                    "snr = {} must lie in (0, 1): the plateau inflates the variance by up to 1/(1 − snr²)",
-                    p.snr
-                ),
-            ));
-        }
         Ok(Self {
             steps_per_level: p.steps_per_level,
-            snr: p.snr,
+            snr: corrector_snr("annealed_langevin", p.snr)?,
         })
     }
 }
@@ -130,9 +120,7 @@ impl Solver for AnnealedLangevin {
             state.with_x(state.x.affine(ratio, 0.0)?)
         };
         for _ in 0..self.steps_per_level {
-            let score = ctx.eval(&state.x, to)?.score()?;
-            let z = ctx.standard_normal(&state)?;
-            let x = lin3(1.0, &state.x, eps, &score, (2.0 * eps).sqrt(), &z)?;
+            let x = ctx.langevin(&state, eps)?;
             state = state.with_x(x);
         }
         Ok(Step::to(state))

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use candle_core::{D, Tensor};
 use sdeflow_kernel::{
     Discretization, Equation, Error, ForwardSde, Order, Result, Solver, SolverClaims, SolverRef,
-    State, Step, StepContext, Transition, ops::lin3, register_solver,
+    State, Step, StepContext, Transition, corrector_snr, register_solver,
 };
 use serde::{Deserialize, Serialize};
 
@@ -113,21 +113,11 @@ impl Pc {
                 "must be at least 1 (with none, use the predictor itself as the solver)",
             ));
         }
-        if !(p.snr > 0.0 && p.snr < 1.0) {
-            return Err(Error::invalid(
-                "pc",
-                "snr",
-                format!(
-                    "snr = {} must lie in (0, 1): the plateau inflates the variance by up to 1/(1 − snr²)",
-                    p.snr
-                ),
-            ));
-        }
         Ok(Self {
             predictor_name: p.predictor.name(),
             predictor,
             corrector_steps: p.corrector_steps,
-            snr: p.snr,
+            snr: corrector_snr("pc", p.snr)?,
             step_size: p.step_size,
         })
     }
@@ -140,15 +130,12 @@ impl Pc {
     /// One Langevin step at `to` from `x`, with a = α_{t|s}².
     fn langevin(&self, ctx: &StepContext<'_>, state: &State, a: f64) -> Result<Tensor> {
         let to = &ctx.to;
-        let score = ctx.eval(&state.x, to)?.score()?;
-        let z = ctx.standard_normal(state)?;
         let r2 = self.snr * self.snr;
         match self.step_size {
-            StepSize::ExpectedNorm => {
-                let eps = 2.0 * a * r2 * to.sigma * to.sigma;
-                lin3(1.0, &state.x, eps, &score, (2.0 * eps).sqrt(), &z)
-            }
+            StepSize::ExpectedNorm => ctx.langevin(state, 2.0 * a * r2 * to.sigma * to.sigma),
             StepSize::PerSampleNorm => {
+                let score = ctx.eval(&state.x, to)?.score()?;
+                let z = ctx.standard_normal(state)?;
                 let rows = state.rows()?;
                 let flat = |t: &Tensor| t.reshape((rows, ()));
                 let sq_norm =
