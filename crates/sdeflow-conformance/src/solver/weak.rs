@@ -275,11 +275,6 @@ impl ForwardSde for StoppedAt<'_> {
     }
 }
 
-/// The plateau of a predictor–corrector on the single Gaussian N(m, s² I). Near t_ε the
-/// corrector's relaxation per step, 2 r² σ²/v, vanishes, so the plateau is checked where it is
-/// resolved: the run stops at t★ with σ̃ = s (σ² = v/2), where the closed form gives a W2 of
-/// √d (√(v/(1 − r²/2)) − √v). The exactly propagated weak error must approach it: within 10%
-/// at the largest N of [`plateau_steps`], and closer there than at the smallest.
 /// The step counts of the plateau check: 256, 1,024 and 4,096 for a solver of up to 2 NFE
 /// per step (pc's), fewer for a costlier step, so that the check spends as many NFE
 /// (annealed Langevin's 100 per level: 5, 20 and 81 levels).
@@ -288,6 +283,11 @@ pub fn plateau_steps(nfe_per_step: usize) -> [usize; 3] {
     [scale(256), scale(1024), scale(4096)]
 }
 
+/// The plateau of a predictor–corrector on the single Gaussian N(m, s² I). Near t_ε the
+/// corrector's relaxation per step, 2 r² σ²/v, vanishes, so the plateau is checked where it is
+/// resolved: the run stops at t★ with σ̃ = s (σ² = v/2), where the closed form gives a W2 of
+/// √d (√(v/(1 − r²/2)) − √v). The exactly propagated weak error must approach it: within 10%
+/// at the largest N of [`plateau_steps`], and closer there than at the smallest.
 pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>, snr: f64) {
     let (plugin, sde_name) = (case.plugin, case.sde_name);
     let (solver, sde) = (&**case.solver, &**case.sde);
@@ -305,14 +305,14 @@ pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>
     let c = sde.coefs(t_star);
     let d = law.mean.len() as f64;
     let want = d.sqrt() * plateau_bias(law.var(&c), snr, c.sigma);
+    let steps = plateau_steps(solver.claims().nfe_per_step);
     let run = || -> Result<Vec<f64>> {
         let model = fixture.oracle(&single_gaussian(), &fixture.target, fixture.param.clone())?;
-        plateau_steps(solver.claims().nfe_per_step)
+        steps
             .iter()
             .map(|&n| exact_weak_error(&stopped, solver, model.clone(), grid, n, &fixture.target))
             .collect()
     };
-    let last = plateau_steps(solver.claims().nfe_per_step)[2];
     match run() {
         Ok(errors) => {
             let gaps: Vec<f64> = errors.iter().map(|e| (e - want).abs()).collect();
@@ -321,8 +321,9 @@ pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>
                 plugin,
                 check,
                 format!(
-                    "{} at N = {last} ({:+.1}%)",
+                    "{} at N = {} ({:+.1}%)",
                     num(errors[2]),
+                    steps[2],
                     100.0 * (errors[2] - want) / want
                 ),
                 format!("plateau {}", num(want)),
@@ -330,7 +331,7 @@ pub(crate) fn plateau(report: &mut Report, fixture: &Fixture<'_>, case: Case<'_>
                 pass,
                 format!(
                     "the corrector does not settle at its Langevin fixed point: weak error at N = {:?}: {}, {}, {}",
-                    plateau_steps(solver.claims().nfe_per_step),
+                    steps,
                     num(errors[0]),
                     num(errors[1]),
                     num(errors[2])
