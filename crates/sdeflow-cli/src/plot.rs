@@ -309,16 +309,15 @@ pub struct Curve<'a> {
 /// are DSM less a constant: their losses go negative); non-finite points are left out.
 pub fn curves(path: &Path, curves: &[Curve<'_>], x_label: &str, title: &str) -> Result<()> {
     register_font();
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let all: Vec<(f64, f64)> = curves
         .iter()
-        .flat_map(|c| c.points.iter().copied())
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .flat_map(|c| c.points.iter().filter(finite).copied())
         .collect();
     if all.is_empty() {
         return Err(plot_err("no finite points"));
     }
     let positive = all.iter().all(|p| p.1 > 0.0);
-    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let (x0, x1) = all
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
