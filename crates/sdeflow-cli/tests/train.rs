@@ -55,6 +55,19 @@ fn sdeflow(args: &[&str], fault: Option<&str>) -> Output {
     cmd.output().expect("the sdeflow binary runs")
 }
 
+/// `sdeflow run CONFIG --out OUT`, no fault injected.
+fn run(config: &Path, out: &Path) -> Output {
+    sdeflow(
+        &[
+            "run",
+            config.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    )
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -223,13 +236,7 @@ fn a_run_learns_writes_its_files_and_samples_from_its_checkpoint() {
             ),
     );
     let out = base.join("out");
-    let args = [
-        "run",
-        config.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ];
-    let o = sdeflow(&args, None);
+    let o = run(&config, &out);
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     for file in [
@@ -268,7 +275,7 @@ fn a_run_learns_writes_its_files_and_samples_from_its_checkpoint() {
     );
     // The finished run again: nothing to train, the same checkpoint, the same samples.
     let npy = std::fs::read(out.join("samples.npy")).expect("npy");
-    let o = sdeflow(&args, None);
+    let o = run(&config, &out);
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("resumed at step 2000"));
     assert_eq!(std::fs::read(out.join("samples.npy")).expect("npy"), npy);
@@ -404,15 +411,7 @@ fn data_without_a_law_is_measured_against_held_out_rows() {
             .replace("steps: 24,", "steps: 12,"),
     );
     let out = base.join("out");
-    let o = sdeflow(
-        &[
-            "run",
-            config.to_str().expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-        ],
-        None,
-    );
+    let o = run(&config, &out);
     assert!(o.status.success(), "{}", text(&o));
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(out.join(f)).expect("summary")).expect("JSON")
@@ -566,15 +565,7 @@ fn implicit_and_sliced_runs_train_and_plot_negative_losses() {
             );
         let config = write_config(&dir, &ron);
         let out = dir.join("out");
-        let o = sdeflow(
-            &[
-                "run",
-                config.to_str().expect("utf-8"),
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-            None,
-        );
+        let o = run(&config, &out);
         assert!(o.status.success(), "{objective}: {}", text(&o));
         for f in ["loss.png", "train-summary.json", "samples.npy"] {
             assert!(out.join(f).exists(), "{objective}: no {f}");
